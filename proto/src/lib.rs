@@ -1,0 +1,47 @@
+//! The hybrid relay wire protocol, with no I/O.
+//!
+//! An edge agent dials out to the cloud agent and the two exchange
+//! [`Frame`]s inside WebSocket binary messages (one or more whole frames per
+//! message). This crate knows how to encode and decode those frames, how the
+//! handshake proves the edge's token without sending it, and the per-stream
+//! rules that both sides enforce: credit-based flow control and the stream
+//! life cycle. It never touches a socket, a task or a clock: callers pass in
+//! bytes, nonces and events, so every rule is unit- and property-tested.
+//!
+//! # Layout
+//! - [`frame`]: the [`Frame`] enum, [`encode`](Frame::encode) and [`decode`].
+//! - [`handshake`]: HMAC-SHA256 challenge-response proofs and refusal reasons.
+//! - [`flow`]: [`SendWindow`] and [`RecvWindow`], credit accounting in
+//!   cumulative byte offsets.
+//! - [`stream`]: [`StreamState`] (half-close and reset rules) and
+//!   [`StreamIds`] (who may open which id).
+//!
+//! The format is specified in `docs/protocol.md`.
+
+pub mod flow;
+pub mod frame;
+pub mod handshake;
+pub mod stream;
+
+pub use flow::{FlowError, RecvWindow, SendWindow};
+pub use frame::{
+    DecodeError, Frame, GoAwayCode, HEADER_LEN, OpenCode, ResetCode, decode, frame_len,
+};
+pub use handshake::{
+    AUTH_PROOF_LEN, NONCE_LEN, RefuseCode, auth_proof, server_proof, verify_auth_proof,
+    verify_server_proof,
+};
+pub use stream::{StreamError, StreamIds, StreamState};
+
+/// The protocol version this build speaks. Bumped on any incompatible change.
+pub const PROTOCOL_VERSION: u16 = 1;
+/// The oldest protocol version this build still accepts.
+pub const MIN_PROTOCOL_VERSION: u16 = 1;
+
+/// Largest frame payload a peer may send unless the handshake lowers it.
+/// Checked on the length field, before any allocation.
+pub const DEFAULT_MAX_FRAME_PAYLOAD: u32 = 256 * 1024;
+/// Bytes a sender may have unacknowledged on one stream in one direction.
+pub const DEFAULT_STREAM_WINDOW: u32 = 256 * 1024;
+/// Streams open at once on one tunnel unless configured otherwise.
+pub const DEFAULT_MAX_STREAMS: u32 = 4096;
