@@ -1,1 +1,40 @@
-//! placeholder
+//! `relay-cloud`: the public side of hybrid relay.
+//!
+//! The cloud agent accepts tunnels that edge agents dial out to, and
+//! listens on each mapping's public address. Every client connection on a
+//! mapping becomes a stream on a live tunnel of the mapping's edge.
+//!
+//! # Layout
+//! - [`Cloud`]: starts everything from a [`config::CloudConfig`] and stops
+//!   it gracefully; the binary's `main` is a thin wrapper around it.
+//! - `edges`: the registry of connected edges, their tunnels and session
+//!   fencing; picks the least loaded tunnel for a new stream.
+//! - `handshake`: the server side of the tunnel handshake.
+//! - `tunnel_listener`: accepts WebSocket (optionally TLS) connections.
+//! - `mapping`: one public listener per mapping, client allowlist, relay.
+
+mod cloud;
+mod edges;
+mod handshake;
+mod mapping;
+mod tunnel_listener;
+
+pub use cloud::{Cloud, MappingStatus, StartError};
+
+/// Checks what `--check` can check beyond parsing: the TLS files load.
+/// Returns a one-line summary of the configuration.
+///
+/// # Errors
+/// If the TLS certificate or key cannot be used.
+pub fn check(config: &config::CloudConfig) -> Result<String, StartError> {
+    if let Some(files) = &config.tunnel.tls {
+        tunnel::tls::server_config(&files.cert, &files.key)?;
+    }
+    Ok(format!(
+        "tunnel on {} ({}), {} edge(s), {} mapping(s)",
+        config.tunnel.listen,
+        if config.tunnel.tls.is_some() { "wss" } else { "plain ws" },
+        config.edges.len(),
+        config.mappings.len()
+    ))
+}

@@ -1,1 +1,42 @@
-//! placeholder
+//! `relay-edge`: the on-prem side of hybrid relay.
+//!
+//! The edge agent accepts no inbound connection at all. It dials out to
+//! the cloud agent with a small pool of tunnels, redials each one forever
+//! with jittered exponential backoff, and for every stream the cloud opens
+//! it connects to the destination, if its own allowlist permits it.
+//!
+//! # Layout
+//! - [`Edge`]: starts the pool from a [`config::EdgeConfig`], stops it
+//!   gracefully.
+//! - `dial`: TCP, TLS for `wss://`, WebSocket, then the client side of the
+//!   handshake.
+//! - `pool`: one task per tunnel slot: dial, serve, back off, redial.
+//! - `connector`: allowlist check, destination connect, relay.
+//! - [`backoff`]: the retry delay schedule (pure, unit-tested).
+
+pub mod backoff;
+mod connector;
+mod dial;
+mod edge;
+mod pool;
+
+pub use dial::DialError;
+pub use edge::Edge;
+
+/// Checks what `--check` can check beyond parsing: the CA file loads.
+/// Returns a one-line summary of the configuration.
+///
+/// # Errors
+/// If `ca_file` cannot be used.
+pub fn check(config: &config::EdgeConfig) -> Result<String, tunnel::tls::TlsError> {
+    if config.cloud_url.tls || config.ca_file.is_some() {
+        tunnel::tls::client_config(config.ca_file.as_deref())?;
+    }
+    Ok(format!(
+        "edge {} dials {} with {} tunnel(s), {} allowed destination(s)",
+        config.edge_id,
+        config.cloud_url,
+        config.tunnels,
+        config.allow.len()
+    ))
+}

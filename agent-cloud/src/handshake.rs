@@ -1,0 +1,104 @@
+//! Server side of the tunnel handshake (see `docs/protocol.md`).
+
+use std::time::Duration;
+
+use config::CloudConfig;
+use proto::{Frame, MIN_PROTOCOL_VERSION, NONCE_LEN, PROTOCOL_VERSION, RefuseCode};
+use ring::rand::{SecureRandom, SystemRandom};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_tungstenite::WebSocketStream;
+use tunnel::wire::{self, WireError};
+
+use crate::edges::EdgeRegistry;
+
+/// An edge that proved its token and was admitted.
+#[derive(Debug)]
+pub(crate) struct Admitted {
+    pub(crate) edge_id: String,
+    pub(crate) epoch: u64,
+    pub(crate) agent_version: String,
+}
+
+/// Why a handshake did not produce a tunnel.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum HandshakeError {
+    #[error("refused ({code:?}): {message}")]
+    Refused { code: RefuseCode, message: String, edge_id: String },
+    #[error(transparent)]
+    Wire(#[from] WireError),
+}
+
+/// Runs the handshake on a fresh WebSocket: challenge, verify the edge's
+/// proof, apply session fencing, then welcome or refuse.
+pub(crate) async fn accept<S>(
+    ws: &mut WebSocketStream<S>,
+    config: &CloudConfig,
+    edges: &EdgeRegistry,
+    tunnel_id: u64,
+    timeout: Duration,
+) -> Result<Admitted, HandshakeError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut server_nonce = [0u8; NONCE_LEN];
+    SystemRandom::new()
+        .fill(&mut server_nonce)
+        .map_err(|_| WireError::Invalid("system random source failed".into()))?;
+    let challenge = Frame::Challenge {
+        min_version: MIN_PROTOCOL_VERSION,
+        max_version: PROTOCOL_VERSION,
+        nonce: server_nonce,
+    };
+    wire::send_frame(ws, &challenge).await?;
+
+    let Frame::Auth { version, edge_id, epoch, agent_version, nonce, proof } =
+        wire::recv_frame(ws, timeout).await?
+    else {
+        return refuse(ws, RefuseCode::ProtocolError, "expected an auth frame", "").await;
+    };
+    if !(MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&version) {
+        let message = format!(
+            "protocol version {version} not supported (this cloud speaks {MIN_PROTOCOL_VERSION}..={PROTOCOL_VERSION})"
+        );
+        return refuse(ws, RefuseCode::VersionMismatch, &message, &edge_id).await;
+    }
+    let Some(edge) = config.edge(&edge_id) else {
+        return refuse(ws, RefuseCode::UnknownEdge, "unknown edge id", &edge_id).await;
+    };
+    let token = edge.token.expose();
+    if !proto::verify_auth_proof(token, &server_nonce, &nonce, version, epoch, &edge_id, &proof) {
+        return refuse(ws, RefuseCode::BadToken, "token proof does not match", &edge_id).await;
+    }
+    if let Err(code) = edges.admit(&edge_id, epoch) {
+        let message = match code {
+            RefuseCode::Superseded => "a newer run of this edge id is connected",
+            _ => "this edge has as many tunnels as allowed",
+        };
+        return refuse(ws, code, message, &edge_id).await;
+    }
+    let welcome = Frame::Welcome {
+        version,
+        tunnel_id,
+        heartbeat_ms: u32::try_from(config.tunnel.heartbeat_interval.as_millis())
+            .unwrap_or(u32::MAX),
+        max_streams: config.tunnel.max_streams_per_tunnel,
+        max_frame_payload: proto::DEFAULT_MAX_FRAME_PAYLOAD,
+        proof: proto::server_proof(token, &server_nonce, &nonce, tunnel_id),
+    };
+    wire::send_frame(ws, &welcome).await?;
+    Ok(Admitted { edge_id, epoch, agent_version })
+}
+
+async fn refuse<S>(
+    ws: &mut WebSocketStream<S>,
+    code: RefuseCode,
+    message: &str,
+    edge_id: &str,
+) -> Result<Admitted, HandshakeError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let _ = wire::send_frame(ws, &Frame::Refuse { code, message: message.to_owned() }).await;
+    let _ = ws.close(None).await;
+    Err(HandshakeError::Refused { code, message: message.to_owned(), edge_id: edge_id.to_owned() })
+}

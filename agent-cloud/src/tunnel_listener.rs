@@ -1,0 +1,128 @@
+//! Accepts edge tunnels: TCP, then TLS when configured, then WebSocket,
+//! then the handshake, each bounded in time.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use config::CloudConfig;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, info, info_span, warn};
+use tunnel::{MuxSettings, Role, Tunnel};
+
+use crate::edges::EdgeRegistry;
+use crate::handshake::{self, HandshakeError};
+
+/// Handshakes in progress at once; more connections wait in the kernel's
+/// accept queue, so a flood of slow handshakes cannot exhaust memory.
+const MAX_PENDING_HANDSHAKES: usize = 256;
+
+#[derive(Debug)]
+pub(crate) struct TunnelListener {
+    pub(crate) config: Arc<CloudConfig>,
+    pub(crate) tls: Option<Arc<rustls::ServerConfig>>,
+    pub(crate) edges: Arc<EdgeRegistry>,
+    pub(crate) stop: CancellationToken,
+}
+
+pub(crate) async fn run(this: TunnelListener, listener: TcpListener) {
+    let this = Arc::new(this);
+    let pending = Arc::new(Semaphore::new(MAX_PENDING_HANDSHAKES));
+    let acceptor = this.tls.clone().map(tokio_rustls::TlsAcceptor::from);
+    let next_id = AtomicU64::new(1);
+    loop {
+        let permit = tokio::select! {
+            () = this.stop.cancelled() => return,
+            permit = Arc::clone(&pending).acquire_owned() => permit,
+        };
+        let Ok(permit) = permit else { return };
+        let (tcp, peer) = tokio::select! {
+            () = this.stop.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(e) => {
+                    // Usually out of file descriptors: back off, don't spin.
+                    warn!(error = %e, "accepting a tunnel connection failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let id = next_id.fetch_add(1, Ordering::Relaxed);
+        let this = Arc::clone(&this);
+        let acceptor = acceptor.clone();
+        let span = info_span!("tunnel", tunnel = id, %peer);
+        tokio::spawn(
+            async move {
+                let _ = tcp.set_nodelay(true);
+                match acceptor {
+                    Some(acceptor) => {
+                        let timeout = this.config.tunnel.handshake_timeout;
+                        match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
+                            Ok(Ok(tls)) => serve(&this, tls, id, permit).await,
+                            Ok(Err(e)) => info!(error = %e, "TLS handshake failed"),
+                            Err(_) => info!("TLS handshake timed out"),
+                        }
+                    }
+                    None => serve(&this, tcp, id, permit).await,
+                }
+            }
+            .instrument(span),
+        );
+    }
+}
+
+async fn serve<S>(
+    this: &TunnelListener,
+    stream: S,
+    id: u64,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let tunnel_config = &this.config.tunnel;
+    let timeout = tunnel_config.handshake_timeout;
+    let ws_config = tunnel::wire::websocket_config(proto::DEFAULT_MAX_FRAME_PAYLOAD);
+    let ws = tokio_tungstenite::accept_async_with_config(stream, Some(ws_config));
+    let mut ws = match tokio::time::timeout(timeout, ws).await {
+        Ok(Ok(ws)) => ws,
+        Ok(Err(e)) => {
+            info!(error = %e, "not a WebSocket tunnel request; closed");
+            return;
+        }
+        Err(_) => {
+            info!("WebSocket upgrade timed out; closed");
+            return;
+        }
+    };
+    let admitted = match handshake::accept(&mut ws, &this.config, &this.edges, id, timeout).await {
+        Ok(admitted) => admitted,
+        Err(HandshakeError::Refused { code, message, edge_id }) => {
+            warn!(edge = %edge_id, ?code, %message, "edge refused");
+            return;
+        }
+        Err(HandshakeError::Wire(e)) => {
+            info!(error = %e, "tunnel handshake failed");
+            return;
+        }
+    };
+    drop(permit);
+    let settings = MuxSettings {
+        heartbeat_interval: tunnel_config.heartbeat_interval,
+        heartbeat_timeout: tunnel_config.heartbeat_timeout,
+        max_streams: tunnel_config.max_streams_per_tunnel,
+        stream_window: tunnel_config.stream_window,
+        ..MuxSettings::default()
+    };
+    let (tunnel, _no_incoming) = Tunnel::spawn(ws, Role::Cloud, id, settings);
+    info!(edge = %admitted.edge_id, epoch = admitted.epoch, version = %admitted.agent_version,
+        "edge connected");
+    this.edges.add(&admitted.edge_id, admitted.epoch, tunnel.clone());
+    tunnel.closed().await;
+    info!(edge = %admitted.edge_id, reason = tunnel.close_reason().unwrap_or_default(),
+        "edge tunnel closed");
+    debug!("tunnel task done");
+}

@@ -1,0 +1,107 @@
+//! Starting and stopping the edge agent.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use config::EdgeConfig;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::pool::{self, Slot};
+
+/// State shared by the tunnel slots and stream tasks.
+#[derive(Debug)]
+pub(crate) struct EdgeShared {
+    pub(crate) config: EdgeConfig,
+    pub(crate) tls: Option<Arc<rustls::ClientConfig>>,
+    pub(crate) epoch: u64,
+    /// Set on shutdown: new streams are refused.
+    pub(crate) draining: AtomicBool,
+    pub(crate) live_tunnels: AtomicUsize,
+    /// Stops the tunnel slots (no more redials; tunnels close).
+    pub(crate) stop_tunnels: CancellationToken,
+    /// Aborts relayed connections still open after the grace period.
+    pub(crate) abort_streams: CancellationToken,
+    pub(crate) streams: TaskTracker,
+}
+
+/// A running edge agent.
+#[derive(Debug)]
+pub struct Edge {
+    shared: Arc<EdgeShared>,
+    slots: TaskTracker,
+    tunnel_handles: pool::TunnelHandles,
+}
+
+impl Edge {
+    /// Starts the tunnel pool. Each slot dials at once and keeps redialling
+    /// until [`shutdown`](Self::shutdown), whether or not the cloud is up.
+    ///
+    /// # Errors
+    /// If `ca_file` cannot be loaded for a `wss://` cloud.
+    pub fn start(config: EdgeConfig) -> Result<Self, tunnel::tls::TlsError> {
+        let tls = if config.cloud_url.tls {
+            Some(tunnel::tls::client_config(config.ca_file.as_deref())?)
+        } else {
+            warn!(url = %config.cloud_url, "dialling the cloud without TLS; use wss:// in production");
+            None
+        };
+        if config.allow.is_empty() {
+            warn!("the allowlist is empty: every stream will be refused");
+        }
+        let epoch = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+        let shared = Arc::new(EdgeShared {
+            tls,
+            epoch,
+            draining: AtomicBool::new(false),
+            live_tunnels: AtomicUsize::new(0),
+            stop_tunnels: CancellationToken::new(),
+            abort_streams: CancellationToken::new(),
+            streams: TaskTracker::new(),
+            config,
+        });
+        let slots = TaskTracker::new();
+        let tunnel_handles = pool::TunnelHandles::default();
+        info!(edge = %shared.config.edge_id, url = %shared.config.cloud_url,
+            tunnels = shared.config.tunnels, "starting");
+        for index in 0..shared.config.tunnels {
+            let slot = Slot { index, shared: Arc::clone(&shared), handles: tunnel_handles.clone() };
+            slots.spawn(pool::run_slot(slot));
+        }
+        Ok(Self { shared, slots, tunnel_handles })
+    }
+
+    /// Tunnels connected right now.
+    pub fn live_tunnels(&self) -> usize {
+        self.shared.live_tunnels.load(Ordering::Relaxed)
+    }
+
+    /// Streams being relayed right now.
+    pub fn open_streams(&self) -> usize {
+        self.shared.streams.len()
+    }
+
+    /// Graceful stop: tell the cloud to open no new streams here, let open
+    /// streams finish within the grace period, reset the rest, then close
+    /// the tunnels.
+    pub async fn shutdown(self) {
+        let grace: Duration = self.shared.config.shutdown_grace;
+        info!(?grace, open = self.shared.streams.len(), "shutting down: draining");
+        self.shared.draining.store(true, Ordering::Relaxed);
+        self.tunnel_handles.drain_all();
+        self.shared.streams.close();
+        if tokio::time::timeout(grace, self.shared.streams.wait()).await.is_err() {
+            warn!(open = self.shared.streams.len(), "grace period over; resetting open streams");
+            self.shared.abort_streams.cancel();
+            self.shared.streams.wait().await;
+        }
+        self.shared.stop_tunnels.cancel();
+        self.slots.close();
+        self.slots.wait().await;
+        info!("stopped");
+    }
+}

@@ -1,0 +1,111 @@
+//! The tunnel pool: each slot dials, serves until its tunnel ends, backs
+//! off, and dials again, forever.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use proto::GoAwayCode;
+use tracing::{Instrument, info, info_span, warn};
+use tunnel::Tunnel;
+
+use crate::backoff::Backoff;
+use crate::connector;
+use crate::dial::{self, Dialled};
+use crate::edge::EdgeShared;
+
+/// A refusal that needs an operator (wrong token, unknown id) is retried
+/// no faster than this, so a misconfigured edge does not flood the logs.
+const MIN_DELAY_AFTER_REFUSAL: Duration = Duration::from_secs(5);
+
+/// Live tunnels of the pool, so shutdown can send each a drain.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct TunnelHandles(Arc<Mutex<Vec<Tunnel>>>);
+
+impl TunnelHandles {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Tunnel>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn add(&self, tunnel: Tunnel) {
+        let mut tunnels = self.lock();
+        tunnels.retain(|t| !t.is_closed());
+        tunnels.push(tunnel);
+    }
+
+    pub(crate) fn drain_all(&self) {
+        for t in self.lock().iter() {
+            t.drain();
+        }
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct Slot {
+    pub(crate) index: u32,
+    pub(crate) shared: Arc<EdgeShared>,
+    pub(crate) handles: TunnelHandles,
+}
+
+pub(crate) async fn run_slot(slot: Slot) {
+    let shared = &slot.shared;
+    let reconnect = &shared.config.reconnect;
+    let mut backoff = Backoff::new(reconnect.initial, reconnect.max);
+    let span = info_span!("slot", slot = slot.index);
+    loop {
+        let dialled = tokio::select! {
+            () = shared.stop_tunnels.cancelled() => return,
+            d = dial::dial(&shared.config, shared.tls.as_ref(), shared.epoch).instrument(span.clone()) => d,
+        };
+        let delay = match dialled {
+            Ok(dialled) => {
+                backoff.reset();
+                serve(&slot, dialled).instrument(span.clone()).await;
+                if shared.stop_tunnels.is_cancelled() {
+                    return;
+                }
+                backoff.next_delay(fastrand::f64())
+            }
+            Err(e) => {
+                let mut delay = backoff.next_delay(fastrand::f64());
+                if !e.is_transient() {
+                    delay = delay.max(MIN_DELAY_AFTER_REFUSAL);
+                }
+                span.in_scope(|| warn!(error = %e, retry_in = ?delay, "tunnel not established"));
+                delay
+            }
+        };
+        tokio::select! {
+            () = shared.stop_tunnels.cancelled() => return,
+            () = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+async fn serve(slot: &Slot, dialled: Dialled) {
+    let Dialled { tunnel, mut incoming } = dialled;
+    let shared = &slot.shared;
+    info!(tunnel = tunnel.id(), "tunnel up");
+    shared.live_tunnels.fetch_add(1, Ordering::Relaxed);
+    slot.handles.add(tunnel.clone());
+    if shared.draining.load(Ordering::Relaxed) {
+        tunnel.drain();
+    }
+    loop {
+        tokio::select! {
+            () = tunnel.closed() => break,
+            () = shared.stop_tunnels.cancelled() => {
+                tunnel.close(GoAwayCode::Normal, "edge agent shutting down");
+                tunnel.closed().await;
+                break;
+            }
+            Some(stream) = incoming.recv() => {
+                let span = info_span!("stream", tunnel = tunnel.id(), stream = stream.id(),
+                    mapping = %stream.mapping);
+                shared.streams.spawn(connector::serve(Arc::clone(shared), stream).instrument(span));
+            }
+        }
+    }
+    shared.live_tunnels.fetch_sub(1, Ordering::Relaxed);
+    info!(tunnel = tunnel.id(), reason = tunnel.close_reason().unwrap_or_default(), "tunnel down");
+}

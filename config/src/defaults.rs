@@ -1,0 +1,98 @@
+//! Default values and allowed ranges, one named constant each.
+//!
+//! The serde default functions below return these constants, so a missing
+//! key and the documented default can never drift apart.
+
+use std::ops::RangeInclusive;
+use std::time::Duration;
+
+/// Default `[tunnel] heartbeat_interval`: how often each side pings.
+pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(2);
+/// Default `[tunnel] heartbeat_timeout`: silence after which a tunnel is dead.
+pub const DEFAULT_HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(6);
+/// Default `[tunnel] handshake_timeout`: time an edge has to authenticate.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default `[tunnel] max_streams_per_tunnel`.
+pub const DEFAULT_MAX_STREAMS_PER_TUNNEL: u32 = 4096;
+/// Allowed `[tunnel] max_streams_per_tunnel`.
+pub const MAX_STREAMS_PER_TUNNEL_RANGE: RangeInclusive<u32> = 1..=1_000_000;
+/// Default `[tunnel] max_tunnels_per_edge`.
+pub const DEFAULT_MAX_TUNNELS_PER_EDGE: u32 = 8;
+/// Allowed `[tunnel] max_tunnels_per_edge`.
+pub const MAX_TUNNELS_PER_EDGE_RANGE: RangeInclusive<u32> = 1..=64;
+/// Default `[tunnel] stream_window`, in bytes.
+pub const DEFAULT_STREAM_WINDOW: u32 = 256 * 1024;
+/// Allowed `[tunnel] stream_window`, in bytes.
+pub const STREAM_WINDOW_RANGE: RangeInclusive<u32> = 16 * 1024..=16 * 1024 * 1024;
+/// Default `shutdown_grace` of both agents: how long open connections may
+/// drain after a shutdown signal.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+/// Default edge `tunnels`: parallel tunnels to the cloud.
+pub const DEFAULT_TUNNELS: u32 = 2;
+/// Allowed edge `tunnels`.
+pub const TUNNELS_RANGE: RangeInclusive<u32> = 1..=16;
+/// Default edge `connect_timeout` for connections to targets.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default `[reconnect] initial` backoff.
+pub const DEFAULT_RECONNECT_INITIAL: Duration = Duration::from_millis(500);
+/// Default `[reconnect] max` backoff.
+pub const DEFAULT_RECONNECT_MAX: Duration = Duration::from_secs(30);
+
+/// Default `cloud_url` port for `ws://`.
+pub const DEFAULT_WS_PORT: u16 = 80;
+/// Default `cloud_url` port for `wss://`.
+pub const DEFAULT_WSS_PORT: u16 = 443;
+/// Default `cloud_url` path when the URL has none.
+pub const DEFAULT_TUNNEL_PATH: &str = "/tunnel";
+
+/// Shortest accepted token, in bytes.
+pub const MIN_TOKEN_LEN: usize = 16;
+/// Longest accepted mapping name or edge id, in characters.
+pub const MAX_NAME_LEN: usize = 64;
+
+/// Serde default functions. Values that need a position later are wrapped in
+/// `Spanned` with the empty span `0..0`, which means "defaulted, no position".
+pub(crate) mod serde_fns {
+    use super::*;
+    use crate::values::Dur;
+    use toml::Spanned;
+
+    fn unplaced<T>(value: T) -> Spanned<T> {
+        Spanned::new(0..0, value)
+    }
+
+    pub(crate) fn heartbeat_interval() -> Spanned<Dur> {
+        unplaced(Dur(DEFAULT_HEARTBEAT_INTERVAL))
+    }
+    pub(crate) fn heartbeat_timeout() -> Spanned<Dur> {
+        unplaced(Dur(DEFAULT_HEARTBEAT_TIMEOUT))
+    }
+    pub(crate) fn handshake_timeout() -> Spanned<Dur> {
+        unplaced(Dur(DEFAULT_HANDSHAKE_TIMEOUT))
+    }
+    pub(crate) fn max_streams_per_tunnel() -> Spanned<u32> {
+        unplaced(DEFAULT_MAX_STREAMS_PER_TUNNEL)
+    }
+    pub(crate) fn max_tunnels_per_edge() -> Spanned<u32> {
+        unplaced(DEFAULT_MAX_TUNNELS_PER_EDGE)
+    }
+    pub(crate) fn stream_window() -> Spanned<u32> {
+        unplaced(DEFAULT_STREAM_WINDOW)
+    }
+    pub(crate) fn shutdown_grace() -> Spanned<Dur> {
+        unplaced(Dur(DEFAULT_SHUTDOWN_GRACE))
+    }
+    pub(crate) fn tunnels() -> Spanned<u32> {
+        unplaced(DEFAULT_TUNNELS)
+    }
+    pub(crate) fn connect_timeout() -> Spanned<Dur> {
+        unplaced(Dur(DEFAULT_CONNECT_TIMEOUT))
+    }
+    pub(crate) fn reconnect_initial() -> Spanned<Dur> {
+        unplaced(Dur(DEFAULT_RECONNECT_INITIAL))
+    }
+    pub(crate) fn reconnect_max() -> Spanned<Dur> {
+        unplaced(Dur(DEFAULT_RECONNECT_MAX))
+    }
+}

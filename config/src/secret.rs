@@ -1,0 +1,149 @@
+//! [`Secret`] and the `token` / `token_file` rules shared by `[[edges]]` in
+//! the cloud config and the edge config.
+
+use std::fmt;
+use std::ops::Range;
+use std::path::PathBuf;
+
+use toml::Spanned;
+
+use crate::defaults::MIN_TOKEN_LEN;
+use crate::error::{ConfigError, Doc};
+
+/// Words that mark a token as a placeholder copied from an example,
+/// matched case-insensitively anywhere in the token.
+const PLACEHOLDERS: &[&str] =
+    &["changeme", "change-me", "change_me", "secret", "token", "password"];
+
+/// How to make a real token, quoted in every token error.
+const GENERATE_HINT: &str = "generate one with `head -c 32 /dev/urandom | base64`";
+
+/// A shared token. [`Debug`](fmt::Debug) and [`Display`](fmt::Display) print
+/// `****`, so configs can be logged; [`expose`](Secret::expose) gives the
+/// bytes to the code that computes handshake proofs.
+#[derive(Clone)]
+pub struct Secret(Vec<u8>);
+
+impl Secret {
+    /// Wraps token bytes (no validation: that happens when a config loads).
+    pub fn new(bytes: impl Into<Vec<u8>>) -> Self {
+        Self(bytes.into())
+    }
+
+    /// The token bytes.
+    pub fn expose(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("****")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("****")
+    }
+}
+
+/// The `token` and `token_file` keys of one table, as written.
+#[derive(Debug)]
+pub(crate) struct TokenKeys<'a> {
+    /// Dotted path of the table (`edges[0]`), empty at the top level.
+    pub(crate) table: &'a str,
+    /// Span of the table, for "neither key set"; `0..0` for the top level.
+    pub(crate) table_span: Range<usize>,
+    pub(crate) token: Option<Spanned<String>>,
+    pub(crate) token_file: Option<Spanned<PathBuf>>,
+}
+
+impl TokenKeys<'_> {
+    /// Reads the token from exactly one of `token` or `token_file` and checks
+    /// it.
+    pub(crate) fn resolve(self, doc: &Doc<'_>) -> Result<Secret, ConfigError> {
+        let key = |k: &str| {
+            if self.table.is_empty() { k.to_owned() } else { format!("{}.{k}", self.table) }
+        };
+        match (self.token, self.token_file) {
+            (Some(_), Some(file)) => Err(doc.error_at(
+                file.span(),
+                format!("{}: set either `token` or `token_file`, not both", key("token_file")),
+            )),
+            (None, None) => {
+                let prefix =
+                    if self.table.is_empty() { String::new() } else { format!("{}: ", self.table) };
+                Err(doc.error_at(
+                    self.table_span,
+                    format!("{prefix}missing `token` or `token_file`; {GENERATE_HINT}"),
+                ))
+            }
+            (Some(token), None) => {
+                let bytes = token.get_ref().as_bytes();
+                check(bytes, "the token")
+                    .map_err(|m| doc.error_at(token.span(), format!("{}: {m}", key("token"))))?;
+                Ok(Secret::new(bytes))
+            }
+            (None, Some(file)) => {
+                let path = doc.resolve(file.get_ref());
+                let at =
+                    |m: String| doc.error_at(file.span(), format!("{}: {m}", key("token_file")));
+                let mut bytes = std::fs::read(&path)
+                    .map_err(|e| at(format!("cannot read token file {:?}: {e}", path.display())))?;
+                bytes.truncate(bytes.trim_ascii_end().len());
+                check(&bytes, &format!("the token in {:?}", path.display())).map_err(at)?;
+                Ok(Secret::new(bytes))
+            }
+        }
+    }
+}
+
+/// Rejects empty, placeholder and short tokens. `what` names the token in
+/// the message; the token itself is never quoted.
+fn check(token: &[u8], what: &str) -> Result<(), String> {
+    if token.is_empty() {
+        return Err(format!("{what} is empty; {GENERATE_HINT}"));
+    }
+    let lower = String::from_utf8_lossy(token).to_lowercase();
+    if let Some(word) = PLACEHOLDERS.iter().find(|w| lower.contains(*w)) {
+        return Err(format!(
+            "{what} looks like a placeholder (contains {word:?}); {GENERATE_HINT}"
+        ));
+    }
+    if token.len() < MIN_TOKEN_LEN {
+        return Err(format!(
+            "{what} is {} bytes, expected at least {MIN_TOKEN_LEN}; {GENERATE_HINT}",
+            token.len()
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TOKEN: &str = "q7Zx3VbN8mK2pL9wR4tY6uI1oA5sD0fG";
+
+    #[test]
+    fn debug_and_display_mask_the_token() {
+        let s = Secret::new(TOKEN);
+        assert_eq!(format!("{s:?}"), "****");
+        assert_eq!(format!("{s}"), "****");
+        assert!(!format!("{:?}", Some(&s)).contains(TOKEN));
+        assert_eq!(s.expose(), TOKEN.as_bytes());
+    }
+
+    #[test]
+    fn token_rules() {
+        assert!(check(TOKEN.as_bytes(), "token").is_ok());
+        assert!(check(b"", "token").unwrap_err().contains("is empty"));
+        assert!(check(b"0123456789abcde", "token").unwrap_err().contains("is 15 bytes"));
+        assert!(check(b"0123456789abcdef", "token").is_ok());
+        for p in ["CHANGEME", "Secret", "token", "password", "change-me-please-now-1234"] {
+            let err = check(p.as_bytes(), "token").unwrap_err();
+            assert!(err.contains("placeholder") && err.contains("/dev/urandom"), "{p}: {err}");
+        }
+    }
+}

@@ -1,0 +1,160 @@
+//! Copies bytes between a TCP socket and a stream, both ways.
+//!
+//! EOF on the socket becomes a FIN on the stream and a FIN from the peer
+//! becomes a write shutdown on the socket, so half-closed protocols work
+//! end to end. An error on either side resets the stream, and a reset
+//! from the peer aborts the socket with an RST, so a client sees what a
+//! direct connection would have shown.
+//!
+//! No buffer is held while a connection is idle: the copy loop waits for
+//! the socket to become readable, then allocates at most the peer's
+//! current credit.
+
+use std::io;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use proto::ResetCode;
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::stream::{Inbound, MuxStream, StreamReceiver, StreamSender};
+
+/// Largest read from the socket, and so the largest data frame.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// How a relayed connection ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RelayEnd {
+    /// Both sides closed in order.
+    Closed,
+    /// The stream or the socket failed, or the peer reset the stream.
+    Reset(String),
+    /// Stopped by the caller (shutdown grace over, drain deadline).
+    Cancelled,
+}
+
+/// What a finished relay did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelayOutcome {
+    /// Bytes read from the socket and sent to the peer.
+    pub bytes_to_peer: u64,
+    /// Bytes received from the peer and written to the socket.
+    pub bytes_from_peer: u64,
+    /// How it ended.
+    pub end: RelayEnd,
+}
+
+/// Relays between `tcp` and `stream` until both directions are finished,
+/// either side fails, or `cancel` fires (which resets the stream with
+/// `cancel_code`).
+pub async fn relay(
+    tcp: TcpStream,
+    stream: MuxStream,
+    cancel: CancellationToken,
+    cancel_code: ResetCode,
+) -> RelayOutcome {
+    let _ = tcp.set_nodelay(true);
+    let (sender, mut receiver) = stream.split();
+    let mut to_peer = 0u64;
+    let mut from_peer = 0u64;
+    let end = {
+        let upstream = socket_to_stream(&tcp, &sender, &mut to_peer);
+        let downstream = stream_to_socket(&tcp, &mut receiver, &sender, &mut from_peer);
+        tokio::pin!(upstream, downstream);
+        let (mut up_done, mut down_done) = (false, false);
+        loop {
+            tokio::select! {
+                result = &mut upstream, if !up_done => match result {
+                    Ok(()) => up_done = true,
+                    Err(why) => break RelayEnd::Reset(why),
+                },
+                result = &mut downstream, if !down_done => match result {
+                    Ok(()) => down_done = true,
+                    Err(why) => break RelayEnd::Reset(why),
+                },
+                () = cancel.cancelled() => {
+                    sender.reset(cancel_code, "connection stopped by the agent");
+                    break RelayEnd::Cancelled;
+                }
+            }
+            if up_done && down_done {
+                break RelayEnd::Closed;
+            }
+        }
+    };
+    if end != RelayEnd::Closed {
+        abort(&tcp);
+    }
+    RelayOutcome { bytes_to_peer: to_peer, bytes_from_peer: from_peer, end }
+}
+
+/// Closes the socket with an RST instead of a FIN, as a direct connection
+/// that failed would.
+fn abort(tcp: &TcpStream) {
+    let _ = socket2::SockRef::from(tcp).set_linger(Some(Duration::ZERO));
+}
+
+async fn socket_to_stream(
+    tcp: &TcpStream,
+    sender: &StreamSender,
+    total: &mut u64,
+) -> Result<(), String> {
+    loop {
+        let credit = sender.credit(READ_CHUNK).await.map_err(|e| e.reason)?;
+        tcp.readable().await.map_err(|e| e.to_string())?;
+        let mut buf = BytesMut::with_capacity(credit);
+        match tcp.try_read_buf(&mut buf) {
+            Ok(0) => {
+                sender.finish().await.map_err(|e| e.reason)?;
+                return Ok(());
+            }
+            Ok(n) => {
+                *total += n as u64;
+                sender.send(buf.freeze()).await.map_err(|e| e.reason)?;
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => {
+                sender.reset(ResetCode::ConnectionReset, &e.to_string());
+                return Err(format!("socket read failed: {e}"));
+            }
+        }
+    }
+}
+
+async fn stream_to_socket(
+    tcp: &TcpStream,
+    receiver: &mut StreamReceiver,
+    sender: &StreamSender,
+    total: &mut u64,
+) -> Result<(), String> {
+    loop {
+        match receiver.recv().await {
+            Inbound::Data(bytes) => {
+                if let Err(e) = write_all(tcp, &bytes).await {
+                    sender.reset(ResetCode::ConnectionReset, &e.to_string());
+                    return Err(format!("socket write failed: {e}"));
+                }
+                *total += bytes.len() as u64;
+                receiver.consumed(bytes.len()).await.map_err(|e| e.reason)?;
+            }
+            Inbound::Fin => {
+                let _ = socket2::SockRef::from(tcp).shutdown(std::net::Shutdown::Write);
+                return Ok(());
+            }
+            Inbound::Reset { message, .. } => return Err(format!("reset by peer: {message}")),
+        }
+    }
+}
+
+async fn write_all(tcp: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
+    while !bytes.is_empty() {
+        tcp.writable().await?;
+        match tcp.try_write(bytes) {
+            Ok(n) => bytes = &bytes[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,276 @@
+//! One multiplexed stream: its shared state and the two halves a relay uses.
+//!
+//! The tunnel's reader loop and the stream's own task both touch a stream:
+//! the reader applies the peer's data, window updates, FIN and reset; the
+//! task sends data and reports what it consumed. They meet in
+//! [`StreamShared`], behind a mutex held only for a few field updates.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::Bytes;
+use proto::{Frame, RecvWindow, ResetCode, SendWindow, StreamState};
+use thiserror::Error;
+use tokio::sync::{Notify, mpsc};
+
+use crate::mux::Shared as TunnelShared;
+
+/// Something that arrived from the peer for this stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Inbound {
+    /// Bytes to write to the local socket.
+    Data(Bytes),
+    /// The peer half-closed: write EOF to the local socket.
+    Fin,
+    /// The stream was aborted (by the peer, or because the tunnel died).
+    Reset { code: ResetCode, message: String },
+}
+
+/// The stream can no longer carry data: reset by either side or the tunnel
+/// is gone.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("stream closed: {reason}")]
+pub struct StreamClosed {
+    /// Why, for logs.
+    pub reason: String,
+}
+
+#[derive(Debug)]
+pub(crate) struct StreamInner {
+    pub(crate) send: SendWindow,
+    pub(crate) recv: RecvWindow,
+    pub(crate) state: StreamState,
+    /// Why the stream was reset, once it was.
+    pub(crate) reset: Option<String>,
+}
+
+/// State shared by the tunnel's reader loop and the stream's halves.
+#[derive(Debug)]
+pub(crate) struct StreamShared {
+    pub(crate) id: u32,
+    inner: Mutex<StreamInner>,
+    /// Woken when send credit grows or the stream is reset.
+    credit: Notify,
+}
+
+impl StreamShared {
+    pub(crate) fn new(id: u32, send_window: u32, recv_window: u32) -> Self {
+        Self {
+            id,
+            inner: Mutex::new(StreamInner {
+                send: SendWindow::new(send_window),
+                recv: RecvWindow::new(recv_window),
+                state: StreamState::new(),
+                reset: None,
+            }),
+            credit: Notify::new(),
+        }
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, StreamInner> {
+        // A poisoned lock means a panic elsewhere already broke an invariant;
+        // the plain data inside is still consistent enough to tear down.
+        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub(crate) fn wake_sender(&self) {
+        self.credit.notify_one();
+    }
+
+    /// Marks the stream reset. Returns false if it already was closed.
+    pub(crate) fn mark_reset(&self, reason: &str) -> bool {
+        let mut inner = self.lock();
+        if inner.state.is_closed() {
+            return false;
+        }
+        inner.state.on_reset();
+        inner.reset = Some(reason.to_owned());
+        drop(inner);
+        self.wake_sender();
+        true
+    }
+}
+
+/// Resets the stream when the last half is dropped without closing it, so
+/// an abandoned stream never lingers in the tunnel's table.
+#[derive(Debug)]
+struct StreamGuard {
+    stream: Arc<StreamShared>,
+    tunnel: Arc<TunnelShared>,
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        if self.stream.mark_reset("stream dropped") {
+            self.tunnel.send_control(Frame::Reset {
+                stream: self.stream.id,
+                code: ResetCode::Other,
+                message: "stream abandoned".into(),
+            });
+        }
+        self.tunnel.remove_stream(self.stream.id);
+    }
+}
+
+/// An open stream, before it is split for relaying.
+#[derive(Debug)]
+pub struct MuxStream {
+    pub(crate) sender: StreamSender,
+    pub(crate) receiver: StreamReceiver,
+}
+
+impl MuxStream {
+    pub(crate) fn new(
+        stream: Arc<StreamShared>,
+        tunnel: Arc<TunnelShared>,
+        inbound: mpsc::UnboundedReceiver<Inbound>,
+    ) -> Self {
+        let guard =
+            Arc::new(StreamGuard { stream: Arc::clone(&stream), tunnel: Arc::clone(&tunnel) });
+        Self {
+            sender: StreamSender {
+                stream: Arc::clone(&stream),
+                tunnel: Arc::clone(&tunnel),
+                _guard: Arc::clone(&guard),
+            },
+            receiver: StreamReceiver { stream, tunnel, inbound, _guard: guard },
+        }
+    }
+
+    /// The stream's id on its tunnel.
+    pub fn id(&self) -> u32 {
+        self.sender.stream.id
+    }
+
+    /// The id of the tunnel carrying this stream.
+    pub fn tunnel_id(&self) -> u64 {
+        self.sender.tunnel.id
+    }
+
+    /// Splits into the half that sends towards the peer and the half that
+    /// receives from it.
+    pub fn split(self) -> (StreamSender, StreamReceiver) {
+        (self.sender, self.receiver)
+    }
+}
+
+/// Sends data, FIN or reset towards the peer, respecting its window.
+#[derive(Debug)]
+pub struct StreamSender {
+    pub(crate) stream: Arc<StreamShared>,
+    pub(crate) tunnel: Arc<TunnelShared>,
+    _guard: Arc<StreamGuard>,
+}
+
+impl StreamSender {
+    /// Waits until the peer's window has room and returns how many bytes
+    /// may be sent now (at most `max`).
+    ///
+    /// Cancel-safe: nothing is reserved until [`send`](Self::send).
+    ///
+    /// # Errors
+    /// [`StreamClosed`] once the stream is reset or its tunnel is gone.
+    pub async fn credit(&self, max: usize) -> Result<usize, StreamClosed> {
+        loop {
+            {
+                let inner = self.stream.lock();
+                if let Some(reason) = &inner.reset {
+                    return Err(StreamClosed { reason: reason.clone() });
+                }
+                let available = inner.send.available();
+                if available > 0 {
+                    let cap = max.min(self.tunnel.settings.peer_max_frame_payload as usize);
+                    return Ok(usize::try_from(available).unwrap_or(usize::MAX).min(cap));
+                }
+            }
+            self.stream.credit.notified().await;
+        }
+    }
+
+    /// Sends `data`, which must fit in the credit last returned by
+    /// [`credit`](Self::credit).
+    ///
+    /// # Errors
+    /// [`StreamClosed`] if the stream was reset or the tunnel is gone.
+    pub async fn send(&self, data: Bytes) -> Result<(), StreamClosed> {
+        {
+            let mut inner = self.stream.lock();
+            if let Some(reason) = &inner.reset {
+                return Err(StreamClosed { reason: reason.clone() });
+            }
+            inner
+                .send
+                .record_sent(data.len() as u64)
+                .map_err(|e| StreamClosed { reason: format!("local flow-control bug: {e}") })?;
+        }
+        self.tunnel.send_frame(Frame::Data { stream: self.stream.id, payload: data }).await
+    }
+
+    /// Half-closes: the peer's socket sees EOF after the data sent so far.
+    ///
+    /// # Errors
+    /// [`StreamClosed`] if the stream was reset or the tunnel is gone.
+    pub async fn finish(&self) -> Result<(), StreamClosed> {
+        self.tunnel.send_frame(Frame::Fin { stream: self.stream.id }).await?;
+        let closed = {
+            let mut inner = self.stream.lock();
+            inner.state.on_sent_fin();
+            inner.state.is_closed()
+        };
+        if closed {
+            self.tunnel.remove_stream(self.stream.id);
+        }
+        Ok(())
+    }
+
+    /// Aborts the stream in both directions.
+    pub fn reset(&self, code: ResetCode, message: &str) {
+        if self.stream.mark_reset(message) {
+            self.tunnel.send_control(Frame::Reset {
+                stream: self.stream.id,
+                code,
+                message: message.to_owned(),
+            });
+        }
+        self.tunnel.remove_stream(self.stream.id);
+    }
+}
+
+/// Receives what the peer sent, and returns credit as it is consumed.
+#[derive(Debug)]
+pub struct StreamReceiver {
+    stream: Arc<StreamShared>,
+    tunnel: Arc<TunnelShared>,
+    inbound: mpsc::UnboundedReceiver<Inbound>,
+    _guard: Arc<StreamGuard>,
+}
+
+impl StreamReceiver {
+    /// The next event from the peer. After [`Inbound::Fin`] or
+    /// [`Inbound::Reset`] nothing more arrives.
+    ///
+    /// Cancel-safe.
+    pub async fn recv(&mut self) -> Inbound {
+        match self.inbound.recv().await {
+            Some(event) => event,
+            None => Inbound::Reset {
+                code: ResetCode::Other,
+                message: self.stream.lock().reset.clone().unwrap_or_else(|| "tunnel lost".into()),
+            },
+        }
+    }
+
+    /// Reports that `n` received bytes were written on, returning credit to
+    /// the peer (a window update every half window).
+    ///
+    /// # Errors
+    /// [`StreamClosed`] if the tunnel is gone.
+    pub async fn consumed(&self, n: usize) -> Result<(), StreamClosed> {
+        let update = self.stream.lock().recv.on_consumed(n as u64);
+        match update {
+            Some(consumed) => {
+                self.tunnel.send_frame(Frame::Window { stream: self.stream.id, consumed }).await
+            }
+            None => Ok(()),
+        }
+    }
+}
