@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::defaults::{self as d, DEFAULT_RECONNECT_INITIAL, DEFAULT_RECONNECT_MAX};
+use crate::defaults::{self as d, DEFAULT_RECONNECT_INITIAL, DEFAULT_RECONNECT_MAX, serde_fns};
 use crate::error::{ConfigError, Doc};
 use crate::secret::{Secret, TokenKeys};
 use crate::values::{self, Dur};
@@ -80,31 +80,31 @@ struct RawEdge {
     edge_id: Spanned<String>,
     token: Option<Spanned<String>>,
     token_file: Option<Spanned<PathBuf>>,
-    #[serde(default = "d::serde_fns::tunnels")]
+    #[serde(default = "serde_fns::tunnels")]
     tunnels: Spanned<u32>,
     ca_file: Option<Spanned<PathBuf>>,
     #[serde(default)]
     allow: Vec<HostPort>,
-    #[serde(default = "d::serde_fns::connect_timeout")]
+    #[serde(default = "serde_fns::connect_timeout")]
     connect_timeout: Spanned<Dur>,
     #[serde(default)]
     reconnect: RawBackoff,
-    #[serde(default = "d::serde_fns::shutdown_grace")]
+    #[serde(default = "serde_fns::shutdown_grace")]
     shutdown_grace: Spanned<Dur>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawBackoff {
-    #[serde(default = "d::serde_fns::reconnect_initial")]
+    #[serde(default = "serde_fns::reconnect_initial")]
     initial: Spanned<Dur>,
-    #[serde(default = "d::serde_fns::reconnect_max")]
+    #[serde(default = "serde_fns::reconnect_max")]
     max: Spanned<Dur>,
 }
 
 impl Default for RawBackoff {
     fn default() -> Self {
-        Self { initial: d::serde_fns::reconnect_initial(), max: d::serde_fns::reconnect_max() }
+        Self { initial: serde_fns::reconnect_initial(), max: serde_fns::reconnect_max() }
     }
 }
 

@@ -22,7 +22,7 @@
 //!   heartbeat_interval`; `[reconnect] initial <= max`.
 //! - Tokens come from exactly one of `token` or `token_file` (whose trailing
 //!   whitespace is trimmed), are at least [`MIN_TOKEN_LEN`] bytes and do not
-//!   contain placeholder words such as `changeme`.
+//!   look like placeholders such as `changeme`.
 //! - Cloud: at least one `[[edges]]`, unique edge ids and mapping names,
 //!   listeners that do not clash (port 0 never clashes), mappings naming a
 //!   configured edge.
@@ -39,12 +39,14 @@ mod hostport;
 mod load;
 mod parse_error;
 mod secret;
+mod tunnel;
 mod values;
 
-pub use cloud::{CloudConfig, EdgeEntry, MappingConfig, TlsFiles, TunnelListenConfig};
+pub use cloud::{CloudConfig, EdgeEntry, MappingConfig};
 pub use cloud_url::CloudUrl;
 pub use defaults::*;
 pub use edge::{BackoffConfig, EdgeConfig};
 pub use error::ConfigError;
 pub use hostport::{HostPort, ParseError};
 pub use secret::Secret;
+pub use tunnel::{TlsFiles, TunnelListenConfig};

@@ -10,10 +10,15 @@ use toml::Spanned;
 use crate::defaults::MIN_TOKEN_LEN;
 use crate::error::{ConfigError, Doc};
 
-/// Words that mark a token as a placeholder copied from an example,
-/// matched case-insensitively anywhere in the token.
+/// Placeholders copied from examples, refused case-insensitively as the
+/// whole token.
 const PLACEHOLDERS: &[&str] =
     &["changeme", "change-me", "change_me", "secret", "token", "password"];
+
+/// Placeholders so distinctive that they are refused anywhere in a token
+/// ("CHANGEME-to-something-long"). Generic words such as "token" are not:
+/// `e2e-test-token-...` is a fine token.
+const PLACEHOLDER_PARTS: &[&str] = &["changeme", "change-me", "change_me"];
 
 /// How to make a real token, quoted in every token error.
 const GENERATE_HINT: &str = "generate one with `head -c 32 /dev/urandom | base64`";
@@ -105,8 +110,11 @@ fn check(token: &[u8], what: &str) -> Result<(), String> {
     if token.is_empty() {
         return Err(format!("{what} is empty; {GENERATE_HINT}"));
     }
-    let lower = String::from_utf8_lossy(token).to_lowercase();
-    if let Some(word) = PLACEHOLDERS.iter().find(|w| lower.contains(*w)) {
+    let lower = String::from_utf8_lossy(token).trim().to_lowercase();
+    if PLACEHOLDERS.contains(&lower.as_str()) {
+        return Err(format!("{what} is the placeholder {lower:?}; {GENERATE_HINT}"));
+    }
+    if let Some(word) = PLACEHOLDER_PARTS.iter().find(|w| lower.contains(*w)) {
         return Err(format!(
             "{what} looks like a placeholder (contains {word:?}); {GENERATE_HINT}"
         ));
@@ -141,9 +149,12 @@ mod tests {
         assert!(check(b"", "token").unwrap_err().contains("is empty"));
         assert!(check(b"0123456789abcde", "token").unwrap_err().contains("is 15 bytes"));
         assert!(check(b"0123456789abcdef", "token").is_ok());
-        for p in ["CHANGEME", "Secret", "token", "password", "change-me-please-now-1234"] {
+        for p in ["CHANGEME", "Secret", " token\n", "PassWord", "change-me-please-now-1234"] {
             let err = check(p.as_bytes(), "token").unwrap_err();
             assert!(err.contains("placeholder") && err.contains("/dev/urandom"), "{p}: {err}");
         }
+        // Generic words inside a long token are fine.
+        assert!(check(b"e2e-test-token-0123456789abcdef-XYZ", "token").is_ok());
+        assert!(check(b"my-edge-secret-9f8e7d6c5b4a", "token").is_ok());
     }
 }

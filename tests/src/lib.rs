@@ -1,1 +1,294 @@
-//! placeholder
+//! Harness for the end-to-end tests: configs on loopback with port 0,
+//! sample services, and the real agent binaries as child processes.
+//!
+//! Every wait here is bounded: tests fail with what they saw instead of
+//! hanging.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
+
+/// The edge token every test config uses.
+pub const TOKEN: &str = "q3Zt8VwKx1pL0eYb7NsR4uHc9JmA2fGd";
+
+/// A cloud config on loopback: tunnel listener `tunnel_listen`, one edge
+/// `e1`, and mappings `(name, target)` on ephemeral ports. `extra_tunnel`
+/// is added to the `[tunnel]` table.
+pub fn cloud_toml(tunnel_listen: &str, mappings: &[(&str, &str)], extra_tunnel: &str) -> String {
+    let mut s = format!(
+        "shutdown_grace = \"3s\"\n[tunnel]\nlisten = \"{tunnel_listen}\"\n\
+         heartbeat_interval = \"500ms\"\nheartbeat_timeout = \"2s\"\n{extra_tunnel}\n\
+         [[edges]]\nid = \"e1\"\ntoken = \"{TOKEN}\"\n"
+    );
+    for (name, target) in mappings {
+        s.push_str(&format!(
+            "[[mappings]]\nname = \"{name}\"\nlisten = \"127.0.0.1:0\"\nedge = \"e1\"\ntarget = \"{target}\"\n"
+        ));
+    }
+    s
+}
+
+/// An edge config for `e1` dialling `cloud` and allowing `allow`.
+pub fn edge_toml(cloud: SocketAddr, allow: &[String], token: &str) -> String {
+    let allow: Vec<String> = allow.iter().map(|a| format!("\"{a}\"")).collect();
+    format!(
+        "cloud_url = \"ws://{cloud}/tunnel\"\nedge_id = \"e1\"\ntoken = \"{token}\"\n\
+         allow = [{}]\nconnect_timeout = \"2s\"\nshutdown_grace = \"3s\"\n\
+         [reconnect]\ninitial = \"50ms\"\nmax = \"500ms\"\n",
+        allow.join(", ")
+    )
+}
+
+/// Parses a cloud config written by [`cloud_toml`].
+pub fn cloud_config(toml: &str) -> config::CloudConfig {
+    config::CloudConfig::from_toml(toml, std::path::Path::new("e2e-cloud.toml"))
+        .unwrap_or_else(|e| panic!("test cloud config invalid: {e}\n{toml}"))
+}
+
+/// Parses an edge config written by [`edge_toml`].
+pub fn edge_config(toml: &str) -> config::EdgeConfig {
+    config::EdgeConfig::from_toml(toml, std::path::Path::new("e2e-edge.toml"))
+        .unwrap_or_else(|e| panic!("test edge config invalid: {e}\n{toml}"))
+}
+
+/// An echo service on an ephemeral loopback port: writes back what it
+/// reads, and half-closes when its peer does.
+pub async fn echo_server() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind echo");
+    let addr = listener.local_addr().expect("echo addr");
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = tcp.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+                let _ = w.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+/// A loopback port that was free a moment ago (for a service started later).
+pub fn free_port() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind probe");
+    l.local_addr().expect("probe addr")
+}
+
+/// Sends `payload` through `addr`, half-closes, reads until EOF, and
+/// returns what came back.
+///
+/// # Errors
+/// Any I/O error on the way.
+pub async fn echo_once(addr: SocketAddr, payload: &[u8]) -> std::io::Result<Vec<u8>> {
+    let tcp = TcpStream::connect(addr).await?;
+    let (mut r, mut w) = tcp.into_split();
+    let read = tokio::spawn(async move {
+        let mut back = Vec::new();
+        r.read_to_end(&mut back).await.map(|_| back)
+    });
+    w.write_all(payload).await?;
+    w.shutdown().await?;
+    read.await.map_err(std::io::Error::other)?
+}
+
+/// Polls `probe` until it succeeds or `deadline` passes. For conditions
+/// that have no event to await (a remote agent becoming ready).
+pub async fn eventually<F, Fut>(deadline: Duration, mut probe: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let until = tokio::time::Instant::now() + deadline;
+    loop {
+        if probe().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= until {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Whether an echo round trip through `addr` works right now.
+pub async fn serves(addr: SocketAddr) -> bool {
+    matches!(
+        tokio::time::timeout(Duration::from_secs(2), echo_once(addr, b"ping")).await,
+        Ok(Ok(ref back)) if back == b"ping"
+    )
+}
+
+/// SHA-256 of `data`.
+pub fn sha256(data: &[u8]) -> [u8; 32] {
+    Sha256::digest(data).into()
+}
+
+/// Path of a workspace binary, built by `cargo test` next to the test
+/// executables (packages with integration tests get their binaries built).
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().and_then(|deps| deps.parent()).expect("target dir");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} not found: run the tests with `cargo test --workspace` so the agents' binaries are built",
+        path.display()
+    );
+    path
+}
+
+/// A real agent binary running as a child process, its stderr captured.
+#[derive(Debug)]
+pub struct Agent {
+    child: Child,
+    lines: mpsc::UnboundedReceiver<String>,
+    seen: Vec<String>,
+    _dir: tempfile::TempDir,
+}
+
+impl Agent {
+    /// Starts `bin_name --config <file holding config_text>`.
+    pub fn spawn(bin_name: &str, config_text: &str) -> Agent {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("agent.toml");
+        std::fs::write(&path, config_text).expect("write config");
+        let mut child = Command::new(bin(bin_name))
+            .arg("--config")
+            .arg(&path)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn agent");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, lines) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut reader = BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = reader.next_line().await {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Agent { child, lines, seen: Vec::new(), _dir: dir }
+    }
+
+    /// Waits until a log line contains every one of `needles`, and returns
+    /// it. Panics with the log so far if none does within `timeout`.
+    pub async fn wait_for_log(&mut self, needles: &[&str], timeout: Duration) -> String {
+        let found = tokio::time::timeout(timeout, async {
+            if let Some(line) = self.seen.iter().find(|l| needles.iter().all(|n| l.contains(n))) {
+                return Some(line.clone());
+            }
+            while let Some(line) = self.lines.recv().await {
+                self.seen.push(line.clone());
+                if needles.iter().all(|n| line.contains(n)) {
+                    return Some(line);
+                }
+            }
+            None
+        })
+        .await;
+        match found {
+            Ok(Some(line)) => line,
+            _ => {
+                while let Ok(line) = self.lines.try_recv() {
+                    self.seen.push(line);
+                }
+                panic!(
+                    "no log line with {needles:?} within {timeout:?}; log:\n{}",
+                    self.seen.join("\n")
+                )
+            }
+        }
+    }
+
+    /// Waits until at least `count` log lines contain every one of
+    /// `needles`, and returns all such lines so far. Panics with the log so
+    /// far if there are fewer within `timeout`.
+    pub async fn wait_for_logs(
+        &mut self,
+        needles: &[&str],
+        count: usize,
+        timeout: Duration,
+    ) -> Vec<String> {
+        let hits = |seen: &[String]| -> Vec<String> {
+            seen.iter().filter(|l| needles.iter().all(|n| l.contains(n))).cloned().collect()
+        };
+        let found = tokio::time::timeout(timeout, async {
+            loop {
+                let found = hits(&self.seen);
+                if found.len() >= count {
+                    return Some(found);
+                }
+                let line = self.lines.recv().await?;
+                self.seen.push(line);
+            }
+        })
+        .await;
+        match found {
+            Ok(Some(lines)) => lines,
+            _ => {
+                let log = self.logged().join("\n");
+                panic!(
+                    "fewer than {count} log lines with {needles:?} within {timeout:?}; log:\n{log}"
+                )
+            }
+        }
+    }
+
+    /// Every log line received so far (without waiting for more).
+    pub fn logged(&mut self) -> &[String] {
+        while let Ok(line) = self.lines.try_recv() {
+            self.seen.push(line);
+        }
+        &self.seen
+    }
+
+    /// Whether the process is still running (reaps it if it has exited).
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("agent still running")
+    }
+
+    /// Resident memory in KiB, from /proc.
+    pub fn rss_kib(&self) -> u64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("proc status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .expect("VmRSS")
+    }
+
+    /// Sends a signal (e.g. "KILL", "TERM").
+    pub fn signal(&self, name: &str) {
+        let status = std::process::Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{name} failed");
+    }
+
+    /// Waits for the process to exit and returns its exit code.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let status = tokio::time::timeout(timeout, self.child.wait()).await.ok()?.ok()?;
+        status.code()
+    }
+}

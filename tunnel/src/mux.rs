@@ -128,6 +128,7 @@ pub(crate) struct Shared {
     data_tx: mpsc::Sender<Frame>,
     control_tx: mpsc::UnboundedSender<Frame>,
     pong_queued: AtomicBool,
+    going_away: AtomicBool,
     peer_draining: AtomicBool,
     rtt_micros: AtomicU64,
     close_reason: Mutex<Option<String>>,
@@ -180,6 +181,9 @@ impl Shared {
 
     /// Closes the tunnel after telling the peer why.
     fn go_away(&self, code: GoAwayCode, message: String) {
+        if self.going_away.swap(true, Ordering::Relaxed) {
+            return;
+        }
         self.send_control(Frame::GoAway { code, message: message.clone() });
         self.set_close_reason(message);
         // The writer stops after sending the go-away; if the peer does not
@@ -306,6 +310,7 @@ impl Tunnel {
             data_tx,
             control_tx,
             pong_queued: AtomicBool::new(false),
+            going_away: AtomicBool::new(false),
             peer_draining: AtomicBool::new(false),
             rtt_micros: AtomicU64::new(0),
             close_reason: Mutex::new(None),
@@ -557,6 +562,11 @@ async fn read_loop<S>(
     };
     if let Some(reason) = reason {
         shared.set_close_reason(reason);
+    }
+    if shared.going_away.load(Ordering::Relaxed) {
+        // Let the writer deliver the go-away; it cancels when done, or the
+        // go-away timer does.
+        shared.closed.cancelled().await;
     }
     shared.closed.cancel();
     shared.fail_all_streams();

@@ -1,0 +1,135 @@
+//! `[tunnel]` of the cloud config: [`TunnelListenConfig`] and [`TlsFiles`].
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::defaults::{self as d, serde_fns};
+use crate::error::{ConfigError, Doc};
+use crate::load;
+use crate::values::{self, Addr, Dur};
+
+/// `[tunnel]`: the listener edge agents dial.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TunnelListenConfig {
+    /// `listen`: socket address, e.g. `0.0.0.0:8443`.
+    pub listen: SocketAddr,
+    /// `[tunnel.tls]`: certificate and key; `None` serves plain `ws://`.
+    pub tls: Option<TlsFiles>,
+    /// `heartbeat_interval`: how often each side pings.
+    pub heartbeat_interval: Duration,
+    /// `heartbeat_timeout`: silence after which a tunnel is dropped; greater
+    /// than `heartbeat_interval`.
+    pub heartbeat_timeout: Duration,
+    /// `handshake_timeout`: time a new connection has to authenticate.
+    pub handshake_timeout: Duration,
+    /// `max_streams_per_tunnel`: concurrent relayed connections per tunnel.
+    pub max_streams_per_tunnel: u32,
+    /// `max_tunnels_per_edge`: concurrent tunnels one edge id may hold.
+    pub max_tunnels_per_edge: u32,
+    /// `stream_window`: per-stream flow-control window, in bytes.
+    pub stream_window: u32,
+}
+
+impl TunnelListenConfig {
+    /// A listener on `listen` without TLS and with every default.
+    pub fn new(listen: SocketAddr) -> Self {
+        Self {
+            listen,
+            tls: None,
+            heartbeat_interval: d::DEFAULT_HEARTBEAT_INTERVAL,
+            heartbeat_timeout: d::DEFAULT_HEARTBEAT_TIMEOUT,
+            handshake_timeout: d::DEFAULT_HANDSHAKE_TIMEOUT,
+            max_streams_per_tunnel: d::DEFAULT_MAX_STREAMS_PER_TUNNEL,
+            max_tunnels_per_edge: d::DEFAULT_MAX_TUNNELS_PER_EDGE,
+            stream_window: d::DEFAULT_STREAM_WINDOW,
+        }
+    }
+}
+
+/// `[tunnel.tls]`: PEM files, resolved against the config file's directory.
+/// They are not read when the config loads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// `cert`: certificate chain (PEM).
+    pub cert: PathBuf,
+    /// `key`: private key (PEM).
+    pub key: PathBuf,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawTunnel {
+    listen: Spanned<Addr>,
+    tls: Option<RawTls>,
+    #[serde(default = "serde_fns::heartbeat_interval")]
+    heartbeat_interval: Spanned<Dur>,
+    #[serde(default = "serde_fns::heartbeat_timeout")]
+    heartbeat_timeout: Spanned<Dur>,
+    #[serde(default = "serde_fns::handshake_timeout")]
+    handshake_timeout: Spanned<Dur>,
+    #[serde(default = "serde_fns::max_streams_per_tunnel")]
+    max_streams_per_tunnel: Spanned<u32>,
+    #[serde(default = "serde_fns::max_tunnels_per_edge")]
+    max_tunnels_per_edge: Spanned<u32>,
+    #[serde(default = "serde_fns::stream_window")]
+    stream_window: Spanned<u32>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert: Spanned<PathBuf>,
+    key: Spanned<PathBuf>,
+}
+
+impl RawTunnel {
+    pub(crate) fn validate(self, doc: &Doc<'_>) -> Result<TunnelListenConfig, ConfigError> {
+        let heartbeat_interval =
+            values::nonzero(doc, "tunnel.heartbeat_interval", &self.heartbeat_interval)?;
+        let heartbeat_timeout =
+            values::nonzero(doc, "tunnel.heartbeat_timeout", &self.heartbeat_timeout)?;
+        values::ordered(
+            doc,
+            "tunnel.",
+            ("heartbeat_interval", &self.heartbeat_interval),
+            ("heartbeat_timeout", &self.heartbeat_timeout),
+            true,
+        )?;
+        let tls = match self.tls {
+            Some(tls) => Some(TlsFiles {
+                cert: load::path(doc, "tunnel.tls.cert", &tls.cert)?,
+                key: load::path(doc, "tunnel.tls.key", &tls.key)?,
+            }),
+            None => None,
+        };
+        let count = |key: &str, value: &Spanned<u32>, range| {
+            values::in_range(doc, &format!("tunnel.{key}"), value, range)
+        };
+        Ok(TunnelListenConfig {
+            listen: self.listen.get_ref().0,
+            tls,
+            heartbeat_interval,
+            heartbeat_timeout,
+            handshake_timeout: values::nonzero(
+                doc,
+                "tunnel.handshake_timeout",
+                &self.handshake_timeout,
+            )?,
+            max_streams_per_tunnel: count(
+                "max_streams_per_tunnel",
+                &self.max_streams_per_tunnel,
+                d::MAX_STREAMS_PER_TUNNEL_RANGE,
+            )?,
+            max_tunnels_per_edge: count(
+                "max_tunnels_per_edge",
+                &self.max_tunnels_per_edge,
+                d::MAX_TUNNELS_PER_EDGE_RANGE,
+            )?,
+            stream_window: count("stream_window", &self.stream_window, d::STREAM_WINDOW_RANGE)?,
+        })
+    }
+}

@@ -1,0 +1,161 @@
+//! Property tests: every frame survives encode/decode, and no input makes
+//! the decoder or the flow-control rules panic.
+
+use bytes::{Bytes, BytesMut};
+use proptest::prelude::*;
+use proto::{Frame, GoAwayCode, OpenCode, RecvWindow, RefuseCode, ResetCode, SendWindow, decode};
+
+fn text() -> impl Strategy<Value = String> {
+    // Up to the 255-byte limit, in bytes, with multi-byte characters.
+    "[a-zA-Z0-9 é中._:-]{0,60}".prop_map(|s| s)
+}
+
+fn stream_id() -> impl Strategy<Value = u32> {
+    1..=u32::MAX
+}
+
+fn frame() -> impl Strategy<Value = Frame> {
+    let open_code = prop::sample::select(vec![
+        OpenCode::Ok,
+        OpenCode::Refused,
+        OpenCode::Denied,
+        OpenCode::Timeout,
+        OpenCode::Unreachable,
+        OpenCode::Draining,
+        OpenCode::Error,
+    ]);
+    let reset_code = prop::sample::select(vec![
+        ResetCode::ConnectionReset,
+        ResetCode::Shutdown,
+        ResetCode::ProtocolError,
+        ResetCode::Drained,
+        ResetCode::Other,
+    ]);
+    let go_away_code = prop::sample::select(vec![
+        GoAwayCode::Normal,
+        GoAwayCode::ProtocolError,
+        GoAwayCode::Timeout,
+        GoAwayCode::Superseded,
+        GoAwayCode::Internal,
+    ]);
+    let refuse_code = prop::sample::select(vec![
+        RefuseCode::BadToken,
+        RefuseCode::UnknownEdge,
+        RefuseCode::VersionMismatch,
+        RefuseCode::Superseded,
+        RefuseCode::TooManyTunnels,
+        RefuseCode::ShuttingDown,
+        RefuseCode::ProtocolError,
+    ]);
+    prop_oneof![
+        (
+            stream_id(),
+            any::<u32>(),
+            text(),
+            text().prop_filter("host", |h| !h.is_empty()),
+            any::<u16>()
+        )
+            .prop_map(|(stream, window, mapping, host, port)| Frame::Open {
+                stream,
+                window,
+                mapping,
+                host,
+                port
+            }),
+        (stream_id(), open_code, any::<u32>(), text()).prop_map(
+            |(stream, code, window, message)| Frame::OpenResult { stream, code, window, message }
+        ),
+        (stream_id(), prop::collection::vec(any::<u8>(), 0..2048))
+            .prop_map(|(stream, data)| Frame::Data { stream, payload: Bytes::from(data) }),
+        (stream_id(), any::<u64>())
+            .prop_map(|(stream, consumed)| Frame::Window { stream, consumed }),
+        stream_id().prop_map(|stream| Frame::Fin { stream }),
+        (stream_id(), reset_code, text()).prop_map(|(stream, code, message)| Frame::Reset {
+            stream,
+            code,
+            message
+        }),
+        any::<u64>().prop_map(|nonce| Frame::Ping { nonce }),
+        any::<u64>().prop_map(|nonce| Frame::Pong { nonce }),
+        Just(Frame::Drain),
+        (go_away_code, text()).prop_map(|(code, message)| Frame::GoAway { code, message }),
+        (any::<u16>(), any::<u16>(), any::<[u8; 32]>()).prop_map(
+            |(min_version, max_version, nonce)| Frame::Challenge {
+                min_version,
+                max_version,
+                nonce
+            }
+        ),
+        (any::<u16>(), text(), any::<u64>(), text(), any::<[u8; 32]>(), any::<[u8; 32]>())
+            .prop_map(|(version, edge_id, epoch, agent_version, nonce, proof)| Frame::Auth {
+                version,
+                edge_id,
+                epoch,
+                agent_version,
+                nonce,
+                proof
+            }),
+        (any::<u16>(), any::<u64>(), any::<u32>(), any::<u32>(), any::<u32>(), any::<[u8; 32]>())
+            .prop_map(
+                |(version, tunnel_id, heartbeat_ms, max_streams, max_frame_payload, proof)| {
+                    Frame::Welcome {
+                        version,
+                        tunnel_id,
+                        heartbeat_ms,
+                        max_streams,
+                        max_frame_payload,
+                        proof,
+                    }
+                }
+            ),
+        (refuse_code, text()).prop_map(|(code, message)| Frame::Refuse { code, message }),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(10_000))]
+
+    #[test]
+    fn encode_then_decode_is_identity(frames in prop::collection::vec(frame(), 1..4)) {
+        let mut buf = BytesMut::new();
+        for f in &frames {
+            f.encode(&mut buf);
+        }
+        let mut bytes = buf.freeze();
+        for f in &frames {
+            let decoded = decode(&mut bytes, u32::MAX).expect("valid").expect("complete");
+            prop_assert_eq!(&decoded, f);
+        }
+        prop_assert!(bytes.is_empty());
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic_and_never_over_consume(data in prop::collection::vec(any::<u8>(), 0..512), max in 0u32..1024) {
+        let mut bytes = Bytes::from(data);
+        // Decode until error or need-more: must terminate and never panic.
+        for _ in 0..1024 {
+            let before = bytes.len();
+            match decode(&mut bytes, max) {
+                Ok(Some(_)) => prop_assert!(bytes.len() < before),
+                Ok(None) => { prop_assert_eq!(bytes.len(), before); break; }
+                Err(_) => break,
+            }
+        }
+    }
+
+    #[test]
+    fn flow_control_never_panics_on_hostile_updates(ops in prop::collection::vec((any::<bool>(), any::<u64>()), 0..64), window in any::<u32>()) {
+        let mut tx = SendWindow::new(window);
+        let mut rx = RecvWindow::new(window);
+        for (is_data, n) in ops {
+            if is_data {
+                let _ = rx.on_data(n);
+                let _ = tx.record_sent(n % (u64::from(window) + 1));
+            } else {
+                let _ = tx.on_window_update(n);
+                let _ = rx.on_consumed(n);
+            }
+            prop_assert!(rx.buffered() <= u64::from(window));
+        }
+    }
+}

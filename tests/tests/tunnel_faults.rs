@@ -1,0 +1,378 @@
+//! Bad input and faults: refusals with distinct reasons, allowlist denials,
+//! and hostile frames that close one tunnel while the process and the other
+//! tunnels carry on.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use agent_cloud::Cloud;
+use agent_edge::Edge;
+use bytes::{Bytes, BytesMut};
+use e2e_tests::{
+    TOKEN, cloud_config, echo_once, echo_server, edge_config, edge_toml, eventually, serves,
+};
+use futures_util::{SinkExt, StreamExt};
+use proto::{Frame, GoAwayCode, NONCE_LEN, PROTOCOL_VERSION, RefuseCode};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+const OTHER_TOKEN: &str = "Hk2pW9xQv7LmT4sZr1NcY8bDf3GjE6aU";
+
+/// A cloud with edges `e1` (the real edge) and `fake` (driven by hand), and
+/// the given mappings on edge `e1`.
+async fn start_cloud(mappings: &[(&str, String)]) -> Cloud {
+    let mut toml = format!(
+        "[tunnel]\nlisten = \"127.0.0.1:0\"\nheartbeat_interval = \"500ms\"\nheartbeat_timeout = \"2s\"\n\
+         [[edges]]\nid = \"e1\"\ntoken = \"{TOKEN}\"\n[[edges]]\nid = \"fake\"\ntoken = \"{OTHER_TOKEN}\"\n"
+    );
+    for (name, target) in mappings {
+        toml.push_str(&format!(
+            "[[mappings]]\nname = \"{name}\"\nlisten = \"127.0.0.1:0\"\nedge = \"e1\"\ntarget = \"{target}\"\n"
+        ));
+    }
+    Cloud::start(cloud_config(&toml)).await.expect("cloud starts")
+}
+
+fn encode(frame: &Frame) -> Bytes {
+    let mut buf = BytesMut::new();
+    frame.encode(&mut buf);
+    buf.freeze()
+}
+
+/// The frames of the next binary message (a message may batch several).
+async fn recv_frames(ws: &mut Ws) -> Option<Vec<Frame>> {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), ws.next()).await.ok()?? {
+            Ok(Message::Binary(mut bytes)) => {
+                let mut frames = Vec::new();
+                while let Some(frame) = proto::decode(&mut bytes, 1 << 20).ok()? {
+                    frames.push(frame);
+                }
+                return Some(frames);
+            }
+            Ok(Message::Ping(_) | Message::Pong(_)) => continue,
+            _ => return None,
+        }
+    }
+}
+
+/// The next message, which must hold exactly one frame (handshake).
+async fn recv_frame(ws: &mut Ws) -> Option<Frame> {
+    let mut frames = recv_frames(ws).await?;
+    if frames.len() == 1 { frames.pop() } else { None }
+}
+
+/// Connects and reads the challenge; returns the socket and server nonce.
+async fn challenge(cloud: SocketAddr) -> (Ws, [u8; NONCE_LEN]) {
+    let (mut ws, _) =
+        tokio_tungstenite::connect_async(format!("ws://{cloud}/tunnel")).await.expect("ws connect");
+    let Some(Frame::Challenge { nonce, .. }) = recv_frame(&mut ws).await else {
+        panic!("no challenge")
+    };
+    (ws, nonce)
+}
+
+fn auth(server_nonce: &[u8; NONCE_LEN], edge_id: &str, token: &str, version: u16) -> Frame {
+    let nonce = [7u8; NONCE_LEN];
+    Frame::Auth {
+        version,
+        edge_id: edge_id.into(),
+        epoch: 1,
+        agent_version: "test".into(),
+        nonce,
+        proof: proto::auth_proof(token.as_bytes(), server_nonce, &nonce, version, 1, edge_id),
+    }
+}
+
+/// Runs a full handshake as edge `fake`; returns the established socket.
+async fn fake_edge(cloud: SocketAddr) -> Ws {
+    let (mut ws, nonce) = challenge(cloud).await;
+    ws.send(Message::Binary(encode(&auth(&nonce, "fake", OTHER_TOKEN, PROTOCOL_VERSION))))
+        .await
+        .expect("send auth");
+    match recv_frame(&mut ws).await {
+        Some(Frame::Welcome { .. }) => ws,
+        other => panic!("fake edge not welcomed: {other:?}"),
+    }
+}
+
+/// Reads until the cloud closes the tunnel; returns the go-away it sent.
+async fn expect_go_away(ws: &mut Ws) -> (GoAwayCode, String) {
+    loop {
+        let Some(frames) = recv_frames(ws).await else { panic!("tunnel ended without a go-away") };
+        for frame in frames {
+            match frame {
+                Frame::GoAway { code, message } => return (code, message),
+                Frame::Ping { .. } | Frame::Pong { .. } => {}
+                other => panic!("expected a go-away, got {other:?}"),
+            }
+        }
+    }
+}
+
+async fn cloud_with_real_edge() -> (Cloud, Edge, SocketAddr) {
+    let echo = echo_server().await;
+    let cloud = start_cloud(&[("echo", echo.to_string())]).await;
+    let edge =
+        Edge::start(edge_config(&edge_toml(cloud.tunnel_addr(), &[echo.to_string()], TOKEN)))
+            .expect("edge");
+    let public = cloud.mapping_addr("echo").expect("listening");
+    assert!(eventually(Duration::from_secs(10), || serves(public)).await, "real edge never served");
+    (cloud, edge, public)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshake_refusals_have_distinct_reasons() {
+    let cloud = start_cloud(&[]).await;
+    let addr = cloud.tunnel_addr();
+    let cases = [
+        (
+            "wrong token",
+            auth_for(addr, "fake", TOKEN, PROTOCOL_VERSION).await,
+            RefuseCode::BadToken,
+        ),
+        (
+            "unknown edge",
+            auth_for(addr, "nobody", OTHER_TOKEN, PROTOCOL_VERSION).await,
+            RefuseCode::UnknownEdge,
+        ),
+        (
+            "future version",
+            auth_for(addr, "fake", OTHER_TOKEN, 999).await,
+            RefuseCode::VersionMismatch,
+        ),
+    ];
+    for (what, refusal, expected) in cases {
+        assert_eq!(refusal, Some(expected), "{what}");
+    }
+    cloud.shutdown().await;
+}
+
+async fn auth_for(
+    cloud: SocketAddr,
+    edge_id: &str,
+    token: &str,
+    version: u16,
+) -> Option<RefuseCode> {
+    let (mut ws, nonce) = challenge(cloud).await;
+    ws.send(Message::Binary(encode(&auth(&nonce, edge_id, token, version)))).await.ok()?;
+    match recv_frame(&mut ws).await {
+        Some(Frame::Refuse { code, .. }) => Some(code),
+        _ => None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_handshake_is_refused() {
+    let cloud = start_cloud(&[]).await;
+    // Record a valid auth for one challenge...
+    let (mut first, nonce) = challenge(cloud.tunnel_addr()).await;
+    let recorded = encode(&auth(&nonce, "fake", OTHER_TOKEN, PROTOCOL_VERSION));
+    first.send(Message::Binary(recorded.clone())).await.expect("send");
+    assert!(matches!(recv_frame(&mut first).await, Some(Frame::Welcome { .. })));
+    // ...and replay it, byte for byte, on a new connection.
+    let (mut replay, _fresh_nonce) = challenge(cloud.tunnel_addr()).await;
+    replay.send(Message::Binary(recorded)).await.expect("send");
+    assert!(
+        matches!(
+            recv_frame(&mut replay).await,
+            Some(Frame::Refuse { code: RefuseCode::BadToken, .. })
+        ),
+        "a replayed auth must not be accepted"
+    );
+    cloud.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_frame_closes_that_tunnel_only() {
+    let (cloud, edge, public) = cloud_with_real_edge().await;
+    let mut ws = fake_edge(cloud.tunnel_addr()).await;
+    // A data frame header claiming 16 MiB: refused on the length field.
+    let mut header = BytesMut::new();
+    Frame::encode_data_header(1, 16 << 20, &mut header);
+    ws.send(Message::Binary(header.freeze())).await.expect("send");
+    let (code, message) = expect_go_away(&mut ws).await;
+    assert_eq!(code, GoAwayCode::ProtocolError);
+    assert!(message.contains("exceeds the maximum"), "{message}");
+    // The real edge's tunnels and the process are untouched.
+    assert!(serves(public).await);
+    assert_eq!(cloud.live_tunnels("e1"), 2);
+    edge.shutdown().await;
+    cloud.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_websocket_message_and_bad_frames_close_that_tunnel_only() {
+    let (cloud, edge, public) = cloud_with_real_edge().await;
+    // A WebSocket message far over the limit: the WebSocket layer refuses it.
+    let mut ws = fake_edge(cloud.tunnel_addr()).await;
+    let _ = ws.send(Message::Binary(Bytes::from(vec![0u8; 8 << 20]))).await;
+    expect_closed(&mut ws).await;
+    // Malformed and out-of-order frames, each on its own tunnel.
+    let bad: Vec<(&str, Bytes)> = vec![
+        ("unknown kind", Bytes::from_static(&[0x7e, 0, 0, 0, 1, 0, 0, 0, 0])),
+        ("truncated", Bytes::from_static(&[0x03, 0, 0, 0, 1, 0, 0, 0, 9, 1, 2])),
+        ("data on stream 0", Bytes::from_static(&[0x03, 0, 0, 0, 0, 0, 0, 0, 1, 1])),
+        (
+            "open from the edge side",
+            encode(&Frame::Open {
+                stream: 1,
+                window: 1024,
+                mapping: "x".into(),
+                host: "127.0.0.1".into(),
+                port: 1,
+            }),
+        ),
+        (
+            "handshake frame after handshake",
+            encode(&Frame::Challenge { min_version: 1, max_version: 1, nonce: [0; NONCE_LEN] }),
+        ),
+    ];
+    for (what, bytes) in bad {
+        let mut ws = fake_edge(cloud.tunnel_addr()).await;
+        ws.send(Message::Binary(bytes)).await.expect("send");
+        let (code, message) = expect_go_away(&mut ws).await;
+        assert_eq!(code, GoAwayCode::ProtocolError, "{what}: {message}");
+    }
+    assert!(serves(public).await, "real edge must keep serving");
+    assert_eq!(cloud.live_tunnels("e1"), 2);
+    edge.shutdown().await;
+    cloud.shutdown().await;
+}
+
+/// Reads until the cloud ends the connection; fails if it stays open.
+async fn expect_closed(ws: &mut Ws) {
+    let ended = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match ws.next().await {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
+                Some(Ok(_)) => continue, // pings or a go-away before the close
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the cloud kept the offending tunnel open");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_on_the_tunnel_port_is_closed() {
+    let (cloud, edge, public) = cloud_with_real_edge().await;
+    let mut tcp = TcpStream::connect(cloud.tunnel_addr()).await.expect("connect");
+    tcp.write_all(b"\x16\x03\x01 definitely not a websocket upgrade\r\n\r\n").await.expect("write");
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(
+        Duration::from_secs(15),
+        tokio::io::AsyncReadExt::read(&mut tcp, &mut buf),
+    )
+    .await;
+    assert!(matches!(read, Ok(Ok(_) | Err(_))), "garbage connection left hanging");
+    assert!(serves(public).await);
+    edge.shutdown().await;
+    cloud.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn destinations_outside_the_allowlist_are_refused() {
+    let allowed = echo_server().await;
+    // A service the edge must never connect to; it counts attempts.
+    let forbidden = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let forbidden_addr = forbidden.local_addr().expect("addr");
+    let reached = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&reached);
+    tokio::spawn(async move {
+        while forbidden.accept().await.is_ok() {
+            counter.fetch_add(1, Ordering::SeqCst);
+        }
+    });
+    let cloud =
+        start_cloud(&[("ok", allowed.to_string()), ("nope", forbidden_addr.to_string())]).await;
+    let edge =
+        Edge::start(edge_config(&edge_toml(cloud.tunnel_addr(), &[allowed.to_string()], TOKEN)))
+            .expect("edge");
+    let ok = cloud.mapping_addr("ok").expect("ok listening");
+    let nope = cloud.mapping_addr("nope").expect("nope listening");
+    assert!(eventually(Duration::from_secs(10), || serves(ok)).await);
+    for _ in 0..3 {
+        let result = tokio::time::timeout(Duration::from_secs(5), echo_once(nope, b"hello")).await;
+        match result {
+            Ok(Ok(back)) => assert!(back.is_empty(), "denied destination answered"),
+            Ok(Err(_)) => {} // reset: what a refused direct connection shows
+            Err(_) => panic!("client of a denied destination left hanging"),
+        }
+    }
+    assert_eq!(
+        reached.load(Ordering::SeqCst),
+        0,
+        "edge connected to a destination outside its allowlist"
+    );
+    assert!(serves(ok).await, "the tunnel must be unaffected");
+    assert_eq!(cloud.live_tunnels("e1"), 2);
+    edge.shutdown().await;
+    cloud.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_destination_closes_the_client_and_not_the_tunnel() {
+    let echo = echo_server().await;
+    let dead = e2e_tests::free_port(); // nothing listens here
+    let cloud = start_cloud(&[("echo", echo.to_string()), ("dead", dead.to_string())]).await;
+    let edge = Edge::start(edge_config(&edge_toml(
+        cloud.tunnel_addr(),
+        &[echo.to_string(), dead.to_string()],
+        TOKEN,
+    )))
+    .expect("edge");
+    let public = cloud.mapping_addr("echo").expect("listening");
+    let dead_public = cloud.mapping_addr("dead").expect("listening");
+    assert!(eventually(Duration::from_secs(10), || serves(public)).await);
+    let result = tokio::time::timeout(Duration::from_secs(5), echo_once(dead_public, b"x")).await;
+    assert!(
+        matches!(result, Ok(Err(_)) | Ok(Ok(_))),
+        "client of a refused destination left hanging"
+    );
+    if let Ok(Ok(back)) = result {
+        assert!(back.is_empty());
+    }
+    assert!(serves(public).await);
+    assert_eq!(cloud.live_tunnels("e1"), 2);
+    edge.shutdown().await;
+    cloud.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_port_in_use_fails_only_its_mapping() {
+    let echo = echo_server().await;
+    let squatter = TcpListener::bind("127.0.0.1:0").await.expect("bind squatter");
+    let taken = squatter.local_addr().expect("addr");
+    let toml = format!(
+        "[tunnel]\nlisten = \"127.0.0.1:0\"\n[[edges]]\nid = \"e1\"\ntoken = \"{TOKEN}\"\n\
+         [[mappings]]\nname = \"taken\"\nlisten = \"{taken}\"\nedge = \"e1\"\ntarget = \"{echo}\"\n\
+         [[mappings]]\nname = \"free\"\nlisten = \"127.0.0.1:0\"\nedge = \"e1\"\ntarget = \"{echo}\"\n"
+    );
+    let cloud =
+        Cloud::start(cloud_config(&toml)).await.expect("cloud starts despite one bad mapping");
+    match cloud.mappings().get("taken") {
+        Some(agent_cloud::MappingStatus::Failed(reason)) => {
+            assert!(reason.contains(&taken.to_string()), "{reason}");
+            assert!(reason.to_lowercase().contains("in use"), "{reason}");
+        }
+        other => panic!("mapping on a taken port: {other:?}"),
+    }
+    let edge =
+        Edge::start(edge_config(&edge_toml(cloud.tunnel_addr(), &[echo.to_string()], TOKEN)))
+            .expect("edge");
+    let free = cloud.mapping_addr("free").expect("the other mapping listens");
+    assert!(
+        eventually(Duration::from_secs(10), || serves(free)).await,
+        "the other mapping must serve"
+    );
+    drop(squatter);
+    edge.shutdown().await;
+    cloud.shutdown().await;
+}
