@@ -3,17 +3,23 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use config::CloudConfig;
+use api::{MappingSource, Snapshot};
+use config::{CloudConfig, MappingConfig};
 use thiserror::Error;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
+use crate::control::{self, ControlState};
 use crate::edges::EdgeRegistry;
-use crate::mapping::{self, MappingRuntime};
+use crate::mappings::Mappings;
+use crate::sampler;
+use crate::store::Store;
 use crate::tunnel_listener::{self, TunnelListener};
 
 /// The cloud agent could not start at all (a single mapping failing to
@@ -24,9 +30,16 @@ pub enum StartError {
     /// The tunnel listener's address could not be bound.
     #[error("cannot listen for edge tunnels on {addr}: {source}")]
     TunnelBind { addr: SocketAddr, source: std::io::Error },
+    /// The control API's address could not be bound.
+    #[error("cannot listen for the control API on {addr}: {source}")]
+    ControlBind { addr: SocketAddr, source: std::io::Error },
     /// The TLS certificate or key could not be loaded.
     #[error("TLS: {0}")]
     Tls(#[from] tunnel::tls::TlsError),
+    /// The state file exists but cannot be read; starting without it would
+    /// silently drop the mappings added at run time.
+    #[error("{0}")]
+    State(String),
 }
 
 /// Where a mapping stands.
@@ -34,6 +47,8 @@ pub enum StartError {
 pub enum MappingStatus {
     /// Listening on this address.
     Listening(SocketAddr),
+    /// Draining: listener closed, open connections finishing.
+    Draining,
     /// Could not bind; the reason.
     Failed(String),
 }
@@ -42,90 +57,135 @@ pub enum MappingStatus {
 #[derive(Debug)]
 pub struct Cloud {
     tunnel_addr: SocketAddr,
-    mappings: BTreeMap<String, MappingStatus>,
+    control_addr: Option<SocketAddr>,
+    mappings: Arc<Mappings>,
     edges: Arc<EdgeRegistry>,
-    /// Stops accepting (tunnels and clients).
+    /// Stops accepting tunnels and the sampler.
     stop_accepting: CancellationToken,
-    /// Aborts relayed connections still open after the grace period.
-    abort_connections: CancellationToken,
-    connections: TaskTracker,
-    accept_loops: TaskTracker,
+    stop_control: CancellationToken,
+    background: TaskTracker,
+    ready: Arc<AtomicBool>,
     grace: Duration,
 }
 
 impl Cloud {
-    /// Binds the tunnel listener and every mapping's listener, then serves.
-    /// A mapping whose address cannot be bound is logged and reported in
-    /// [`mappings`](Self::mappings); the others serve regardless.
+    /// Binds the tunnel listener, every mapping's listener and the control
+    /// API, then serves. A mapping whose address cannot be bound is logged
+    /// and reported in [`mappings`](Self::mappings); the others serve.
     ///
     /// # Errors
-    /// [`StartError`] if the tunnel listener or its TLS setup fails.
+    /// [`StartError`] if the tunnel or control listener, TLS, or the state
+    /// file fails.
     pub async fn start(config: CloudConfig) -> Result<Self, StartError> {
         let config = Arc::new(config);
         let tls = match &config.tunnel.tls {
             Some(files) => Some(tunnel::tls::server_config(&files.cert, &files.key)?),
             None => {
+                warn!(listen = %config.tunnel.listen,
+                    "tunnel listener is plain ws:// without TLS; use [tunnel.tls] in production");
+                None
+            }
+        };
+        let bind_error = |source| StartError::TunnelBind { addr: config.tunnel.listen, source };
+        let listener = TcpListener::bind(config.tunnel.listen).await.map_err(bind_error)?;
+        let tunnel_addr = listener.local_addr().map_err(bind_error)?;
+
+        let control_listener = match &config.control {
+            Some(c) => Some(
+                TcpListener::bind(c.listen)
+                    .await
+                    .map_err(|source| StartError::ControlBind { addr: c.listen, source })?,
+            ),
+            None => {
                 warn!(
-                    listen = %config.tunnel.listen,
-                    "tunnel listener is plain ws:// without TLS; use [tunnel.tls] in production"
+                    "no [control] section: the control API is off and mappings cannot change at run time"
                 );
                 None
             }
         };
-        let listener = TcpListener::bind(config.tunnel.listen)
-            .await
-            .map_err(|source| StartError::TunnelBind { addr: config.tunnel.listen, source })?;
-        let tunnel_addr = listener
-            .local_addr()
-            .map_err(|source| StartError::TunnelBind { addr: config.tunnel.listen, source })?;
+        let control_addr = control_listener.as_ref().and_then(|l| l.local_addr().ok());
 
-        let edges = Arc::new(EdgeRegistry::new(config.tunnel.max_tunnels_per_edge));
+        let edges =
+            Arc::new(EdgeRegistry::new(config.tunnel.max_tunnels_per_edge, config.edge_ids()));
+        let store = config.control.as_ref().map(|c| Store::new(c.state_file.clone()));
+        let persisted = match &store {
+            Some(store) => store.load().map_err(|e| StartError::State(e.to_string()))?,
+            None => crate::store::PersistedState::new(),
+        };
+        let mut reserved = vec![tunnel_addr];
+        reserved.extend(control_addr);
+        let known_edges = config.edge_ids().map(str::to_owned).collect();
+        let runtime_specs = persisted.added.clone();
+        let removed = persisted.removed.clone();
+        let mappings = Mappings::new(store, persisted, Arc::clone(&edges), known_edges, reserved);
+        for m in &config.mappings {
+            if removed.contains(&m.name) {
+                info!(mapping = %m.name, "not started: drained or removed at run time (see the state file)");
+                continue;
+            }
+            mappings.start_one(m.clone(), MappingSource::Config).await;
+        }
+        for spec in runtime_specs {
+            if mappings.get(&spec.name).is_some() {
+                error!(mapping = %spec.name, "a mapping added at run time has the name of a config-file mapping; \
+                    the config file wins");
+                continue;
+            }
+            match MappingConfig::from_parts(
+                &spec.name,
+                &spec.listen,
+                &spec.edge,
+                &spec.target,
+                &spec.allow,
+                spec.max_connections,
+            ) {
+                Ok(m) => mappings.start_one(m, MappingSource::Runtime).await,
+                Err(e) => {
+                    error!(mapping = %spec.name, error = %e, "invalid mapping in the state file; skipped")
+                }
+            }
+        }
+
         let stop_accepting = CancellationToken::new();
-        let abort_connections = CancellationToken::new();
-        let connections = TaskTracker::new();
-        let accept_loops = TaskTracker::new();
-
+        let stop_control = CancellationToken::new();
+        let background = TaskTracker::new();
+        let ready = Arc::new(AtomicBool::new(true));
         let tunnels = TunnelListener {
             config: Arc::clone(&config),
             tls,
             edges: Arc::clone(&edges),
             stop: stop_accepting.clone(),
         };
-        accept_loops.spawn(tunnel_listener::run(tunnels, listener));
+        background.spawn(tunnel_listener::run(tunnels, listener));
         info!(listen = %tunnel_addr, tls = config.tunnel.tls.is_some(), "listening for edge tunnels");
 
-        let mut mappings = BTreeMap::new();
-        for m in &config.mappings {
-            let status = match TcpListener::bind(m.listen).await {
-                Ok(listener) => {
-                    let addr = listener.local_addr().unwrap_or(m.listen);
-                    info!(mapping = %m.name, listen = %addr, edge = %m.edge, target = %m.target, "mapping listening");
-                    let runtime = MappingRuntime::new(
-                        m.clone(),
-                        Arc::clone(&edges),
-                        connections.clone(),
-                        abort_connections.clone(),
-                    );
-                    accept_loops.spawn(mapping::run(runtime, listener, stop_accepting.clone()));
-                    MappingStatus::Listening(addr)
-                }
-                Err(e) => {
-                    let reason = format!("cannot listen on {}: {e}", m.listen);
-                    error!(mapping = %m.name, %reason, "mapping failed; the other mappings keep serving");
-                    MappingStatus::Failed(reason)
-                }
+        let (snapshots_tx, snapshots) = watch::channel(Arc::new(Snapshot::default()));
+        background.spawn(sampler::run(
+            Arc::clone(&mappings),
+            Arc::clone(&edges),
+            snapshots_tx,
+            stop_accepting.clone(),
+        ));
+        if let (Some(listener), Some(control)) = (control_listener, &config.control) {
+            let state = ControlState {
+                mappings: Arc::clone(&mappings),
+                edges: Arc::clone(&edges),
+                admin_token: control.admin_token.clone(),
+                snapshots,
+                ready: Arc::clone(&ready),
             };
-            mappings.insert(m.name.clone(), status);
+            background.spawn(control::serve(state, listener, stop_control.clone()));
         }
 
         Ok(Self {
             tunnel_addr,
+            control_addr,
             mappings,
             edges,
             stop_accepting,
-            abort_connections,
-            connections,
-            accept_loops,
+            stop_control,
+            background,
+            ready,
             grace: config.shutdown_grace,
         })
     }
@@ -135,14 +195,30 @@ impl Cloud {
         self.tunnel_addr
     }
 
-    /// Every configured mapping and whether it is listening.
-    pub fn mappings(&self) -> &BTreeMap<String, MappingStatus> {
-        &self.mappings
+    /// The control API's address, when configured.
+    pub fn control_addr(&self) -> Option<SocketAddr> {
+        self.control_addr
+    }
+
+    /// Every mapping and where it stands.
+    pub fn mappings(&self) -> BTreeMap<String, MappingStatus> {
+        self.mappings
+            .entries()
+            .iter()
+            .map(|e| {
+                let status = match (e.state(), e.bound) {
+                    (api::MappingState::Active, Some(addr)) => MappingStatus::Listening(addr),
+                    (api::MappingState::Draining, _) => MappingStatus::Draining,
+                    _ => MappingStatus::Failed(e.error.clone().unwrap_or_default()),
+                };
+                (e.spec.name.clone(), status)
+            })
+            .collect()
     }
 
     /// The bound address of a listening mapping.
     pub fn mapping_addr(&self, name: &str) -> Option<SocketAddr> {
-        match self.mappings.get(name) {
+        match self.mappings().get(name) {
             Some(MappingStatus::Listening(addr)) => Some(*addr),
             _ => None,
         }
@@ -155,19 +231,23 @@ impl Cloud {
 
     /// Graceful stop: stop accepting tunnels and clients, let open
     /// connections finish within the grace period, reset the rest, then
-    /// close every tunnel.
+    /// close every tunnel and the control API.
     pub async fn shutdown(self) {
-        info!(grace = ?self.grace, open = self.connections.len(), "shutting down: no new connections");
+        let connections = &self.mappings.all_connections;
+        info!(grace = ?self.grace, open = connections.len(), "shutting down: no new connections");
+        self.ready.store(false, Ordering::Relaxed);
         self.stop_accepting.cancel();
-        self.accept_loops.close();
-        self.accept_loops.wait().await;
-        self.connections.close();
-        if tokio::time::timeout(self.grace, self.connections.wait()).await.is_err() {
-            warn!(open = self.connections.len(), "grace period over; resetting open connections");
-            self.abort_connections.cancel();
-            self.connections.wait().await;
+        self.mappings.stop_listeners();
+        connections.close();
+        if tokio::time::timeout(self.grace, connections.wait()).await.is_err() {
+            warn!(open = connections.len(), "grace period over; resetting open connections");
+            self.mappings.abort_all.cancel();
+            connections.wait().await;
         }
         self.edges.close_all("cloud agent shutting down").await;
+        self.stop_control.cancel();
+        self.background.close();
+        self.background.wait().await;
         info!("stopped");
     }
 }

@@ -10,38 +10,67 @@
 //!   each other in a loop;
 //! - once an edge has no live tunnel, any epoch is accepted.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 
+use api::{EdgeHealth, EdgeView, TunnelView};
 use proto::{GoAwayCode, RefuseCode};
 use tracing::{info, warn};
 use tunnel::Tunnel;
 
-#[derive(Debug, Default)]
+use crate::metrics::Window;
+
+/// An edge that was connected this recently counts as reconnecting, not
+/// down, while it has no tunnel.
+const RECONNECTING_GRACE_MS: u64 = 60_000;
+
+#[derive(Debug)]
 struct EdgeState {
     epoch: u64,
     tunnels: Vec<Tunnel>,
+    /// Set by an operator: no new streams go to this edge.
+    draining: bool,
+    last_seen_ms: Option<u64>,
+    last_report: Option<proto::EdgeReport>,
+    rtt_us: Window,
+}
+
+impl Default for EdgeState {
+    fn default() -> Self {
+        Self {
+            epoch: 0,
+            tunnels: Vec::new(),
+            draining: false,
+            last_seen_ms: None,
+            last_report: None,
+            rtt_us: Window::new(60_000_000),
+        }
+    }
 }
 
 impl EdgeState {
     fn prune(&mut self) {
+        for t in self.tunnels.iter().filter(|t| t.is_closed()) {
+            self.last_seen_ms = self.last_seen_ms.max(Some(t.last_heard_unix_ms()));
+        }
         self.tunnels.retain(|t| !t.is_closed());
     }
 }
 
-/// Every edge the cloud has seen, by id.
+/// Every configured edge, by id.
 #[derive(Debug)]
 pub(crate) struct EdgeRegistry {
     max_tunnels: u32,
-    edges: Mutex<HashMap<String, EdgeState>>,
+    edges: Mutex<BTreeMap<String, EdgeState>>,
 }
 
 impl EdgeRegistry {
-    pub(crate) fn new(max_tunnels: u32) -> Self {
-        Self { max_tunnels, edges: Mutex::new(HashMap::new()) }
+    pub(crate) fn new<'a>(max_tunnels: u32, ids: impl Iterator<Item = &'a str>) -> Self {
+        let edges = ids.map(|id| (id.to_owned(), EdgeState::default())).collect();
+        Self { max_tunnels, edges: Mutex::new(edges) }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, EdgeState>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, EdgeState>> {
         self.edges.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -90,10 +119,14 @@ impl EdgeRegistry {
         info!(edge = edge_id, tunnels = state.tunnels.len(), "edge tunnel up");
     }
 
-    /// The live, non-draining tunnel of `edge_id` with the fewest streams.
+    /// The live, non-draining tunnel of `edge_id` with the fewest streams,
+    /// unless an operator drained the edge.
     pub(crate) fn pick(&self, edge_id: &str) -> Option<Tunnel> {
         let mut edges = self.lock();
         let state = edges.get_mut(edge_id)?;
+        if state.draining {
+            return None;
+        }
         state.prune();
         state
             .tunnels
@@ -109,6 +142,89 @@ impl EdgeRegistry {
             s.prune();
             s.tunnels.len()
         })
+    }
+
+    /// Marks an edge drained by an operator: open streams continue, new
+    /// ones go nowhere. Returns false for an unknown edge.
+    pub(crate) fn set_draining(&self, edge_id: &str, draining: bool) -> bool {
+        match self.lock().get_mut(edge_id) {
+            Some(state) => {
+                state.draining = draining;
+                info!(edge = edge_id, draining, "edge drain changed");
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Once a second: records tunnel round trips and the latest reports.
+    pub(crate) fn sample(&self, now_secs: u64) {
+        for state in self.lock().values_mut() {
+            state.prune();
+            for t in &state.tunnels {
+                if let Some(rtt) = t.rtt() {
+                    state
+                        .rtt_us
+                        .record(u64::try_from(rtt.as_micros()).unwrap_or(u64::MAX), now_secs);
+                }
+                state.last_seen_ms = state.last_seen_ms.max(Some(t.last_heard_unix_ms()));
+                if let Some(report) = t.last_report() {
+                    state.last_report = Some(report);
+                }
+            }
+        }
+    }
+
+    /// Every edge as the API shows it.
+    pub(crate) fn views(&self, now_secs: u64, now_ms: u64) -> Vec<EdgeView> {
+        let mut edges = self.lock();
+        edges
+            .iter_mut()
+            .map(|(id, state)| {
+                state.prune();
+                let up = u32::try_from(state.tunnels.len()).unwrap_or(u32::MAX);
+                let report = state.last_report.as_ref();
+                let configured = report.map_or(0, |r| u32::from(r.tunnels_configured));
+                let recently = state
+                    .last_seen_ms
+                    .is_some_and(|t| now_ms.saturating_sub(t) < RECONNECTING_GRACE_MS);
+                let health = if up > 0 && up >= configured {
+                    EdgeHealth::Connected
+                } else if up > 0 || recently {
+                    EdgeHealth::Reconnecting
+                } else {
+                    EdgeHealth::Down
+                };
+                let rtt = state.rtt_us.distribution(now_secs);
+                EdgeView {
+                    id: id.clone(),
+                    health,
+                    tunnels_up: up,
+                    tunnels_configured: configured,
+                    tunnels: state
+                        .tunnels
+                        .iter()
+                        .map(|t| TunnelView {
+                            id: t.id(),
+                            streams: t.active_streams() as u64,
+                            rtt_us: t
+                                .rtt()
+                                .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
+                            draining: t.peer_draining(),
+                        })
+                        .collect(),
+                    draining: state.draining,
+                    last_seen_unix_ms: if up > 0 { Some(now_ms) } else { state.last_seen_ms },
+                    rtt_p50_us: (rtt.count > 0).then_some(rtt.p50),
+                    rtt_p99_us: (rtt.count > 0).then_some(rtt.p99),
+                    version: report.map(|r| r.agent_version.clone()),
+                    cpu_percent: report.map(|r| f32::from(r.cpu_permille) / 10.0),
+                    memory_used_bytes: report.map(|r| r.memory_used),
+                    memory_total_bytes: report.map(|r| r.memory_total),
+                    connect_failures: report.map_or(0, |r| r.connects_failed),
+                }
+            })
+            .collect()
     }
 
     /// Closes every tunnel and waits until they have ended.

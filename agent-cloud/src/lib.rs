@@ -11,12 +11,25 @@
 //!   fencing; picks the least loaded tunnel for a new stream.
 //! - `handshake`: the server side of the tunnel handshake.
 //! - `tunnel_listener`: accepts WebSocket (optionally TLS) connections.
-//! - `mapping`: one public listener per mapping, client allowlist, relay.
+//! - `mapping`: one mapping at run time: accept loop, client allowlist,
+//!   relay, figures.
+//! - `mappings`: the mapping table; add, drain, remove and atomic batches.
+//! - `store`: the state file that makes run-time changes survive restarts.
+//! - `metrics`, `sampler`: live figures with bounded memory, sampled once a
+//!   second into snapshots.
+//! - `control`: the HTTP control API (`docs/control-api.md`).
 
+mod clock;
 mod cloud;
+mod control;
 mod edges;
+mod errors;
 mod handshake;
 mod mapping;
+mod mappings;
+mod metrics;
+mod sampler;
+mod store;
 mod tunnel_listener;
 
 pub use cloud::{Cloud, MappingStatus, StartError};

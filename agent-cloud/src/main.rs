@@ -40,7 +40,13 @@ fn main() -> ExitCode {
             }
         };
     }
-    tunnel::service::init_logging();
+    let _log = match tunnel::service::init_logging(config.log.as_ref()) {
+        Ok(guard) => guard,
+        Err(e) => {
+            eprintln!("relay-cloud: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     match run(config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -1,46 +1,105 @@
-//! One public listener per mapping: client allowlist, stream open, relay.
+//! One mapping at run time: its listener's accept loop, client allowlist,
+//! stream open and relay, and its live figures.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use api::{MappingSource, MappingState};
 use config::MappingConfig;
 use proto::ResetCode;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::edges::EdgeRegistry;
+use crate::metrics::{ActiveGuard, MappingMetrics};
 
 /// How long the edge may take to answer an open (its own connect timeout
 /// is shorter; this only guards against a stuck edge).
 const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Where a mapping is in its life cycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Phase {
+    Active,
+    /// Listener closed; connections are reset at `until`.
+    Draining {
+        until: Instant,
+    },
+    Failed,
+}
+
+/// A mapping known to the cloud agent, whatever its phase.
 #[derive(Debug)]
-pub(crate) struct MappingRuntime {
-    config: MappingConfig,
-    edges: Arc<EdgeRegistry>,
-    connections: TaskTracker,
-    abort: CancellationToken,
+pub(crate) struct MappingEntry {
+    pub(crate) spec: MappingConfig,
+    pub(crate) source: MappingSource,
+    /// The bound address, once listening.
+    pub(crate) bound: Option<SocketAddr>,
+    /// Why it is not listening, when failed.
+    pub(crate) error: Option<String>,
+    pub(crate) metrics: MappingMetrics,
+    phase: Mutex<Phase>,
+    /// Stops the accept loop (drain, remove, shutdown).
+    pub(crate) stop_listener: CancellationToken,
+    /// Resets this mapping's open connections (drain deadline, remove,
+    /// end of the shutdown grace).
+    pub(crate) reset_connections: CancellationToken,
+    /// This mapping's open connections.
+    pub(crate) connections: TaskTracker,
     slots: Option<Arc<Semaphore>>,
 }
 
-impl MappingRuntime {
+impl MappingEntry {
     pub(crate) fn new(
-        config: MappingConfig,
-        edges: Arc<EdgeRegistry>,
-        connections: TaskTracker,
-        abort: CancellationToken,
+        spec: MappingConfig,
+        source: MappingSource,
+        bound: Result<SocketAddr, String>,
+        abort_all: &CancellationToken,
     ) -> Self {
-        let slots = config.max_connections.map(|n| Arc::new(Semaphore::new(n as usize)));
-        Self { config, edges, connections, abort, slots }
+        let slots = spec.max_connections.map(|n| Arc::new(Semaphore::new(n as usize)));
+        let (bound, error, phase) = match bound {
+            Ok(addr) => (Some(addr), None, Phase::Active),
+            Err(e) => (None, Some(e), Phase::Failed),
+        };
+        Self {
+            spec,
+            source,
+            bound,
+            error,
+            metrics: MappingMetrics::default(),
+            phase: Mutex::new(phase),
+            stop_listener: CancellationToken::new(),
+            reset_connections: abort_all.child_token(),
+            connections: TaskTracker::new(),
+            slots,
+        }
+    }
+
+    pub(crate) fn phase(&self) -> Phase {
+        *self.phase.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn set_phase(&self, phase: Phase) {
+        *self.phase.lock().unwrap_or_else(|p| p.into_inner()) = phase;
+    }
+
+    pub(crate) fn state(&self) -> MappingState {
+        match self.phase() {
+            Phase::Active => MappingState::Active,
+            Phase::Draining { .. } => MappingState::Draining,
+            Phase::Failed => MappingState::Failed,
+        }
     }
 
     fn client_allowed(&self, peer: SocketAddr) -> bool {
         let ip = peer.ip().to_canonical();
-        self.config.allow.is_empty() || self.config.allow.iter().any(|net| net.contains(&ip))
+        self.spec.allow.is_empty() || self.spec.allow.iter().any(|net| net.contains(&ip))
     }
 }
 
@@ -50,73 +109,105 @@ fn reset(tcp: TcpStream) {
     let _ = socket2::SockRef::from(&tcp).set_linger(Some(Duration::ZERO));
 }
 
-pub(crate) async fn run(this: MappingRuntime, listener: TcpListener, stop: CancellationToken) {
-    let this = Arc::new(this);
+/// Accepts clients until the mapping's listener is stopped. Connections
+/// are tracked both by the mapping (drain) and by `all` (shutdown).
+pub(crate) async fn run(
+    entry: Arc<MappingEntry>,
+    listener: TcpListener,
+    edges: Arc<EdgeRegistry>,
+    all: TaskTracker,
+) {
+    let name = entry.spec.name.clone();
     loop {
         let (tcp, peer) = tokio::select! {
-            () = stop.cancelled() => break,
+            () = entry.stop_listener.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok(conn) => conn,
                 Err(e) => {
-                    warn!(mapping = %this.config.name, error = %e, "accept failed");
+                    warn!(mapping = %name, error = %e, "accept failed");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
             },
         };
-        if !this.client_allowed(peer) {
-            info!(mapping = %this.config.name, %peer, "client not in the mapping's allowlist; closed");
+        if !entry.client_allowed(peer) {
+            info!(mapping = %name, %peer, "client not in the mapping's allowlist; closed");
             reset(tcp);
             continue;
         }
-        let permit = match &this.slots {
+        let permit = match &entry.slots {
             Some(slots) => match Arc::clone(slots).try_acquire_owned() {
                 Ok(permit) => Some(permit),
                 Err(_) => {
-                    info!(mapping = %this.config.name, %peer, "mapping at its connection limit; closed");
+                    info!(mapping = %name, %peer, "mapping at its connection limit; closed");
                     reset(tcp);
                     continue;
                 }
             },
             None => None,
         };
-        let span = info_span!("conn", mapping = %this.config.name, %peer);
-        let conn = Arc::clone(&this);
-        this.connections.spawn(
+        let span = info_span!("conn", mapping = %name, %peer);
+        let conn_entry = Arc::clone(&entry);
+        let edges = Arc::clone(&edges);
+        let conn = entry.connections.track_future(
             async move {
-                serve_client(&conn, tcp).await;
+                serve_client(&conn_entry, &edges, tcp).await;
                 drop(permit);
             }
             .instrument(span),
         );
+        all.spawn(conn);
     }
-    info!(mapping = %this.config.name, "listener closed");
+    drop(listener);
+    info!(mapping = %name, "listener closed");
 }
 
-async fn serve_client(this: &MappingRuntime, tcp: TcpStream) {
-    let m = &this.config;
-    let Some(tunnel) = this.edges.pick(&m.edge) else {
+async fn serve_client(entry: &MappingEntry, edges: &EdgeRegistry, tcp: TcpStream) {
+    let m = &entry.spec;
+    let counters = &entry.metrics.counters;
+    counters.total.fetch_add(1, Ordering::Relaxed);
+    let _active = ActiveGuard::new(&counters.active);
+    let Some(tunnel) = edges.pick(&m.edge) else {
         info!(edge = %m.edge, "no live tunnel to the edge; client closed");
+        counters.failed.fetch_add(1, Ordering::Relaxed);
         reset(tcp);
         return;
     };
+    let started = Instant::now();
     let open = tunnel.open_stream(&m.name, &m.target.host, m.target.port);
-    let stream = match tokio::time::timeout(OPEN_TIMEOUT, open).await {
-        Ok(Ok(stream)) => stream,
-        Ok(Err(e)) => {
-            info!(tunnel = tunnel.id(), error = %e, "stream not opened; client closed");
+    let stream = tokio::select! {
+        () = entry.reset_connections.cancelled() => {
             reset(tcp);
             return;
         }
-        Err(_) => {
-            warn!(tunnel = tunnel.id(), "edge did not answer the open in time; client closed");
-            reset(tcp);
-            return;
-        }
+        result = tokio::time::timeout(OPEN_TIMEOUT, open) => match result {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => {
+                info!(tunnel = tunnel.id(), error = %e, "stream not opened; client closed");
+                counters.failed.fetch_add(1, Ordering::Relaxed);
+                reset(tcp);
+                return;
+            }
+            Err(_) => {
+                warn!(tunnel = tunnel.id(), "edge did not answer the open in time; client closed");
+                counters.failed.fetch_add(1, Ordering::Relaxed);
+                reset(tcp);
+                return;
+            }
+        },
     };
+    let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+    entry.metrics.record_connect(micros, crate::clock::now_secs());
     let stream_id = stream.id();
     debug!(tunnel = tunnel.id(), stream = stream_id, "stream open");
-    let outcome = tunnel::relay(tcp, stream, this.abort.clone(), ResetCode::Shutdown).await;
+    let outcome = tunnel::relay(
+        tcp,
+        stream,
+        entry.reset_connections.clone(),
+        ResetCode::Drained,
+        &counters.bytes,
+    )
+    .await;
     debug!(tunnel = tunnel.id(), stream = stream_id, sent = outcome.bytes_to_peer,
         received = outcome.bytes_from_peer, end = ?outcome.end, "stream closed");
 }

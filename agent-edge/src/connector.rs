@@ -40,20 +40,29 @@ pub(crate) async fn serve(shared: Arc<EdgeShared>, stream: IncomingStream) {
     let tcp = match tokio::time::timeout(timeout, TcpStream::connect((host.as_str(), port))).await {
         Ok(Ok(tcp)) => tcp,
         Ok(Err(e)) => {
+            shared.connects_failed.fetch_add(1, Ordering::Relaxed);
             info!(%host, port, error = %e, "destination connect failed");
             stream.reject(open_code(&e), &e.to_string()).await;
             return;
         }
         Err(_) => {
+            shared.connects_failed.fetch_add(1, Ordering::Relaxed);
             info!(%host, port, ?timeout, "destination connect timed out");
             stream.reject(OpenCode::Timeout, &format!("no answer within {timeout:?}")).await;
             return;
         }
     };
+    shared.connects_ok.fetch_add(1, Ordering::Relaxed);
     let Ok(stream) = stream.accept().await else { return };
     debug!(%host, port, "stream open");
-    let outcome =
-        tunnel::relay(tcp, stream, shared.abort_streams.clone(), ResetCode::Shutdown).await;
+    let outcome = tunnel::relay(
+        tcp,
+        stream,
+        shared.abort_streams.clone(),
+        ResetCode::Shutdown,
+        &shared.bytes,
+    )
+    .await;
     debug!(sent = outcome.bytes_to_peer, received = outcome.bytes_from_peer, end = ?outcome.end,
         "stream closed");
 }

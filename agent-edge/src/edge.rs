@@ -1,7 +1,7 @@
 //! Starting and stopping the edge agent.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use config::EdgeConfig;
@@ -10,6 +10,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::pool::{self, Slot};
+use crate::report;
 
 /// State shared by the tunnel slots and stream tasks.
 #[derive(Debug)]
@@ -25,6 +26,10 @@ pub(crate) struct EdgeShared {
     /// Aborts relayed connections still open after the grace period.
     pub(crate) abort_streams: CancellationToken,
     pub(crate) streams: TaskTracker,
+    /// Bytes relayed by all streams.
+    pub(crate) bytes: tunnel::ByteCounters,
+    pub(crate) connects_ok: AtomicU64,
+    pub(crate) connects_failed: AtomicU64,
 }
 
 /// A running edge agent.
@@ -62,6 +67,9 @@ impl Edge {
             stop_tunnels: CancellationToken::new(),
             abort_streams: CancellationToken::new(),
             streams: TaskTracker::new(),
+            bytes: tunnel::ByteCounters::default(),
+            connects_ok: AtomicU64::new(0),
+            connects_failed: AtomicU64::new(0),
             config,
         });
         let slots = TaskTracker::new();
@@ -72,6 +80,7 @@ impl Edge {
             let slot = Slot { index, shared: Arc::clone(&shared), handles: tunnel_handles.clone() };
             slots.spawn(pool::run_slot(slot));
         }
+        slots.spawn(report::run(Arc::clone(&shared), tunnel_handles.clone()));
         Ok(Self { shared, slots, tunnel_handles })
     }
 

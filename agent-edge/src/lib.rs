@@ -12,6 +12,8 @@
 //!   handshake.
 //! - `pool`: one task per tunnel slot: dial, serve, back off, redial.
 //! - `connector`: allowlist check, destination connect, relay.
+//! - `report`: host load (sysinfo) and counters, sent to the cloud every
+//!   few seconds.
 //! - [`backoff`]: the retry delay schedule (pure, unit-tested).
 
 pub mod backoff;
@@ -19,6 +21,7 @@ mod connector;
 mod dial;
 mod edge;
 mod pool;
+mod report;
 
 pub use dial::DialError;
 pub use edge::Edge;

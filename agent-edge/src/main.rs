@@ -39,7 +39,13 @@ fn main() -> ExitCode {
             }
         };
     }
-    tunnel::service::init_logging();
+    let _log = match tunnel::service::init_logging(config.log.as_ref()) {
+        Ok(guard) => guard,
+        Err(e) => {
+            eprintln!("relay-edge: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     run(config)
 }
 

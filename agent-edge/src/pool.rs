@@ -38,6 +38,13 @@ impl TunnelHandles {
             t.drain();
         }
     }
+
+    /// The tunnels still up.
+    pub(crate) fn live(&self) -> Vec<Tunnel> {
+        let mut tunnels = self.lock();
+        tunnels.retain(|t| !t.is_closed());
+        tunnels.clone()
+    }
 }
 
 #[derive(Debug)]

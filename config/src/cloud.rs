@@ -1,20 +1,22 @@
-//! The cloud agent's config: [`CloudConfig`], `[[edges]]` and `[[mappings]]`.
+//! The cloud agent's config: [`CloudConfig`] and `[[edges]]`; the other
+//! tables have their own modules.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use ipnet::IpNet;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::defaults::serde_fns;
+use crate::control::{ControlConfig, RawControl};
+use crate::defaults::{DEFAULT_CLOUD_LOG_FILE_PREFIX, serde_fns};
 use crate::error::{ConfigError, Doc, line_col};
-use crate::secret::{Secret, TokenKeys};
+use crate::load;
+use crate::log::{LogConfig, RawLog};
+use crate::mapping::{MappingConfig, RawMapping};
+use crate::secret::{EDGE_TOKEN_KEYS, Secret, TokenKeys};
 use crate::tunnel::{RawTunnel, TunnelListenConfig};
-use crate::values::{self, Addr, Dur, Net};
-use crate::{HostPort, load};
+use crate::values::{self, Dur};
 
 /// `relay-cloud` configuration: where edges connect, which edges may, and
 /// which public ports are relayed to which edge.
@@ -28,6 +30,10 @@ pub struct CloudConfig {
     pub mappings: Vec<MappingConfig>,
     /// `shutdown_grace`: how long open connections may drain on shutdown.
     pub shutdown_grace: Duration,
+    /// `[control]`: the control API; `None` when the table is absent.
+    pub control: Option<ControlConfig>,
+    /// `[log]`: log files; `None` logs to standard error only.
+    pub log: Option<LogConfig>,
 }
 
 /// `[[edges]]`: one edge allowed to connect.
@@ -37,24 +43,6 @@ pub struct EdgeEntry {
     pub id: String,
     /// From `token` or the file named by `token_file`.
     pub token: Secret,
-}
-
-/// `[[mappings]]`: a public listener whose connections are relayed through
-/// an edge to a target.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MappingConfig {
-    /// `name`: unique, 1..=64 characters of `[A-Za-z0-9._-]`.
-    pub name: String,
-    /// `listen`: unique socket address; port 0 picks a free port.
-    pub listen: SocketAddr,
-    /// `edge`: the id of a configured `[[edges]]` entry.
-    pub edge: String,
-    /// `target`: the `host:port` the edge connects to.
-    pub target: HostPort,
-    /// `allow`: client networks; empty means any client.
-    pub allow: Vec<IpNet>,
-    /// `max_connections`: concurrent client connections, unlimited if `None`.
-    pub max_connections: Option<u32>,
 }
 
 impl CloudConfig {
@@ -81,6 +69,11 @@ impl CloudConfig {
     pub fn edge(&self, id: &str) -> Option<&EdgeEntry> {
         self.edges.iter().find(|e| e.id == id)
     }
+
+    /// The ids of the `[[edges]]` entries, in file order.
+    pub fn edge_ids(&self) -> impl Iterator<Item = &str> {
+        self.edges.iter().map(|e| e.id.as_str())
+    }
 }
 
 #[derive(Deserialize)]
@@ -93,6 +86,8 @@ struct RawCloud {
     mappings: Vec<RawMapping>,
     #[serde(default = "serde_fns::shutdown_grace")]
     shutdown_grace: Spanned<Dur>,
+    control: Option<Spanned<RawControl>>,
+    log: Option<RawLog>,
 }
 
 #[derive(Deserialize)]
@@ -101,18 +96,6 @@ struct RawEdge {
     id: Spanned<String>,
     token: Option<Spanned<String>>,
     token_file: Option<Spanned<PathBuf>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawMapping {
-    name: Spanned<String>,
-    listen: Spanned<Addr>,
-    edge: Spanned<String>,
-    target: HostPort,
-    #[serde(default)]
-    allow: Vec<Net>,
-    max_connections: Option<Spanned<u32>>,
 }
 
 impl RawCloud {
@@ -135,6 +118,7 @@ impl RawCloud {
             let token = TokenKeys {
                 table: &table,
                 table_span: span,
+                names: EDGE_TOKEN_KEYS,
                 token: raw.token,
                 token_file: raw.token_file,
             }
@@ -150,61 +134,19 @@ impl RawCloud {
             let mapping = raw.validate(doc, i, &tunnel, &edges, &mappings)?;
             mappings.push(mapping);
         }
-        let shutdown_grace = self.shutdown_grace.into_inner().0;
-        Ok(CloudConfig { tunnel, edges, mappings, shutdown_grace })
-    }
-}
-
-impl RawMapping {
-    /// Checks mapping `i` (whose name was already checked) against the
-    /// tunnel listener, the edges and the mappings before it.
-    fn validate(
-        self,
-        doc: &Doc<'_>,
-        i: usize,
-        tunnel: &TunnelListenConfig,
-        edges: &[EdgeEntry],
-        earlier: &[MappingConfig],
-    ) -> Result<MappingConfig, ConfigError> {
-        let key = |k: &str| format!("mappings[{i}].{k}");
-        let listen = self.listen.get_ref().0;
-        let clash = |m: String| doc.error_at(self.listen.span(), format!("{}: {m}", key("listen")));
-        if overlaps(listen, tunnel.listen) {
-            let msg = format!("\"{listen}\" conflicts with tunnel.listen \"{}\"", tunnel.listen);
-            return Err(clash(msg));
-        }
-        if let Some((j, other)) =
-            earlier.iter().enumerate().find(|(_, m)| overlaps(listen, m.listen))
-        {
-            return Err(clash(format!(
-                "\"{listen}\" conflicts with mappings[{j}].listen \"{}\" (mapping {:?})",
-                other.listen, other.name
-            )));
-        }
-        let edge = self.edge.get_ref();
-        if !edges.iter().any(|e| &e.id == edge) {
-            let known: Vec<String> = edges.iter().map(|e| format!("{:?}", e.id)).collect();
-            return Err(doc.error_at(
-                self.edge.span(),
-                format!(
-                    "{}: unknown edge {edge:?} (configured edges: {})",
-                    key("edge"),
-                    known.join(", ")
-                ),
-            ));
-        }
-        let max_connections = match &self.max_connections {
-            Some(v) => Some(values::in_range(doc, &key("max_connections"), v, 1..=u32::MAX)?),
+        let control = match self.control {
+            Some(raw) => {
+                let span = raw.span();
+                Some(raw.into_inner().validate(doc, span, &tunnel, &edges, &mappings)?)
+            }
             None => None,
         };
-        Ok(MappingConfig {
-            name: self.name.into_inner(),
-            listen,
-            edge: edge.clone(),
-            target: self.target,
-            allow: self.allow.into_iter().map(|n| n.0).collect(),
-            max_connections,
-        })
+        let log = match self.log {
+            Some(raw) => Some(raw.validate(doc, DEFAULT_CLOUD_LOG_FILE_PREFIX)?),
+            None => None,
+        };
+        let shutdown_grace = self.shutdown_grace.into_inner().0;
+        Ok(CloudConfig { tunnel, edges, mappings, shutdown_grace, control, log })
     }
 }
 
@@ -225,30 +167,4 @@ fn unique(
         return Err(doc.error_at(value.span(), msg));
     }
     Ok(())
-}
-
-/// Whether two listeners would fight over a port: same non-zero port and the
-/// same address, or a wildcard address of the same family.
-fn overlaps(a: SocketAddr, b: SocketAddr) -> bool {
-    let wildcard =
-        (a.ip().is_unspecified() || b.ip().is_unspecified()) && a.is_ipv4() == b.is_ipv4();
-    a.port() != 0 && a.port() == b.port() && (a.ip() == b.ip() || wildcard)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn overlap_rules() {
-        let a = |s: &str| s.parse::<SocketAddr>().unwrap();
-        assert!(overlaps(a("127.0.0.1:1"), a("127.0.0.1:1")));
-        assert!(overlaps(a("0.0.0.0:1"), a("127.0.0.1:1")));
-        assert!(overlaps(a("[::]:1"), a("[::1]:1")));
-        assert!(!overlaps(a("127.0.0.1:0"), a("127.0.0.1:0")));
-        assert!(!overlaps(a("0.0.0.0:0"), a("127.0.0.1:0")));
-        assert!(!overlaps(a("127.0.0.1:1"), a("127.0.0.2:1")));
-        assert!(!overlaps(a("[::]:1"), a("127.0.0.1:1")));
-        assert!(!overlaps(a("127.0.0.1:1"), a("127.0.0.1:2")));
-    }
 }

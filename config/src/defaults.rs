@@ -3,8 +3,11 @@
 //! The serde default functions below return these constants, so a missing
 //! key and the documented default can never drift apart.
 
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::ops::RangeInclusive;
 use std::time::Duration;
+
+use crate::LogRotation;
 
 /// Default `[tunnel] heartbeat_interval`: how often each side pings.
 pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(2);
@@ -28,6 +31,9 @@ pub const STREAM_WINDOW_RANGE: RangeInclusive<u32> = 16 * 1024..=16 * 1024 * 102
 /// drain after a shutdown signal.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
+/// Allowed `[[mappings]] max_connections` (when set; unset means no cap).
+pub const MAX_CONNECTIONS_RANGE: RangeInclusive<u32> = 1..=u32::MAX;
+
 /// Default edge `tunnels`: parallel tunnels to the cloud.
 pub const DEFAULT_TUNNELS: u32 = 2;
 /// Allowed edge `tunnels`.
@@ -46,6 +52,21 @@ pub const DEFAULT_WSS_PORT: u16 = 443;
 /// Default `cloud_url` path when the URL has none.
 pub const DEFAULT_TUNNEL_PATH: &str = "/tunnel";
 
+/// Default `[control] listen` of the cloud: the control API on loopback.
+pub const DEFAULT_CONTROL_LISTEN: SocketAddr =
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 7070));
+/// Default `[control] state_file`, relative to the config file's directory.
+pub const DEFAULT_CONTROL_STATE_FILE: &str = "relay-cloud-state.json";
+
+/// Default `[log] file_prefix` of the cloud agent.
+pub const DEFAULT_CLOUD_LOG_FILE_PREFIX: &str = "relay-cloud";
+/// Default `[log] file_prefix` of the edge agent.
+pub const DEFAULT_EDGE_LOG_FILE_PREFIX: &str = "relay-edge";
+/// Default `[log] rotation`.
+pub const DEFAULT_LOG_ROTATION: LogRotation = LogRotation::Daily;
+/// Allowed `[log] max_files` (when set; unset keeps every file).
+pub const LOG_MAX_FILES_RANGE: RangeInclusive<u32> = 1..=u32::MAX;
+
 /// Shortest accepted token, in bytes.
 pub const MIN_TOKEN_LEN: usize = 16;
 /// Longest accepted mapping name or edge id, in characters.
@@ -55,7 +76,8 @@ pub const MAX_NAME_LEN: usize = 64;
 /// `Spanned` with the empty span `0..0`, which means "defaulted, no position".
 pub(crate) mod serde_fns {
     use super::*;
-    use crate::values::Dur;
+    use crate::values::{Addr, Dur};
+    use std::path::PathBuf;
     use toml::Spanned;
 
     fn unplaced<T>(value: T) -> Spanned<T> {
@@ -94,5 +116,14 @@ pub(crate) mod serde_fns {
     }
     pub(crate) fn reconnect_max() -> Spanned<Dur> {
         unplaced(Dur(DEFAULT_RECONNECT_MAX))
+    }
+    pub(crate) fn control_listen() -> Spanned<Addr> {
+        unplaced(Addr(DEFAULT_CONTROL_LISTEN))
+    }
+    pub(crate) fn control_state_file() -> Spanned<PathBuf> {
+        unplaced(PathBuf::from(DEFAULT_CONTROL_STATE_FILE))
+    }
+    pub(crate) fn log_rotation() -> LogRotation {
+        DEFAULT_LOG_ROTATION
     }
 }

@@ -8,7 +8,8 @@ use toml::Spanned;
 
 use crate::defaults::{self as d, DEFAULT_RECONNECT_INITIAL, DEFAULT_RECONNECT_MAX, serde_fns};
 use crate::error::{ConfigError, Doc};
-use crate::secret::{Secret, TokenKeys};
+use crate::log::{LogConfig, RawLog};
+use crate::secret::{EDGE_TOKEN_KEYS, Secret, TokenKeys};
 use crate::values::{self, Dur};
 use crate::{CloudUrl, HostPort, load};
 
@@ -35,6 +36,8 @@ pub struct EdgeConfig {
     pub reconnect: BackoffConfig,
     /// `shutdown_grace`: how long open connections may drain on shutdown.
     pub shutdown_grace: Duration,
+    /// `[log]`: log files; `None` logs to standard error only.
+    pub log: Option<LogConfig>,
 }
 
 /// `[reconnect]`: exponential backoff bounds, `0 < initial <= max`.
@@ -91,6 +94,7 @@ struct RawEdge {
     reconnect: RawBackoff,
     #[serde(default = "serde_fns::shutdown_grace")]
     shutdown_grace: Spanned<Dur>,
+    log: Option<RawLog>,
 }
 
 #[derive(Deserialize)]
@@ -114,6 +118,7 @@ impl RawEdge {
         let keys = TokenKeys {
             table: "",
             table_span: 0..0,
+            names: EDGE_TOKEN_KEYS,
             token: self.token,
             token_file: self.token_file,
         };
@@ -133,6 +138,10 @@ impl RawEdge {
             connect_timeout: values::nonzero(doc, "connect_timeout", &self.connect_timeout)?,
             reconnect: self.reconnect.validate(doc)?,
             shutdown_grace: self.shutdown_grace.into_inner().0,
+            log: match self.log {
+                Some(raw) => Some(raw.validate(doc, d::DEFAULT_EDGE_LOG_FILE_PREFIX)?),
+                None => None,
+            },
         })
     }
 }

@@ -1,5 +1,5 @@
 //! [`ConfigError`] and the helpers that give every message a file, a line
-//! and a column.
+//! and a column; [`FieldError`] for values that come from elsewhere.
 
 use std::fmt;
 use std::ops::Range;
@@ -45,6 +45,23 @@ impl ConfigError {
     pub fn message(&self) -> &str {
         &self.message
     }
+}
+
+/// A bad field of a value that did not come from a file, such as a mapping
+/// sent to the control API ([`MappingConfig::from_parts`]).
+///
+/// Displays as `<field>: <message>`; the message is the one a config file
+/// would get for the same value, e.g. ``listen: invalid socket address
+/// "1.2.3": expected IP:port such as "0.0.0.0:8443" ...``.
+///
+/// [`MappingConfig::from_parts`]: crate::MappingConfig::from_parts
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct FieldError {
+    /// The field at fault, e.g. `"listen"`.
+    pub field: &'static str,
+    /// What is wrong with it, quoting the bad value and what was expected.
+    pub message: String,
 }
 
 /// Formats `:line:col`, `:line` or nothing.

@@ -1,8 +1,11 @@
 //! Configuration of the hybrid relay agents, read from TOML.
 //!
 //! [`CloudConfig`] is the `relay-cloud` file (tunnel listener, allowed edges,
-//! public mappings); [`EdgeConfig`] is the `relay-edge` file (cloud URL,
-//! identity, allowed destinations). Both load in two steps: serde
+//! public mappings, and an optional `[control]` table for the control API);
+//! [`EdgeConfig`] is the `relay-edge` file (cloud URL, identity, allowed
+//! destinations). Both accept an optional `[log]` table ([`LogConfig`]: log
+//! files in a directory, rotated minutely, hourly, daily or never). Both
+//! load in two steps: serde
 //! deserializes the text into private "raw" structs that reject unknown keys,
 //! then one validation pass checks ranges, names, cross references and
 //! tokens and builds the public structs.
@@ -22,31 +25,51 @@
 //!   heartbeat_interval`; `[reconnect] initial <= max`.
 //! - Tokens come from exactly one of `token` or `token_file` (whose trailing
 //!   whitespace is trimmed), are at least [`MIN_TOKEN_LEN`] bytes and do not
-//!   look like placeholders such as `changeme`.
+//!   look like placeholders such as `changeme`. The same rules apply to
+//!   `[control]`'s `admin_token` / `admin_token_file`.
 //! - Cloud: at least one `[[edges]]`, unique edge ids and mapping names,
 //!   listeners that do not clash (port 0 never clashes), mappings naming a
 //!   configured edge.
-//! - Relative paths (`token_file`, `[tunnel.tls]`, `ca_file`) are resolved
-//!   against the config file's directory. Only token files are read here;
-//!   certificates are the agents' business.
+//! - `[control]` ([`ControlConfig`]): `listen` (default
+//!   [`DEFAULT_CONTROL_LISTEN`]) clashes with neither `tunnel.listen` nor a
+//!   mapping's `listen`; the admin token differs from every edge token, so
+//!   an edge's token never opens the control API.
+//! - `[log]`: `dir` is required; `file_prefix` follows the name rules;
+//!   `rotation` is one of `"minutely"`, `"hourly"`, `"daily"`, `"never"`
+//!   ([`LogRotation`]); `max_files`, when set, is at least 1.
+//! - Relative paths (`token_file`, `admin_token_file`, `[tunnel.tls]`,
+//!   `ca_file`, `state_file`, `[log] dir`) are resolved against the config
+//!   file's directory. Only token files are read here; certificates, the
+//!   state file and the log directory are the agents' business.
+//!
+//! # Mappings from elsewhere
+//! [`MappingConfig::from_parts`] checks a mapping that arrives at run time
+//! (from the control API) with the rules and messages of `[[mappings]]`,
+//! reporting a [`FieldError`] (`<field>: <problem>`) instead of a position.
 
 mod cloud;
 mod cloud_url;
+mod control;
 pub mod defaults;
 mod edge;
 mod error;
 mod hostport;
 mod load;
+mod log;
+mod mapping;
 mod parse_error;
 mod secret;
 mod tunnel;
 mod values;
 
-pub use cloud::{CloudConfig, EdgeEntry, MappingConfig};
+pub use cloud::{CloudConfig, EdgeEntry};
 pub use cloud_url::CloudUrl;
+pub use control::ControlConfig;
 pub use defaults::*;
 pub use edge::{BackoffConfig, EdgeConfig};
-pub use error::ConfigError;
+pub use error::{ConfigError, FieldError};
 pub use hostport::{HostPort, ParseError};
+pub use log::{LogConfig, LogRotation};
+pub use mapping::MappingConfig;
 pub use secret::Secret;
 pub use tunnel::{TlsFiles, TunnelListenConfig};

@@ -26,8 +26,26 @@ pub(crate) fn path(
     key: &str,
     value: &Spanned<PathBuf>,
 ) -> Result<PathBuf, ConfigError> {
+    resolve(doc, key, value, "a file name")
+}
+
+/// As [`path`], for a directory.
+pub(crate) fn dir(
+    doc: &Doc<'_>,
+    key: &str,
+    value: &Spanned<PathBuf>,
+) -> Result<PathBuf, ConfigError> {
+    resolve(doc, key, value, "a directory")
+}
+
+fn resolve(
+    doc: &Doc<'_>,
+    key: &str,
+    value: &Spanned<PathBuf>,
+    expected: &str,
+) -> Result<PathBuf, ConfigError> {
     if value.get_ref().as_os_str().is_empty() {
-        return Err(doc.error_at(value.span(), format!("{key}: empty path, expected a file name")));
+        return Err(doc.error_at(value.span(), format!("{key}: empty path, expected {expected}")));
     }
     Ok(doc.resolve(value.get_ref()))
 }

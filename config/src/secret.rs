@@ -53,47 +53,55 @@ impl fmt::Display for Secret {
     }
 }
 
-/// The `token` and `token_file` keys of one table, as written.
+/// The key names of an edge token: `token` and `token_file`.
+pub(crate) const EDGE_TOKEN_KEYS: (&str, &str) = ("token", "token_file");
+/// The key names of the control API's admin token.
+pub(crate) const ADMIN_TOKEN_KEYS: (&str, &str) = ("admin_token", "admin_token_file");
+
+/// The inline and file keys of one token in one table, as written.
 #[derive(Debug)]
 pub(crate) struct TokenKeys<'a> {
     /// Dotted path of the table (`edges[0]`), empty at the top level.
     pub(crate) table: &'a str,
     /// Span of the table, for "neither key set"; `0..0` for the top level.
     pub(crate) table_span: Range<usize>,
+    /// The names of the inline and file keys: [`EDGE_TOKEN_KEYS`] or
+    /// [`ADMIN_TOKEN_KEYS`].
+    pub(crate) names: (&'static str, &'static str),
     pub(crate) token: Option<Spanned<String>>,
     pub(crate) token_file: Option<Spanned<PathBuf>>,
 }
 
 impl TokenKeys<'_> {
-    /// Reads the token from exactly one of `token` or `token_file` and checks
-    /// it.
+    /// Reads the token from exactly one of the inline or file key and
+    /// checks it.
     pub(crate) fn resolve(self, doc: &Doc<'_>) -> Result<Secret, ConfigError> {
         let key = |k: &str| {
             if self.table.is_empty() { k.to_owned() } else { format!("{}.{k}", self.table) }
         };
+        let (inline, in_file) = self.names;
         match (self.token, self.token_file) {
             (Some(_), Some(file)) => Err(doc.error_at(
                 file.span(),
-                format!("{}: set either `token` or `token_file`, not both", key("token_file")),
+                format!("{}: set either `{inline}` or `{in_file}`, not both", key(in_file)),
             )),
             (None, None) => {
                 let prefix =
                     if self.table.is_empty() { String::new() } else { format!("{}: ", self.table) };
                 Err(doc.error_at(
                     self.table_span,
-                    format!("{prefix}missing `token` or `token_file`; {GENERATE_HINT}"),
+                    format!("{prefix}missing `{inline}` or `{in_file}`; {GENERATE_HINT}"),
                 ))
             }
             (Some(token), None) => {
                 let bytes = token.get_ref().as_bytes();
                 check(bytes, "the token")
-                    .map_err(|m| doc.error_at(token.span(), format!("{}: {m}", key("token"))))?;
+                    .map_err(|m| doc.error_at(token.span(), format!("{}: {m}", key(inline))))?;
                 Ok(Secret::new(bytes))
             }
             (None, Some(file)) => {
                 let path = doc.resolve(file.get_ref());
-                let at =
-                    |m: String| doc.error_at(file.span(), format!("{}: {m}", key("token_file")));
+                let at = |m: String| doc.error_at(file.span(), format!("{}: {m}", key(in_file)));
                 let mut bytes = std::fs::read(&path)
                     .map_err(|e| at(format!("cannot read token file {:?}: {e}", path.display())))?;
                 bytes.truncate(bytes.trim_ascii_end().len());

@@ -55,23 +55,56 @@ from_string!(Dur, "a duration string such as \"2s\" or \"500ms\"", |v| {
     })
 });
 
-from_string!(Addr, "a socket address string such as \"0.0.0.0:8443\"", |v| {
-    v.parse().map(Addr).map_err(|_| {
+from_string!(Addr, "a socket address string such as \"0.0.0.0:8443\"", |v| parse_addr(v).map(Addr));
+
+from_string!(Net, "a CIDR string such as \"10.0.0.0/8\"", |v| parse_net(v).map(Net));
+
+/// Parses `IP:port`; the message quotes `v` and gives examples.
+pub(crate) fn parse_addr(v: &str) -> Result<SocketAddr, String> {
+    v.parse().map_err(|_| {
         format!(
             "invalid socket address {v:?}: expected IP:port such as \"0.0.0.0:8443\" or \
              \"[::]:8443\" (host names are not accepted here)"
         )
     })
-});
+}
 
-from_string!(Net, "a CIDR string such as \"10.0.0.0/8\"", |v| {
-    v.parse::<IpNet>().or_else(|_| v.parse::<IpAddr>().map(IpNet::from)).map(Net).map_err(|_| {
+/// Parses a CIDR network or a bare IP (a single host).
+pub(crate) fn parse_net(v: &str) -> Result<IpNet, String> {
+    v.parse::<IpNet>().or_else(|_| v.parse::<IpAddr>().map(IpNet::from)).map_err(|_| {
         format!(
             "invalid CIDR {v:?}: expected an IP address or network such as \"10.0.0.0/8\", \
-                 \"192.168.1.7\" or \"fd00::/8\""
+             \"192.168.1.7\" or \"fd00::/8\""
         )
     })
-});
+}
+
+/// Checks that a count lies within `range`; the message has no key.
+pub(crate) fn check_range(v: u32, range: RangeInclusive<u32>) -> Result<u32, String> {
+    if range.contains(&v) {
+        return Ok(v);
+    }
+    let expected = if *range.end() == u32::MAX {
+        format!("at least {}", range.start())
+    } else {
+        format!("{}..={}", range.start(), range.end())
+    };
+    Err(format!("{v} is out of range, expected {expected}"))
+}
+
+/// Checks a name, id or file prefix: 1 to [`MAX_NAME_LEN`] characters of
+/// `[A-Za-z0-9._-]`. `what` names it in the message ("name").
+pub(crate) fn check_name(v: &str, what: &str) -> Result<(), String> {
+    let ok_chars = v.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if ok_chars && (1..=MAX_NAME_LEN).contains(&v.len()) {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid {what} {v:?}, expected 1 to {MAX_NAME_LEN} characters of \
+             A-Z, a-z, 0-9, '.', '_' or '-'"
+        ))
+    }
+}
 
 /// Checks that a count lies within `range`.
 pub(crate) fn in_range(
@@ -80,17 +113,8 @@ pub(crate) fn in_range(
     value: &Spanned<u32>,
     range: RangeInclusive<u32>,
 ) -> Result<u32, ConfigError> {
-    let v = *value.get_ref();
-    if range.contains(&v) {
-        Ok(v)
-    } else {
-        let expected = if *range.end() == u32::MAX {
-            format!("at least {}", range.start())
-        } else {
-            format!("{}..={}", range.start(), range.end())
-        };
-        Err(doc.error_at(value.span(), format!("{key}: {v} is out of range, expected {expected}")))
-    }
+    check_range(*value.get_ref(), range)
+        .map_err(|m| doc.error_at(value.span(), format!("{key}: {m}")))
 }
 
 /// Checks that a duration is not zero.
@@ -142,26 +166,15 @@ pub(crate) fn ordered(
     ))
 }
 
-/// Checks a mapping name or an edge id: 1 to [`MAX_NAME_LEN`] characters of
-/// `[A-Za-z0-9._-]`.
+/// Checks a mapping name or an edge id with [`check_name`].
 pub(crate) fn name(
     doc: &Doc<'_>,
     key: &str,
     value: &Spanned<String>,
 ) -> Result<String, ConfigError> {
-    let v = value.get_ref();
-    let ok_chars = v.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
-    if ok_chars && (1..=MAX_NAME_LEN).contains(&v.len()) {
-        Ok(v.clone())
-    } else {
-        Err(doc.error_at(
-            value.span(),
-            format!(
-                "{key}: invalid name {v:?}, expected 1 to {MAX_NAME_LEN} characters of \
-                 A-Z, a-z, 0-9, '.', '_' or '-'"
-            ),
-        ))
-    }
+    check_name(value.get_ref(), "name")
+        .map_err(|m| doc.error_at(value.span(), format!("{key}: {m}")))?;
+    Ok(value.get_ref().clone())
 }
 
 #[cfg(test)]

@@ -1,9 +1,10 @@
 //! The shipped `examples/cloud.toml` and `examples/edge.toml` load and
-//! describe the loopback demo.
+//! describe the loopback demo, and their commented-out `[log]` tables are
+//! valid once switched on.
 
 use std::path::{Path, PathBuf};
 
-use config::{CloudConfig, EdgeConfig};
+use config::{CloudConfig, DEFAULT_LOG_ROTATION, EdgeConfig};
 
 fn example(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples").join(name)
@@ -32,4 +33,48 @@ fn examples_load_and_agree() {
     let entry = cloud.edge(&edge.edge_id).expect("the edge's id is configured in the cloud");
     assert_eq!(entry.token.expose(), edge.token.expose());
     assert_eq!(edge.token.expose().len(), 43);
+
+    // The control API is on, with its own token.
+    let control = cloud.control.as_ref().expect("examples/cloud.toml has [control]");
+    assert_eq!(control.listen, "127.0.0.1:7070".parse().unwrap());
+    assert_eq!(control.state_file, example("relay-cloud-state.json"));
+    assert_eq!(control.admin_token.expose().len(), 43);
+    assert_ne!(control.admin_token.expose(), edge.token.expose());
+
+    // [log] is only shown, commented out.
+    assert!(cloud.log.is_none() && edge.log.is_none());
+}
+
+/// The example file with its commented-out `[log]` table switched on: the
+/// `# [log]` line and the `# key = value` lines after it lose their `# `.
+fn with_log_enabled(name: &str) -> String {
+    let text = std::fs::read_to_string(example(name)).unwrap();
+    let mut in_log = false;
+    let mut out = String::new();
+    for line in text.lines() {
+        in_log |= line == "# [log]";
+        let line = match line.strip_prefix("# ") {
+            Some(rest) if in_log && !rest.starts_with('#') => rest,
+            _ => line,
+        };
+        out.push_str(line);
+        out.push('\n');
+    }
+    assert!(in_log, "{name} has no commented-out [log] table");
+    out
+}
+
+#[test]
+fn commented_log_examples_are_valid() {
+    let text = with_log_enabled("cloud.toml");
+    let cloud =
+        CloudConfig::from_toml(&text, &example("cloud.toml")).unwrap_or_else(|e| panic!("{e}"));
+    let log = cloud.log.expect("[log] enabled");
+    assert_eq!(log.file_prefix, "relay-cloud");
+    assert_eq!((log.rotation, log.max_files), (DEFAULT_LOG_ROTATION, Some(14)));
+
+    let text = with_log_enabled("edge.toml");
+    let edge =
+        EdgeConfig::from_toml(&text, &example("edge.toml")).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(edge.log.expect("[log] enabled").file_prefix, "relay-edge");
 }

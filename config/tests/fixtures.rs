@@ -69,13 +69,13 @@ fn check(kind: &str, load: Loader) -> (usize, usize) {
 #[test]
 fn cloud_fixtures() {
     let (valid, invalid) = check("cloud", load_cloud);
-    assert!(valid >= 3, "found only {valid} valid cloud fixtures");
-    assert!(invalid >= 30, "found only {invalid} invalid cloud fixtures");
+    assert!(valid >= 5, "found only {valid} valid cloud fixtures");
+    assert!(invalid >= 47, "found only {invalid} invalid cloud fixtures");
 }
 
 #[test]
 fn edge_fixtures() {
     let (valid, invalid) = check("edge", load_edge);
-    assert!(valid >= 3, "found only {valid} valid edge fixtures");
-    assert!(invalid >= 20, "found only {invalid} invalid edge fixtures");
+    assert!(valid >= 4, "found only {valid} valid edge fixtures");
+    assert!(invalid >= 25, "found only {invalid} invalid edge fixtures");
 }

@@ -10,7 +10,7 @@ use tokio::net::TcpListener;
 const DEMO_EDGE: &str = "demo-edge";
 
 pub(crate) fn run() -> ExitCode {
-    tunnel::service::init_logging();
+    let _log = tunnel::service::init_logging(None);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

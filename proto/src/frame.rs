@@ -31,6 +31,7 @@ mod kind {
     pub(super) const PONG: u8 = 0x08;
     pub(super) const DRAIN: u8 = 0x09;
     pub(super) const GO_AWAY: u8 = 0x0A;
+    pub(super) const REPORT: u8 = 0x0B;
     pub(super) const CHALLENGE: u8 = 0x10;
     pub(super) const AUTH: u8 = 0x11;
     pub(super) const WELCOME: u8 = 0x12;
@@ -65,6 +66,8 @@ pub enum Frame {
     Drain,
     /// The sender closes the tunnel, and says why.
     GoAway { code: GoAwayCode, message: String },
+    /// Edge to cloud, every few seconds: the edge's own figures.
+    Report(EdgeReport),
     /// Handshake step 1, cloud to edge: supported versions and a fresh nonce.
     Challenge { min_version: u16, max_version: u16, nonce: [u8; NONCE_LEN] },
     /// Handshake step 2, edge to cloud: who it is and proof of its token.
@@ -89,6 +92,26 @@ pub enum Frame {
     },
     /// Handshake step 3b, cloud to edge: refused, and why.
     Refuse { code: RefuseCode, message: String },
+}
+
+/// What an edge tells the cloud about itself in a [`Frame::Report`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EdgeReport {
+    /// Tunnels the edge is configured to keep open.
+    pub tunnels_configured: u16,
+    /// Host CPU use over all cores, in tenths of a percent (0..=1000).
+    pub cpu_permille: u16,
+    /// Host memory in use, bytes.
+    pub memory_used: u64,
+    /// Host memory in total, bytes.
+    pub memory_total: u64,
+    /// Destination connects that succeeded since the edge started.
+    pub connects_ok: u64,
+    /// Destination connects that failed (refused, timed out, unreachable)
+    /// since the edge started; allowlist denials are not counted.
+    pub connects_failed: u64,
+    /// The edge agent's version.
+    pub agent_version: String,
 }
 
 macro_rules! wire_enum {
@@ -245,6 +268,7 @@ fn decode_payload(kind: u8, stream: u32, mut p: Bytes) -> Result<Frame, DecodeEr
                 | kind::PONG
                 | kind::DRAIN
                 | kind::GO_AWAY
+                | kind::REPORT
                 | kind::CHALLENGE
                 | kind::AUTH
                 | kind::WELCOME
@@ -316,6 +340,20 @@ fn decode_payload(kind: u8, stream: u32, mut p: Bytes) -> Result<Frame, DecodeEr
             let message = r.text()?;
             r.finish()?;
             Frame::GoAway { code, message }
+        }
+        kind::REPORT => {
+            let mut r = Reader::new("report", &mut p);
+            let report = EdgeReport {
+                tunnels_configured: r.u16()?,
+                cpu_permille: r.u16()?,
+                memory_used: r.u64()?,
+                memory_total: r.u64()?,
+                connects_ok: r.u64()?,
+                connects_failed: r.u64()?,
+                agent_version: r.text()?,
+            };
+            r.finish()?;
+            Frame::Report(report)
         }
         kind::CHALLENGE => {
             let mut r = Reader::new("challenge", &mut p);
@@ -480,6 +518,7 @@ impl Frame {
             Frame::Pong { .. } => kind::PONG,
             Frame::Drain => kind::DRAIN,
             Frame::GoAway { .. } => kind::GO_AWAY,
+            Frame::Report(_) => kind::REPORT,
             Frame::Challenge { .. } => kind::CHALLENGE,
             Frame::Auth { .. } => kind::AUTH,
             Frame::Welcome { .. } => kind::WELCOME,
@@ -497,6 +536,7 @@ impl Frame {
             Frame::Reset { message, .. }
             | Frame::GoAway { message, .. }
             | Frame::Refuse { message, .. } => 1 + text_len(message),
+            Frame::Report(r) => 2 + 2 + 8 * 4 + text_len(&r.agent_version),
             Frame::Challenge { .. } => 2 + 2 + NONCE_LEN,
             Frame::Auth { edge_id, agent_version, .. } => {
                 2 + 8 + NONCE_LEN + AUTH_PROOF_LEN + text_len(edge_id) + text_len(agent_version)
@@ -539,6 +579,15 @@ impl Frame {
             Frame::GoAway { code, message } => {
                 out.put_u8(code.to_u8());
                 put_text(out, message);
+            }
+            Frame::Report(r) => {
+                out.put_u16(r.tunnels_configured);
+                out.put_u16(r.cpu_permille);
+                out.put_u64(r.memory_used);
+                out.put_u64(r.memory_total);
+                out.put_u64(r.connects_ok);
+                out.put_u64(r.connects_failed);
+                put_text(out, &r.agent_version);
             }
             Frame::Challenge { min_version, max_version, nonce } => {
                 out.put_u16(*min_version);
@@ -727,6 +776,15 @@ mod tests {
             Frame::Pong { nonce: 2 },
             Frame::Drain,
             Frame::GoAway { code: GoAwayCode::Superseded, message: "new session".into() },
+            Frame::Report(EdgeReport {
+                tunnels_configured: 2,
+                cpu_permille: 125,
+                memory_used: 1 << 30,
+                memory_total: 1 << 34,
+                connects_ok: 10,
+                connects_failed: 1,
+                agent_version: "0.1.0".into(),
+            }),
             Frame::Challenge { min_version: 1, max_version: 3, nonce: [7; NONCE_LEN] },
             Frame::Auth {
                 version: 1,

@@ -25,7 +25,7 @@ pub mod stream;
 
 pub use flow::{FlowError, RecvWindow, SendWindow};
 pub use frame::{
-    DecodeError, Frame, GoAwayCode, HEADER_LEN, OpenCode, ResetCode, decode, frame_len,
+    DecodeError, EdgeReport, Frame, GoAwayCode, HEADER_LEN, OpenCode, ResetCode, decode, frame_len,
 };
 pub use handshake::{
     AUTH_PROOF_LEN, NONCE_LEN, RefuseCode, auth_proof, server_proof, verify_auth_proof,

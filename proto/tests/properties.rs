@@ -78,6 +78,19 @@ fn frame() -> impl Strategy<Value = Frame> {
         any::<u64>().prop_map(|nonce| Frame::Ping { nonce }),
         any::<u64>().prop_map(|nonce| Frame::Pong { nonce }),
         Just(Frame::Drain),
+        (any::<u16>(), any::<u16>(), any::<[u64; 4]>(), text()).prop_map(
+            |(tunnels_configured, cpu_permille, n, agent_version)| {
+                Frame::Report(proto::EdgeReport {
+                    tunnels_configured,
+                    cpu_permille,
+                    memory_used: n[0],
+                    memory_total: n[1],
+                    connects_ok: n[2],
+                    connects_failed: n[3],
+                    agent_version,
+                })
+            }
+        ),
         (go_away_code, text()).prop_map(|(code, message)| Frame::GoAway { code, message }),
         (any::<u16>(), any::<u16>(), any::<[u8; 32]>()).prop_map(
             |(min_version, max_version, nonce)| Frame::Challenge {

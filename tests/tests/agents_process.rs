@@ -75,31 +75,54 @@ async fn round_trip(tcp: &mut TcpStream, msg: &[u8], what: &str) {
 
 /// Connects to `public` (which must accept), sends a little, and expects the
 /// cloud to close the connection within `within` without relaying anything.
-async fn assert_closed_promptly(public: SocketAddr, within: Duration, what: &str) {
+/// On failure the panic message carries the `agents`' logs.
+async fn assert_closed_promptly(
+    public: SocketAddr,
+    within: Duration,
+    what: &str,
+    agents: &mut [(&str, &mut Agent)],
+) {
     let started = Instant::now();
     let outcome = tokio::time::timeout(within, async {
         let mut tcp = match TcpStream::connect(public).await {
             Ok(tcp) => tcp,
             // Accepted and reset before the connect call returned.
             Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
-                return format!("connect reset: {e}");
+                return Ok(format!("connect reset: {e}"));
             }
-            Err(e) => panic!("{what}: mapping {public} does not accept: {e}"),
+            Err(e) => return Err(format!("mapping {public} does not accept: {e}")),
         };
         // The write may already fail if the reset came first.
         if let Err(e) = tcp.write_all(b"anyone there?").await {
-            return format!("write failed: {e}");
+            return Ok(format!("write failed: {e}"));
         }
-        let mut back = Vec::new();
-        match tcp.read_to_end(&mut back).await {
-            Ok(_) if back.is_empty() => "EOF".to_owned(),
-            Ok(_) => panic!("{what}: connection was served: got {back:?}"),
-            Err(e) => format!("read failed: {e}"),
+        // Any byte back means something relayed the connection.
+        let mut back = [0u8; 64];
+        match tcp.read(&mut back).await {
+            Ok(0) => Ok("EOF".to_owned()),
+            Ok(n) => Err(format!(
+                "connection was served: got {:?} after {:?}",
+                String::from_utf8_lossy(&back[..n]),
+                started.elapsed()
+            )),
+            Err(e) => Ok(format!("read failed: {e}")),
         }
     })
     .await
-    .unwrap_or_else(|_| panic!("{what}: connection still open after {within:?}"));
-    eprintln!("{what}: closed after {:?} ({outcome})", started.elapsed());
+    .unwrap_or_else(|_| Err(format!("connection still open after {within:?}")));
+    match outcome {
+        Ok(how) => eprintln!("{what}: closed after {:?} ({how})", started.elapsed()),
+        Err(why) => panic!("{what}: {why}\n{}", logs(agents)),
+    }
+}
+
+/// The logs of `agents` so far, for a failure message.
+fn logs(agents: &mut [(&str, &mut Agent)]) -> String {
+    let logs: Vec<String> = agents
+        .iter_mut()
+        .map(|(name, agent)| format!("--- {name} log:\n{}", agent.logged().join("\n")))
+        .collect();
+    logs.join("\n")
 }
 
 /// Edge crash: open clients are cut, new clients are refused at once, and a
@@ -118,10 +141,10 @@ async fn edge_sigkill_closes_clients_and_restart_serves_again() {
     let mut client = TcpStream::connect(public).await.expect("connect through the mapping");
     round_trip(&mut client, b"before the crash", "open client").await;
 
+    let killed = Instant::now();
     edge.signal("KILL");
     edge.wait_exit(Duration::from_secs(5)).await;
     assert!(!edge.is_running(), "edge survived SIGKILL");
-    let killed = Instant::now();
 
     // The open client connection is cut (EOF or reset), not left hanging.
     let mut buf = [0u8; 64];
@@ -131,10 +154,17 @@ async fn edge_sigkill_closes_clients_and_restart_serves_again() {
         Ok(Ok(n)) => panic!("open client read {n} unexpected bytes after the kill"),
         Err(_) => panic!("open client still open 10s after the edge was killed"),
     }
-    cloud.agent.wait_for_log(&["edge tunnel closed", "edge=e1"], Duration::from_secs(10)).await;
+    // Both of the edge's tunnels are gone at the cloud.
+    cloud.agent.wait_for_logs(&["edge tunnel closed", "edge=e1"], 2, Duration::from_secs(10)).await;
 
     // No edge: a new client is closed at once.
-    assert_closed_promptly(public, Duration::from_secs(5), "client while the edge is down").await;
+    assert_closed_promptly(
+        public,
+        Duration::from_secs(5),
+        "client while the edge is down",
+        &mut [("cloud", &mut cloud.agent)],
+    )
+    .await;
 
     // A new edge process with the same config takes over.
     let mut edge = start_edge(cloud.tunnel, &[echo], TOKEN);
@@ -192,30 +222,35 @@ async fn wrong_token_is_refused_and_logged_on_both_sides() {
     // long backoff for refusals that need an operator.
     let needles = ["slot{slot=0}", "tunnel not established", "(BadToken)"];
     let first = edge.wait_for_logs(&needles, 1, STARTUP).await.remove(0);
-    let first_seen = Instant::now();
+    eprintln!("edge: {first}");
     let retry_in = first
         .split_whitespace()
         .find_map(|f| f.strip_prefix("retry_in="))
         .unwrap_or_else(|| panic!("no retry_in in {first:?}"));
     let retry_in = parse_debug_duration(retry_in);
-    eprintln!("edge: {first}");
     assert!(
         retry_in >= Duration::from_secs(5),
         "a refused edge retries after {retry_in:?}, expected at least 5s"
     );
     let both = edge.wait_for_logs(&needles, 2, retry_in + Duration::from_secs(10)).await;
-    let gap = first_seen.elapsed();
-    eprintln!("edge retried after {gap:?}: {}", both[1]);
+    let gap = log_time(&both[1]).saturating_sub(log_time(&both[0]));
+    eprintln!("edge retried {gap:?} later: {}", both[1]);
     assert!(
-        gap >= retry_in.saturating_sub(Duration::from_millis(500)),
-        "second refusal {gap:?} after the first, but retry_in was {retry_in:?}"
+        gap + Duration::from_millis(10) >= retry_in,
+        "second refusal logged {gap:?} after the first, but retry_in was {retry_in:?}"
     );
     assert!(
         !edge.logged().iter().any(|l| l.contains("tunnel up")),
         "edge with a wrong token got a tunnel"
     );
 
-    assert_closed_promptly(public, Duration::from_secs(5), "client with no admitted edge").await;
+    assert_closed_promptly(
+        public,
+        Duration::from_secs(5),
+        "client with no admitted edge",
+        &mut [("cloud", &mut cloud.agent), ("edge", &mut edge)],
+    )
+    .await;
     cloud
         .agent
         .wait_for_log(&["no live tunnel to the edge; client closed"], Duration::from_secs(5))
@@ -227,6 +262,22 @@ async fn wrong_token_is_refused_and_logged_on_both_sides() {
             assert!(!log.iter().any(|l| l.contains(secret)), "{who} logged a token");
         }
     }
+}
+
+/// The time of day a log line was written, from its leading RFC 3339
+/// timestamp (`2026-01-02T13:17:40.688008Z ...`), as time since midnight.
+fn log_time(line: &str) -> Duration {
+    let stamp = line.split_whitespace().next().unwrap_or_default();
+    let time = stamp
+        .split_once('T')
+        .and_then(|(_, t)| t.strip_suffix('Z'))
+        .unwrap_or_else(|| panic!("no UTC timestamp at the start of {line:?}"));
+    let parts: Vec<f64> = time
+        .split(':')
+        .map(|p| p.parse().unwrap_or_else(|e| panic!("bad timestamp {stamp:?}: {e}")))
+        .collect();
+    let [h, m, s] = parts[..] else { panic!("bad timestamp {stamp:?}") };
+    Duration::from_secs_f64(h * 3600.0 + m * 60.0 + s)
 }
 
 /// Parses a `Debug`-formatted `Duration` such as `5.123456789s`, `850ms`.
@@ -400,8 +451,15 @@ async fn stalled_reader_does_not_stall_others_and_memory_stays_bounded() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_open_streams_finish() {
     let echo = echo_server().await;
-    let mut cloud = start_cloud("127.0.0.1:0", &[("echo", &echo.to_string())]).await;
-    let public = cloud.mappings[0];
+    // `probe` leads to a destination the edge does not allow: its clients
+    // are never served, and the cloud logs why each one was closed.
+    let not_allowed = free_port();
+    let mut cloud = start_cloud(
+        "127.0.0.1:0",
+        &[("echo", &echo.to_string()), ("probe", &not_allowed.to_string())],
+    )
+    .await;
+    let (public, probe) = (cloud.mappings[0], cloud.mappings[1]);
     let mut edge = start_edge(cloud.tunnel, &[echo], TOKEN);
     edge.wait_for_log(&["tunnel up"], STARTUP).await;
     assert!(eventually(Duration::from_secs(10), || serves(public)).await, "mapping never served");
@@ -417,20 +475,73 @@ async fn sigterm_lets_open_streams_finish() {
     // The open connection keeps working during the grace period.
     round_trip(&mut client, b"while draining", "open client after SIGTERM").await;
 
+    // The edge logs "draining" just before it starts refusing, so wait for
+    // proof that the drain is in force: a probe client closed because the
+    // edge is draining (not for the allowlist).
+    let drain_reason = |l: &String| {
+        l.contains("no live tunnel to the edge; client closed")
+            || (l.contains("stream not opened; client closed") && l.contains("raining"))
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let drained = loop {
+        assert_closed_promptly(
+            probe,
+            Duration::from_secs(2),
+            "probe client after SIGTERM",
+            &mut [("cloud", &mut cloud.agent), ("edge", &mut edge)],
+        )
+        .await;
+        let log = cloud.agent.logged();
+        if let Some(line) = log.iter().find(|l| l.contains("mapping=probe") && drain_reason(l)) {
+            break line.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the cloud never closed a client because the edge drains\n{}",
+            logs(&mut [("cloud", &mut cloud.agent), ("edge", &mut edge)])
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    };
+    eprintln!("drain in force: {drained}");
+
     // A new connection is not given to the draining edge.
-    assert_closed_promptly(public, Duration::from_secs(5), "new client after SIGTERM").await;
+    assert_closed_promptly(
+        public,
+        Duration::from_secs(5),
+        "new client after SIGTERM",
+        &mut [("cloud", &mut cloud.agent), ("edge", &mut edge)],
+    )
+    .await;
+    let logged = eventually(Duration::from_secs(5), || {
+        std::future::ready(
+            cloud.agent.logged().iter().any(|l| l.contains("mapping=echo") && drain_reason(l)),
+        )
+    })
+    .await;
+    assert!(
+        logged,
+        "cloud did not log closing the new client for the draining edge\n{}",
+        logs(&mut [("cloud", &mut cloud.agent), ("edge", &mut edge)])
+    );
     assert!(edge.is_running(), "edge exited before its open connection finished");
 
     // The open connection closes in order: our FIN, the echo's FIN back.
     client.shutdown().await.expect("half-close");
     let mut rest = Vec::new();
-    tokio::time::timeout(Duration::from_secs(3), client.read_to_end(&mut rest))
-        .await
-        .expect("no EOF within 3s after the half-close")
-        .expect("connection reset instead of closing in order");
+    let closed = tokio::time::timeout(Duration::from_secs(3), client.read_to_end(&mut rest)).await;
+    // Let the edge finish first: its log then shows how the stream ended.
+    let code = edge.wait_exit(Duration::from_secs(10)).await;
+    let agents = &mut [("cloud", &mut cloud.agent), ("edge", &mut edge)];
+    match closed {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => panic!(
+            "open client: {e} instead of EOF after its half-close during the grace period\n{}",
+            logs(agents)
+        ),
+        Err(_) => panic!("open client: no EOF within 3s after its half-close\n{}", logs(agents)),
+    }
     assert!(rest.is_empty(), "unexpected bytes after the echo: {rest:?}");
 
-    let code = edge.wait_exit(Duration::from_secs(10)).await;
     eprintln!("edge exited with {code:?} {:?} after SIGTERM", signalled.elapsed());
     assert_eq!(code, Some(0), "edge did not exit cleanly within 10s of SIGTERM");
     assert!(

@@ -30,5 +30,5 @@ pub mod tls;
 pub mod wire;
 
 pub use mux::{IncomingStream, MuxSettings, OpenError, Role, Tunnel, TunnelClosed};
-pub use relay::{RelayOutcome, relay};
+pub use relay::{ByteCounters, RelayEnd, RelayOutcome, relay};
 pub use stream::{Inbound, MuxStream, StreamClosed};

@@ -131,6 +131,10 @@ pub(crate) struct Shared {
     going_away: AtomicBool,
     peer_draining: AtomicBool,
     rtt_micros: AtomicU64,
+    /// Unix time in milliseconds of the last message from the peer.
+    last_heard_ms: AtomicU64,
+    /// The edge's latest report (cloud side).
+    last_report: Mutex<Option<proto::EdgeReport>>,
     close_reason: Mutex<Option<String>>,
     closed: CancellationToken,
 }
@@ -213,6 +217,12 @@ impl Shared {
             });
         }
     }
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// Why the reader stops on a frame.
@@ -313,6 +323,8 @@ impl Tunnel {
             going_away: AtomicBool::new(false),
             peer_draining: AtomicBool::new(false),
             rtt_micros: AtomicU64::new(0),
+            last_heard_ms: AtomicU64::new(unix_ms()),
+            last_report: Mutex::new(None),
             close_reason: Mutex::new(None),
             closed: CancellationToken::new(),
         });
@@ -361,6 +373,22 @@ impl Tunnel {
             0 => None,
             us => Some(Duration::from_micros(us)),
         }
+    }
+
+    /// Unix time in milliseconds when the peer was last heard from.
+    pub fn last_heard_unix_ms(&self) -> u64 {
+        self.shared.last_heard_ms.load(Ordering::Relaxed)
+    }
+
+    /// Cloud side: the edge's latest report on this tunnel.
+    pub fn last_report(&self) -> Option<proto::EdgeReport> {
+        self.shared.last_report.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Edge side: sends a report to the cloud. Reports are sent every few
+    /// seconds, so they need no queue of their own.
+    pub fn send_report(&self, report: proto::EdgeReport) {
+        self.shared.send_control(Frame::Report(report));
     }
 
     /// Tells the peer to open no new streams towards this side.
@@ -528,6 +556,7 @@ async fn read_loop<S>(
                 Some(Err(e)) => break Some(format!("websocket error: {e}")),
                 Some(Ok(Message::Binary(bytes))) => {
                     last_heard = Instant::now();
+                    shared.last_heard_ms.store(unix_ms(), Ordering::Relaxed);
                     match on_message(&shared, bytes, &incoming_tx, &mut ping) {
                         Ok(()) => {}
                         Err(Stop::Violation(why)) => {
@@ -696,6 +725,12 @@ fn on_frame(
             }
         }
         Frame::Drain => shared.peer_draining.store(true, Ordering::Relaxed),
+        Frame::Report(report) => {
+            if shared.role != Role::Cloud {
+                return Err(Stop::Violation("only the edge sends reports".into()));
+            }
+            *shared.last_report.lock().unwrap_or_else(|p| p.into_inner()) = Some(report);
+        }
         Frame::GoAway { code, message } => {
             return Err(Stop::PeerGoAway(format!("peer closed the tunnel ({code:?}): {message}")));
         }

@@ -11,6 +11,7 @@
 //! current credit.
 
 use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -22,6 +23,37 @@ use crate::stream::{Inbound, MuxStream, StreamReceiver, StreamSender};
 
 /// Largest read from the socket, and so the largest data frame.
 const READ_CHUNK: usize = 64 * 1024;
+
+/// Live byte counts of one or many relays (a mapping's, an edge's),
+/// updated as each chunk moves so throughput can be sampled while
+/// connections are open.
+#[derive(Debug, Default)]
+pub struct ByteCounters {
+    sent: AtomicU64,
+    received: AtomicU64,
+}
+
+impl ByteCounters {
+    /// Bytes read from sockets and sent to the peer.
+    pub fn sent(&self) -> u64 {
+        self.sent.load(Ordering::Relaxed)
+    }
+
+    /// Bytes received from the peer and written to sockets.
+    pub fn received(&self) -> u64 {
+        self.received.load(Ordering::Relaxed)
+    }
+
+    /// Counts `n` more bytes sent.
+    pub fn add_sent(&self, n: u64) {
+        self.sent.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Counts `n` more bytes received.
+    pub fn add_received(&self, n: u64) {
+        self.received.fetch_add(n, Ordering::Relaxed);
+    }
+}
 
 /// How a relayed connection ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,20 +79,21 @@ pub struct RelayOutcome {
 
 /// Relays between `tcp` and `stream` until both directions are finished,
 /// either side fails, or `cancel` fires (which resets the stream with
-/// `cancel_code`).
+/// `cancel_code`). Bytes are added to `counters` as they move.
 pub async fn relay(
     tcp: TcpStream,
     stream: MuxStream,
     cancel: CancellationToken,
     cancel_code: ResetCode,
+    counters: &ByteCounters,
 ) -> RelayOutcome {
     let _ = tcp.set_nodelay(true);
     let (sender, mut receiver) = stream.split();
     let mut to_peer = 0u64;
     let mut from_peer = 0u64;
     let end = {
-        let upstream = socket_to_stream(&tcp, &sender, &mut to_peer);
-        let downstream = stream_to_socket(&tcp, &mut receiver, &sender, &mut from_peer);
+        let upstream = socket_to_stream(&tcp, &sender, &mut to_peer, counters);
+        let downstream = stream_to_socket(&tcp, &mut receiver, &sender, &mut from_peer, counters);
         tokio::pin!(upstream, downstream);
         let (mut up_done, mut down_done) = (false, false);
         loop {
@@ -99,6 +132,7 @@ async fn socket_to_stream(
     tcp: &TcpStream,
     sender: &StreamSender,
     total: &mut u64,
+    counters: &ByteCounters,
 ) -> Result<(), String> {
     loop {
         let credit = sender.credit(READ_CHUNK).await.map_err(|e| e.reason)?;
@@ -111,6 +145,7 @@ async fn socket_to_stream(
             }
             Ok(n) => {
                 *total += n as u64;
+                counters.add_sent(n as u64);
                 sender.send(buf.freeze()).await.map_err(|e| e.reason)?;
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
@@ -127,6 +162,7 @@ async fn stream_to_socket(
     receiver: &mut StreamReceiver,
     sender: &StreamSender,
     total: &mut u64,
+    counters: &ByteCounters,
 ) -> Result<(), String> {
     loop {
         match receiver.recv().await {
@@ -136,6 +172,7 @@ async fn stream_to_socket(
                     return Err(format!("socket write failed: {e}"));
                 }
                 *total += bytes.len() as u64;
+                counters.add_received(bytes.len() as u64);
                 receiver.consumed(bytes.len()).await.map_err(|e| e.reason)?;
             }
             Inbound::Fin => {

@@ -4,16 +4,57 @@ use std::io::IsTerminal;
 
 use tracing_subscriber::EnvFilter;
 
-/// Logs to stderr, filtered by `RUST_LOG` (default `info`). Colours only
-/// on a terminal, and never with `NO_COLOR` set.
-pub fn init_logging() {
+/// Keeps the log file writer flushing; hold it until the process exits.
+#[derive(Debug)]
+pub struct LogGuard(
+    // Dropping the guard flushes and stops the writer thread.
+    #[expect(dead_code, reason = "held for its Drop")]
+    Option<tracing_appender::non_blocking::WorkerGuard>,
+);
+
+/// Logs to stderr, and to rolling files when `file` is set, filtered by
+/// `RUST_LOG` (default `info`). Colours only on a terminal, never with
+/// `NO_COLOR` set, and never in files.
+///
+/// # Errors
+/// If the log directory cannot be created or opened.
+pub fn init_logging(file: Option<&config::LogConfig>) -> Result<LogGuard, String> {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(ansi)
-        .with_writer(std::io::stderr)
-        .try_init();
+    let stderr = tracing_subscriber::fmt::layer().with_ansi(ansi).with_writer(std::io::stderr);
+    let (file_layer, guard) = match file {
+        Some(log) => {
+            let rotation = match log.rotation {
+                config::LogRotation::Minutely => tracing_appender::rolling::Rotation::MINUTELY,
+                config::LogRotation::Hourly => tracing_appender::rolling::Rotation::HOURLY,
+                config::LogRotation::Daily => tracing_appender::rolling::Rotation::DAILY,
+                config::LogRotation::Never => tracing_appender::rolling::Rotation::NEVER,
+            };
+            let mut builder = tracing_appender::rolling::Builder::new()
+                .rotation(rotation)
+                .filename_prefix(&log.file_prefix)
+                .filename_suffix("log");
+            if let Some(n) = log.max_files {
+                builder = builder.max_log_files(n);
+            }
+            std::fs::create_dir_all(&log.dir)
+                .map_err(|e| format!("log directory {}: {e}", log.dir.display()))?;
+            let appender = builder
+                .build(&log.dir)
+                .map_err(|e| format!("log directory {}: {e}", log.dir.display()))?;
+            let (writer, guard) = tracing_appender::non_blocking(appender);
+            (
+                Some(tracing_subscriber::fmt::layer().with_ansi(false).with_writer(writer)),
+                Some(guard),
+            )
+        }
+        None => (None, None),
+    };
+    let _ = tracing_subscriber::registry().with(filter).with(stderr).with(file_layer).try_init();
+    Ok(LogGuard(guard))
 }
 
 /// Resolves on the first SIGTERM or Ctrl-C (SIGINT).

@@ -1,0 +1,108 @@
+//! `/metrics` in the Prometheus text exposition format.
+
+use std::fmt::Write;
+
+use api::{EdgeHealth, MappingState, Snapshot};
+
+/// Name, type, help, and how to read the value from a mapping.
+type MappingFamily = (&'static str, &'static str, &'static str, fn(&api::MappingView) -> u64);
+
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+/// Renders a snapshot. Mapping names and edge ids are limited to
+/// `[A-Za-z0-9._-]`, so label values need no escaping.
+pub(super) fn render(s: &Snapshot) -> String {
+    let mut out = String::new();
+    family(&mut out, "relay_mapping_up", "gauge", "1 if the mapping is listening and serving.");
+    for m in &s.mappings {
+        let up = u8::from(m.state == MappingState::Active);
+        let _ = writeln!(out, "relay_mapping_up{{mapping=\"{}\"}} {up}", m.spec.name);
+    }
+    let counters: [MappingFamily; 5] = [
+        ("relay_mapping_connections_active", "gauge", "Client connections open now.", |m| {
+            m.active_connections
+        }),
+        ("relay_mapping_connections_total", "counter", "Client connections accepted.", |m| {
+            m.total_connections
+        }),
+        (
+            "relay_mapping_connections_failed_total",
+            "counter",
+            "Client connections that could not be carried to the destination.",
+            |m| m.failed_connections,
+        ),
+        ("relay_mapping_bytes_in_total", "counter", "Bytes from clients to the service.", |m| {
+            m.bytes_in
+        }),
+        ("relay_mapping_bytes_out_total", "counter", "Bytes from the service to clients.", |m| {
+            m.bytes_out
+        }),
+    ];
+    for (name, kind, help, get) in counters {
+        family(&mut out, name, kind, help);
+        for m in &s.mappings {
+            let _ = writeln!(out, "{name}{{mapping=\"{}\"}} {}", m.spec.name, get(m));
+        }
+    }
+    family(
+        &mut out,
+        "relay_mapping_connect_latency_seconds",
+        "summary",
+        "Time to open a stream to the destination, over the last minutes.",
+    );
+    for series in &s.series {
+        let d = &series.connect_latency_us;
+        for (q, v) in [("0.5", d.p50), ("0.9", d.p90), ("0.99", d.p99)] {
+            let _ = writeln!(
+                out,
+                "relay_mapping_connect_latency_seconds{{mapping=\"{}\",quantile=\"{q}\"}} {}",
+                series.name,
+                v as f64 / 1e6
+            );
+        }
+        let _ = writeln!(
+            out,
+            "relay_mapping_connect_latency_seconds_count{{mapping=\"{}\"}} {}",
+            series.name, d.count
+        );
+    }
+    family(&mut out, "relay_edge_up", "gauge", "1 if the edge has all its tunnels up.");
+    for e in &s.edges {
+        let up = u8::from(e.health == EdgeHealth::Connected);
+        let _ = writeln!(out, "relay_edge_up{{edge=\"{}\"}} {up}", e.id);
+    }
+    family(&mut out, "relay_edge_tunnels", "gauge", "Tunnels of the edge that are up.");
+    for e in &s.edges {
+        let _ = writeln!(out, "relay_edge_tunnels{{edge=\"{}\"}} {}", e.id, e.tunnels_up);
+    }
+    family(&mut out, "relay_edge_rtt_seconds", "gauge", "Tunnel round-trip time percentiles.");
+    for e in &s.edges {
+        for (q, v) in [("0.5", e.rtt_p50_us), ("0.99", e.rtt_p99_us)] {
+            if let Some(v) = v {
+                let _ = writeln!(
+                    out,
+                    "relay_edge_rtt_seconds{{edge=\"{}\",quantile=\"{q}\"}} {}",
+                    e.id,
+                    v as f64 / 1e6
+                );
+            }
+        }
+    }
+    family(
+        &mut out,
+        "relay_edge_connect_failures_total",
+        "counter",
+        "Destination connects that failed at the edge.",
+    );
+    for e in &s.edges {
+        let _ = writeln!(
+            out,
+            "relay_edge_connect_failures_total{{edge=\"{}\"}} {}",
+            e.id, e.connect_failures
+        );
+    }
+    out
+}

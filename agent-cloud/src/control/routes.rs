@@ -1,0 +1,182 @@
+//! The control API's endpoints.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use api::{ApiError, BatchRequest, BatchResponse, Change, DrainRequest, MappingSpec};
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router, middleware};
+
+use super::{ControlState, auth, prometheus};
+use crate::errors::ChangeError;
+use crate::mappings::BatchOutcome;
+
+type Shared = Arc<ControlState>;
+
+/// Largest request body accepted: a batch of a few thousand changes.
+const MAX_BODY: usize = 1024 * 1024;
+
+pub(super) fn router(state: Shared) -> Router {
+    let guarded = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/v1/snapshot", get(snapshot))
+        .route("/v1/stream", get(stream))
+        .route("/v1/mappings", get(list_mappings).post(add_mapping))
+        .route("/v1/mappings/{name}", get(get_mapping).delete(remove_mapping))
+        .route("/v1/mappings/{name}/drain", post(drain_mapping))
+        .route("/v1/edges", get(list_edges))
+        .route("/v1/edges/{id}/drain", post(drain_edge))
+        .route("/v1/batch", post(batch))
+        .route_layer(middleware::from_fn_with_state(Arc::clone(&state), auth::require_token));
+    Router::new()
+        .route("/ready", get(ready))
+        .merge(guarded)
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+        .with_state(state)
+}
+
+pub(super) fn error_response(status: StatusCode, code: &str, error: &str) -> Response {
+    (status, Json(ApiError { code: code.to_owned(), error: error.to_owned() })).into_response()
+}
+
+fn change_error(e: &ChangeError) -> Response {
+    let status = StatusCode::from_u16(e.kind.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    error_response(status, e.kind.code(), &e.message)
+}
+
+/// Turns a one-change batch into the answer of a single-change endpoint.
+fn single(outcome: BatchOutcome, ok_status: StatusCode, body: impl IntoResponse) -> Response {
+    match outcome.failure {
+        Some(e) => change_error(&e),
+        None => (ok_status, body).into_response(),
+    }
+}
+
+async fn ready(State(state): State<Shared>) -> StatusCode {
+    if state.ready.load(Ordering::Relaxed) {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    }
+}
+
+async fn metrics(State(state): State<Shared>) -> Response {
+    let snapshot = Arc::clone(&state.snapshots.borrow());
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        prometheus::render(&snapshot),
+    )
+        .into_response()
+}
+
+async fn snapshot(State(state): State<Shared>) -> Response {
+    let snapshot = Arc::clone(&state.snapshots.borrow());
+    Json(&*snapshot).into_response()
+}
+
+/// A WebSocket that receives a JSON snapshot about once a second.
+async fn stream(State(state): State<Shared>, upgrade: WebSocketUpgrade) -> Response {
+    let mut snapshots = state.snapshots.clone();
+    upgrade.on_upgrade(move |mut socket: WebSocket| async move {
+        loop {
+            let json = {
+                let snapshot = snapshots.borrow_and_update();
+                serde_json::to_string(&**snapshot)
+            };
+            let Ok(json) = json else { return };
+            if socket.send(Message::Text(json.into())).await.is_err() {
+                return;
+            }
+            if snapshots.changed().await.is_err() {
+                let _ = socket.send(Message::Close(None)).await;
+                return;
+            }
+        }
+    })
+}
+
+async fn list_mappings(State(state): State<Shared>) -> Response {
+    Json(state.mappings.views()).into_response()
+}
+
+async fn get_mapping(State(state): State<Shared>, Path(name): Path<String>) -> Response {
+    match state.mappings.get(&name) {
+        Some(entry) => Json(crate::mappings::view(&entry)).into_response(),
+        None => change_error(&ChangeError::not_found(&name)),
+    }
+}
+
+/// Body errors (bad JSON, unknown fields) as our JSON error shape.
+fn bad_body(e: &axum::extract::rejection::JsonRejection) -> Response {
+    error_response(StatusCode::BAD_REQUEST, "invalid", &e.body_text())
+}
+
+async fn add_mapping(
+    State(state): State<Shared>,
+    body: Result<Json<MappingSpec>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let Json(spec) = match body {
+        Ok(b) => b,
+        Err(e) => return bad_body(&e),
+    };
+    let name = spec.name.clone();
+    let outcome = state.mappings.apply(&[Change::Add { spec }], false).await;
+    let view = state.mappings.get(&name).map(|e| crate::mappings::view(&e));
+    single(outcome, StatusCode::CREATED, Json(view))
+}
+
+async fn drain_mapping(
+    State(state): State<Shared>,
+    Path(name): Path<String>,
+    body: Option<Json<DrainRequest>>,
+) -> Response {
+    let deadline_secs = body.and_then(|Json(b)| b.deadline_secs);
+    let outcome =
+        state.mappings.apply(&[Change::Drain { name: name.clone(), deadline_secs }], false).await;
+    let view = state.mappings.get(&name).map(|e| crate::mappings::view(&e));
+    single(outcome, StatusCode::ACCEPTED, Json(view))
+}
+
+async fn remove_mapping(State(state): State<Shared>, Path(name): Path<String>) -> Response {
+    let outcome = state.mappings.apply(&[Change::Remove { name }], false).await;
+    single(outcome, StatusCode::NO_CONTENT, ())
+}
+
+async fn list_edges(State(state): State<Shared>) -> Response {
+    Json(state.edges.views(crate::clock::now_secs(), crate::clock::unix_ms())).into_response()
+}
+
+async fn drain_edge(State(state): State<Shared>, Path(id): Path<String>) -> Response {
+    if state.edges.set_draining(&id, true) {
+        StatusCode::ACCEPTED.into_response()
+    } else {
+        error_response(StatusCode::NOT_FOUND, "not_found", &format!("no edge with id {id:?}"))
+    }
+}
+
+async fn batch(
+    State(state): State<Shared>,
+    body: Result<Json<BatchRequest>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let Json(request) = match body {
+        Ok(b) => b,
+        Err(e) => return bad_body(&e),
+    };
+    let outcome = state.mappings.apply(&request.changes, request.dry_run).await;
+    let status = match &outcome.failure {
+        Some(e) => {
+            StatusCode::from_u16(e.kind.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+        }
+        None => StatusCode::OK,
+    };
+    let body = BatchResponse {
+        applied: outcome.applied,
+        dry_run: request.dry_run,
+        outcomes: outcome.outcomes,
+    };
+    (status, Json(body)).into_response()
+}

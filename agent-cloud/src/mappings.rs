@@ -1,0 +1,411 @@
+//! The mapping table and every change to it: add, drain, remove, and
+//! batches of them, validated as a whole and applied all or nothing.
+//!
+//! A change goes through three steps, under one lock so changes never
+//! interleave:
+//! 1. **plan**: each change is checked against the table as the earlier
+//!    changes of the batch would leave it (names, listen addresses, edges);
+//! 2. **prepare**: every added mapping's listener is bound. If one fails,
+//!    the ones already bound are dropped and nothing has changed;
+//! 3. **commit**: the new state file is written (atomically), then the
+//!    table changes. If the write fails, nothing has changed either.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use api::{Change, ChangeOutcome, MappingSource, MappingSpec, MappingView};
+use config::MappingConfig;
+use tokio::net::TcpListener;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{error, info, warn};
+
+use crate::edges::EdgeRegistry;
+use crate::errors::{ChangeError, ErrorKind};
+use crate::mapping::{self, MappingEntry, Phase};
+use crate::store::{PersistedState, Store};
+
+/// Drain deadline when a request names none.
+pub(crate) const DEFAULT_DRAIN_DEADLINE: Duration = Duration::from_secs(30);
+
+/// A change that passed planning.
+#[derive(Debug)]
+enum Planned {
+    Add(MappingConfig),
+    Drain { name: String, deadline: Duration },
+    Remove { name: String },
+}
+
+/// The outcome of a batch.
+#[derive(Debug)]
+pub(crate) struct BatchOutcome {
+    pub(crate) applied: bool,
+    pub(crate) outcomes: Vec<ChangeOutcome>,
+    /// The first failure, for the HTTP status.
+    pub(crate) failure: Option<ChangeError>,
+}
+
+/// Every mapping the cloud agent knows, and the machinery to change them.
+#[derive(Debug)]
+pub(crate) struct Mappings {
+    table: Mutex<BTreeMap<String, Arc<MappingEntry>>>,
+    /// Serialises changes; holds what the state file says.
+    persisted: tokio::sync::Mutex<PersistedState>,
+    store: Option<Store>,
+    edges: Arc<EdgeRegistry>,
+    known_edges: BTreeSet<String>,
+    /// Addresses of the agent's own listeners (tunnel, control).
+    reserved: Vec<SocketAddr>,
+    pub(crate) all_connections: TaskTracker,
+    pub(crate) abort_all: CancellationToken,
+}
+
+fn clash(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() != 0
+        && a.port() == b.port()
+        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+}
+
+impl Mappings {
+    pub(crate) fn new(
+        store: Option<Store>,
+        persisted: PersistedState,
+        edges: Arc<EdgeRegistry>,
+        known_edges: BTreeSet<String>,
+        reserved: Vec<SocketAddr>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            table: Mutex::new(BTreeMap::new()),
+            persisted: tokio::sync::Mutex::new(persisted),
+            store,
+            edges,
+            known_edges,
+            reserved,
+            all_connections: TaskTracker::new(),
+            abort_all: CancellationToken::new(),
+        })
+    }
+
+    fn table(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Arc<MappingEntry>>> {
+        self.table.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Binds and starts a mapping from the config or the state file at
+    /// start-up. A bind failure leaves it in the table as failed.
+    pub(crate) async fn start_one(self: &Arc<Self>, spec: MappingConfig, source: MappingSource) {
+        let bound = if self.known_edges.contains(&spec.edge) {
+            match TcpListener::bind(spec.listen).await {
+                Ok(listener) => Ok(listener),
+                Err(e) => Err(format!("cannot listen on {}: {e}", spec.listen)),
+            }
+        } else {
+            Err(format!("edge {:?} is not configured", spec.edge))
+        };
+        match bound {
+            Ok(listener) => self.insert_listening(spec, source, listener),
+            Err(reason) => {
+                error!(mapping = %spec.name, %reason, "mapping failed; the other mappings keep serving");
+                let entry = MappingEntry::new(spec, source, Err(reason), &self.abort_all);
+                self.table().insert(entry.spec.name.clone(), Arc::new(entry));
+            }
+        }
+    }
+
+    fn insert_listening(
+        self: &Arc<Self>,
+        spec: MappingConfig,
+        source: MappingSource,
+        listener: TcpListener,
+    ) {
+        let addr = listener.local_addr().unwrap_or(spec.listen);
+        info!(mapping = %spec.name, listen = %addr, edge = %spec.edge, target = %spec.target, "mapping listening");
+        let entry = Arc::new(MappingEntry::new(spec, source, Ok(addr), &self.abort_all));
+        self.table().insert(entry.spec.name.clone(), Arc::clone(&entry));
+        tokio::spawn(mapping::run(
+            entry,
+            listener,
+            Arc::clone(&self.edges),
+            self.all_connections.clone(),
+        ));
+    }
+
+    /// The entry named `name`.
+    pub(crate) fn get(&self, name: &str) -> Option<Arc<MappingEntry>> {
+        self.table().get(name).cloned()
+    }
+
+    /// Every entry, by name.
+    pub(crate) fn entries(&self) -> Vec<Arc<MappingEntry>> {
+        self.table().values().cloned().collect()
+    }
+
+    /// Every mapping as the API shows it.
+    pub(crate) fn views(&self) -> Vec<MappingView> {
+        self.entries().iter().map(|e| view(e)).collect()
+    }
+
+    /// Stops every listener (shutdown).
+    pub(crate) fn stop_listeners(&self) {
+        for entry in self.entries() {
+            entry.stop_listener.cancel();
+        }
+    }
+
+    /// Plans, prepares and commits `changes` (see the module docs).
+    pub(crate) async fn apply(self: &Arc<Self>, changes: &[Change], dry_run: bool) -> BatchOutcome {
+        let mut persisted = self.persisted.lock().await;
+        let planned = self.plan(changes);
+        let mut outcomes: Vec<ChangeOutcome> = planned
+            .iter()
+            .enumerate()
+            .map(|(index, p)| match p {
+                Ok(p) => ChangeOutcome { index, ok: true, message: describe(p) },
+                Err(e) => ChangeOutcome { index, ok: false, message: e.to_string() },
+            })
+            .collect();
+        let failure = planned.iter().find_map(|p| p.as_ref().err().cloned());
+        if failure.is_some() || dry_run {
+            return BatchOutcome { applied: false, outcomes, failure };
+        }
+        let planned: Vec<Planned> = planned.into_iter().filter_map(Result::ok).collect();
+
+        // Prepare: bind every new listener before changing anything.
+        let mut listeners = Vec::new();
+        for (index, p) in planned.iter().enumerate() {
+            if let Planned::Add(spec) = p {
+                match TcpListener::bind(spec.listen).await {
+                    Ok(l) => listeners.push(l),
+                    Err(e) => {
+                        let err = ChangeError::new(
+                            ErrorKind::BindFailed,
+                            format!(
+                                "mapping {:?}: cannot listen on {}: {e}",
+                                spec.name, spec.listen
+                            ),
+                        );
+                        outcomes[index] =
+                            ChangeOutcome { index, ok: false, message: err.to_string() };
+                        for (i, o) in outcomes.iter_mut().enumerate().take(index) {
+                            *o =
+                                ChangeOutcome { index: i, ok: true, message: "rolled back".into() };
+                        }
+                        return BatchOutcome { applied: false, outcomes, failure: Some(err) };
+                    }
+                }
+            }
+        }
+
+        // Commit: state file first, then the table.
+        let mut next = persisted.clone();
+        for p in &planned {
+            match p {
+                Planned::Add(spec) => next.add(spec_of(spec)),
+                Planned::Drain { name, .. } | Planned::Remove { name } => {
+                    let from_config =
+                        self.get(name).is_some_and(|e| e.source == MappingSource::Config);
+                    next.forget(name, from_config);
+                }
+            }
+        }
+        if let Some(store) = &self.store {
+            if let Err(e) = store.save(&next) {
+                error!(error = %e, "cannot persist mapping changes; nothing changed");
+                let err = ChangeError::new(
+                    ErrorKind::Internal,
+                    format!("cannot persist the change: {e}"),
+                );
+                return BatchOutcome { applied: false, outcomes, failure: Some(err) };
+            }
+        }
+        *persisted = next;
+        let mut listeners = listeners.into_iter();
+        for p in planned {
+            match p {
+                Planned::Add(spec) => {
+                    if let Some(listener) = listeners.next() {
+                        self.insert_listening(spec, MappingSource::Runtime, listener);
+                    }
+                }
+                Planned::Drain { name, deadline } => self.start_drain(&name, deadline),
+                Planned::Remove { name } => self.remove_now(&name),
+            }
+        }
+        BatchOutcome { applied: true, outcomes, failure: None }
+    }
+
+    fn plan(&self, changes: &[Change]) -> Vec<Result<Planned, ChangeError>> {
+        // The table as the batch so far would leave it.
+        let table = self.table();
+        let mut names: BTreeMap<String, Phase> =
+            table.iter().map(|(n, e)| (n.clone(), e.phase())).collect();
+        let mut listening: BTreeMap<String, SocketAddr> = table
+            .iter()
+            .filter(|(_, e)| e.phase() == Phase::Active)
+            .map(|(n, e)| (n.clone(), e.spec.listen))
+            .collect();
+        drop(table);
+        changes
+            .iter()
+            .map(|change| match change {
+                Change::Add { spec } => {
+                    let planned = self.check_add(spec, &names, &listening)?;
+                    names.insert(spec.name.clone(), Phase::Active);
+                    listening.insert(spec.name.clone(), planned.listen);
+                    Ok(Planned::Add(planned))
+                }
+                Change::Drain { name, deadline_secs } => {
+                    match names.get(name) {
+                        None => return Err(ChangeError::not_found(name)),
+                        Some(Phase::Draining { .. }) => {
+                            return Err(ChangeError::new(
+                                ErrorKind::Conflict,
+                                format!("mapping {name:?} is already draining"),
+                            ));
+                        }
+                        Some(_) => {}
+                    }
+                    names.insert(name.clone(), Phase::Draining { until: Instant::now() });
+                    listening.remove(name);
+                    let deadline =
+                        deadline_secs.map_or(DEFAULT_DRAIN_DEADLINE, Duration::from_secs);
+                    Ok(Planned::Drain { name: name.clone(), deadline })
+                }
+                Change::Remove { name } => {
+                    if names.remove(name).is_none() {
+                        return Err(ChangeError::not_found(name));
+                    }
+                    listening.remove(name);
+                    Ok(Planned::Remove { name: name.clone() })
+                }
+            })
+            .collect()
+    }
+
+    fn check_add(
+        &self,
+        spec: &MappingSpec,
+        names: &BTreeMap<String, Phase>,
+        listening: &BTreeMap<String, SocketAddr>,
+    ) -> Result<MappingConfig, ChangeError> {
+        let m = MappingConfig::from_parts(
+            &spec.name,
+            &spec.listen,
+            &spec.edge,
+            &spec.target,
+            &spec.allow,
+            spec.max_connections,
+        )
+        .map_err(|e| ChangeError::new(ErrorKind::Invalid, e.to_string()))?;
+        if !self.known_edges.contains(&m.edge) {
+            let known: Vec<&str> = self.known_edges.iter().map(String::as_str).collect();
+            return Err(ChangeError::new(
+                ErrorKind::UnknownEdge,
+                format!("edge: unknown edge {:?} (configured edges: {known:?})", m.edge),
+            ));
+        }
+        if names.contains_key(&m.name) {
+            return Err(ChangeError::new(
+                ErrorKind::Conflict,
+                format!("name: a mapping named {:?} already exists", m.name),
+            ));
+        }
+        if let Some((other, _)) = listening.iter().find(|(_, addr)| clash(m.listen, **addr)) {
+            return Err(ChangeError::new(
+                ErrorKind::Conflict,
+                format!("listen: {} is already used by mapping {other:?}", m.listen),
+            ));
+        }
+        if self.reserved.iter().any(|r| clash(m.listen, *r)) {
+            return Err(ChangeError::new(
+                ErrorKind::Conflict,
+                format!("listen: {} is the agent's own tunnel or control address", m.listen),
+            ));
+        }
+        Ok(m)
+    }
+
+    fn start_drain(self: &Arc<Self>, name: &str, deadline: Duration) {
+        let Some(entry) = self.get(name) else { return };
+        let until = Instant::now() + deadline;
+        entry.set_phase(Phase::Draining { until });
+        entry.stop_listener.cancel();
+        info!(mapping = %name, ?deadline, open = entry.connections.len(), "draining");
+        let this = Arc::clone(self);
+        tokio::spawn(async move {
+            entry.connections.close();
+            if tokio::time::timeout_at(until, entry.connections.wait()).await.is_err() {
+                warn!(mapping = %entry.spec.name, open = entry.connections.len(),
+                    "drain deadline passed; resetting open connections");
+                entry.reset_connections.cancel();
+                entry.connections.wait().await;
+            }
+            let mut table = this.table();
+            if table.get(&entry.spec.name).is_some_and(|e| Arc::ptr_eq(e, &entry)) {
+                table.remove(&entry.spec.name);
+            }
+            info!(mapping = %entry.spec.name, "drained and removed");
+        });
+    }
+
+    fn remove_now(&self, name: &str) {
+        if let Some(entry) = self.table().remove(name) {
+            entry.stop_listener.cancel();
+            entry.reset_connections.cancel();
+            info!(mapping = %name, reset = entry.connections.len(), "removed");
+        }
+    }
+}
+
+/// The API form of a validated mapping, for the state file.
+fn spec_of(m: &MappingConfig) -> MappingSpec {
+    MappingSpec {
+        name: m.name.clone(),
+        listen: m.listen.to_string(),
+        edge: m.edge.clone(),
+        target: m.target.to_string(),
+        allow: m.allow.iter().map(ToString::to_string).collect(),
+        max_connections: m.max_connections,
+    }
+}
+
+fn describe(p: &Planned) -> String {
+    match p {
+        Planned::Add(m) => {
+            format!("add {} on {} via edge {} to {}", m.name, m.listen, m.edge, m.target)
+        }
+        Planned::Drain { name, deadline } => format!("drain {name} within {deadline:?}"),
+        Planned::Remove { name } => format!("remove {name}, resetting its connections"),
+    }
+}
+
+/// The API view of one entry.
+pub(crate) fn view(e: &MappingEntry) -> MappingView {
+    use std::sync::atomic::Ordering::Relaxed;
+    let c = &e.metrics.counters;
+    let (throughput_in_bps, throughput_out_bps) = e.metrics.samples().latest();
+    let drain_remaining_ms = match e.phase() {
+        Phase::Draining { until } => Some(
+            u64::try_from(until.saturating_duration_since(Instant::now()).as_millis())
+                .unwrap_or(u64::MAX),
+        ),
+        _ => None,
+    };
+    MappingView {
+        spec: spec_of(&e.spec),
+        source: e.source,
+        state: e.state(),
+        bound: e.bound.map(|a| a.to_string()),
+        error: e.error.clone(),
+        drain_remaining_ms,
+        active_connections: c.active.load(Relaxed),
+        total_connections: c.total.load(Relaxed),
+        failed_connections: c.failed.load(Relaxed),
+        bytes_in: c.bytes.sent(),
+        bytes_out: c.bytes.received(),
+        throughput_in_bps,
+        throughput_out_bps,
+    }
+}

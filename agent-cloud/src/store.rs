@@ -1,0 +1,171 @@
+//! The state file: mapping changes made at run time, so they survive a
+//! restart.
+//!
+//! Config-file mappings are the baseline. The state file records what the
+//! API changed on top of it: mappings added at run time, and the names of
+//! config-file mappings that were drained or removed. On start the agent
+//! serves `config - removed + added`.
+//!
+//! Writes are atomic: a temporary file in the same directory, fsync, rename
+//! over the old file, fsync of the directory. A crash at any moment leaves
+//! the old state or the new one, never a torn or empty file.
+
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use api::MappingSpec;
+use serde::{Deserialize, Serialize};
+
+/// Format version of the state file.
+const STATE_VERSION: u32 = 1;
+
+/// What the state file holds.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PersistedState {
+    version: u32,
+    /// Mappings added through the API, in the order they were added.
+    pub(crate) added: Vec<MappingSpec>,
+    /// Names of config-file mappings drained or removed through the API.
+    pub(crate) removed: Vec<String>,
+}
+
+impl PersistedState {
+    pub(crate) fn new() -> Self {
+        Self { version: STATE_VERSION, ..Self::default() }
+    }
+
+    /// Records an added mapping.
+    pub(crate) fn add(&mut self, spec: MappingSpec) {
+        self.removed.retain(|n| *n != spec.name);
+        self.added.retain(|m| m.name != spec.name);
+        self.added.push(spec);
+    }
+
+    /// Records that `name` is gone (drained or removed).
+    pub(crate) fn forget(&mut self, name: &str, from_config: bool) {
+        self.added.retain(|m| m.name != name);
+        if from_config && !self.removed.iter().any(|n| n == name) {
+            self.removed.push(name.to_owned());
+        }
+    }
+}
+
+/// Why the state file could not be read or written.
+#[derive(Debug, thiserror::Error)]
+#[error("state file {path}: {reason}")]
+pub(crate) struct StoreError {
+    path: String,
+    reason: String,
+}
+
+/// The state file on disk.
+#[derive(Debug)]
+pub(crate) struct Store {
+    path: PathBuf,
+}
+
+impl Store {
+    pub(crate) fn new(path: PathBuf) -> Self {
+        Self { path }
+    }
+
+    fn error(&self, reason: impl ToString) -> StoreError {
+        StoreError { path: self.path.display().to_string(), reason: reason.to_string() }
+    }
+
+    /// Reads the state; a missing file is an empty state.
+    pub(crate) fn load(&self) -> Result<PersistedState, StoreError> {
+        let text = match fs::read_to_string(&self.path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(PersistedState::new()),
+            Err(e) => return Err(self.error(e)),
+        };
+        let state: PersistedState = serde_json::from_str(&text).map_err(|e| self.error(e))?;
+        if state.version != STATE_VERSION {
+            return Err(self.error(format!(
+                "format version {} is not supported (expected {STATE_VERSION})",
+                state.version
+            )));
+        }
+        Ok(state)
+    }
+
+    /// Replaces the state atomically.
+    pub(crate) fn save(&self, state: &PersistedState) -> Result<(), StoreError> {
+        let json = serde_json::to_vec_pretty(state).map_err(|e| self.error(e))?;
+        let dir =
+            self.path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let tmp = dir.join(format!(
+            ".{}.tmp",
+            self.path.file_name().and_then(|n| n.to_str()).unwrap_or("state")
+        ));
+        let write = || -> std::io::Result<()> {
+            let mut file = File::create(&tmp)?;
+            file.write_all(&json)?;
+            file.write_all(b"\n")?;
+            file.sync_all()?;
+            fs::rename(&tmp, &self.path)?;
+            File::open(dir)?.sync_all()
+        };
+        write().map_err(|e| {
+            let _ = fs::remove_file(&tmp);
+            self.error(e)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(name: &str) -> MappingSpec {
+        MappingSpec {
+            name: name.into(),
+            listen: "127.0.0.1:0".into(),
+            edge: "e1".into(),
+            target: "127.0.0.1:22".into(),
+            allow: vec![],
+            max_connections: None,
+        }
+    }
+
+    #[test]
+    fn save_then_load_round_trips_and_missing_is_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path().join("state.json"));
+        assert_eq!(store.load().unwrap(), PersistedState::new());
+        let mut state = PersistedState::new();
+        state.add(spec("a"));
+        state.forget("cfg", true);
+        store.save(&state).unwrap();
+        assert_eq!(store.load().unwrap(), state);
+        // No temporary file is left behind.
+        let names: Vec<_> =
+            fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("state.json")]);
+    }
+
+    #[test]
+    fn forgetting_a_runtime_mapping_drops_it_and_a_config_one_is_remembered() {
+        let mut state = PersistedState::new();
+        state.add(spec("a"));
+        state.forget("a", false);
+        assert!(state.added.is_empty() && state.removed.is_empty());
+        state.forget("cfg", true);
+        state.forget("cfg", true);
+        assert_eq!(state.removed, vec!["cfg".to_owned()]);
+        // Adding a name again undoes its removal.
+        state.add(spec("cfg"));
+        assert!(state.removed.is_empty());
+    }
+
+    #[test]
+    fn a_corrupt_file_is_an_error_not_an_empty_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        fs::write(&path, "{ not json").unwrap();
+        assert!(Store::new(path).load().is_err());
+    }
+}

@@ -1,0 +1,312 @@
+//! The control API's JSON bodies, shared by `relay-cloud` (which serves
+//! them) and `relayctl` (which reads them). Field names are a contract with
+//! scripts: add fields, never rename or remove them.
+//!
+//! The endpoints are documented in `docs/control-api.md`.
+
+use serde::{Deserialize, Serialize};
+
+/// A mapping as an operator writes it: `POST /v1/mappings`, batch `add`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MappingSpec {
+    /// Unique name, 1..=64 characters of `[A-Za-z0-9._-]`.
+    pub name: String,
+    /// Public listen address, e.g. `0.0.0.0:2222`.
+    pub listen: String,
+    /// Edge id that carries its connections.
+    pub edge: String,
+    /// Destination `host:port`, as the edge resolves it.
+    pub target: String,
+    /// Client networks allowed (CIDR or bare IP); empty means any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow: Vec<String>,
+    /// Concurrent client connections allowed; none means unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<u32>,
+}
+
+/// Where a mapping came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MappingSource {
+    /// The config file's `[[mappings]]`.
+    Config,
+    /// Added through the API; persisted in the state file.
+    Runtime,
+}
+
+/// A mapping's life-cycle state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MappingState {
+    /// Listening and serving.
+    Active,
+    /// Listener closed; open connections finish until the deadline.
+    Draining,
+    /// Configured but its address could not be bound.
+    Failed,
+}
+
+/// A mapping as the API reports it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MappingView {
+    /// What the operator asked for.
+    #[serde(flatten)]
+    pub spec: MappingSpec,
+    /// Config file or API.
+    pub source: MappingSource,
+    /// Life-cycle state.
+    pub state: MappingState,
+    /// The bound address (differs from `listen` when it asked for port 0).
+    pub bound: Option<String>,
+    /// Why the mapping failed, when `state` is `failed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// When draining: milliseconds until open connections are reset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain_remaining_ms: Option<u64>,
+    /// Client connections open now.
+    pub active_connections: u64,
+    /// Client connections accepted since the agent started.
+    pub total_connections: u64,
+    /// Connections that could not be carried (no tunnel, edge refused).
+    pub failed_connections: u64,
+    /// Bytes from clients to the service.
+    pub bytes_in: u64,
+    /// Bytes from the service to clients.
+    pub bytes_out: u64,
+    /// Bytes per second from clients, over the last second.
+    pub throughput_in_bps: u64,
+    /// Bytes per second to clients, over the last second.
+    pub throughput_out_bps: u64,
+}
+
+/// How an edge is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EdgeHealth {
+    /// All the tunnels the edge wants are up.
+    Connected,
+    /// Some tunnels are up, or it was connected recently and is redialling.
+    Reconnecting,
+    /// No tunnel up.
+    Down,
+}
+
+/// One tunnel of an edge.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TunnelView {
+    /// The tunnel's id.
+    pub id: u64,
+    /// Streams open on it.
+    pub streams: u64,
+    /// Latest heartbeat round-trip time, in microseconds.
+    pub rtt_us: Option<u64>,
+    /// Whether the edge said it is draining.
+    pub draining: bool,
+}
+
+/// An edge as the API reports it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EdgeView {
+    /// The edge id.
+    pub id: String,
+    /// Health at a glance.
+    pub health: EdgeHealth,
+    /// Tunnels up now.
+    pub tunnels_up: u32,
+    /// Tunnels the edge is configured to keep (from its reports; 0 before
+    /// the first report).
+    pub tunnels_configured: u32,
+    /// Live tunnels.
+    pub tunnels: Vec<TunnelView>,
+    /// Whether an operator drained this edge: no new streams go to it.
+    pub draining: bool,
+    /// Unix time in milliseconds when a frame last arrived from it.
+    pub last_seen_unix_ms: Option<u64>,
+    /// Heartbeat round-trip percentiles over the window, microseconds.
+    pub rtt_p50_us: Option<u64>,
+    /// See `rtt_p50_us`.
+    pub rtt_p99_us: Option<u64>,
+    /// The edge's agent version.
+    pub version: Option<String>,
+    /// Host CPU use in percent (all cores), from the edge's last report.
+    pub cpu_percent: Option<f32>,
+    /// Host memory in use, bytes.
+    pub memory_used_bytes: Option<u64>,
+    /// Host memory in total, bytes.
+    pub memory_total_bytes: Option<u64>,
+    /// Destination connects that failed, as the edge counts them.
+    pub connect_failures: u64,
+}
+
+/// Percentiles of a histogram, plus its buckets for drawing.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Distribution {
+    /// Number of samples in the window.
+    pub count: u64,
+    /// 50th percentile.
+    pub p50: u64,
+    /// 90th percentile.
+    pub p90: u64,
+    /// 99th percentile.
+    pub p99: u64,
+    /// 99.9th percentile.
+    pub p999: u64,
+    /// Largest sample.
+    pub max: u64,
+    /// Upper bounds and counts of log-spaced buckets, for a bar chart.
+    pub buckets: Vec<Bucket>,
+}
+
+/// One bar of a histogram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Bucket {
+    /// Samples up to and including this value fall here.
+    pub le: u64,
+    /// How many.
+    pub count: u64,
+}
+
+/// Per-mapping series for a console's sparkline and histograms.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MappingSeries {
+    /// Mapping name.
+    pub name: String,
+    /// Bytes per second from clients, one sample a second, oldest first.
+    pub throughput_in: Vec<u64>,
+    /// Bytes per second to clients, one sample a second, oldest first.
+    pub throughput_out: Vec<u64>,
+    /// Distribution of per-second throughput (in + out), bytes per second.
+    pub throughput: Distribution,
+    /// Time to open a stream (tunnel round trip plus the edge's connect),
+    /// microseconds.
+    pub connect_latency_us: Distribution,
+}
+
+/// Everything a console draws, about once a second on `/v1/stream`, and
+/// on `GET /v1/snapshot`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// Unix time in milliseconds when it was taken.
+    pub at_unix_ms: u64,
+    /// The cloud agent's version.
+    pub version: String,
+    /// Edges, by id.
+    pub edges: Vec<EdgeView>,
+    /// Mappings, by name.
+    pub mappings: Vec<MappingView>,
+    /// Series per mapping, by name.
+    pub series: Vec<MappingSeries>,
+    /// Width of the percentile window, seconds.
+    pub window_secs: u64,
+}
+
+/// One change in a batch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "lowercase", deny_unknown_fields)]
+pub enum Change {
+    /// Add a mapping.
+    Add {
+        /// The mapping.
+        #[serde(flatten)]
+        spec: MappingSpec,
+    },
+    /// Drain a mapping.
+    Drain {
+        /// Mapping name.
+        name: String,
+        /// Seconds open connections may continue; default 30.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        deadline_secs: Option<u64>,
+    },
+    /// Remove a mapping at once, resetting its connections.
+    Remove {
+        /// Mapping name.
+        name: String,
+    },
+}
+
+/// `POST /v1/drain` bodies for mappings: `POST /v1/mappings/{name}/drain`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DrainRequest {
+    /// Seconds open connections may continue; default 30.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline_secs: Option<u64>,
+}
+
+/// `POST /v1/batch`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchRequest {
+    /// The changes, applied in order, all or nothing.
+    pub changes: Vec<Change>,
+    /// Validate and report the plan without changing anything.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// The outcome of one change of a batch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChangeOutcome {
+    /// Position in the request, from 0.
+    pub index: usize,
+    /// Whether this change is valid (dry run) or was applied.
+    pub ok: bool,
+    /// What it does or did, or why it failed.
+    pub message: String,
+}
+
+/// The answer to a batch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchResponse {
+    /// Whether every change was applied (always false for a dry run).
+    pub applied: bool,
+    /// Echo of the request's flag.
+    pub dry_run: bool,
+    /// One per change, in order.
+    pub outcomes: Vec<ChangeOutcome>,
+}
+
+/// Every error response: a stable machine code and a sentence for people.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiError {
+    /// Stable code, e.g. `address_in_use`, `unknown_edge`, `not_found`.
+    pub code: String,
+    /// What went wrong, naming the field or value.
+    pub error: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn change_wire_format_is_stable() {
+        let change: Change = serde_json::from_str(
+            r#"{"op":"add","name":"db","listen":"0.0.0.0:5432","edge":"e1","target":"db:5432"}"#,
+        )
+        .unwrap();
+        assert!(
+            matches!(change, Change::Add { ref spec } if spec.name == "db" && spec.allow.is_empty())
+        );
+        let drain: Change =
+            serde_json::from_str(r#"{"op":"drain","name":"db","deadline_secs":60}"#).unwrap();
+        assert_eq!(drain, Change::Drain { name: "db".into(), deadline_secs: Some(60) });
+        assert_eq!(
+            serde_json::to_string(&Change::Remove { name: "x".into() }).unwrap(),
+            r#"{"op":"remove","name":"x"}"#
+        );
+    }
+
+    #[test]
+    fn unknown_fields_are_rejected() {
+        let err = serde_json::from_str::<MappingSpec>(
+            r#"{"name":"db","listen":"0.0.0.0:1","edge":"e","target":"h:1","lisen":"x"}"#,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("lisen"), "{err}");
+    }
+}

@@ -1,0 +1,138 @@
+//! `relay-bench`: measures the real `relay-cloud` and `relay-edge` on
+//! loopback against a direct connection to the same services.
+//!
+//! The agents are found next to this executable (or in `--bin-dir`); the
+//! target services run in a child process (`--serve-targets`). See
+//! docs/performance.md for what each figure means.
+
+mod agents;
+mod bins;
+mod load;
+mod machine;
+mod measure;
+mod plan;
+mod procs;
+mod report;
+mod run;
+mod stats;
+mod table;
+mod targets;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+
+/// Benchmarks relay-cloud and relay-edge on loopback against a direct
+/// connection: throughput, round trips, new connections, memory, CPU.
+#[derive(Debug, Parser)]
+#[command(name = "relay-bench", version)]
+struct Args {
+    /// Also write every figure and the machine's description to FILE (JSON).
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+    /// Shorter run: 1 s bulk runs once, 2,000 round trips, 200 connections.
+    #[arg(long, conflicts_with = "smoke")]
+    quick: bool,
+    /// A few seconds with tiny counts, to check the bench still works (CI).
+    /// Fails if any measurement fails or a connection is not served.
+    #[arg(long)]
+    smoke: bool,
+    /// Directory holding relay-cloud and relay-edge (default: the directory
+    /// of this executable).
+    #[arg(long, value_name = "DIR")]
+    bin_dir: Option<PathBuf>,
+    /// Internal: serve the target services (echo, sink, source).
+    #[arg(long, hide = true)]
+    serve_targets: bool,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    if args.serve_targets {
+        return targets::serve_main();
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("relay-bench: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let code = runtime.block_on(async {
+        tokio::select! {
+            code = bench(args) => code,
+            signal = interrupted() => {
+                // Dropping `bench` kills every child (kill_on_drop) and
+                // removes the temporary directories.
+                eprintln!("relay-bench: {signal}: stopping the agents and targets");
+                ExitCode::from(130)
+            }
+        }
+    });
+    // Measurement threads end on their own socket timeouts; do not wait.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    code
+}
+
+async fn bench(args: Args) -> ExitCode {
+    let plan = match (args.quick, args.smoke) {
+        (_, true) => plan::Plan::smoke(),
+        (true, _) => plan::Plan::quick(),
+        _ => plan::Plan::full(),
+    };
+    let smoke = args.smoke;
+    let bins = match bins::find(args.bin_dir.as_deref()) {
+        Ok(bins) => bins,
+        Err(e) => {
+            eprintln!("relay-bench: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    for warning in bins::staleness(&bins) {
+        eprintln!("relay-bench: warning: {warning}");
+    }
+    if cfg!(debug_assertions) && !smoke {
+        eprintln!("relay-bench: warning: this is a debug build; use --release for real figures");
+    }
+    let report = match run::run(plan, &bins).await {
+        Ok(report) => report,
+        Err(e) => {
+            eprintln!("relay-bench: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!("{}", table::render(&report));
+    for warning in report.agent_warnings.iter().take(20) {
+        eprintln!("agent warning: {warning}");
+    }
+    if let Some(path) = &args.json {
+        if let Err(e) = report::write_json(&report, path) {
+            eprintln!("relay-bench: {e:#}");
+            return ExitCode::FAILURE;
+        }
+        eprintln!("relay-bench: wrote {}", path.display());
+    }
+    let c = &report.connections;
+    if smoke && c.large.served != c.attempted {
+        eprintln!("relay-bench: smoke failed: not every connection was served");
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
+}
+
+/// Resolves on Ctrl-C (SIGINT) or SIGTERM, naming it.
+async fn interrupted() -> &'static str {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return "interrupted";
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => "interrupted",
+        _ = term.recv() => "terminated",
+    }
+}

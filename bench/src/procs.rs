@@ -1,0 +1,219 @@
+//! Child processes: spawned with `kill_on_drop`, stderr captured line by
+//! line, and what `/proc` says about them (memory, CPU time).
+
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+/// Lines kept per process; a process that logs more keeps only a count.
+const MAX_LINES: usize = 10_000;
+
+/// `sysconf(_SC_CLK_TCK)` on Linux: the unit of utime/stime in /proc.
+const CLK_TCK: f64 = 100.0;
+
+#[derive(Debug, Default)]
+struct LogState {
+    lines: Vec<String>,
+    dropped: usize,
+}
+
+/// The stderr of a child, as lines.
+#[derive(Debug, Default)]
+struct Log {
+    state: Mutex<LogState>,
+    changed: Notify,
+}
+
+impl Log {
+    fn push(&self, line: String) {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if state.lines.len() < MAX_LINES {
+            state.lines.push(line);
+        } else {
+            state.dropped += 1;
+        }
+        drop(state);
+        self.changed.notify_waiters();
+    }
+
+    fn lines(&self) -> Vec<String> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).lines.clone()
+    }
+}
+
+/// A running child process. Killed (SIGKILL) when dropped.
+#[derive(Debug)]
+pub(crate) struct Proc {
+    pub(crate) name: &'static str,
+    child: Child,
+    pid: u32,
+    log: Arc<Log>,
+}
+
+impl Proc {
+    /// Starts `cmd` (stdout and stdin as the caller set them), capturing
+    /// its stderr.
+    pub(crate) fn spawn(name: &'static str, mut cmd: Command) -> Result<Self> {
+        cmd.stderr(Stdio::piped()).kill_on_drop(true);
+        let mut child = cmd.spawn().with_context(|| format!("cannot start {name}"))?;
+        let pid = child.id().with_context(|| format!("{name} exited at once"))?;
+        let log = Arc::new(Log::default());
+        if let Some(stderr) = child.stderr.take() {
+            let sink = Arc::clone(&log);
+            tokio::spawn(async move {
+                let mut lines = BufReader::new(stderr).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    sink.push(line);
+                }
+            });
+        }
+        Ok(Self { name, child, pid, log })
+    }
+
+    pub(crate) fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// The child's stdin and stdout, if they were piped.
+    pub(crate) fn child_mut(&mut self) -> &mut Child {
+        &mut self.child
+    }
+
+    /// Every stderr line so far.
+    pub(crate) fn lines(&self) -> Vec<String> {
+        self.log.lines()
+    }
+
+    /// Lines logged at WARN or ERROR after the first `skip` lines.
+    pub(crate) fn warnings_after(&self, skip: usize) -> Vec<String> {
+        let lines = self.lines();
+        lines
+            .into_iter()
+            .skip(skip)
+            .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
+            .collect()
+    }
+
+    /// Waits until `count` stderr lines contain all of `needles`; returns
+    /// them. Fails with the log if the process exits or `timeout` passes.
+    pub(crate) async fn wait_for(
+        &mut self,
+        needles: &[&str],
+        count: usize,
+        timeout: Duration,
+    ) -> Result<Vec<String>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let changed = self.log.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let found: Vec<String> = self
+                .lines()
+                .into_iter()
+                .filter(|l| needles.iter().all(|n| l.contains(n)))
+                .collect();
+            if found.len() >= count {
+                return Ok(found);
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                bail!(
+                    "{} exited ({status}) before logging {needles:?}:\n{}",
+                    self.name,
+                    self.tail()
+                );
+            }
+            // Wake at least every 100 ms to notice an exit.
+            let wake = deadline.min(Instant::now() + Duration::from_millis(100));
+            let _ = tokio::time::timeout_at(wake, changed).await;
+            if Instant::now() >= deadline {
+                bail!("{} did not log {needles:?} within {timeout:?}:\n{}", self.name, self.tail());
+            }
+        }
+    }
+
+    /// The last lines of the log, for error messages.
+    pub(crate) fn tail(&self) -> String {
+        let lines = self.lines();
+        let from = lines.len().saturating_sub(30);
+        lines[from..].join("\n")
+    }
+
+    /// Whether the process is still running.
+    pub(crate) fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Kills the process and reaps it (bounded wait).
+    pub(crate) async fn stop(mut self) {
+        let _ = self.child.start_kill();
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.child.wait()).await;
+    }
+
+    /// Resident memory now (VmRSS), KiB.
+    pub(crate) fn rss_kib(&self) -> Result<u64> {
+        status_kib(self.pid, "VmRSS:")
+    }
+
+    /// Peak resident memory since start (VmHWM), KiB.
+    pub(crate) fn hwm_kib(&self) -> Result<u64> {
+        status_kib(self.pid, "VmHWM:")
+    }
+
+    /// User plus system CPU time so far, seconds.
+    pub(crate) fn cpu_seconds(&self) -> Result<f64> {
+        cpu_seconds(self.pid)
+    }
+}
+
+/// A `Vm*:` field of /proc/PID/status, in KiB.
+fn status_kib(pid: u32, key: &str) -> Result<u64> {
+    let path = format!("/proc/{pid}/status");
+    let status = std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .with_context(|| format!("no {key} in {path}"))
+}
+
+/// utime + stime of /proc/PID/stat (fields 14 and 15), seconds.
+fn cpu_seconds(pid: u32) -> Result<f64> {
+    let path = format!("/proc/{pid}/stat");
+    let stat = std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
+    // The command name (field 2) may hold spaces; count fields after it.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).context("malformed stat")?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| -> Result<f64> {
+        let v: u64 = fields.get(i).context("short stat")?.parse().context("bad stat field")?;
+        Ok(v as f64)
+    };
+    // After ')' the first field is field 3 (state): utime is 14, stime 15.
+    Ok((ticks(14 - 3)? + ticks(15 - 3)?) / CLK_TCK)
+}
+
+/// A command for one of our binaries, with a clean environment for logs.
+pub(crate) fn command(path: &Path) -> Command {
+    let mut cmd = Command::new(path);
+    cmd.env("NO_COLOR", "1").stdin(Stdio::null()).stdout(Stdio::null());
+    cmd
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_own_process() {
+        let pid = std::process::id();
+        assert!(status_kib(pid, "VmRSS:").unwrap() > 0);
+        assert!(status_kib(pid, "VmHWM:").unwrap() > 0);
+        assert!(cpu_seconds(pid).unwrap() >= 0.0);
+    }
+}

@@ -1,0 +1,207 @@
+//! Every figure of one run, the targets they are held against, and the
+//! JSON file. The printed table is in `table.rs`.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+
+use crate::load::Load;
+use crate::machine::Machine;
+use crate::measure::bulk::Direction;
+use crate::measure::idle::Opened;
+use crate::plan::Plan;
+use crate::stats::{Latency, Spread};
+
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Report {
+    pub(crate) plan: Plan,
+    pub(crate) machine: Machine,
+    pub(crate) throughput: Vec<Throughput>,
+    pub(crate) round_trip: Vec<RoundTrip>,
+    pub(crate) new_connection: Compared,
+    pub(crate) memory: Memory,
+    pub(crate) connections: Connections,
+    pub(crate) cpu: Cpu,
+    pub(crate) targets: Vec<Check>,
+    /// WARN/ERROR lines the agents logged while being measured.
+    pub(crate) agent_warnings: Vec<String>,
+    /// CPU used by other processes meanwhile (None if /proc is unreadable).
+    pub(crate) load: Option<Load>,
+    pub(crate) elapsed_secs: f64,
+}
+
+/// Bulk throughput, MiB/s.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Throughput {
+    pub(crate) direction: Direction,
+    pub(crate) streams: usize,
+    pub(crate) direct_mib_s: Spread,
+    pub(crate) relay_mib_s: Spread,
+    /// Relay median over direct median.
+    pub(crate) ratio: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct RoundTrip {
+    pub(crate) message_bytes: usize,
+    #[serde(flatten)]
+    pub(crate) latency: Compared,
+}
+
+/// A latency measured directly and through the relay.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Compared {
+    pub(crate) direct: Latency,
+    pub(crate) relay: Latency,
+    /// Relay p50 over direct p50.
+    pub(crate) ratio_p50: f64,
+}
+
+impl Compared {
+    pub(crate) fn new(direct: Latency, relay: Latency) -> Self {
+        let ratio_p50 = relay.p50_us / direct.p50_us;
+        Self { direct, relay, ratio_p50 }
+    }
+}
+
+/// A figure for each agent.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub(crate) struct PerAgent<T> {
+    pub(crate) cloud: T,
+    pub(crate) edge: T,
+}
+
+/// Resident memory, KiB.
+#[derive(Debug, Clone, Default, Serialize)]
+pub(crate) struct Memory {
+    /// Fresh agents, tunnels up, no connection.
+    pub(crate) idle_kib: PerAgent<u64>,
+    /// With `plan.idle_small` idle connections open.
+    pub(crate) small_kib: PerAgent<u64>,
+    /// With `plan.idle_large` idle connections open.
+    pub(crate) large_kib: PerAgent<u64>,
+    /// After those connections closed.
+    pub(crate) after_close_kib: PerAgent<u64>,
+    /// (large - idle) / connections served.
+    pub(crate) per_connection_kib: PerAgent<f64>,
+    /// VmHWM of fresh agents after all bulk runs.
+    pub(crate) bulk_peak_kib: PerAgent<u64>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub(crate) struct Connections {
+    /// The first batch (`plan.idle_small` connections).
+    pub(crate) small: Opened,
+    /// All connections opened, both batches (`plan.idle_large`).
+    pub(crate) large: Opened,
+    pub(crate) attempted: usize,
+}
+
+/// CPU time of the agents over the relayed bulk runs.
+#[derive(Debug, Clone, Default, Serialize)]
+pub(crate) struct Cpu {
+    /// GiB moved through the relay, per direction.
+    pub(crate) gib_up: f64,
+    pub(crate) gib_down: f64,
+    pub(crate) cloud: AgentCpu,
+    pub(crate) edge: AgentCpu,
+}
+
+/// Seconds of CPU (user + system).
+#[derive(Debug, Clone, Default, Serialize)]
+pub(crate) struct AgentCpu {
+    pub(crate) seconds_up: f64,
+    pub(crate) seconds_down: f64,
+    pub(crate) per_gib_up: f64,
+    pub(crate) per_gib_down: f64,
+    pub(crate) per_gib_all: f64,
+}
+
+impl AgentCpu {
+    pub(crate) fn new(seconds_up: f64, seconds_down: f64, gib_up: f64, gib_down: f64) -> Self {
+        Self {
+            seconds_up,
+            seconds_down,
+            per_gib_up: seconds_up / gib_up,
+            per_gib_down: seconds_down / gib_down,
+            per_gib_all: (seconds_up + seconds_down) / (gib_up + gib_down),
+        }
+    }
+}
+
+/// One figure against its target.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Check {
+    pub(crate) figure: String,
+    pub(crate) target: String,
+    pub(crate) value: String,
+    pub(crate) met: bool,
+}
+
+const MIB: f64 = 1024.0;
+
+/// The targets of docs/performance.md, checked against this run.
+pub(crate) fn checks(r: &Report) -> Vec<Check> {
+    let mut out = Vec::new();
+    let mut check = |figure: String, target: &str, value: String, met: bool| {
+        out.push(Check { figure, target: target.to_owned(), value, met });
+    };
+    for t in &r.throughput {
+        let figure = format!("{}-stream throughput, {}", t.streams, t.direction.label());
+        check(figure, ">= 0.5 x direct", format!("{:.2} x", t.ratio), t.ratio >= 0.5);
+    }
+    if let Some(rt) = r.round_trip.iter().find(|rt| rt.message_bytes == 1) {
+        let ratio = rt.latency.ratio_p50;
+        check(
+            "round trip p50, 1 byte".into(),
+            "<= 1.5 x direct",
+            format!("{ratio:.2} x"),
+            ratio <= 1.5,
+        );
+    }
+    let ratio = r.new_connection.ratio_p50;
+    check("new connection p50".into(), "<= 2 x direct", format!("{ratio:.2} x"), ratio <= 2.0);
+    let m = &r.memory;
+    for (name, idle, per_conn, peak) in [
+        ("relay-cloud", m.idle_kib.cloud, m.per_connection_kib.cloud, m.bulk_peak_kib.cloud),
+        ("relay-edge", m.idle_kib.edge, m.per_connection_kib.edge, m.bulk_peak_kib.edge),
+    ] {
+        let idle_mib = idle as f64 / MIB;
+        check(
+            format!("memory idle, {name}"),
+            "<= 8 MiB",
+            format!("{idle_mib:.1} MiB"),
+            idle_mib <= 8.0,
+        );
+        check(
+            format!("memory per idle connection, {name}"),
+            "<= 16 KiB",
+            format!("{per_conn:.1} KiB"),
+            per_conn <= 16.0,
+        );
+        let peak_mib = peak as f64 / MIB;
+        check(
+            format!("peak memory during bulk, {name}"),
+            "<= 32 MiB",
+            format!("{peak_mib:.1} MiB"),
+            peak_mib <= 32.0,
+        );
+    }
+    let c = &r.connections;
+    check(
+        format!("{} concurrent connections through one edge", r.plan.idle_large),
+        "all served, none refused",
+        format!(
+            "{} served, {} refused, {} timed out",
+            c.large.served, c.large.refused, c.large.timed_out
+        ),
+        c.large.served == c.attempted,
+    );
+    out
+}
+
+pub(crate) fn write_json(report: &Report, path: &Path) -> Result<()> {
+    let json = serde_json::to_string_pretty(report)?;
+    std::fs::write(path, json + "\n").with_context(|| format!("cannot write {}", path.display()))
+}

@@ -1,0 +1,170 @@
+//! The readable table of a run: figures side by side with the direct
+//! connection, then memory and CPU of each agent, then the targets.
+
+use std::fmt::Write;
+
+use crate::report::{Compared, PerAgent, Report};
+use crate::stats::Spread;
+
+const MIB: f64 = 1024.0;
+
+pub(crate) fn render(r: &Report) -> String {
+    let mut s = String::new();
+    header(&mut s, r);
+    figures(&mut s, r);
+    agents(&mut s, r);
+    load(&mut s, r);
+    targets(&mut s, r);
+    s
+}
+
+fn header(s: &mut String, r: &Report) {
+    let p = &r.plan;
+    let m = &r.machine;
+    let _ = writeln!(
+        s,
+        "relay-bench ({} mode): bulk {} s x {} runs (1 and {} streams), {} round trips per size, \
+         {} new connections, {} idle connections",
+        p.mode,
+        p.bulk_secs,
+        p.bulk_repeats,
+        p.parallel_streams,
+        p.round_trips,
+        p.new_connections,
+        p.idle_large
+    );
+    let _ = writeln!(
+        s,
+        "machine: {}, {} cores, {:.0} GiB, Linux {}, {}; bench {} build, agents from {}\n",
+        m.cpu_model,
+        m.cores,
+        m.memory_gib,
+        m.kernel,
+        m.rustc.as_deref().unwrap_or("rustc unknown"),
+        m.bench_profile,
+        m.agent_bin_dir
+    );
+}
+
+fn row(s: &mut String, figure: &str, direct: &str, relay: &str, ratio: &str) {
+    let _ = writeln!(s, "{figure:<40} {direct:>24} {relay:>24} {ratio:>8}");
+}
+
+fn throughput(x: &Spread) -> String {
+    format!("{:.0} [{:.0}-{:.0}]", x.median, x.min, x.max)
+}
+
+fn figures(s: &mut String, r: &Report) {
+    row(s, "figure", "direct", "relay", "ratio");
+    row(s, "throughput MiB/s: median [min-max]", "", "", "");
+    for t in &r.throughput {
+        let streams =
+            if t.streams == 1 { "1 stream".to_owned() } else { format!("{} streams", t.streams) };
+        let figure = format!("  {streams}, {}", t.direction.label());
+        let (direct, relay) = (throughput(&t.direct_mib_s), throughput(&t.relay_mib_s));
+        row(s, &figure, &direct, &relay, &format!("{:.2}", t.ratio));
+    }
+    for rt in &r.round_trip {
+        let size = if rt.message_bytes == 1 {
+            "1 byte".to_owned()
+        } else {
+            format!("{} B", rt.message_bytes)
+        };
+        latency(s, &format!("round trip, {size}"), &rt.latency);
+    }
+    latency(s, "new connection (connect + first byte)", &r.new_connection);
+    s.push('\n');
+}
+
+fn latency(s: &mut String, what: &str, c: &Compared) {
+    let us = |v: f64| format!("{v:.1} µs");
+    row(
+        s,
+        &format!("{what}, p50"),
+        &us(c.direct.p50_us),
+        &us(c.relay.p50_us),
+        &format!("{:.2}", c.ratio_p50),
+    );
+    for (label, d, r) in
+        [("p99", c.direct.p99_us, c.relay.p99_us), ("p99.9", c.direct.p999_us, c.relay.p999_us)]
+    {
+        row(s, &format!("{what}, {label}"), &us(d), &us(r), &format!("{:.2}", r / d));
+    }
+}
+
+fn agent_row(s: &mut String, figure: &str, cloud: &str, edge: &str) {
+    let _ = writeln!(s, "{figure:<40} {cloud:>16} {edge:>16}");
+}
+
+fn mib(v: PerAgent<u64>) -> (String, String) {
+    let f = |kib: u64| format!("{:.1} MiB", kib as f64 / MIB);
+    (f(v.cloud), f(v.edge))
+}
+
+fn agents(s: &mut String, r: &Report) {
+    let m = &r.memory;
+    let p = &r.plan;
+    agent_row(s, "agent", "relay-cloud", "relay-edge");
+    let rows = [
+        ("memory idle (VmRSS, tunnels up)".to_owned(), mib(m.idle_kib)),
+        (format!("memory, {} idle connections", p.idle_small), mib(m.small_kib)),
+        (format!("memory, {} idle connections", p.idle_large), mib(m.large_kib)),
+        ("memory after closing them".to_owned(), mib(m.after_close_kib)),
+        ("peak memory during bulk (VmHWM)".to_owned(), mib(m.bulk_peak_kib)),
+    ];
+    for (figure, (cloud, edge)) in rows {
+        agent_row(s, &figure, &cloud, &edge);
+    }
+    let per = m.per_connection_kib;
+    agent_row(
+        s,
+        "memory per idle connection",
+        &format!("{:.1} KiB", per.cloud),
+        &format!("{:.1} KiB", per.edge),
+    );
+    let c = &r.cpu;
+    let cpu = |v: f64| format!("{v:.2} s");
+    agent_row(s, "CPU per GiB, client→service", &cpu(c.cloud.per_gib_up), &cpu(c.edge.per_gib_up));
+    agent_row(
+        s,
+        "CPU per GiB, service→client",
+        &cpu(c.cloud.per_gib_down),
+        &cpu(c.edge.per_gib_down),
+    );
+    agent_row(s, "CPU per GiB, all bulk runs", &cpu(c.cloud.per_gib_all), &cpu(c.edge.per_gib_all));
+    let conns = &r.connections.large;
+    let _ = writeln!(
+        s,
+        "{} concurrent connections through one mapping: {} served, {} refused, {} timed out",
+        r.connections.attempted, conns.served, conns.refused, conns.timed_out
+    );
+    let _ = writeln!(
+        s,
+        "({:.2} GiB moved through the relay in the bulk runs; agent warnings while measured: {})\n",
+        c.gib_up + c.gib_down,
+        r.agent_warnings.len()
+    );
+}
+
+fn load(s: &mut String, r: &Report) {
+    let Some(l) = &r.load else { return };
+    let disturbed =
+        if l.other_share > 0.05 { ": FIGURES DISTURBED, rerun on a quiet machine" } else { "" };
+    let _ = writeln!(
+        s,
+        "run took {:.0} s; other processes used {:.1} CPU-s meanwhile ({:.1}% of all cores){disturbed}; \
+         steal {:.1} s\n",
+        l.wall_secs,
+        l.other_secs,
+        l.other_share * 100.0,
+        l.steal_secs
+    );
+}
+
+fn targets(s: &mut String, r: &Report) {
+    let _ = writeln!(s, "{:<56} {:<26} {:<34} result", "target", "goal", "measured");
+    for c in &r.targets {
+        let result = if c.met { "met" } else { "MISSED" };
+        let _ = writeln!(s, "{:<56} {:<26} {:<34} {result}", c.figure, c.target, c.value);
+    }
+}

@@ -1,0 +1,169 @@
+//! The services the bench measures against, in a child process of their
+//! own (`relay-bench --serve-targets`) so that 10,000 server-side sockets
+//! do not count against the bench's own file descriptor limit.
+//!
+//! - echo: writes back what it reads; half-closes when its peer does.
+//! - sink: discards what it reads; at EOF answers the byte count (u64,
+//!   big-endian) and closes, so the sender knows everything arrived.
+//! - source: writes 256 KiB buffers until the peer goes away.
+//!
+//! The child prints `targets echo=ADDR sink=ADDR source=ADDR` on stdout,
+//! then serves until its stdin reaches EOF (the bench exited or died).
+
+use std::net::SocketAddr;
+use std::process::{ExitCode, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::procs::{self, Proc};
+
+/// Buffer size of the sink and the source.
+pub(crate) const BULK_BUF: usize = 256 * 1024;
+
+/// Where the target services listen.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Addrs {
+    pub(crate) echo: SocketAddr,
+    pub(crate) sink: SocketAddr,
+    pub(crate) source: SocketAddr,
+}
+
+/// The running targets process. Killed when dropped.
+#[derive(Debug)]
+pub(crate) struct Targets {
+    pub(crate) proc: Proc,
+    pub(crate) addrs: Addrs,
+}
+
+impl Targets {
+    /// Starts `bench --serve-targets` and reads its addresses.
+    pub(crate) async fn start(bench: &std::path::Path) -> Result<Self> {
+        let mut cmd = procs::command(bench);
+        cmd.arg("--serve-targets").stdin(Stdio::piped()).stdout(Stdio::piped());
+        let mut proc = Proc::spawn("targets", cmd)?;
+        let stdout = proc.child_mut().stdout.take().context("targets stdout")?;
+        let mut line = String::new();
+        let mut stdout = BufReader::new(stdout);
+        let read = stdout.read_line(&mut line);
+        match tokio::time::timeout(Duration::from_secs(10), read).await {
+            Ok(Ok(n)) if n > 0 => {}
+            _ => bail!("the targets process printed no addresses:\n{}", proc.tail()),
+        }
+        let field = |key: &str| -> Result<SocketAddr> {
+            line.split_whitespace()
+                .find_map(|f| f.strip_prefix(key))
+                .and_then(|v| v.parse().ok())
+                .with_context(|| format!("no {key} in the targets' line {line:?}"))
+        };
+        let addrs =
+            Addrs { echo: field("echo=")?, sink: field("sink=")?, source: field("source=")? };
+        Ok(Self { proc, addrs })
+    }
+}
+
+/// `--serve-targets`: the child's main.
+pub(crate) fn serve_main() -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("relay-bench --serve-targets: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("relay-bench --serve-targets: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve() -> Result<()> {
+    let echo = TcpListener::bind("127.0.0.1:0").await?;
+    let sink = TcpListener::bind("127.0.0.1:0").await?;
+    let source = TcpListener::bind("127.0.0.1:0").await?;
+    println!(
+        "targets echo={} sink={} source={}",
+        echo.local_addr()?,
+        sink.local_addr()?,
+        source.local_addr()?
+    );
+    tokio::spawn(accept_loop(echo, Service::Echo));
+    tokio::spawn(accept_loop(sink, Service::Sink));
+    tokio::spawn(accept_loop(source, Service::Source));
+    // Serve until the parent closes our stdin (normally or by dying).
+    let mut stdin = tokio::io::stdin();
+    let mut buf = [0u8; 64];
+    while stdin.read(&mut buf).await.is_ok_and(|n| n > 0) {}
+    Ok(())
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Service {
+    Echo,
+    Sink,
+    Source,
+}
+
+async fn accept_loop(listener: TcpListener, service: Service) {
+    loop {
+        let tcp = match listener.accept().await {
+            Ok((tcp, _)) => tcp,
+            Err(e) => {
+                // Out of descriptors or similar: say so, back off, go on.
+                eprintln!("targets: accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        tokio::spawn(async move {
+            let _ = match service {
+                Service::Echo => echo(tcp).await,
+                Service::Sink => sink(tcp).await,
+                Service::Source => source(tcp).await,
+            };
+        });
+    }
+}
+
+async fn echo(mut tcp: TcpStream) -> std::io::Result<()> {
+    // Small first buffer: 10,000 idle echo connections should not cost
+    // 640 MiB here.
+    let mut buf = vec![0u8; 4096];
+    loop {
+        let n = tcp.read(&mut buf).await?;
+        if n == 0 {
+            return tcp.shutdown().await;
+        }
+        tcp.write_all(&buf[..n]).await?;
+        if n == buf.len() && buf.len() < 64 * 1024 {
+            buf.resize(64 * 1024, 0);
+        }
+    }
+}
+
+async fn sink(mut tcp: TcpStream) -> std::io::Result<()> {
+    let mut buf = vec![0u8; BULK_BUF];
+    let mut total = 0u64;
+    loop {
+        let n = tcp.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        total += n as u64;
+    }
+    tcp.write_all(&total.to_be_bytes()).await?;
+    tcp.shutdown().await
+}
+
+async fn source(mut tcp: TcpStream) -> std::io::Result<()> {
+    let buf = vec![0xa5u8; BULK_BUF];
+    loop {
+        tcp.write_all(&buf).await?;
+    }
+}

@@ -1,0 +1,98 @@
+//! `[control]` of the cloud config: [`ControlConfig`], the local control
+//! API of `relay-cloud`.
+
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::defaults::serde_fns;
+use crate::error::{ConfigError, Doc};
+use crate::mapping::listen_clash;
+use crate::secret::{ADMIN_TOKEN_KEYS, Secret, TokenKeys};
+use crate::tunnel::TunnelListenConfig;
+use crate::values::Addr;
+use crate::{EdgeEntry, MappingConfig, load};
+
+/// `[control]`: the control API of the cloud agent (mappings added at run
+/// time), guarded by an admin token.
+#[derive(Debug, Clone)]
+pub struct ControlConfig {
+    /// `listen`: socket address of the API; default
+    /// [`DEFAULT_CONTROL_LISTEN`](crate::DEFAULT_CONTROL_LISTEN). It must not
+    /// clash with `tunnel.listen` or any mapping's `listen`.
+    pub listen: SocketAddr,
+    /// From `admin_token` or the file named by `admin_token_file`; same
+    /// rules as edge tokens, and different from every edge's token.
+    pub admin_token: Secret,
+    /// `state_file`: where the agent keeps mappings added through the API,
+    /// resolved against the config file's directory; default
+    /// [`DEFAULT_CONTROL_STATE_FILE`](crate::DEFAULT_CONTROL_STATE_FILE).
+    /// Not read when the config loads.
+    pub state_file: PathBuf,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawControl {
+    #[serde(default = "serde_fns::control_listen")]
+    listen: Spanned<Addr>,
+    admin_token: Option<Spanned<String>>,
+    admin_token_file: Option<Spanned<PathBuf>>,
+    #[serde(default = "serde_fns::control_state_file")]
+    state_file: Spanned<PathBuf>,
+}
+
+impl RawControl {
+    /// Checks `[control]` (spanning `span`) against the listeners and the
+    /// edge tokens of the rest of the file.
+    pub(crate) fn validate(
+        self,
+        doc: &Doc<'_>,
+        span: Range<usize>,
+        tunnel: &TunnelListenConfig,
+        edges: &[EdgeEntry],
+        mappings: &[MappingConfig],
+    ) -> Result<ControlConfig, ConfigError> {
+        let listen = self.listen.get_ref().0;
+        // A defaulted listen has no position: report a clash at `[control]`.
+        let (shown, at) = if self.listen.span() == (0..0) {
+            (format!("\"{listen}\" (the default)"), span.clone())
+        } else {
+            (format!("\"{listen}\""), self.listen.span())
+        };
+        if let Some(m) = listen_clash(listen, &shown, tunnel, mappings) {
+            return Err(doc.error_at(at, format!("control.listen: {m}")));
+        }
+        // Where a clash with an edge token is reported: the key that was set.
+        let (token_key, token_span) = match (&self.admin_token, &self.admin_token_file) {
+            (Some(t), _) => ("admin_token", t.span()),
+            (None, Some(f)) => ("admin_token_file", f.span()),
+            (None, None) => ("admin_token", span.clone()),
+        };
+        let admin_token = TokenKeys {
+            table: "control",
+            table_span: span,
+            names: ADMIN_TOKEN_KEYS,
+            token: self.admin_token,
+            token_file: self.admin_token_file,
+        }
+        .resolve(doc)?;
+        if let Some(i) = edges.iter().position(|e| e.token.expose() == admin_token.expose()) {
+            return Err(doc.error_at(
+                token_span,
+                format!(
+                    "control.{token_key}: admin token must differ from every edge token \
+                     (same as edges[{i}])"
+                ),
+            ));
+        }
+        Ok(ControlConfig {
+            listen,
+            admin_token,
+            state_file: load::path(doc, "control.state_file", &self.state_file)?,
+        })
+    }
+}

@@ -1,0 +1,259 @@
+//! `[[mappings]]` of the cloud config: [`MappingConfig`], checked from the
+//! file or, with [`MappingConfig::from_parts`], from strings that arrive at
+//! run time. Both paths share the rules and messages of [`values`].
+
+use std::net::SocketAddr;
+
+use ipnet::IpNet;
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::defaults::MAX_CONNECTIONS_RANGE;
+use crate::error::{ConfigError, Doc, FieldError};
+use crate::tunnel::TunnelListenConfig;
+use crate::values::{self, Addr, Net};
+use crate::{EdgeEntry, HostPort};
+
+/// `[[mappings]]`: a public listener whose connections are relayed through
+/// an edge to a target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MappingConfig {
+    /// `name`: unique, 1..=64 characters of `[A-Za-z0-9._-]`.
+    pub name: String,
+    /// `listen`: unique socket address; port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// `edge`: the id of a configured `[[edges]]` entry.
+    pub edge: String,
+    /// `target`: the `host:port` the edge connects to.
+    pub target: HostPort,
+    /// `allow`: client networks; empty means any client.
+    pub allow: Vec<IpNet>,
+    /// `max_connections`: concurrent client connections, unlimited if `None`.
+    pub max_connections: Option<u32>,
+}
+
+impl MappingConfig {
+    /// Builds and checks a mapping from strings, e.g. a request to the
+    /// control API, with the rules and messages of a `[[mappings]]` table:
+    /// `name` and `edge` are 1..=64 characters of `[A-Za-z0-9._-]`, `listen`
+    /// is `IP:port`, `target` is a [`HostPort`], each `allow` entry is a
+    /// CIDR or a bare IP, and `max_connections` is at least 1.
+    ///
+    /// Only the value itself is checked: whether `edge` is configured and
+    /// whether `listen` clashes with another listener is the caller's
+    /// business.
+    ///
+    /// # Errors
+    /// [`FieldError`] naming the first bad field, e.g. ``listen: invalid
+    /// socket address "1.2.3": expected IP:port such as "0.0.0.0:8443" ...``.
+    pub fn from_parts(
+        name: &str,
+        listen: &str,
+        edge: &str,
+        target: &str,
+        allow: &[String],
+        max_connections: Option<u32>,
+    ) -> Result<MappingConfig, FieldError> {
+        let field = |field: &'static str| move |message: String| FieldError { field, message };
+        values::check_name(name, "name").map_err(field("name"))?;
+        let listen = values::parse_addr(listen).map_err(field("listen"))?;
+        values::check_name(edge, "name").map_err(field("edge"))?;
+        let target = target.parse::<HostPort>().map_err(|e| field("target")(e.to_string()))?;
+        let allow = allow
+            .iter()
+            .map(|a| values::parse_net(a))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(field("allow"))?;
+        let max_connections = match max_connections {
+            Some(v) => Some(
+                values::check_range(v, MAX_CONNECTIONS_RANGE).map_err(field("max_connections"))?,
+            ),
+            None => None,
+        };
+        Ok(MappingConfig {
+            name: name.to_owned(),
+            listen,
+            edge: edge.to_owned(),
+            target,
+            allow,
+            max_connections,
+        })
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawMapping {
+    pub(crate) name: Spanned<String>,
+    listen: Spanned<Addr>,
+    edge: Spanned<String>,
+    target: HostPort,
+    #[serde(default)]
+    allow: Vec<Net>,
+    max_connections: Option<Spanned<u32>>,
+}
+
+impl RawMapping {
+    /// Checks mapping `i` (whose name was already checked) against the
+    /// tunnel listener, the edges and the mappings before it.
+    pub(crate) fn validate(
+        self,
+        doc: &Doc<'_>,
+        i: usize,
+        tunnel: &TunnelListenConfig,
+        edges: &[EdgeEntry],
+        earlier: &[MappingConfig],
+    ) -> Result<MappingConfig, ConfigError> {
+        let key = |k: &str| format!("mappings[{i}].{k}");
+        let listen = self.listen.get_ref().0;
+        if let Some(m) = listen_clash(listen, &format!("\"{listen}\""), tunnel, earlier) {
+            return Err(doc.error_at(self.listen.span(), format!("{}: {m}", key("listen"))));
+        }
+        let edge = self.edge.get_ref();
+        if !edges.iter().any(|e| &e.id == edge) {
+            let known: Vec<String> = edges.iter().map(|e| format!("{:?}", e.id)).collect();
+            return Err(doc.error_at(
+                self.edge.span(),
+                format!(
+                    "{}: unknown edge {edge:?} (configured edges: {})",
+                    key("edge"),
+                    known.join(", ")
+                ),
+            ));
+        }
+        let max_connections = match &self.max_connections {
+            Some(v) => {
+                Some(values::in_range(doc, &key("max_connections"), v, MAX_CONNECTIONS_RANGE)?)
+            }
+            None => None,
+        };
+        Ok(MappingConfig {
+            name: self.name.into_inner(),
+            listen,
+            edge: edge.clone(),
+            target: self.target,
+            allow: self.allow.into_iter().map(|n| n.0).collect(),
+            max_connections,
+        })
+    }
+}
+
+/// Why `listen` (shown as `shown`) cannot be used next to the tunnel
+/// listener and `mappings`, or `None` if it clashes with neither.
+pub(crate) fn listen_clash(
+    listen: SocketAddr,
+    shown: &str,
+    tunnel: &TunnelListenConfig,
+    mappings: &[MappingConfig],
+) -> Option<String> {
+    if overlaps(listen, tunnel.listen) {
+        return Some(format!("{shown} conflicts with tunnel.listen \"{}\"", tunnel.listen));
+    }
+    let (j, other) = mappings.iter().enumerate().find(|(_, m)| overlaps(listen, m.listen))?;
+    Some(format!(
+        "{shown} conflicts with mappings[{j}].listen \"{}\" (mapping {:?})",
+        other.listen, other.name
+    ))
+}
+
+/// Whether two listeners would fight over a port: same non-zero port and the
+/// same address, or a wildcard address of the same family.
+fn overlaps(a: SocketAddr, b: SocketAddr) -> bool {
+    let wildcard =
+        (a.ip().is_unspecified() || b.ip().is_unspecified()) && a.is_ipv4() == b.is_ipv4();
+    a.port() != 0 && a.port() == b.port() && (a.ip() == b.ip() || wildcard)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overlap_rules() {
+        let a = |s: &str| s.parse::<SocketAddr>().unwrap();
+        assert!(overlaps(a("127.0.0.1:1"), a("127.0.0.1:1")));
+        assert!(overlaps(a("0.0.0.0:1"), a("127.0.0.1:1")));
+        assert!(overlaps(a("[::]:1"), a("[::1]:1")));
+        assert!(!overlaps(a("127.0.0.1:0"), a("127.0.0.1:0")));
+        assert!(!overlaps(a("0.0.0.0:0"), a("127.0.0.1:0")));
+        assert!(!overlaps(a("127.0.0.1:1"), a("127.0.0.2:1")));
+        assert!(!overlaps(a("[::]:1"), a("127.0.0.1:1")));
+        assert!(!overlaps(a("127.0.0.1:1"), a("127.0.0.1:2")));
+    }
+
+    fn parts(
+        name: &str,
+        listen: &str,
+        edge: &str,
+        target: &str,
+        allow: &[&str],
+        max: Option<u32>,
+    ) -> Result<MappingConfig, FieldError> {
+        let allow: Vec<String> = allow.iter().map(|a| (*a).to_owned()).collect();
+        MappingConfig::from_parts(name, listen, edge, target, &allow, max)
+    }
+
+    /// A good mapping with one field replaced by `value`.
+    fn with(field: &str, value: &str) -> Result<MappingConfig, FieldError> {
+        let pick = |f: &str, good: &'static str| {
+            if f == field { value.to_owned() } else { good.to_owned() }
+        };
+        let allow = pick("allow", "10.0.0.0/8");
+        parts(
+            &pick("name", "ssh"),
+            &pick("listen", "0.0.0.0:2222"),
+            &pick("edge", "edge-a"),
+            &pick("target", "db.internal:22"),
+            &[allow.as_str()],
+            Some(1),
+        )
+    }
+
+    fn bad(field: &str, value: &str, fragment: &str) {
+        let err = with(field, value).expect_err(value);
+        assert_eq!(err.field, field, "{err}");
+        assert!(err.message.contains(fragment), "{field} = {value:?}: {err}");
+        assert_eq!(err.to_string(), format!("{field}: {}", err.message));
+    }
+
+    #[test]
+    fn from_parts_good() {
+        let m = parts(
+            "db.v6",
+            "[::1]:5432",
+            "Edge_B.2",
+            "[FD00::5]:5432",
+            &["203.0.113.0/24", "198.51.100.7", "::1"],
+            Some(10),
+        )
+        .unwrap();
+        assert_eq!(m.name, "db.v6");
+        assert_eq!(m.listen, "[::1]:5432".parse().unwrap());
+        assert_eq!(m.edge, "Edge_B.2");
+        assert_eq!(m.target, HostPort { host: "fd00::5".into(), port: 5432 });
+        let allow: Vec<String> = m.allow.iter().map(ToString::to_string).collect();
+        assert_eq!(allow, ["203.0.113.0/24", "198.51.100.7/32", "::1/128"]);
+        assert_eq!(m.max_connections, Some(10));
+        let open = parts("t", "127.0.0.1:0", "e", "localhost:7", &[], None).unwrap();
+        assert!(open.allow.is_empty() && open.max_connections.is_none());
+        // The edge need not exist: only its spelling is checked.
+        assert!(with("edge", "no-such-edge").is_ok());
+    }
+
+    #[test]
+    fn from_parts_names_the_bad_field() {
+        bad("name", "my ssh", "invalid name \"my ssh\", expected 1 to 64 characters");
+        bad("name", "", "invalid name \"\"");
+        bad("name", &"n".repeat(65), "expected 1 to 64 characters");
+        bad("listen", "1.2.3", "invalid socket address \"1.2.3\": expected IP:port");
+        bad("listen", "localhost:22", "host names are not accepted");
+        bad("edge", "edge/a", "invalid name \"edge/a\"");
+        bad("target", "10.0.0.7", "invalid host:port \"10.0.0.7\": missing port");
+        bad("target", "db:0", "port 0 is not allowed");
+        bad("target", "fd00::7:22", "IPv6 addresses must be bracketed");
+        bad("allow", "10.0.0.0/33", "invalid CIDR \"10.0.0.0/33\"");
+        bad("allow", "example.com", "invalid CIDR \"example.com\"");
+        let err = parts("ssh", "0.0.0.0:2222", "e", "h:22", &[], Some(0)).unwrap_err();
+        assert_eq!(err.to_string(), "max_connections: 0 is out of range, expected at least 1");
+    }
+}
