@@ -99,8 +99,8 @@ impl Edge {
     /// the tunnels.
     pub async fn shutdown(self) {
         let grace: Duration = self.shared.config.shutdown_grace;
-        info!(?grace, open = self.shared.streams.len(), "shutting down: draining");
         self.shared.draining.store(true, Ordering::Relaxed);
+        info!(?grace, open = self.shared.streams.len(), "shutting down: draining");
         self.tunnel_handles.drain_all();
         self.shared.streams.close();
         if tokio::time::timeout(grace, self.shared.streams.wait()).await.is_err() {

@@ -292,3 +292,85 @@ impl Agent {
         status.code()
     }
 }
+
+/// The admin token of configs made by [`cloud_toml_with_control`].
+pub const ADMIN_TOKEN: &str = "Zr8cLq2VnW5xT0aJ7dKp3HsB9mYe4GfU";
+
+/// [`cloud_toml`] plus a `[control]` section on an ephemeral port with
+/// its state file at `state_file`.
+pub fn cloud_toml_with_control(
+    tunnel_listen: &str,
+    mappings: &[(&str, &str)],
+    state_file: &std::path::Path,
+) -> String {
+    let mut s = cloud_toml(tunnel_listen, mappings, "");
+    s = s.replacen(
+        "[tunnel]",
+        &format!(
+            "[control]\nlisten = \"127.0.0.1:0\"\nadmin_token = \"{ADMIN_TOKEN}\"\nstate_file = \"{}\"\n\n[tunnel]",
+            state_file.display()
+        ),
+        1,
+    );
+    s
+}
+
+/// A client of the control API, for tests.
+#[derive(Debug, Clone)]
+pub struct Api {
+    base: String,
+    token: Option<String>,
+    agent: ureq::Agent,
+}
+
+impl Api {
+    /// A client of the API at `addr` using `token` (or none).
+    pub fn new(addr: SocketAddr, token: Option<&str>) -> Api {
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(10)))
+            .build()
+            .new_agent();
+        Api { base: format!("http://{addr}"), token: token.map(str::to_owned), agent }
+    }
+
+    /// Sends a request; returns the status and the body parsed as JSON
+    /// (`Null` when empty, a string when not JSON).
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        let this = self.clone();
+        let method = method.to_owned();
+        let url = format!("{}{path}", self.base);
+        tokio::task::spawn_blocking(move || {
+            let request = ureq::http::Request::builder().method(method.as_str()).uri(&url);
+            let request = match &this.token {
+                Some(t) => request.header("authorization", format!("Bearer {t}")),
+                None => request,
+            };
+            let result = match body {
+                Some(b) => this.agent.run(
+                    request
+                        .header("content-type", "application/json")
+                        .body(b.to_string())
+                        .expect("request"),
+                ),
+                None => this.agent.run(request.body(()).expect("request")),
+            };
+            let mut response = result.unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+            let status = response.status().as_u16();
+            let text = response.body_mut().read_to_string().unwrap_or_default();
+            let json = if text.is_empty() {
+                serde_json::Value::Null
+            } else {
+                serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text))
+            };
+            (status, json)
+        })
+        .await
+        .expect("api call task")
+    }
+}

@@ -1,0 +1,366 @@
+//! The control API against real agents on loopback: runtime mappings that
+//! persist, drains, atomic batches, authentication and live figures.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use agent_cloud::Cloud;
+use agent_edge::Edge;
+use e2e_tests::{
+    ADMIN_TOKEN, Api, TOKEN, cloud_config, cloud_toml_with_control, echo_once, echo_server,
+    edge_config, edge_toml, eventually, free_port, serves,
+};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+struct Setup {
+    cloud: Cloud,
+    edge: Edge,
+    api: Api,
+    echo: SocketAddr,
+    toml: String,
+}
+
+async fn setup(state_file: &Path) -> Setup {
+    let echo = echo_server().await;
+    let toml = cloud_toml_with_control("127.0.0.1:0", &[("base", &echo.to_string())], state_file);
+    let cloud = Cloud::start(cloud_config(&toml)).await.expect("cloud starts");
+    let edge =
+        Edge::start(edge_config(&edge_toml(cloud.tunnel_addr(), &[echo.to_string()], TOKEN)))
+            .expect("edge starts");
+    let api = Api::new(cloud.control_addr().expect("control API on"), Some(ADMIN_TOKEN));
+    let base = cloud.mapping_addr("base").expect("base mapping");
+    assert!(
+        eventually(Duration::from_secs(10), || serves(base)).await,
+        "base mapping never served"
+    );
+    Setup { cloud, edge, api, echo, toml }
+}
+
+impl Setup {
+    async fn stop(self) {
+        self.edge.shutdown().await;
+        self.cloud.shutdown().await;
+    }
+}
+
+fn add_body(name: &str, listen: SocketAddr, target: SocketAddr) -> Value {
+    json!({ "name": name, "listen": listen.to_string(), "edge": "e1", "target": target.to_string() })
+}
+
+async fn mapping_names(api: &Api) -> Vec<String> {
+    let (status, body) = api.call("GET", "/v1/mappings", None).await;
+    assert_eq!(status, 200, "{body}");
+    body.as_array()
+        .expect("array")
+        .iter()
+        .map(|m| m["name"].as_str().expect("name").to_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn added_mapping_serves_and_survives_a_restart_and_drained_ones_do_not_come_back() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let state = dir.path().join("state.json");
+    let s = setup(&state).await;
+    let web = free_port();
+    let gone = free_port();
+    let (status, body) =
+        s.api.call("POST", "/v1/mappings", Some(add_body("web", web, s.echo))).await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["state"], "active");
+    // Listening before the call returned: no waiting needed.
+    assert!(serves(web).await, "added mapping does not serve");
+    let (status, _) =
+        s.api.call("POST", "/v1/mappings", Some(add_body("gone", gone, s.echo))).await;
+    assert_eq!(status, 201);
+    let (status, _) =
+        s.api.call("POST", "/v1/mappings/gone/drain", Some(json!({"deadline_secs": 0}))).await;
+    assert_eq!(status, 202);
+
+    let toml = s.toml.clone();
+    let echo = s.echo;
+    s.stop().await;
+    let cloud = Cloud::start(cloud_config(&toml)).await.expect("cloud restarts");
+    let edge =
+        Edge::start(edge_config(&edge_toml(cloud.tunnel_addr(), &[echo.to_string()], TOKEN)))
+            .expect("edge");
+    let api = Api::new(cloud.control_addr().expect("control"), Some(ADMIN_TOKEN));
+    let names = mapping_names(&api).await;
+    assert!(names.contains(&"web".to_owned()), "runtime mapping lost on restart: {names:?}");
+    assert!(!names.contains(&"gone".to_owned()), "drained mapping came back: {names:?}");
+    assert_eq!(cloud.mapping_addr("web"), Some(web), "same address after restart");
+    assert!(
+        eventually(Duration::from_secs(10), || serves(web)).await,
+        "runtime mapping does not serve after restart"
+    );
+    edge.shutdown().await;
+    cloud.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adding_on_a_port_in_use_fails_clearly_and_changes_nothing() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let s = setup(&dir.path().join("state.json")).await;
+    let squatter = TcpListener::bind("127.0.0.1:0").await.expect("squatter");
+    let taken = squatter.local_addr().expect("addr");
+    let (status, body) =
+        s.api.call("POST", "/v1/mappings", Some(add_body("web", taken, s.echo))).await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["code"], "bind_failed");
+    assert!(body["error"].as_str().expect("error").contains(&taken.to_string()), "{body}");
+    assert_eq!(mapping_names(&s.api).await, vec!["base".to_owned()]);
+    assert!(serves(s.cloud.mapping_addr("base").expect("base")).await);
+    // Other bad requests: each a clear 4xx naming the problem.
+    let cases = [
+        (add_body("base", free_port(), s.echo), 409, "already exists"),
+        (json!({"name": "x", "listen": "nonsense", "edge": "e1", "target": "h:1"}), 400, "listen"),
+        (
+            json!({"name": "x", "listen": "127.0.0.1:0", "edge": "nobody", "target": "h:1"}),
+            422,
+            "unknown edge",
+        ),
+        (
+            json!({"name": "x", "listen": "127.0.0.1:0", "edge": "e1", "target": "no-port"}),
+            400,
+            "target",
+        ),
+        (
+            json!({"name": "x", "listen": "127.0.0.1:0", "edge": "e1", "target": "h:1", "lisen": 1}),
+            400,
+            "lisen",
+        ),
+    ];
+    for (body, expected, fragment) in cases {
+        let (status, answer) = s.api.call("POST", "/v1/mappings", Some(body.clone())).await;
+        assert_eq!(status, expected, "{body} -> {answer}");
+        assert!(answer.to_string().contains(fragment), "{body} -> {answer}");
+    }
+    assert_eq!(mapping_names(&s.api).await, vec!["base".to_owned()]);
+    drop(squatter);
+    s.stop().await;
+}
+
+async fn round_trip(tcp: &mut TcpStream, payload: &[u8]) -> std::io::Result<()> {
+    tcp.write_all(payload).await?;
+    let mut back = vec![0u8; payload.len()];
+    tokio::time::timeout(Duration::from_secs(5), tcp.read_exact(&mut back))
+        .await
+        .map_err(|_| std::io::Error::other("timed out"))??;
+    assert_eq!(back, payload);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_refuses_new_connections_and_lets_open_ones_finish() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let s = setup(&dir.path().join("state.json")).await;
+    let public = s.cloud.mapping_addr("base").expect("base");
+    let mut open = TcpStream::connect(public).await.expect("connect");
+    round_trip(&mut open, b"before").await.expect("round trip before drain");
+
+    let (status, body) =
+        s.api.call("POST", "/v1/mappings/base/drain", Some(json!({"deadline_secs": 60}))).await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["state"], "draining");
+    // The listener is closed at once: a new client is refused.
+    assert!(TcpStream::connect(public).await.is_err(), "new connection accepted while draining");
+    // The open connection keeps working, and is counted.
+    round_trip(&mut open, b"during").await.expect("round trip during drain");
+    let (_, m) = s.api.call("GET", "/v1/mappings/base", None).await;
+    assert_eq!(m["state"], "draining");
+    assert_eq!(m["active_connections"], 1);
+    assert!(m["drain_remaining_ms"].as_u64().expect("remaining") > 50_000, "{m}");
+    // Once it closes, the mapping goes away.
+    open.shutdown().await.expect("shutdown");
+    let mut rest = Vec::new();
+    open.read_to_end(&mut rest).await.expect("read to end");
+    let api = s.api.clone();
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            let api = api.clone();
+            async move { api.call("GET", "/v1/mappings/base", None).await.0 == 404 }
+        })
+        .await,
+        "drained mapping still listed"
+    );
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_deadline_resets_connections_still_open() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let s = setup(&dir.path().join("state.json")).await;
+    let public = s.cloud.mapping_addr("base").expect("base");
+    let mut open = TcpStream::connect(public).await.expect("connect");
+    round_trip(&mut open, b"hello").await.expect("round trip");
+    let (status, _) =
+        s.api.call("POST", "/v1/mappings/base/drain", Some(json!({"deadline_secs": 1}))).await;
+    assert_eq!(status, 202);
+    // Keep the connection idle: at the deadline the agent resets it.
+    let mut buf = [0u8; 16];
+    let ended = tokio::time::timeout(Duration::from_secs(5), open.read(&mut buf)).await;
+    assert!(matches!(ended, Ok(Ok(0) | Err(_))), "connection not ended at the deadline: {ended:?}");
+    assert_eq!(s.api.call("GET", "/v1/mappings/base", None).await.0, 404);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_whose_last_change_fails_leaves_nothing_and_dry_run_changes_nothing() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let s = setup(&dir.path().join("state.json")).await;
+    let (a, b) = (free_port(), free_port());
+    let squatter = TcpListener::bind("127.0.0.1:0").await.expect("squatter");
+    let taken = squatter.local_addr().expect("addr");
+    let batch = json!({ "changes": [
+        {"op": "add", "name": "a", "listen": a.to_string(), "edge": "e1", "target": s.echo.to_string()},
+        {"op": "add", "name": "b", "listen": b.to_string(), "edge": "e1", "target": s.echo.to_string()},
+        {"op": "drain", "name": "base"},
+        {"op": "add", "name": "c", "listen": taken.to_string(), "edge": "e1", "target": s.echo.to_string()},
+    ]});
+    let (status, body) = s.api.call("POST", "/v1/batch", Some(batch)).await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["applied"], false);
+    assert_eq!(body["outcomes"][3]["ok"], false);
+    assert_eq!(mapping_names(&s.api).await, vec!["base".to_owned()]);
+    // The first two listeners were rolled back: their ports are free again.
+    TcpListener::bind(a).await.expect("port of rolled-back mapping a is free");
+    TcpListener::bind(b).await.expect("port of rolled-back mapping b is free");
+    assert!(serves(s.cloud.mapping_addr("base").expect("base still active")).await);
+
+    // A plan error (unknown edge) on the last line: nothing changes either.
+    let batch = json!({ "changes": [
+        {"op": "add", "name": "a", "listen": a.to_string(), "edge": "e1", "target": s.echo.to_string()},
+        {"op": "add", "name": "z", "listen": "127.0.0.1:0", "edge": "nobody", "target": "h:1"},
+    ]});
+    let (status, body) = s.api.call("POST", "/v1/batch", Some(batch)).await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(mapping_names(&s.api).await, vec!["base".to_owned()]);
+
+    // A dry run reports the plan and changes nothing.
+    let batch = json!({ "dry_run": true, "changes": [
+        {"op": "add", "name": "a", "listen": a.to_string(), "edge": "e1", "target": s.echo.to_string()},
+        {"op": "remove", "name": "base"},
+    ]});
+    let (status, body) = s.api.call("POST", "/v1/batch", Some(batch)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["dry_run"], true);
+    assert_eq!(body["applied"], false);
+    assert!(
+        body["outcomes"].as_array().expect("outcomes").iter().all(|o| o["ok"] == true),
+        "{body}"
+    );
+    assert_eq!(mapping_names(&s.api).await, vec!["base".to_owned()]);
+    TcpListener::bind(a).await.expect("dry run bound nothing");
+
+    // And the same batch for real applies both changes.
+    let batch = json!({ "changes": [
+        {"op": "add", "name": "a", "listen": a.to_string(), "edge": "e1", "target": s.echo.to_string()},
+        {"op": "remove", "name": "base"},
+    ]});
+    let (status, body) = s.api.call("POST", "/v1/batch", Some(batch)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["applied"], true);
+    assert_eq!(mapping_names(&s.api).await, vec!["a".to_owned()]);
+    assert!(serves(a).await);
+    drop(squatter);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_endpoint_but_ready_needs_the_admin_token() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let s = setup(&dir.path().join("state.json")).await;
+    let addr = s.cloud.control_addr().expect("control");
+    let endpoints: [(&str, &str, Option<Value>); 10] = [
+        ("GET", "/metrics", None),
+        ("GET", "/v1/snapshot", None),
+        ("GET", "/v1/stream", None),
+        ("GET", "/v1/mappings", None),
+        ("POST", "/v1/mappings", Some(add_body("x", free_port(), s.echo))),
+        ("GET", "/v1/mappings/base", None),
+        ("POST", "/v1/mappings/base/drain", Some(json!({}))),
+        ("DELETE", "/v1/mappings/base", None),
+        ("GET", "/v1/edges", None),
+        ("POST", "/v1/batch", Some(json!({"changes": [{"op": "remove", "name": "base"}]}))),
+    ];
+    let wrong = ["", "wrong-token-wrong-token-wrong-00", TOKEN /* an edge's token */];
+    for (method, path, body) in &endpoints {
+        let (status, _) = Api::new(addr, None).call(method, path, body.clone()).await;
+        assert_eq!(status, 401, "{method} {path} without a token");
+        for token in wrong {
+            let (status, answer) =
+                Api::new(addr, Some(token)).call(method, path, body.clone()).await;
+            assert_eq!(status, 401, "{method} {path} with token {token:?}: {answer}");
+        }
+    }
+    // Nothing changed, and /edges/drain too is guarded.
+    assert_eq!(Api::new(addr, None).call("POST", "/v1/edges/e1/drain", None).await.0, 401);
+    assert_eq!(mapping_names(&s.api).await, vec!["base".to_owned()]);
+    assert!(serves(s.cloud.mapping_addr("base").expect("base")).await);
+    assert_eq!(Api::new(addr, None).call("GET", "/ready", None).await.0, 200);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn figures_match_a_known_transfer() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let s = setup(&dir.path().join("state.json")).await;
+    let web = free_port();
+    let (status, _) = s.api.call("POST", "/v1/mappings", Some(add_body("web", web, s.echo))).await;
+    assert_eq!(status, 201);
+    let payload = vec![42u8; 300_000];
+    for _ in 0..3 {
+        let back = echo_once(web, &payload).await.expect("transfer");
+        assert_eq!(back.len(), payload.len());
+    }
+    let api = s.api.clone();
+    let matched = eventually(Duration::from_secs(5), || {
+        let api = api.clone();
+        async move {
+            let (_, snap) = api.call("GET", "/v1/snapshot", None).await;
+            let Some(m) =
+                snap["mappings"].as_array().and_then(|ms| ms.iter().find(|m| m["name"] == "web"))
+            else {
+                return false;
+            };
+            m["bytes_in"] == 900_000
+                && m["bytes_out"] == 900_000
+                && m["total_connections"] == 3
+                && m["active_connections"] == 0
+        }
+    })
+    .await;
+    assert!(
+        matched,
+        "snapshot never matched the transfer: {}",
+        s.api.call("GET", "/v1/snapshot", None).await.1
+    );
+    let (_, snap) = s.api.call("GET", "/v1/snapshot", None).await;
+    let series = snap["series"]
+        .as_array()
+        .expect("series")
+        .iter()
+        .find(|x| x["name"] == "web")
+        .expect("web series");
+    assert_eq!(series["connect_latency_us"]["count"], 3, "{series}");
+    let sparkline_total: u64 = series["throughput_in"]
+        .as_array()
+        .expect("in")
+        .iter()
+        .map(|v| v.as_u64().expect("u64"))
+        .sum();
+    assert_eq!(sparkline_total, 900_000, "per-second samples must add up to the bytes moved");
+    let edge =
+        snap["edges"].as_array().expect("edges").iter().find(|e| e["id"] == "e1").expect("e1");
+    assert_eq!(edge["tunnels_up"], 2, "{edge}");
+    let (status, text) = s.api.call("GET", "/metrics", None).await;
+    assert_eq!(status, 200);
+    let text = text.as_str().expect("text");
+    assert!(text.contains("relay_mapping_bytes_in_total{mapping=\"web\"} 900000"), "{text}");
+    assert!(text.contains("relay_mapping_connections_total{mapping=\"web\"} 3"), "{text}");
+    assert!(text.contains("relay_edge_tunnels{edge=\"e1\"} 2"), "{text}");
+    s.stop().await;
+}
