@@ -335,13 +335,28 @@ impl Api {
     }
 
     /// Sends a request; returns the status and the body parsed as JSON
-    /// (`Null` when empty, a string when not JSON).
+    /// (`Null` when empty, a string when not JSON). Panics if the request
+    /// cannot be sent at all.
     pub async fn call(
         &self,
         method: &str,
         path: &str,
         body: Option<serde_json::Value>,
     ) -> (u16, serde_json::Value) {
+        self.try_call(method, path, body).await.unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+    }
+
+    /// Like [`call`](Self::call), but a transport failure (agent down,
+    /// connection reset) is an `Err` instead of a panic.
+    ///
+    /// # Errors
+    /// The transport error, as text.
+    pub async fn try_call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<(u16, serde_json::Value), String> {
         let this = self.clone();
         let method = method.to_owned();
         let url = format!("{}{path}", self.base);
@@ -356,11 +371,11 @@ impl Api {
                     request
                         .header("content-type", "application/json")
                         .body(b.to_string())
-                        .expect("request"),
+                        .map_err(|e| e.to_string())?,
                 ),
-                None => this.agent.run(request.body(()).expect("request")),
+                None => this.agent.run(request.body(()).map_err(|e| e.to_string())?),
             };
-            let mut response = result.unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+            let mut response = result.map_err(|e| e.to_string())?;
             let status = response.status().as_u16();
             let text = response.body_mut().read_to_string().unwrap_or_default();
             let json = if text.is_empty() {
@@ -368,9 +383,9 @@ impl Api {
             } else {
                 serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text))
             };
-            (status, json)
+            Ok((status, json))
         })
         .await
-        .expect("api call task")
+        .map_err(|e| e.to_string())?
     }
 }
