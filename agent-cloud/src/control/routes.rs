@@ -64,8 +64,13 @@ async fn ready(State(state): State<Shared>) -> StatusCode {
     }
 }
 
+/// A snapshot as of now (the stream's are up to a second old).
+fn fresh_snapshot(state: &ControlState) -> api::Snapshot {
+    crate::sampler::snapshot(&state.mappings, &state.edges, crate::clock::now_secs())
+}
+
 async fn metrics(State(state): State<Shared>) -> Response {
-    let snapshot = Arc::clone(&state.snapshots.borrow());
+    let snapshot = fresh_snapshot(&state);
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
         prometheus::render(&snapshot),
@@ -74,8 +79,7 @@ async fn metrics(State(state): State<Shared>) -> Response {
 }
 
 async fn snapshot(State(state): State<Shared>) -> Response {
-    let snapshot = Arc::clone(&state.snapshots.borrow());
-    Json(&*snapshot).into_response()
+    Json(fresh_snapshot(&state)).into_response()
 }
 
 /// A WebSocket that receives a JSON snapshot about once a second.
