@@ -105,8 +105,11 @@ impl Cloud {
         };
         let control_addr = control_listener.as_ref().and_then(|l| l.local_addr().ok());
 
-        let edges =
-            Arc::new(EdgeRegistry::new(config.tunnel.max_tunnels_per_edge, config.edge_ids()));
+        let edges = Arc::new(EdgeRegistry::new(
+            config.tunnel.max_tunnels_per_edge,
+            config.edge_ids(),
+            &config.groups,
+        ));
         let store = config.control.as_ref().map(|c| Store::new(c.state_file.clone()));
         let persisted = match &store {
             Some(store) => store.load().map_err(|e| StartError::State(e.to_string()))?,
@@ -114,10 +117,9 @@ impl Cloud {
         };
         let mut reserved = vec![tunnel_addr];
         reserved.extend(control_addr);
-        let known_edges = config.edge_ids().map(str::to_owned).collect();
         let runtime_specs = persisted.added.clone();
         let removed = persisted.removed.clone();
-        let mappings = Mappings::new(store, persisted, Arc::clone(&edges), known_edges, reserved);
+        let mappings = Mappings::new(store, persisted, Arc::clone(&edges), reserved);
         for m in &config.mappings {
             if removed.contains(&m.name) {
                 info!(mapping = %m.name, "not started: drained or removed at run time (see the state file)");

@@ -57,17 +57,34 @@ impl EdgeState {
     }
 }
 
-/// Every configured edge, by id.
+/// Every configured edge, by id, and the edge groups.
 #[derive(Debug)]
 pub(crate) struct EdgeRegistry {
     max_tunnels: u32,
     edges: Mutex<BTreeMap<String, EdgeState>>,
+    /// Group id to member edge ids.
+    groups: BTreeMap<String, Vec<String>>,
 }
 
 impl EdgeRegistry {
-    pub(crate) fn new<'a>(max_tunnels: u32, ids: impl Iterator<Item = &'a str>) -> Self {
+    pub(crate) fn new<'a>(
+        max_tunnels: u32,
+        ids: impl Iterator<Item = &'a str>,
+        groups: &[config::EdgeGroup],
+    ) -> Self {
         let edges = ids.map(|id| (id.to_owned(), EdgeState::default())).collect();
-        Self { max_tunnels, edges: Mutex::new(edges) }
+        let groups = groups.iter().map(|g| (g.id.clone(), g.edges.clone())).collect();
+        Self { max_tunnels, edges: Mutex::new(edges), groups }
+    }
+
+    /// Whether `target` names a configured edge or group.
+    pub(crate) fn knows(&self, target: &str) -> bool {
+        self.groups.contains_key(target) || self.lock().contains_key(target)
+    }
+
+    /// Every edge and group id, for error messages.
+    pub(crate) fn target_names(&self) -> Vec<String> {
+        self.lock().keys().cloned().chain(self.groups.keys().cloned()).collect()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, EdgeState>> {
@@ -119,21 +136,31 @@ impl EdgeRegistry {
         info!(edge = edge_id, tunnels = state.tunnels.len(), "edge tunnel up");
     }
 
-    /// The live, non-draining tunnel of `edge_id` with the fewest streams,
-    /// unless an operator drained the edge.
-    pub(crate) fn pick(&self, edge_id: &str) -> Option<Tunnel> {
+    /// The live tunnel with the fewest streams among the edges `target`
+    /// names (one edge, or a group's members), skipping edges an operator
+    /// drained, tunnels whose edge is shutting down, and `exclude`.
+    pub(crate) fn pick(&self, target: &str, exclude: &[u64]) -> Option<Tunnel> {
+        let ids: Vec<&str> = match self.groups.get(target) {
+            Some(members) => members.iter().map(String::as_str).collect(),
+            None => vec![target],
+        };
         let mut edges = self.lock();
-        let state = edges.get_mut(edge_id)?;
-        if state.draining {
-            return None;
+        let mut best: Option<Tunnel> = None;
+        for id in ids {
+            let Some(state) = edges.get_mut(id) else { continue };
+            if state.draining {
+                continue;
+            }
+            state.prune();
+            for t in
+                state.tunnels.iter().filter(|t| !t.peer_draining() && !exclude.contains(&t.id()))
+            {
+                if best.as_ref().is_none_or(|b| t.active_streams() < b.active_streams()) {
+                    best = Some(t.clone());
+                }
+            }
         }
-        state.prune();
-        state
-            .tunnels
-            .iter()
-            .filter(|t| !t.peer_draining())
-            .min_by_key(|t| t.active_streams())
-            .cloned()
+        best
     }
 
     pub(crate) fn live_tunnels(&self, edge_id: &str) -> usize {

@@ -11,6 +11,7 @@
 //!   fencing; picks the least loaded tunnel for a new stream.
 //! - `handshake`: the server side of the tunnel handshake.
 //! - `tunnel_listener`: accepts WebSocket (optionally TLS) connections.
+//! - `gate`: bounds unauthenticated handshakes, overall and per address.
 //! - `mapping`: one mapping at run time: accept loop, client allowlist,
 //!   relay, figures.
 //! - `mappings`: the mapping table; add, drain, remove and atomic batches.
@@ -24,6 +25,7 @@ mod cloud;
 mod control;
 mod edges;
 mod errors;
+mod gate;
 mod handshake;
 mod mapping;
 mod mappings;

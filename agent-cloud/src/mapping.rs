@@ -103,6 +103,55 @@ impl MappingEntry {
     }
 }
 
+/// Tunnels tried for one client before giving up: with an edge group, a
+/// tunnel that died before the cloud noticed costs one retry, not the
+/// client's connection.
+const OPEN_ATTEMPTS: usize = 3;
+
+/// Opens a stream for a client on the least loaded tunnel of the mapping's
+/// edge or group, trying another tunnel when one turns out to be gone or
+/// draining. `None` when no tunnel could carry it (logged).
+async fn open_stream(
+    entry: &MappingEntry,
+    edges: &EdgeRegistry,
+) -> Option<(tunnel::Tunnel, tunnel::MuxStream)> {
+    let m = &entry.spec;
+    let mut tried = Vec::new();
+    for _ in 0..OPEN_ATTEMPTS {
+        let Some(tunnel) = edges.pick(&m.edge, &tried) else {
+            if tried.is_empty() {
+                info!(edge = %m.edge, "no live tunnel to the edge; client closed");
+            }
+            return None;
+        };
+        let open = tunnel.open_stream(&m.name, &m.target.host, m.target.port);
+        let result = tokio::select! {
+            () = entry.reset_connections.cancelled() => return None,
+            result = tokio::time::timeout(OPEN_TIMEOUT, open) => result,
+        };
+        match result {
+            Ok(Ok(stream)) => return Some((tunnel, stream)),
+            Ok(Err(
+                e @ (tunnel::OpenError::Closed(_)
+                | tunnel::OpenError::Draining
+                | tunnel::OpenError::TooManyStreams(_)),
+            )) => {
+                info!(tunnel = tunnel.id(), error = %e, "tunnel cannot take the stream; trying another");
+                tried.push(tunnel.id());
+            }
+            Ok(Err(e)) => {
+                info!(tunnel = tunnel.id(), error = %e, "stream not opened; client closed");
+                return None;
+            }
+            Err(_) => {
+                warn!(tunnel = tunnel.id(), "edge did not answer the open in time; client closed");
+                return None;
+            }
+        }
+    }
+    None
+}
+
 /// Closes a client connection with an RST, as a refused or failed direct
 /// connection would look.
 fn reset(tcp: TcpStream) {
@@ -163,38 +212,14 @@ pub(crate) async fn run(
 }
 
 async fn serve_client(entry: &MappingEntry, edges: &EdgeRegistry, tcp: TcpStream) {
-    let m = &entry.spec;
     let counters = &entry.metrics.counters;
     counters.total.fetch_add(1, Ordering::Relaxed);
     let _active = ActiveGuard::new(&counters.active);
-    let Some(tunnel) = edges.pick(&m.edge) else {
-        info!(edge = %m.edge, "no live tunnel to the edge; client closed");
+    let started = Instant::now();
+    let Some((tunnel, stream)) = open_stream(entry, edges).await else {
         counters.failed.fetch_add(1, Ordering::Relaxed);
         reset(tcp);
         return;
-    };
-    let started = Instant::now();
-    let open = tunnel.open_stream(&m.name, &m.target.host, m.target.port);
-    let stream = tokio::select! {
-        () = entry.reset_connections.cancelled() => {
-            reset(tcp);
-            return;
-        }
-        result = tokio::time::timeout(OPEN_TIMEOUT, open) => match result {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(e)) => {
-                info!(tunnel = tunnel.id(), error = %e, "stream not opened; client closed");
-                counters.failed.fetch_add(1, Ordering::Relaxed);
-                reset(tcp);
-                return;
-            }
-            Err(_) => {
-                warn!(tunnel = tunnel.id(), "edge did not answer the open in time; client closed");
-                counters.failed.fetch_add(1, Ordering::Relaxed);
-                reset(tcp);
-                return;
-            }
-        },
     };
     let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
     entry.metrics.record_connect(micros, crate::clock::now_secs());

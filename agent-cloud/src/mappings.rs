@@ -10,7 +10,7 @@
 //! 3. **commit**: the new state file is written (atomically), then the
 //!    table changes. If the write fails, nothing has changed either.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -56,7 +56,6 @@ pub(crate) struct Mappings {
     persisted: tokio::sync::Mutex<PersistedState>,
     store: Option<Store>,
     edges: Arc<EdgeRegistry>,
-    known_edges: BTreeSet<String>,
     /// Addresses of the agent's own listeners (tunnel, control).
     reserved: Vec<SocketAddr>,
     pub(crate) all_connections: TaskTracker,
@@ -74,7 +73,6 @@ impl Mappings {
         store: Option<Store>,
         persisted: PersistedState,
         edges: Arc<EdgeRegistry>,
-        known_edges: BTreeSet<String>,
         reserved: Vec<SocketAddr>,
     ) -> Arc<Self> {
         Arc::new(Self {
@@ -82,7 +80,6 @@ impl Mappings {
             persisted: tokio::sync::Mutex::new(persisted),
             store,
             edges,
-            known_edges,
             reserved,
             all_connections: TaskTracker::new(),
             abort_all: CancellationToken::new(),
@@ -96,13 +93,13 @@ impl Mappings {
     /// Binds and starts a mapping from the config or the state file at
     /// start-up. A bind failure leaves it in the table as failed.
     pub(crate) async fn start_one(self: &Arc<Self>, spec: MappingConfig, source: MappingSource) {
-        let bound = if self.known_edges.contains(&spec.edge) {
+        let bound = if self.edges.knows(&spec.edge) {
             match TcpListener::bind(spec.listen).await {
                 Ok(listener) => Ok(listener),
                 Err(e) => Err(format!("cannot listen on {}: {e}", spec.listen)),
             }
         } else {
-            Err(format!("edge {:?} is not configured", spec.edge))
+            Err(format!("edge or group {:?} is not configured", spec.edge))
         };
         match bound {
             Ok(listener) => self.insert_listening(spec, source, listener),
@@ -299,11 +296,14 @@ impl Mappings {
             spec.max_connections,
         )
         .map_err(|e| ChangeError::new(ErrorKind::Invalid, e.to_string()))?;
-        if !self.known_edges.contains(&m.edge) {
-            let known: Vec<&str> = self.known_edges.iter().map(String::as_str).collect();
+        if !self.edges.knows(&m.edge) {
             return Err(ChangeError::new(
                 ErrorKind::UnknownEdge,
-                format!("edge: unknown edge {:?} (configured edges: {known:?})", m.edge),
+                format!(
+                    "edge: unknown edge or group {:?} (configured: {:?})",
+                    m.edge,
+                    self.edges.target_names()
+                ),
             ));
         }
         if names.contains_key(&m.name) {

@@ -1,5 +1,6 @@
 //! Accepts edge tunnels: TCP, then TLS when configured, then WebSocket,
-//! then the handshake, each bounded in time.
+//! then the handshake, all within one handshake timeout and behind the
+//! admission [`Gate`](crate::gate::Gate).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -8,17 +9,13 @@ use std::time::Duration;
 use config::CloudConfig;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 use tunnel::{MuxSettings, Role, Tunnel};
 
 use crate::edges::EdgeRegistry;
+use crate::gate::{Gate, Ticket};
 use crate::handshake::{self, HandshakeError};
-
-/// Handshakes in progress at once; more connections wait in the kernel's
-/// accept queue, so a flood of slow handshakes cannot exhaust memory.
-const MAX_PENDING_HANDSHAKES: usize = 256;
 
 #[derive(Debug)]
 pub(crate) struct TunnelListener {
@@ -30,15 +27,10 @@ pub(crate) struct TunnelListener {
 
 pub(crate) async fn run(this: TunnelListener, listener: TcpListener) {
     let this = Arc::new(this);
-    let pending = Arc::new(Semaphore::new(MAX_PENDING_HANDSHAKES));
+    let gate = Arc::new(Gate::default());
     let acceptor = this.tls.clone().map(tokio_rustls::TlsAcceptor::from);
     let next_id = AtomicU64::new(1);
     loop {
-        let permit = tokio::select! {
-            () = this.stop.cancelled() => return,
-            permit = Arc::clone(&pending).acquire_owned() => permit,
-        };
-        let Ok(permit) = permit else { return };
         let (tcp, peer) = tokio::select! {
             () = this.stop.cancelled() => return,
             accepted = listener.accept() => match accepted {
@@ -51,6 +43,10 @@ pub(crate) async fn run(this: TunnelListener, listener: TcpListener) {
                 }
             },
         };
+        let Some(ticket) = gate.admit(peer.ip()) else {
+            drop(tcp);
+            continue;
+        };
         let id = next_id.fetch_add(1, Ordering::Relaxed);
         let this = Arc::clone(&this);
         let acceptor = acceptor.clone();
@@ -58,16 +54,18 @@ pub(crate) async fn run(this: TunnelListener, listener: TcpListener) {
         tokio::spawn(
             async move {
                 let _ = tcp.set_nodelay(true);
+                // One deadline for TLS, the upgrade and the handshake
+                // together, so a slow drip cannot stretch it step by step.
+                let deadline = tokio::time::Instant::now() + this.config.tunnel.handshake_timeout;
                 match acceptor {
                     Some(acceptor) => {
-                        let timeout = this.config.tunnel.handshake_timeout;
-                        match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
-                            Ok(Ok(tls)) => serve(&this, tls, id, permit).await,
+                        match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
+                            Ok(Ok(tls)) => serve(&this, tls, id, ticket, deadline).await,
                             Ok(Err(e)) => info!(error = %e, "TLS handshake failed"),
                             Err(_) => info!("TLS handshake timed out"),
                         }
                     }
-                    None => serve(&this, tcp, id, permit).await,
+                    None => serve(&this, tcp, id, ticket, deadline).await,
                 }
             }
             .instrument(span),
@@ -79,15 +77,15 @@ async fn serve<S>(
     this: &TunnelListener,
     stream: S,
     id: u64,
-    permit: tokio::sync::OwnedSemaphorePermit,
+    ticket: Ticket,
+    deadline: tokio::time::Instant,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let tunnel_config = &this.config.tunnel;
-    let timeout = tunnel_config.handshake_timeout;
     let ws_config = tunnel::wire::websocket_config(proto::DEFAULT_MAX_FRAME_PAYLOAD);
     let ws = tokio_tungstenite::accept_async_with_config(stream, Some(ws_config));
-    let mut ws = match tokio::time::timeout(timeout, ws).await {
+    let mut ws = match tokio::time::timeout_at(deadline, ws).await {
         Ok(Ok(ws)) => ws,
         Ok(Err(e)) => {
             info!(error = %e, "not a WebSocket tunnel request; closed");
@@ -98,7 +96,9 @@ async fn serve<S>(
             return;
         }
     };
-    let admitted = match handshake::accept(&mut ws, &this.config, &this.edges, id, timeout).await {
+    let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+    let admitted = match handshake::accept(&mut ws, &this.config, &this.edges, id, remaining).await
+    {
         Ok(admitted) => admitted,
         Err(HandshakeError::Refused { code, message, edge_id }) => {
             warn!(edge = %edge_id, ?code, %message, "edge refused");
@@ -109,7 +109,7 @@ async fn serve<S>(
             return;
         }
     };
-    drop(permit);
+    drop(ticket);
     let settings = MuxSettings {
         heartbeat_interval: tunnel_config.heartbeat_interval,
         heartbeat_timeout: tunnel_config.heartbeat_timeout,

@@ -26,6 +26,9 @@ pub struct CloudConfig {
     pub tunnel: TunnelListenConfig,
     /// `[[edges]]`: the edges allowed to connect; at least one, ids unique.
     pub edges: Vec<EdgeEntry>,
+    /// `[[groups]]`: named sets of edges that can reach the same targets; a
+    /// mapping may name a group instead of one edge for failover.
+    pub groups: Vec<EdgeGroup>,
     /// `[[mappings]]`: public listeners relayed through an edge.
     pub mappings: Vec<MappingConfig>,
     /// `shutdown_grace`: how long open connections may drain on shutdown.
@@ -43,6 +46,17 @@ pub struct EdgeEntry {
     pub id: String,
     /// From `token` or the file named by `token_file`.
     pub token: Secret,
+}
+
+/// `[[groups]]`: edges on different machines that can reach the same
+/// destinations. New connections of a mapping that names the group go to
+/// its healthy edge with the fewest open streams.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EdgeGroup {
+    /// `id`: unique among edge ids and group ids.
+    pub id: String,
+    /// `edges`: ids of configured `[[edges]]`, at least one, no repeats.
+    pub edges: Vec<String>,
 }
 
 impl CloudConfig {
@@ -70,6 +84,15 @@ impl CloudConfig {
         self.edges.iter().find(|e| e.id == id)
     }
 
+    /// The edges a mapping target names: the edge itself, or a group's
+    /// members. Empty for an unknown name.
+    pub fn edges_of(&self, target: &str) -> Vec<&str> {
+        if let Some(group) = self.groups.iter().find(|g| g.id == target) {
+            return group.edges.iter().map(String::as_str).collect();
+        }
+        self.edge(target).map(|e| vec![e.id.as_str()]).unwrap_or_default()
+    }
+
     /// The ids of the `[[edges]]` entries, in file order.
     pub fn edge_ids(&self) -> impl Iterator<Item = &str> {
         self.edges.iter().map(|e| e.id.as_str())
@@ -82,6 +105,8 @@ struct RawCloud {
     tunnel: RawTunnel,
     #[serde(default)]
     edges: Vec<Spanned<RawEdge>>,
+    #[serde(default)]
+    groups: Vec<Spanned<RawGroup>>,
     #[serde(default)]
     mappings: Vec<RawMapping>,
     #[serde(default = "serde_fns::shutdown_grace")]
@@ -96,6 +121,13 @@ struct RawEdge {
     id: Spanned<String>,
     token: Option<Spanned<String>>,
     token_file: Option<Spanned<PathBuf>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGroup {
+    id: Spanned<String>,
+    edges: Spanned<Vec<Spanned<String>>>,
 }
 
 impl RawCloud {
@@ -125,13 +157,44 @@ impl RawCloud {
             .resolve(doc)?;
             edges.push(EdgeEntry { id, token });
         }
+        let mut groups = Vec::with_capacity(self.groups.len());
+        for (i, raw) in self.groups.into_iter().enumerate() {
+            let raw = raw.into_inner();
+            let id_key = format!("groups[{i}].id");
+            let id = values::name(doc, &id_key, &raw.id)?;
+            unique(doc, &mut ids, &raw.id, &id_key, "edge or group id")?;
+            let key = format!("groups[{i}].edges");
+            if raw.edges.get_ref().is_empty() {
+                return Err(doc.error_at(
+                    raw.edges.span(),
+                    format!("{key}: a group needs at least one edge"),
+                ));
+            }
+            let mut members = HashMap::new();
+            for member in raw.edges.get_ref() {
+                if !edges.iter().any(|e: &EdgeEntry| &e.id == member.get_ref()) {
+                    let known: Vec<String> = edges.iter().map(|e| format!("{:?}", e.id)).collect();
+                    return Err(doc.error_at(
+                        member.span(),
+                        format!(
+                            "{key}: unknown edge {:?} (configured edges: {})",
+                            member.get_ref(),
+                            known.join(", ")
+                        ),
+                    ));
+                }
+                unique(doc, &mut members, member, &key, "group member")?;
+            }
+            let members = raw.edges.into_inner().into_iter().map(Spanned::into_inner).collect();
+            groups.push(EdgeGroup { id, edges: members });
+        }
         let mut mappings = Vec::with_capacity(self.mappings.len());
         let mut names = HashMap::new();
         for (i, raw) in self.mappings.into_iter().enumerate() {
             let key = format!("mappings[{i}].name");
             values::name(doc, &key, &raw.name)?;
             unique(doc, &mut names, &raw.name, &key, "mapping name")?;
-            let mapping = raw.validate(doc, i, &tunnel, &edges, &mappings)?;
+            let mapping = raw.validate(doc, i, &tunnel, &edges, &groups, &mappings)?;
             mappings.push(mapping);
         }
         let control = match self.control {
@@ -146,7 +209,7 @@ impl RawCloud {
             None => None,
         };
         let shutdown_grace = self.shutdown_grace.into_inner().0;
-        Ok(CloudConfig { tunnel, edges, mappings, shutdown_grace, control, log })
+        Ok(CloudConfig { tunnel, edges, groups, mappings, shutdown_grace, control, log })
     }
 }
 

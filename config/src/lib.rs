@@ -62,7 +62,7 @@ mod secret;
 mod tunnel;
 mod values;
 
-pub use cloud::{CloudConfig, EdgeEntry};
+pub use cloud::{CloudConfig, EdgeEntry, EdgeGroup};
 pub use cloud_url::CloudUrl;
 pub use control::ControlConfig;
 pub use defaults::*;

@@ -12,7 +12,7 @@ use crate::defaults::MAX_CONNECTIONS_RANGE;
 use crate::error::{ConfigError, Doc, FieldError};
 use crate::tunnel::TunnelListenConfig;
 use crate::values::{self, Addr, Net};
-use crate::{EdgeEntry, HostPort};
+use crate::{EdgeEntry, EdgeGroup, HostPort};
 
 /// `[[mappings]]`: a public listener whose connections are relayed through
 /// an edge to a target.
@@ -22,7 +22,8 @@ pub struct MappingConfig {
     pub name: String,
     /// `listen`: unique socket address; port 0 picks a free port.
     pub listen: SocketAddr,
-    /// `edge`: the id of a configured `[[edges]]` entry.
+    /// `edge`: the id of a configured `[[edges]]` entry or `[[groups]]`
+    /// entry (several edges that can all reach the target).
     pub edge: String,
     /// `target`: the `host:port` the edge connects to.
     pub target: HostPort,
@@ -102,6 +103,7 @@ impl RawMapping {
         i: usize,
         tunnel: &TunnelListenConfig,
         edges: &[EdgeEntry],
+        groups: &[EdgeGroup],
         earlier: &[MappingConfig],
     ) -> Result<MappingConfig, ConfigError> {
         let key = |k: &str| format!("mappings[{i}].{k}");
@@ -110,12 +112,17 @@ impl RawMapping {
             return Err(doc.error_at(self.listen.span(), format!("{}: {m}", key("listen"))));
         }
         let edge = self.edge.get_ref();
-        if !edges.iter().any(|e| &e.id == edge) {
-            let known: Vec<String> = edges.iter().map(|e| format!("{:?}", e.id)).collect();
+        if !edges.iter().any(|e| &e.id == edge) && !groups.iter().any(|g| &g.id == edge) {
+            let known: Vec<String> = edges
+                .iter()
+                .map(|e| &e.id)
+                .chain(groups.iter().map(|g| &g.id))
+                .map(|id| format!("{id:?}"))
+                .collect();
             return Err(doc.error_at(
                 self.edge.span(),
                 format!(
-                    "{}: unknown edge {edge:?} (configured edges: {})",
+                    "{}: unknown edge or group {edge:?} (configured: {})",
                     key("edge"),
                     known.join(", ")
                 ),

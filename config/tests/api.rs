@@ -124,7 +124,7 @@ fn error_accessors() {
     assert_eq!(err.file(), Path::new("dir/cloud.toml"));
     assert_eq!(err.line(), Some(9));
     assert_eq!(err.column(), Some(8));
-    assert_eq!(err.message(), "mappings[0].edge: unknown edge \"x\" (configured edges: \"e\")");
+    assert_eq!(err.message(), "mappings[0].edge: unknown edge or group \"x\" (configured: \"e\")");
     assert_eq!(err.to_string(), format!("dir/cloud.toml:9:8: {}", err.message()));
 }
 
