@@ -30,6 +30,8 @@ pub(crate) struct EdgeShared {
     pub(crate) bytes: tunnel::ByteCounters,
     pub(crate) connects_ok: AtomicU64,
     pub(crate) connects_failed: AtomicU64,
+    /// Woken when a tunnel comes up, so the cloud gets a report at once.
+    pub(crate) tunnel_up: tokio::sync::Notify,
 }
 
 /// A running edge agent.
@@ -70,6 +72,7 @@ impl Edge {
             bytes: tunnel::ByteCounters::default(),
             connects_ok: AtomicU64::new(0),
             connects_failed: AtomicU64::new(0),
+            tunnel_up: tokio::sync::Notify::new(),
             config,
         });
         let slots = TaskTracker::new();

@@ -95,6 +95,7 @@ async fn serve(slot: &Slot, dialled: Dialled) {
     info!(tunnel = tunnel.id(), "tunnel up");
     shared.live_tunnels.fetch_add(1, Ordering::Relaxed);
     slot.handles.add(tunnel.clone());
+    shared.tunnel_up.notify_one();
     if shared.draining.load(Ordering::Relaxed) {
         tunnel.drain();
     }

@@ -25,6 +25,7 @@ pub(crate) async fn run(shared: Arc<EdgeShared>, tunnels: TunnelHandles) {
         tokio::select! {
             () = shared.stop_tunnels.cancelled() => return,
             _ = tick.tick() => {}
+            () = shared.tunnel_up.notified() => {}
         }
         system.refresh_cpu_usage();
         system.refresh_memory();

@@ -9,6 +9,8 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
+pub mod netns;
+
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
@@ -156,10 +158,25 @@ pub struct Agent {
 impl Agent {
     /// Starts `bin_name --config <file holding config_text>`.
     pub fn spawn(bin_name: &str, config_text: &str) -> Agent {
+        Agent::spawn_wrapped(&[], bin_name, config_text)
+    }
+
+    /// Like [`spawn`](Self::spawn), with `wrapper` in front of the command
+    /// (e.g. `["ip", "netns", "exec", "ns1"]`; it must exec the agent so
+    /// that the child is the agent itself).
+    pub fn spawn_wrapped(wrapper: &[&str], bin_name: &str, config_text: &str) -> Agent {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("agent.toml");
         std::fs::write(&path, config_text).expect("write config");
-        let mut child = Command::new(bin(bin_name))
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(bin(bin_name));
+                c
+            }
+            None => Command::new(bin(bin_name)),
+        };
+        let mut child = command
             .arg("--config")
             .arg(&path)
             .env("RUST_LOG", std::env::var("E2E_AGENT_LOG").unwrap_or_else(|_| "info".into()))

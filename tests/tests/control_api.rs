@@ -317,6 +317,7 @@ async fn figures_match_a_known_transfer() {
         assert_eq!(back.len(), payload.len());
     }
     let api = s.api.clone();
+    // Counters move at once; the per-second series within about a second.
     let matched = eventually(Duration::from_secs(5), || {
         let api = api.clone();
         async move {
@@ -326,10 +327,16 @@ async fn figures_match_a_known_transfer() {
             else {
                 return false;
             };
+            let sampled: u64 = snap["series"]
+                .as_array()
+                .and_then(|ss| ss.iter().find(|x| x["name"] == "web"))
+                .and_then(|x| x["throughput_in"].as_array())
+                .map_or(0, |v| v.iter().filter_map(Value::as_u64).sum());
             m["bytes_in"] == 900_000
                 && m["bytes_out"] == 900_000
                 && m["total_connections"] == 3
                 && m["active_connections"] == 0
+                && sampled == 900_000
         }
     })
     .await;

@@ -577,10 +577,24 @@ async fn read_loop<S>(
     let mut heartbeat = tokio::time::interval(settings.heartbeat_interval);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_heard = Instant::now();
+    // Fires `heartbeat_timeout` after the last message; moved forward
+    // lazily (only when it fires early) rather than on every message.
+    let silence = tokio::time::sleep(settings.heartbeat_timeout);
+    tokio::pin!(silence);
     let mut ping: (u64, Instant) = (0, Instant::now());
     let reason = loop {
         tokio::select! {
             () = shared.closed.cancelled() => break None,
+            () = &mut silence => {
+                let deadline = last_heard + settings.heartbeat_timeout;
+                if deadline > Instant::now() {
+                    silence.as_mut().reset(deadline);
+                    continue;
+                }
+                let why = format!("no frame from peer for {:?}", last_heard.elapsed());
+                shared.go_away(GoAwayCode::Timeout, why.clone());
+                break Some(why);
+            }
             msg = stream.next() => match msg {
                 None => break Some("connection closed by peer".to_owned()),
                 Some(Err(e)) => break Some(format!("websocket error: {e}")),
@@ -609,11 +623,6 @@ async fn read_loop<S>(
                 }
             },
             _ = heartbeat.tick() => {
-                if last_heard.elapsed() >= settings.heartbeat_timeout {
-                    let why = format!("no frame from peer for {:?}", settings.heartbeat_timeout);
-                    shared.go_away(GoAwayCode::Timeout, why.clone());
-                    break Some(why);
-                }
                 ping = (ping.0.wrapping_add(1), Instant::now());
                 shared.send_control(Frame::Ping { nonce: ping.0 });
             }
