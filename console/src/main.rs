@@ -1,32 +1,52 @@
 //! `relayctl`: the operator's console for hybrid relay.
 //!
-//! For now it offers the local demo; the TUI, the scripting subcommands and
-//! batch mode build on the cloud agent's control API.
+//! # Layout
+//! - `cli`: the command line (clap), shared with batch files.
+//! - `settings`: where the endpoint and token come from.
+//! - `client`: a blocking client of the cloud agent's control API.
+//! - `commands`: the subcommands and their table / JSON output.
+//! - `batch`: `relayctl batch FILE`: parse all, then apply atomically.
+//! - `tui`: the terminal UI.
+//! - `demo`: agents and a sample service on loopback, then the TUI.
 
+mod batch;
+mod cli;
+mod client;
+mod commands;
 mod demo;
+mod settings;
+mod table;
+mod tui;
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::Parser;
 
-/// The operator's console for hybrid relay.
-#[derive(Debug, Parser)]
-#[command(name = "relayctl", version)]
-struct Args {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Debug, Subcommand)]
-enum Command {
-    /// Run a cloud agent, an edge agent and a sample service on loopback,
-    /// connected by a mapping, until Ctrl-C.
-    Demo,
-}
+use crate::cli::{Cli, Command};
 
 fn main() -> ExitCode {
-    let args = Args::parse();
-    match args.command {
-        Command::Demo => demo::run(),
+    let cli = Cli::parse();
+    let command = match cli.command {
+        Some(command) => command,
+        None if std::io::stdout().is_terminal() => Command::Tui,
+        None => {
+            eprintln!(
+                "relayctl: no command given and stdout is not a terminal; see `relayctl --help`"
+            );
+            return ExitCode::from(1);
+        }
+    };
+    if let Command::Demo = command {
+        return demo::run();
     }
+    let settings = match settings::resolve(&cli.global) {
+        Ok(settings) => settings,
+        Err(e) => {
+            eprintln!("relayctl: {e:#}");
+            return ExitCode::from(1);
+        }
+    };
+    let client = client::ControlClient::new(&settings.endpoint, settings.token);
+    commands::run(&client, command, cli.global.output)
 }

@@ -1,0 +1,205 @@
+//! `relayctl batch FILE`: one `mappings ...` command per line, in the
+//! subcommands' syntax with shell quoting; `#` starts a comment (a whole
+//! line or the end of one) and blank lines are skipped. The whole file is parsed first (a
+//! syntax error names its line and nothing is sent), then applied as one
+//! atomic batch through the control API.
+
+use std::io::Read;
+use std::path::Path;
+use std::process::ExitCode;
+
+use api::{BatchRequest, Change, MappingSpec};
+use clap::Parser;
+use serde::Serialize;
+
+use crate::cli::{BatchCommand, BatchLine, MappingsCommand, Output};
+use crate::client::ControlClient;
+
+/// A batch file line that is not a valid change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct SyntaxError {
+    pub(crate) line: usize,
+    pub(crate) message: String,
+}
+
+/// Parses a whole batch file into changes, each with its line number.
+///
+/// # Errors
+/// The first line that is not a `mappings add|drain|remove` command.
+pub(crate) fn parse(text: &str) -> Result<Vec<(usize, Change)>, SyntaxError> {
+    let mut changes = Vec::new();
+    for (index, raw) in text.lines().enumerate() {
+        let line = index + 1;
+        let content = raw.trim();
+        if content.is_empty() || content.starts_with('#') {
+            continue;
+        }
+        let error = |message: String| SyntaxError { line, message };
+        let words = shell_words::split(content).map_err(|e| error(e.to_string()))?;
+        let parsed = BatchLine::try_parse_from(&words).map_err(|e| {
+            // clap's first line carries the reason; the rest is usage help.
+            let rendered = e.to_string();
+            error(
+                rendered
+                    .lines()
+                    .next()
+                    .unwrap_or("invalid command")
+                    .trim_start_matches("error: ")
+                    .to_owned(),
+            )
+        })?;
+        let BatchCommand::Mappings(command) = parsed.command;
+        let change = match command {
+            MappingsCommand::Add { name, listen, edge, target, allow, max_connections } => {
+                Change::Add {
+                    spec: MappingSpec { name, listen, edge, target, allow, max_connections },
+                }
+            }
+            MappingsCommand::Drain { name, deadline } => {
+                Change::Drain { name, deadline_secs: deadline.map(|d| d.as_secs()) }
+            }
+            MappingsCommand::Remove { name } => Change::Remove { name },
+            MappingsCommand::List => {
+                return Err(error("`mappings list` changes nothing and cannot be batched".into()));
+            }
+        };
+        changes.push((line, change));
+    }
+    Ok(changes)
+}
+
+#[derive(Debug, Serialize)]
+struct LineOutcome {
+    line: usize,
+    ok: bool,
+    message: String,
+}
+
+#[derive(Debug, Serialize)]
+struct BatchReport {
+    applied: bool,
+    dry_run: bool,
+    lines: Vec<LineOutcome>,
+}
+
+fn read(file: &Path) -> std::io::Result<String> {
+    if file == Path::new("-") {
+        let mut text = String::new();
+        std::io::stdin().read_to_string(&mut text)?;
+        Ok(text)
+    } else {
+        std::fs::read_to_string(file)
+    }
+}
+
+/// Runs a batch file. Exit code 0 when everything applied (or, with
+/// `--dry-run`, would apply), 1 for a syntax error, otherwise the client's.
+pub(crate) fn run(client: &ControlClient, file: &Path, dry_run: bool, output: Output) -> ExitCode {
+    let name = file.display();
+    let text = match read(file) {
+        Ok(text) => text,
+        Err(e) => {
+            eprintln!("relayctl: cannot read {name}: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let changes = match parse(&text) {
+        Ok(changes) => changes,
+        Err(e) => {
+            eprintln!("relayctl: {name}:{}: {}; nothing was applied", e.line, e.message);
+            return ExitCode::from(1);
+        }
+    };
+    if changes.is_empty() {
+        eprintln!("relayctl: {name}: no changes in the file; nothing to do");
+        return ExitCode::SUCCESS;
+    }
+    let lines: Vec<usize> = changes.iter().map(|(line, _)| *line).collect();
+    let request = BatchRequest { changes: changes.into_iter().map(|(_, c)| c).collect(), dry_run };
+    let answer = match client.batch(&request) {
+        Ok(answer) => answer,
+        Err(e) => {
+            eprintln!("relayctl: {e}");
+            return ExitCode::from(e.exit_code());
+        }
+    };
+    let report = BatchReport {
+        applied: answer.applied,
+        dry_run,
+        lines: answer
+            .outcomes
+            .iter()
+            .map(|o| LineOutcome {
+                line: lines.get(o.index).copied().unwrap_or(0),
+                ok: o.ok,
+                message: o.message.clone(),
+            })
+            .collect(),
+    };
+    let all_ok = report.lines.iter().all(|l| l.ok);
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default()),
+        Output::Table => {
+            for l in &report.lines {
+                println!("{name}:{}: {} {}", l.line, if l.ok { "ok  " } else { "FAIL" }, l.message);
+            }
+            match (dry_run, report.applied, all_ok) {
+                (true, _, true) => println!(
+                    "dry run: all {} change(s) would apply; nothing changed",
+                    report.lines.len()
+                ),
+                (true, _, false) => {
+                    println!("dry run: the batch would be refused; nothing changed")
+                }
+                (false, true, _) => println!("applied {} change(s)", report.lines.len()),
+                (false, false, _) => println!("refused: nothing was applied"),
+            }
+        }
+    }
+    if (dry_run && all_ok) || report.applied {
+        ExitCode::SUCCESS
+    } else {
+        if !matches!(output, Output::Table) {
+            eprintln!("relayctl: {name}: batch refused; nothing was applied");
+        }
+        ExitCode::from(4)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_subcommand_syntax_with_comments_and_blanks() {
+        let text = "# maintenance\n\nmappings add web --listen 0.0.0.0:8080 --edge e1 --target 10.0.0.5:80 --allow 10.0.0.0/8 --allow 192.0.2.1\n  mappings drain old --deadline 5m  # as in a shell, a comment may end a line\nmappings remove 'test box'\n";
+        let changes = parse(text).unwrap();
+        assert_eq!(changes.len(), 3);
+        assert_eq!(changes[0].0, 3);
+        assert!(
+            matches!(&changes[0].1, Change::Add { spec } if spec.allow == ["10.0.0.0/8", "192.0.2.1"])
+        );
+        assert_eq!(changes[1], (4, Change::Drain { name: "old".into(), deadline_secs: Some(300) }));
+        assert_eq!(changes[2], (5, Change::Remove { name: "test box".into() }));
+    }
+
+    #[test]
+    fn a_syntax_error_names_its_line() {
+        let mut text = String::new();
+        for i in 0..6 {
+            text.push_str(&format!("mappings remove m{i}\n"));
+        }
+        text.push_str("mappings add web --lisen 0.0.0.0:1 --edge e1 --target h:1\n");
+        let err = parse(&text).unwrap_err();
+        assert_eq!(err.line, 7);
+        assert!(err.message.contains("--lisen"), "{}", err.message);
+        for bad in [
+            "mappings list",
+            "edges drain e1",
+            "mappings drain x --deadline soon",
+            "mappings add 'unterminated",
+        ] {
+            assert!(parse(bad).is_err(), "{bad} should not parse");
+        }
+    }
+}

@@ -1,0 +1,140 @@
+//! The command line. Batch files use the same `mappings ...` syntax, so
+//! the mapping commands are parsed by the same definitions.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// The operator's console for hybrid relay.
+///
+/// With no command on a terminal it opens the TUI. The endpoint and admin
+/// token come from --endpoint / --token-file, else RELAYCTL_ENDPOINT /
+/// RELAYCTL_TOKEN, else the config file (RELAYCTL_CONFIG, or
+/// ~/.config/relayctl/config.toml with `endpoint` and `token_file`), else
+/// the default http://127.0.0.1:7070.
+#[derive(Debug, Parser)]
+#[command(name = "relayctl", version, propagate_version = true)]
+pub(crate) struct Cli {
+    #[command(flatten)]
+    pub(crate) global: GlobalArgs,
+    #[command(subcommand)]
+    pub(crate) command: Option<Command>,
+}
+
+/// Options every command takes.
+#[derive(Debug, Args)]
+pub(crate) struct GlobalArgs {
+    /// Control API of the cloud agent, e.g. http://127.0.0.1:7070.
+    #[arg(long, global = true, value_name = "URL")]
+    pub(crate) endpoint: Option<String>,
+    /// File holding the admin token.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub(crate) token_file: Option<PathBuf>,
+    /// Output format.
+    #[arg(long, short = 'o', global = true, value_enum, default_value_t = Output::Table)]
+    pub(crate) output: Output,
+}
+
+/// How results are printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Output {
+    /// Aligned columns for people.
+    Table,
+    /// JSON with stable field names, for scripts.
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Open the terminal UI.
+    Tui,
+    /// One-line health of the cloud agent, its edges and mappings.
+    Status,
+    /// List or drain edges.
+    #[command(subcommand)]
+    Edges(EdgesCommand),
+    /// List, add, drain or remove mappings.
+    #[command(subcommand)]
+    Mappings(MappingsCommand),
+    /// Apply a file of `mappings ...` lines atomically (`-` reads stdin).
+    Batch {
+        /// The batch file: one mapping command per line, `#` comments.
+        file: PathBuf,
+        /// Validate and print the plan without changing anything.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Run a cloud agent, an edge agent and a sample service on loopback,
+    /// and open the TUI on them.
+    Demo,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum EdgesCommand {
+    /// List edges with health, tunnels and round-trip times.
+    List,
+    /// Stop sending new connections to an edge; open ones finish.
+    Drain {
+        /// The edge id.
+        id: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
+pub(crate) enum MappingsCommand {
+    /// List mappings with state and live figures.
+    List,
+    /// Add a mapping; it listens at once and survives restarts.
+    Add {
+        /// Unique name: letters, digits, `.`, `_`, `-`.
+        name: String,
+        /// Public address to listen on, e.g. 0.0.0.0:8080.
+        #[arg(long, value_name = "ADDR")]
+        listen: String,
+        /// The edge that carries the connections.
+        #[arg(long, value_name = "ID")]
+        edge: String,
+        /// Destination as the edge sees it, host:port.
+        #[arg(long, value_name = "HOST:PORT")]
+        target: String,
+        /// Client network allowed (CIDR or IP); repeat for more. Default: any.
+        #[arg(long = "allow", value_name = "CIDR")]
+        allow: Vec<String>,
+        /// Concurrent client connections allowed.
+        #[arg(long, value_name = "N")]
+        max_connections: Option<u32>,
+    },
+    /// Drain a mapping: stop new connections, let open ones finish.
+    Drain {
+        /// The mapping's name.
+        name: String,
+        /// How long open connections may continue (e.g. 90s, 5m).
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        deadline: Option<Duration>,
+    },
+    /// Remove a mapping at once, resetting its open connections.
+    Remove {
+        /// The mapping's name.
+        name: String,
+    },
+}
+
+/// A line of a batch file, parsed with the same definitions.
+#[derive(Debug, Parser)]
+#[command(name = "batch line", no_binary_name = true, disable_help_flag = true)]
+pub(crate) struct BatchLine {
+    #[command(subcommand)]
+    pub(crate) command: BatchCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum BatchCommand {
+    /// A mapping command.
+    #[command(subcommand)]
+    Mappings(MappingsCommand),
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e} (expected e.g. 90s, 5m, 1h)"))
+}

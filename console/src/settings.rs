@@ -1,0 +1,165 @@
+//! Where the endpoint and the admin token come from, first match wins:
+//! 1. `--endpoint URL` / `--token-file FILE`;
+//! 2. `RELAYCTL_ENDPOINT` / `RELAYCTL_TOKEN` (the token itself);
+//! 3. the config file: `$RELAYCTL_CONFIG`, else
+//!    `$XDG_CONFIG_HOME/relayctl/config.toml`, else
+//!    `~/.config/relayctl/config.toml`, with keys `endpoint` and
+//!    `token_file`;
+//! 4. the cloud agent's default control address, `http://127.0.0.1:7070`,
+//!    and no token.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use serde::Deserialize;
+
+use crate::cli::GlobalArgs;
+
+/// The endpoint used when nothing says otherwise.
+pub(crate) const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:7070";
+
+/// Resolved connection settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Settings {
+    pub(crate) endpoint: String,
+    pub(crate) token: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileSettings {
+    endpoint: Option<String>,
+    token_file: Option<PathBuf>,
+}
+
+fn read_token(path: &Path) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the token file {}", path.display()))?;
+    let token = text.trim().to_owned();
+    anyhow::ensure!(!token.is_empty(), "the token file {} is empty", path.display());
+    Ok(token)
+}
+
+fn config_path(env: &dyn Fn(&str) -> Option<String>) -> Option<PathBuf> {
+    if let Some(p) = env("RELAYCTL_CONFIG") {
+        return Some(PathBuf::from(p));
+    }
+    let base = env("XDG_CONFIG_HOME")
+        .map(PathBuf::from)
+        .or_else(|| env("HOME").map(|h| Path::new(&h).join(".config")))?;
+    Some(base.join("relayctl").join("config.toml"))
+}
+
+fn read_file_settings(path: &Path, explicit: bool) -> anyhow::Result<FileSettings> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            let mut s: FileSettings =
+                toml::from_str(&text).with_context(|| format!("invalid {}", path.display()))?;
+            // A relative token_file is relative to the config file.
+            if let (Some(file), Some(dir)) = (&s.token_file, path.parent()) {
+                s.token_file = Some(dir.join(file));
+            }
+            Ok(s)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => {
+            Ok(FileSettings::default())
+        }
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+}
+
+/// Resolves the settings from the flags, the environment and the files.
+///
+/// # Errors
+/// If a named token or config file cannot be read.
+pub(crate) fn resolve(args: &GlobalArgs) -> anyhow::Result<Settings> {
+    resolve_with(args, &|k| std::env::var(k).ok().filter(|v| !v.is_empty()))
+}
+
+fn resolve_with(
+    args: &GlobalArgs,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> anyhow::Result<Settings> {
+    let file = match config_path(env) {
+        Some(path) => read_file_settings(&path, env("RELAYCTL_CONFIG").is_some())?,
+        None => FileSettings::default(),
+    };
+    let endpoint = args
+        .endpoint
+        .clone()
+        .or_else(|| env("RELAYCTL_ENDPOINT"))
+        .or(file.endpoint)
+        .unwrap_or_else(|| DEFAULT_ENDPOINT.to_owned());
+    let token = match (&args.token_file, env("RELAYCTL_TOKEN"), &file.token_file) {
+        (Some(path), _, _) => Some(read_token(path)?),
+        (None, Some(token), _) => Some(token.trim().to_owned()),
+        (None, None, Some(path)) => Some(read_token(path)?),
+        (None, None, None) => None,
+    };
+    Ok(Settings { endpoint, token })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+    use crate::cli::Output;
+
+    fn args(endpoint: Option<&str>, token_file: Option<&Path>) -> GlobalArgs {
+        GlobalArgs {
+            endpoint: endpoint.map(str::to_owned),
+            token_file: token_file.map(Path::to_path_buf),
+            output: Output::Table,
+        }
+    }
+
+    #[test]
+    fn flags_beat_environment_beat_file_beat_default() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("file.token"), "from-file\n").unwrap();
+        std::fs::write(dir.path().join("flag.token"), "from-flag\n").unwrap();
+        let config = dir.path().join("config.toml");
+        std::fs::write(&config, "endpoint = \"http://file:1\"\ntoken_file = \"file.token\"\n")
+            .unwrap();
+        let config_s = config.display().to_string();
+
+        let mut vars: HashMap<&str, String> =
+            HashMap::from([("RELAYCTL_CONFIG", config_s.clone())]);
+        fn env_of(vars: &HashMap<&str, String>) -> impl Fn(&str) -> Option<String> + use<> {
+            let vars: HashMap<String, String> =
+                vars.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect();
+            move |k: &str| vars.get(k).cloned()
+        }
+        let s = resolve_with(&args(None, None), &env_of(&vars)).unwrap();
+        assert_eq!(
+            s,
+            Settings { endpoint: "http://file:1".into(), token: Some("from-file".into()) }
+        );
+
+        vars.insert("RELAYCTL_ENDPOINT", "http://env:2".into());
+        vars.insert("RELAYCTL_TOKEN", "from-env".into());
+        let s = resolve_with(&args(None, None), &env_of(&vars)).unwrap();
+        assert_eq!(s, Settings { endpoint: "http://env:2".into(), token: Some("from-env".into()) });
+
+        let flag_token = dir.path().join("flag.token");
+        let s =
+            resolve_with(&args(Some("http://flag:3"), Some(&flag_token)), &env_of(&vars)).unwrap();
+        assert_eq!(
+            s,
+            Settings { endpoint: "http://flag:3".into(), token: Some("from-flag".into()) }
+        );
+
+        let none = HashMap::from([("HOME", "/nonexistent-home".to_owned())]);
+        let s = resolve_with(&args(None, None), &env_of(&none)).unwrap();
+        assert_eq!(s, Settings { endpoint: DEFAULT_ENDPOINT.into(), token: None });
+    }
+
+    #[test]
+    fn missing_named_files_are_errors() {
+        let missing = Path::new("/nonexistent/token");
+        assert!(resolve_with(&args(None, Some(missing)), &|_| None).is_err());
+        let env = |k: &str| (k == "RELAYCTL_CONFIG").then(|| "/nonexistent/config.toml".to_owned());
+        assert!(resolve_with(&args(None, None), &env).is_err());
+    }
+}

@@ -1,0 +1,260 @@
+//! The console's state and what it asks the outside world to do. Drawing
+//! is in `view`, changes in `update`.
+
+use api::{EdgeView, MappingSpec, MappingView, Snapshot};
+
+use super::form::AddForm;
+use super::theme::Theme;
+use crate::client::ClientError;
+
+/// Everything that changes the state: keys (mapped by `keys`), the
+/// clock, and answers from the cloud agent.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Action {
+    Quit,
+    Up,
+    Down,
+    ToggleFocus,
+    OpenAdd,
+    OpenDrain,
+    OpenRemove,
+    OpenDrainEdge,
+    OpenFilter,
+    OpenHelp,
+    /// Esc: close what is open, clear the filter.
+    Cancel,
+    /// Enter (or `y` in a confirmation).
+    Confirm,
+    /// Ctrl-S in the form.
+    Submit,
+    NextField,
+    PrevField,
+    Left,
+    Right,
+    Input(char),
+    Backspace,
+    /// Ctrl-U: empty the field.
+    ClearInput,
+    /// The clock moved on (unix milliseconds).
+    Tick(u64),
+    /// A snapshot fetch ended at `now_ms`.
+    Snapshot {
+        result: Result<Snapshot, ClientError>,
+        now_ms: u64,
+    },
+    /// A change sent to the cloud agent got its answer.
+    Finished {
+        request: Request,
+        result: Result<Option<Box<MappingView>>, ClientError>,
+    },
+}
+
+/// A call to make off the UI thread.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Request {
+    Add(MappingSpec),
+    Drain {
+        name: String,
+        deadline_secs: u64,
+    },
+    Remove {
+        name: String,
+    },
+    DrainEdge {
+        id: String,
+    },
+    /// Fetch a snapshot now rather than at the next second.
+    Refresh,
+}
+
+impl Request {
+    /// What is happening while it runs: "adding web…".
+    pub(crate) fn progress(&self) -> String {
+        match self {
+            Request::Add(spec) => format!("adding {}…", spec.name),
+            Request::Drain { name, .. } => format!("draining {name}…"),
+            Request::Remove { name } => format!("removing {name}…"),
+            Request::DrainEdge { id } => format!("draining edge {id}…"),
+            Request::Refresh => "refreshing…".to_owned(),
+        }
+    }
+}
+
+/// Which table the arrows move in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Focus {
+    Mappings,
+    Edges,
+}
+
+/// A question before a change that hurts if it is a mistake.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Confirm {
+    /// Drain a mapping; `deadline` is the text typed.
+    Drain {
+        name: String,
+        open: u64,
+        deadline: String,
+        error: Option<String>,
+    },
+    Remove {
+        name: String,
+        open: u64,
+    },
+    DrainEdge {
+        id: String,
+        mappings: usize,
+    },
+}
+
+/// What has the keyboard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Mode {
+    Normal,
+    /// Typing the filter.
+    Filter,
+    Help,
+    Add(AddForm),
+    Confirm(Confirm),
+}
+
+/// How the last snapshot fetch went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Link {
+    /// Nothing heard yet.
+    Connecting,
+    Up,
+    Down(ClientError),
+}
+
+/// A line for the user: the outcome of the last change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Status {
+    pub(crate) text: String,
+    pub(crate) error: bool,
+}
+
+/// The console's state.
+#[derive(Debug, Clone)]
+pub(crate) struct App {
+    pub(crate) endpoint: String,
+    pub(crate) hint: Option<String>,
+    pub(crate) theme: Theme,
+    /// Unix milliseconds, from the loop (never read while drawing).
+    pub(crate) now_ms: u64,
+    pub(crate) snapshot: Option<Snapshot>,
+    /// When the last good snapshot arrived (local unix milliseconds).
+    pub(crate) fetched_ms: Option<u64>,
+    pub(crate) link: Link,
+    pub(crate) focus: Focus,
+    pub(crate) selected_mapping: Option<String>,
+    pub(crate) selected_edge: Option<String>,
+    pub(crate) filter: String,
+    pub(crate) mode: Mode,
+    pub(crate) status: Option<Status>,
+    /// What runs in the background, and how many calls are out.
+    pub(crate) busy: Option<String>,
+    pub(crate) in_flight: usize,
+    pub(crate) quit: bool,
+}
+
+impl App {
+    /// A console for `endpoint` that has heard nothing yet.
+    pub(crate) fn new(endpoint: &str, hint: Option<String>, theme: Theme, now_ms: u64) -> App {
+        App {
+            endpoint: endpoint.to_owned(),
+            hint,
+            theme,
+            now_ms,
+            snapshot: None,
+            fetched_ms: None,
+            link: Link::Connecting,
+            focus: Focus::Mappings,
+            selected_mapping: None,
+            selected_edge: None,
+            filter: String::new(),
+            mode: Mode::Normal,
+            status: None,
+            busy: None,
+            in_flight: 0,
+            quit: false,
+        }
+    }
+
+    /// Milliseconds since the data was fetched (0 without data).
+    pub(crate) fn data_age_ms(&self) -> u64 {
+        self.fetched_ms.map_or(0, |at| self.now_ms.saturating_sub(at))
+    }
+
+    /// Whether the data shown is not current (the last fetch failed).
+    pub(crate) fn stale(&self) -> bool {
+        matches!(self.link, Link::Down(_))
+    }
+
+    /// The edges, as reported.
+    pub(crate) fn edges(&self) -> &[EdgeView] {
+        self.snapshot.as_ref().map_or(&[], |s| &s.edges)
+    }
+
+    /// The mappings the filter lets through.
+    pub(crate) fn visible_mappings(&self) -> Vec<&MappingView> {
+        let needle = self.filter.to_lowercase();
+        let all = self.snapshot.as_ref().map_or(&[][..], |s| &s.mappings);
+        all.iter()
+            .filter(|m| {
+                let s = &m.spec;
+                [&s.name, &s.edge, &s.target, &s.listen]
+                    .iter()
+                    .any(|f| f.to_lowercase().contains(&needle))
+            })
+            .collect()
+    }
+
+    /// Index of the selected mapping among the visible ones.
+    pub(crate) fn mapping_index(&self) -> Option<usize> {
+        let visible = self.visible_mappings();
+        if visible.is_empty() {
+            return None;
+        }
+        let found = self
+            .selected_mapping
+            .as_ref()
+            .and_then(|name| visible.iter().position(|m| &m.spec.name == name));
+        Some(found.unwrap_or(0))
+    }
+
+    /// The selected mapping, if any is visible.
+    pub(crate) fn selected_mapping(&self) -> Option<&MappingView> {
+        self.mapping_index().map(|i| self.visible_mappings()[i])
+    }
+
+    /// Index of the selected edge.
+    pub(crate) fn edge_index(&self) -> Option<usize> {
+        let edges = self.edges();
+        if edges.is_empty() {
+            return None;
+        }
+        let found =
+            self.selected_edge.as_ref().and_then(|id| edges.iter().position(|e| &e.id == id));
+        Some(found.unwrap_or(0))
+    }
+
+    /// The selected edge, if there are edges.
+    pub(crate) fn selected_edge(&self) -> Option<&EdgeView> {
+        self.edge_index().map(|i| &self.edges()[i])
+    }
+
+    /// Milliseconds left of a mapping's drain, counted down since the
+    /// snapshot (the deadline passes whether or not we hear about it).
+    pub(crate) fn drain_left_ms(&self, m: &MappingView) -> Option<u64> {
+        Some(m.drain_remaining_ms?.saturating_sub(self.data_age_ms()))
+    }
+
+    /// Milliseconds since an edge was last heard from, on the cloud's
+    /// clock (so a skewed local clock does not matter).
+    pub(crate) fn edge_silence_ms(&self, e: &EdgeView) -> Option<u64> {
+        let seen = e.last_seen_unix_ms?;
+        let at = self.snapshot.as_ref()?.at_unix_ms;
+        Some(at.saturating_sub(seen) + self.data_age_ms())
+    }
+}

@@ -1,0 +1,105 @@
+//! Keys to [`Action`]s, depending on what has the keyboard. The real loop
+//! and the tests both go through [`action`].
+
+use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
+
+use super::app::{Action, App, Confirm, Mode};
+
+/// Every key, for the help screen: (keys, what they do).
+pub(crate) const HELP: &[(&str, &str)] = &[
+    ("In the main view", ""),
+    ("↑ ↓  k j", "select a mapping, or an edge"),
+    ("Tab", "switch between mappings and edges"),
+    ("a", "add a mapping"),
+    ("d", "drain the selected mapping (asks for a deadline)"),
+    ("x  Delete", "remove the selected mapping now (asks first)"),
+    ("D", "drain the selected edge (edges focused; asks first)"),
+    ("/", "filter mappings; Enter keeps it, Esc clears it"),
+    ("Esc", "clear the filter and the status line"),
+    ("?", "this help"),
+    ("q  Ctrl-C", "quit"),
+    ("", ""),
+    ("In the add form", ""),
+    ("Tab ↓  Shift-Tab ↑", "next / previous field"),
+    ("← →", "choose the edge"),
+    ("Enter", "next field; on the last one, add"),
+    ("Ctrl-S", "add from any field"),
+    ("Ctrl-U  Esc", "clear the field / cancel"),
+    ("", ""),
+    ("In a confirmation", ""),
+    ("Enter y  Esc n", "go ahead / cancel"),
+];
+
+/// The action for a key press, or `None` when the key means nothing here.
+pub(crate) fn action(app: &App, key: KeyEvent) -> Option<Action> {
+    if key.kind == KeyEventKind::Release {
+        return None;
+    }
+    let ctrl = key.modifiers.contains(KeyModifiers::CONTROL);
+    if ctrl && matches!(key.code, KeyCode::Char('c' | 'C')) {
+        return Some(Action::Quit);
+    }
+    match &app.mode {
+        Mode::Normal => normal(key.code),
+        Mode::Help => match key.code {
+            KeyCode::Char('q') => Some(Action::Quit),
+            _ => Some(Action::Cancel),
+        },
+        Mode::Filter => text(key.code, ctrl).or(match key.code {
+            KeyCode::Up => Some(Action::Up),
+            KeyCode::Down => Some(Action::Down),
+            _ => None,
+        }),
+        Mode::Add(_) => form(key.code, ctrl),
+        Mode::Confirm(confirm) => {
+            let typing = matches!(confirm, Confirm::Drain { .. });
+            match key.code {
+                KeyCode::Enter | KeyCode::Char('y' | 'Y') => Some(Action::Confirm),
+                KeyCode::Esc | KeyCode::Char('n' | 'N') => Some(Action::Cancel),
+                _ if typing => text(key.code, ctrl),
+                _ => None,
+            }
+        }
+    }
+}
+
+fn normal(code: KeyCode) -> Option<Action> {
+    Some(match code {
+        KeyCode::Char('q') => Action::Quit,
+        KeyCode::Up | KeyCode::Char('k') => Action::Up,
+        KeyCode::Down | KeyCode::Char('j') => Action::Down,
+        KeyCode::Tab | KeyCode::BackTab => Action::ToggleFocus,
+        KeyCode::Char('a') => Action::OpenAdd,
+        KeyCode::Char('d') => Action::OpenDrain,
+        KeyCode::Char('x') | KeyCode::Delete => Action::OpenRemove,
+        KeyCode::Char('D') => Action::OpenDrainEdge,
+        KeyCode::Char('/') => Action::OpenFilter,
+        KeyCode::Char('?') => Action::OpenHelp,
+        KeyCode::Esc => Action::Cancel,
+        _ => return None,
+    })
+}
+
+/// Editing keys of a one-line text field.
+fn text(code: KeyCode, ctrl: bool) -> Option<Action> {
+    match code {
+        KeyCode::Char('u') if ctrl => Some(Action::ClearInput),
+        KeyCode::Char(_) if ctrl => None,
+        KeyCode::Char(c) => Some(Action::Input(c)),
+        KeyCode::Backspace => Some(Action::Backspace),
+        KeyCode::Enter => Some(Action::Confirm),
+        KeyCode::Esc => Some(Action::Cancel),
+        _ => None,
+    }
+}
+
+fn form(code: KeyCode, ctrl: bool) -> Option<Action> {
+    match code {
+        KeyCode::Char('s') if ctrl => Some(Action::Submit),
+        KeyCode::Tab | KeyCode::Down => Some(Action::NextField),
+        KeyCode::BackTab | KeyCode::Up => Some(Action::PrevField),
+        KeyCode::Left => Some(Action::Left),
+        KeyCode::Right => Some(Action::Right),
+        _ => text(code, ctrl),
+    }
+}

@@ -1,0 +1,108 @@
+//! How answers from the cloud agent change the [`App`]: snapshots, and
+//! the outcomes of changes (shown at once, before the next snapshot).
+
+use api::MappingView;
+
+use super::app::{App, Focus, Link, Mode, Request};
+use super::format;
+use crate::client::ClientError;
+
+impl App {
+    /// A fetch ended: new data, or the reason there is none (the old data
+    /// stays, marked stale).
+    pub(super) fn on_snapshot(&mut self, result: Result<api::Snapshot, ClientError>, now_ms: u64) {
+        self.now_ms = self.now_ms.max(now_ms);
+        match result {
+            Ok(snapshot) => {
+                self.snapshot = Some(snapshot);
+                self.fetched_ms = Some(now_ms);
+                self.link = Link::Up;
+            }
+            Err(e) => self.link = Link::Down(e),
+        }
+    }
+
+    /// A change got its answer; on success, asks for a fresh snapshot.
+    pub(super) fn on_finished(
+        &mut self,
+        request: Request,
+        result: Result<Option<Box<MappingView>>, ClientError>,
+    ) -> Option<Request> {
+        self.in_flight = self.in_flight.saturating_sub(1);
+        if self.in_flight == 0 {
+            self.busy = None;
+        }
+        let adding = matches!(&self.mode, Mode::Add(f) if f.pending);
+        let error = match (&request, result) {
+            (Request::Add(_), Err(e)) if adding => {
+                if let Mode::Add(form) = &mut self.mode {
+                    form.pending = false;
+                    form.server_error = Some(e.to_string());
+                }
+                return None;
+            }
+            (_, Err(e)) => e,
+            (request, Ok(view)) => {
+                self.apply_locally(request, view);
+                return Some(Request::Refresh);
+            }
+        };
+        let what = match &request {
+            Request::Add(spec) => format!("could not add {}", spec.name),
+            Request::Drain { name, .. } => format!("could not drain {name}"),
+            Request::Remove { name } => format!("could not remove {name}"),
+            Request::DrainEdge { id } => format!("could not drain edge {id}"),
+            Request::Refresh => "could not refresh".to_owned(),
+        };
+        self.say(format!("{what}: {error}"), true);
+        None
+    }
+
+    /// Shows a change at once, before the next snapshot confirms it.
+    fn apply_locally(&mut self, request: &Request, view: Option<Box<MappingView>>) {
+        let view = view.map(|v| *v);
+        let mappings = self.snapshot.as_mut().map(|s| &mut s.mappings);
+        match request {
+            Request::Add(spec) => {
+                if let (Some(mappings), Some(view)) = (mappings, view.clone()) {
+                    mappings.retain(|m| m.spec.name != spec.name);
+                    mappings.push(view);
+                    mappings.sort_by(|a, b| a.spec.name.cmp(&b.spec.name));
+                }
+                if matches!(self.mode, Mode::Add(_)) {
+                    self.mode = Mode::Normal;
+                }
+                if !self.visible_mappings().iter().any(|m| m.spec.name == spec.name) {
+                    self.filter.clear();
+                }
+                self.focus = Focus::Mappings;
+                self.selected_mapping = Some(spec.name.clone());
+                let on = view.and_then(|v| v.bound).unwrap_or_else(|| spec.listen.clone());
+                self.say(format!("added {} on {on}", spec.name), false);
+            }
+            Request::Drain { name, deadline_secs } => {
+                if let (Some(mappings), Some(view)) = (mappings, view) {
+                    mappings
+                        .iter_mut()
+                        .filter(|m| m.spec.name == *name)
+                        .for_each(|m| *m = view.clone());
+                }
+                let within = format::duration_ms(deadline_secs * 1000);
+                self.say(
+                    format!("draining {name}: open connections may finish within {within}"),
+                    false,
+                );
+            }
+            Request::Remove { name } => {
+                if let Some(mappings) = mappings {
+                    mappings.retain(|m| m.spec.name != *name);
+                }
+                self.say(format!("removed {name}"), false);
+            }
+            Request::DrainEdge { id } => {
+                self.say(format!("draining edge {id}: no new connections go to it"), false);
+            }
+            Request::Refresh => {}
+        }
+    }
+}

@@ -1,0 +1,245 @@
+//! How each [`Action`] changes the [`App`], and which calls it asks for.
+
+use api::MappingState;
+
+use super::app::{Action, App, Confirm, Focus, Mode, Request, Status};
+use super::form::AddForm;
+use super::format;
+
+/// The drain deadline offered by default.
+pub(crate) const DEFAULT_DEADLINE: &str = "30s";
+
+impl App {
+    /// Applies `action`; returns a call to make, if any.
+    pub(crate) fn update(&mut self, action: Action) -> Option<Request> {
+        match action {
+            Action::Quit => self.quit = true,
+            Action::Tick(now_ms) => self.now_ms = self.now_ms.max(now_ms),
+            Action::Snapshot { result, now_ms } => self.on_snapshot(result, now_ms),
+            Action::Finished { request, result } => return self.on_finished(request, result),
+            action => {
+                return match std::mem::replace(&mut self.mode, Mode::Normal) {
+                    Mode::Normal => self.normal(action),
+                    Mode::Filter => self.filter(action),
+                    Mode::Help => {
+                        if !matches!(action, Action::Cancel | Action::OpenHelp | Action::Confirm) {
+                            self.mode = Mode::Help;
+                        }
+                        None
+                    }
+                    Mode::Add(form) => self.form(form, action),
+                    Mode::Confirm(confirm) => self.confirm(confirm, action),
+                };
+            }
+        }
+        None
+    }
+
+    pub(super) fn say(&mut self, text: impl Into<String>, error: bool) {
+        self.status = Some(Status { text: text.into(), error });
+    }
+
+    fn send(&mut self, request: Request) -> Option<Request> {
+        self.busy = Some(request.progress());
+        self.in_flight += 1;
+        Some(request)
+    }
+
+    fn normal(&mut self, action: Action) -> Option<Request> {
+        match action {
+            Action::Up => self.step(-1),
+            Action::Down => self.step(1),
+            Action::ToggleFocus => {
+                self.focus = match self.focus {
+                    Focus::Mappings => Focus::Edges,
+                    Focus::Edges => Focus::Mappings,
+                }
+            }
+            Action::OpenHelp => self.mode = Mode::Help,
+            Action::OpenFilter => self.mode = Mode::Filter,
+            Action::Cancel => {
+                self.filter.clear();
+                self.status = None;
+            }
+            Action::OpenAdd => {
+                let edges = self.edges().iter().map(|e| e.id.clone()).collect();
+                self.mode = Mode::Add(AddForm::new(edges));
+            }
+            Action::OpenDrain | Action::OpenRemove => self.open_mapping_confirm(&action),
+            Action::OpenDrainEdge => match (self.focus, self.selected_edge()) {
+                (Focus::Edges, Some(edge)) => {
+                    let id = edge.id.clone();
+                    let mappings = self.mappings_on(&id);
+                    self.mode = Mode::Confirm(Confirm::DrainEdge { id, mappings });
+                }
+                (Focus::Edges, None) => self.say("no edge to drain", true),
+                _ => self.say("D drains an edge: press Tab to select one first", true),
+            },
+            _ => {}
+        }
+        None
+    }
+
+    fn mappings_on(&self, edge: &str) -> usize {
+        self.snapshot
+            .as_ref()
+            .map_or(0, |s| s.mappings.iter().filter(|m| m.spec.edge == edge).count())
+    }
+
+    fn open_mapping_confirm(&mut self, action: &Action) {
+        if self.focus != Focus::Mappings {
+            return self.say("press Tab to select a mapping first", true);
+        }
+        let Some(m) = self.selected_mapping() else {
+            return self.say("no mapping selected", true);
+        };
+        let (name, open) = (m.spec.name.clone(), m.active_connections);
+        let draining = m.state == MappingState::Draining;
+        if *action == Action::OpenDrain {
+            if draining {
+                return self.say(format!("{name} is already draining"), true);
+            }
+            let deadline = DEFAULT_DEADLINE.to_owned();
+            self.mode = Mode::Confirm(Confirm::Drain { name, open, deadline, error: None });
+        } else {
+            self.mode = Mode::Confirm(Confirm::Remove { name, open });
+        }
+    }
+
+    /// Moves the selection in the focused table.
+    fn step(&mut self, delta: isize) {
+        let move_to = |current: Option<usize>, len: usize| {
+            current.map(|i| (i as isize + delta).clamp(0, len as isize - 1) as usize)
+        };
+        match self.focus {
+            Focus::Mappings => {
+                let visible = self.visible_mappings();
+                let next = move_to(self.mapping_index(), visible.len());
+                self.selected_mapping = next.map(|i| visible[i].spec.name.clone());
+            }
+            Focus::Edges => {
+                let next = move_to(self.edge_index(), self.edges().len());
+                self.selected_edge = next.map(|i| self.edges()[i].id.clone());
+            }
+        }
+    }
+
+    fn filter(&mut self, action: Action) -> Option<Request> {
+        match action {
+            Action::Cancel => self.filter.clear(),
+            Action::Confirm => {}
+            Action::Input(c) => self.filter.push(c),
+            Action::Backspace => _ = self.filter.pop(),
+            Action::ClearInput => self.filter.clear(),
+            Action::Up => self.step(-1),
+            Action::Down => self.step(1),
+            _ => {}
+        }
+        if !matches!(action, Action::Cancel | Action::Confirm) {
+            self.mode = Mode::Filter;
+        }
+        None
+    }
+
+    fn form(&mut self, mut form: AddForm, action: Action) -> Option<Request> {
+        let submit = match action {
+            Action::Cancel => return None,
+            _ if form.pending => false,
+            Action::NextField => {
+                form.move_focus(1);
+                false
+            }
+            Action::PrevField => {
+                form.move_focus(-1);
+                false
+            }
+            Action::Left => {
+                form.cycle_edge(-1);
+                false
+            }
+            Action::Right => {
+                form.cycle_edge(1);
+                false
+            }
+            Action::Input(c) => {
+                form.input(c);
+                false
+            }
+            Action::Backspace => {
+                form.backspace();
+                false
+            }
+            Action::ClearInput => {
+                form.clear();
+                false
+            }
+            Action::Confirm if !form.on_last() => {
+                form.move_focus(1);
+                false
+            }
+            Action::Confirm | Action::Submit => true,
+            _ => false,
+        };
+        let request = if submit {
+            match form.validate() {
+                Ok(spec) => {
+                    form.error = None;
+                    form.server_error = None;
+                    form.pending = true;
+                    self.send(Request::Add(spec))
+                }
+                Err((field, message)) => {
+                    form.focus = field;
+                    form.error = Some((field, message));
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        self.mode = Mode::Add(form);
+        request
+    }
+
+    fn confirm(&mut self, mut confirm: Confirm, action: Action) -> Option<Request> {
+        match (action, &mut confirm) {
+            (Action::Cancel, _) => None,
+            (Action::Confirm, Confirm::Drain { name, deadline, error, .. }) => {
+                match format::parse_duration(deadline) {
+                    Ok(deadline_secs) => {
+                        let name = name.clone();
+                        self.send(Request::Drain { name, deadline_secs })
+                    }
+                    Err(message) => {
+                        *error = Some(message);
+                        self.mode = Mode::Confirm(confirm);
+                        None
+                    }
+                }
+            }
+            (Action::Confirm, Confirm::Remove { name, .. }) => {
+                let name = name.clone();
+                self.send(Request::Remove { name })
+            }
+            (Action::Confirm, Confirm::DrainEdge { id, .. }) => {
+                let id = id.clone();
+                self.send(Request::DrainEdge { id })
+            }
+            (action, Confirm::Drain { deadline, error, .. }) => {
+                match action {
+                    Action::Input(c) => deadline.push(c),
+                    Action::Backspace => _ = deadline.pop(),
+                    Action::ClearInput => deadline.clear(),
+                    _ => {}
+                }
+                *error = None;
+                self.mode = Mode::Confirm(confirm);
+                None
+            }
+            _ => {
+                self.mode = Mode::Confirm(confirm);
+                None
+            }
+        }
+    }
+}

@@ -1,0 +1,223 @@
+//! The detail pane: for a mapping its throughput sparkline and the
+//! histograms of throughput and connect latency; for an edge its tunnels.
+
+use api::{Distribution, MappingState};
+use ratatui::Frame;
+use ratatui::layout::{Constraint, Layout, Rect};
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{Bar, BarChart, Paragraph, Row, Sparkline, Table};
+
+use super::section;
+use crate::tui::app::App;
+use crate::tui::format;
+
+/// The widest a histogram bar gets, so few buckets do not fill the pane.
+const MAX_BAR: usize = 7;
+
+/// The selected mapping.
+pub(super) fn mapping(frame: &mut Frame<'_>, app: &App, area: Rect) {
+    let theme = app.theme;
+    let Some(m) = app.selected_mapping() else {
+        section(frame, theme, area, Line::styled(" detail ", theme.heading()));
+        return;
+    };
+    let s = &m.spec;
+    let listen = m.bound.as_deref().unwrap_or(&s.listen);
+    let head = format!(" {} · {listen} → edge {} → {} ", s.name, s.edge, s.target);
+    let head = format::fit(&head, area.width.saturating_sub(4) as usize);
+    let inner = section(frame, theme, area, Line::styled(head, theme.heading()));
+    let mut lines = Vec::new();
+    if let (MappingState::Failed, Some(error)) = (m.state, &m.error) {
+        for line in
+            format::wrap(&format!("failed: {error}"), inner.width as usize).into_iter().take(2)
+        {
+            lines.push(Line::styled(line, theme.bad()));
+        }
+    }
+    let allow = if s.allow.is_empty() { "any".to_owned() } else { s.allow.join(", ") };
+    let info = format!(
+        "{} open · {} total · {} failed · in {} · out {} · allow {allow}",
+        format::count(m.active_connections),
+        format::count(m.total_connections),
+        format::count(m.failed_connections),
+        format::decimal(m.bytes_in),
+        format::decimal(m.bytes_out),
+    );
+    lines.push(Line::styled(format::fit(&info, inner.width as usize), theme.dim()));
+    let [info_area, charts] =
+        Layout::vertical([Constraint::Length(lines.len() as u16), Constraint::Fill(1)])
+            .areas(inner);
+    frame.render_widget(Paragraph::new(lines), info_area);
+
+    let series =
+        app.snapshot.as_ref().and_then(|snap| snap.series.iter().find(|x| x.name == s.name));
+    let Some(series) = series else {
+        frame.render_widget(Line::styled("no figures yet", theme.dim()), charts);
+        return;
+    };
+    // Histograms need a title, bars and an axis: 5 rows at least.
+    let hist_h = if charts.height >= 9 { (charts.height * 3 / 5).max(5) } else { 0 };
+    let [spark_area, _, hist_area] = Layout::vertical([
+        Constraint::Fill(1),
+        Constraint::Length(u16::from(hist_h > 0)),
+        Constraint::Length(hist_h.saturating_sub(1)),
+    ])
+    .areas(charts);
+    let width = spark_area.width as usize;
+    let total: Vec<u64> =
+        series.throughput_in.iter().zip(&series.throughput_out).map(|(i, o)| i + o).collect();
+    let shown = &total[total.len().saturating_sub(width)..];
+    let peak = shown.iter().copied().max().unwrap_or(0);
+    let now = shown.last().copied().unwrap_or(0);
+    let label = format!(
+        "throughput in+out, last {}: now {}, peak {}",
+        format::duration_ms(shown.len() as u64 * 1000),
+        format::rate(now),
+        format::rate(peak),
+    );
+    let [label_area, chart_area] =
+        Layout::vertical([Constraint::Length(1), Constraint::Fill(1)]).areas(spark_area);
+    frame.render_widget(Line::styled(format::fit(&label, width), theme.heading()), label_area);
+    let spark = Sparkline::default().data(shown).max(peak.max(1)).style(theme.chart());
+    frame.render_widget(spark, chart_area);
+    if hist_h == 0 {
+        return;
+    }
+    let [left, _, right] =
+        Layout::horizontal([Constraint::Fill(1), Constraint::Length(2), Constraint::Fill(1)])
+            .areas(hist_area);
+    histogram(frame, app, left, "throughput", &series.throughput, format::rate);
+    histogram(frame, app, right, "connect", &series.connect_latency_us, format::micros);
+}
+
+/// A distribution as bars over log-2 slots, with p50 and p99 above and
+/// the range below.
+fn histogram(
+    frame: &mut Frame<'_>,
+    app: &App,
+    area: Rect,
+    name: &str,
+    d: &Distribution,
+    human: fn(u64) -> String,
+) {
+    let theme = app.theme;
+    let [title, bars_area, axis] =
+        Layout::vertical([Constraint::Length(1), Constraint::Fill(1), Constraint::Length(1)])
+            .areas(area);
+    let width = area.width as usize;
+    if d.count == 0 || d.buckets.is_empty() {
+        frame.render_widget(Line::styled(format!("{name}: no samples yet"), theme.dim()), title);
+        return;
+    }
+    let heading = format!("{name} p50 {}  p99 {}", human(d.p50), human(d.p99));
+    frame.render_widget(Line::styled(format::fit(&heading, width), theme.heading()), title);
+    let counts = slots(d, width.max(1));
+    let n = counts.len();
+    let gap = usize::from(2 * n - 1 <= width);
+    let bar_width = ((width + gap) / n).saturating_sub(gap).clamp(1, MAX_BAR);
+    let bars: Vec<Bar<'_>> =
+        counts.iter().map(|c| Bar::default().value(*c).text_value("")).collect();
+    let chart = BarChart::new(bars)
+        .bar_width(bar_width as u16)
+        .bar_gap(gap as u16)
+        .bar_style(theme.chart());
+    frame.render_widget(chart, bars_area);
+    let (low, high) = (d.buckets[0].le, d.buckets[d.buckets.len() - 1].le);
+    let (low, high) = (format!("≤{}", human(low)), format!("≤{}", human(high)));
+    if n == 1 {
+        frame.render_widget(Line::styled(format::fit(&low, width), theme.dim()), axis);
+        return;
+    }
+    let used = (bar_width + gap) * n - gap;
+    let pad = used.max(low.chars().count() + high.chars().count() + 1)
+        - low.chars().count()
+        - high.chars().count();
+    let axis_text = format::fit(&format!("{low}{}{high}", " ".repeat(pad)), width);
+    frame.render_widget(Line::styled(axis_text, theme.dim()), axis);
+}
+
+/// Bucket counts gathered into consecutive log-2 slots (empty ones
+/// included, so the shape is true), merged pairwise until at most `max`.
+fn slots(d: &Distribution, max: usize) -> Vec<u64> {
+    let bits = |v: u64| 64 - v.leading_zeros() as usize;
+    let lo = d.buckets.iter().map(|b| bits(b.le)).min().unwrap_or(0);
+    let hi = d.buckets.iter().map(|b| bits(b.le)).max().unwrap_or(0);
+    let mut counts = vec![0u64; hi - lo + 1];
+    for b in &d.buckets {
+        counts[bits(b.le) - lo] += b.count;
+    }
+    while counts.len() > max {
+        counts = counts.chunks(2).map(|c| c.iter().sum()).collect();
+    }
+    counts
+}
+
+/// The selected edge: its tunnels.
+pub(super) fn edge(frame: &mut Frame<'_>, app: &App, area: Rect) {
+    let theme = app.theme;
+    let Some(e) = app.selected_edge() else {
+        section(frame, theme, area, Line::styled(" detail ", theme.heading()));
+        return;
+    };
+    let version = e.version.as_deref().unwrap_or("unknown");
+    let head = format!(" edge {} · version {version} ", e.id);
+    let inner = section(frame, theme, area, Line::styled(head, theme.heading()));
+    let mappings: Vec<&str> = app
+        .snapshot
+        .iter()
+        .flat_map(|s| &s.mappings)
+        .filter(|m| m.spec.edge == e.id)
+        .map(|m| m.spec.name.as_str())
+        .collect();
+    let info = format!(
+        "{} destination connect failures · {} · mappings: {}",
+        e.connect_failures,
+        if e.draining { "draining: no new connections" } else { "taking new connections" },
+        if mappings.is_empty() { "none".to_owned() } else { mappings.join(", ") },
+    );
+    let host = match (e.cpu_percent, e.memory_used_bytes, e.memory_total_bytes) {
+        (Some(cpu), Some(used), Some(total)) => {
+            format!("host cpu {cpu:.0}% · memory {}", format::memory(used, total))
+        }
+        _ => "no host report".to_owned(),
+    };
+    let rtt = match (e.rtt_p50_us, e.rtt_p99_us) {
+        (Some(p50), Some(p99)) => {
+            format!("rtt p50 {}  p99 {}", format::micros(p50), format::micros(p99))
+        }
+        _ => "no rtt samples".to_owned(),
+    };
+    let seen = app.edge_silence_ms(e).map_or_else(|| "never".to_owned(), format::age);
+    let figures = format!("{host} · {rtt} · last seen {seen}");
+    let width = inner.width as usize;
+    let lines = vec![
+        Line::styled(format::fit(&info, width), theme.dim()),
+        Line::styled(format::fit(&figures, width), theme.dim()),
+    ];
+    let [info_area, _, table_area] =
+        Layout::vertical([Constraint::Length(2), Constraint::Length(1), Constraint::Fill(1)])
+            .areas(inner);
+    frame.render_widget(Paragraph::new(lines), info_area);
+    if e.tunnels.is_empty() {
+        frame.render_widget(Line::styled("no tunnel up", theme.bad()), table_area);
+        return;
+    }
+    let rows = e.tunnels.iter().map(|t| {
+        Row::new([
+            format!("#{}", t.id),
+            t.streams.to_string(),
+            t.rtt_us.map_or_else(|| "–".to_owned(), format::micros),
+            if t.draining { "draining".to_owned() } else { "up".to_owned() },
+        ])
+    });
+    let widths = [
+        Constraint::Length(8),
+        Constraint::Length(8),
+        Constraint::Length(10),
+        Constraint::Length(9),
+    ];
+    let header =
+        Row::new([Span::raw("tunnel"), Span::raw("streams"), Span::raw("rtt"), Span::raw("state")]);
+    let table = Table::new(rows, widths).header(header.style(theme.heading())).column_spacing(2);
+    frame.render_widget(table, table_area);
+}

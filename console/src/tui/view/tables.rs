@@ -1,0 +1,242 @@
+//! The edges and mappings tables. Columns are sized to their content and
+//! the least important ones are left out when the terminal is narrow, so
+//! no value is cut off mid-word; an over-long value ends in `…`.
+
+use api::{EdgeHealth, MappingState};
+use ratatui::Frame;
+use ratatui::layout::{Constraint, Rect};
+use ratatui::style::Style;
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{Cell, Row, Table, TableState};
+
+use super::section;
+use crate::tui::app::{App, Focus};
+use crate::tui::format;
+
+/// One column: its header, its cells, how wide it may grow, and how much
+/// it matters (0 most) when space runs out.
+struct Column {
+    header: &'static str,
+    cells: Vec<(String, Style)>,
+    max: usize,
+    priority: u8,
+    right: bool,
+}
+
+impl Column {
+    fn new(header: &'static str, priority: u8, max: usize) -> Column {
+        Column { header, cells: Vec::new(), max, priority, right: false }
+    }
+
+    fn right(mut self) -> Column {
+        self.right = true;
+        self
+    }
+
+    fn width(&self) -> usize {
+        let widest = self.cells.iter().map(|(t, _)| t.chars().count()).max().unwrap_or(0);
+        widest.max(self.header.len()).min(self.max)
+    }
+}
+
+/// Drops the least important columns until the rest fit in `width`;
+/// returns them and the spacing to use.
+fn fit(mut columns: Vec<Column>, width: usize) -> (Vec<Column>, u16) {
+    loop {
+        let total: usize = columns.iter().map(Column::width).sum();
+        let gaps = columns.len().saturating_sub(1);
+        for spacing in [2, 1] {
+            if total + gaps * spacing <= width || columns.len() == 1 {
+                return (columns, spacing as u16);
+            }
+        }
+        let worst = columns.iter().map(|c| c.priority).max().unwrap_or(0);
+        let i = columns.iter().rposition(|c| c.priority == worst).unwrap_or(0);
+        columns.remove(i);
+    }
+}
+
+fn render(
+    frame: &mut Frame<'_>,
+    area: Rect,
+    columns: Vec<Column>,
+    selected: Option<usize>,
+    (heading, highlight): (Style, Style),
+) {
+    let (columns, spacing) = fit(columns, area.width as usize);
+    let widths: Vec<usize> = columns.iter().map(Column::width).collect();
+    let rows = columns.first().map_or(0, |c| c.cells.len());
+    let line = |text: &str, style: Style, width: usize, right: bool| {
+        let line = Line::styled(format::fit(text, width), style);
+        if right { line.right_aligned() } else { line }
+    };
+    let header = Row::new(
+        columns
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| Cell::from(line(c.header, Style::new(), *w, c.right))),
+    );
+    let body = (0..rows).map(|r| {
+        Row::new(columns.iter().zip(&widths).map(|(c, w)| {
+            let (text, style) = &c.cells[r];
+            Cell::from(line(text, *style, *w, c.right))
+        }))
+    });
+    let constraints = widths.iter().map(|w| Constraint::Length(*w as u16));
+    let table = Table::new(body, constraints)
+        .header(header.style(heading))
+        .column_spacing(spacing)
+        .row_highlight_style(highlight);
+    let mut state = TableState::default().with_selected(selected);
+    frame.render_stateful_widget(table, area, &mut state);
+}
+
+fn title(app: &App, name: &str, count: String, focus: Focus) -> Line<'static> {
+    let theme = app.theme;
+    let focused = app.focus == focus;
+    let marker = if focused { "▶ " } else { "  " };
+    let mut spans = vec![
+        Span::styled(
+            format!("{marker}{name} "),
+            if focused { theme.title() } else { theme.heading() },
+        ),
+        Span::styled(format!("{count} "), theme.dim()),
+    ];
+    if app.stale() {
+        let age = format::age(app.data_age_ms());
+        spans.push(Span::styled(format!("stale: last update {age} "), theme.bad()));
+    }
+    Line::from(spans)
+}
+
+/// Header and selection styles of a table.
+fn styles(app: &App, focus: Focus) -> (Style, Style) {
+    let theme = app.theme;
+    let highlight = if app.focus == focus { theme.selected() } else { theme.selected_unfocused() };
+    (theme.heading(), highlight)
+}
+
+/// The edges: health, tunnels, heartbeat round trips, host figures.
+pub(super) fn edges(frame: &mut Frame<'_>, app: &App, area: Rect) {
+    let theme = app.theme;
+    let edges = app.edges();
+    let area = section(
+        frame,
+        theme,
+        area,
+        title(app, "Edges", format!("({})", edges.len()), Focus::Edges),
+    );
+    let mut cols = [
+        Column::new("edge", 0, 24),
+        Column::new("health", 0, 24),
+        Column::new("tunnels", 1, 7).right(),
+        Column::new("last seen", 1, 10).right(),
+        Column::new("rtt p50/p99", 2, 17).right(),
+        Column::new("cpu", 3, 5).right(),
+        Column::new("memory", 3, 14).right(),
+        Column::new("version", 4, 12),
+    ];
+    let plain = |t: String| (t, if app.stale() { theme.dim() } else { theme.text() });
+    for e in edges {
+        let (word, style) = match e.health {
+            EdgeHealth::Connected => ("connected", theme.good()),
+            EdgeHealth::Reconnecting => ("reconnecting", theme.warn()),
+            EdgeHealth::Down => ("down", theme.bad()),
+        };
+        let health = if e.draining { format!("{word}, draining") } else { word.to_owned() };
+        let style = if app.stale() { theme.dim() } else { style };
+        let rtt = match (e.rtt_p50_us, e.rtt_p99_us) {
+            (Some(p50), Some(p99)) => pair(p50, p99),
+            _ => "–".to_owned(),
+        };
+        let seen = app.edge_silence_ms(e).map_or_else(|| "never".to_owned(), format::age);
+        let memory = match (e.memory_used_bytes, e.memory_total_bytes) {
+            (Some(used), Some(total)) => format::memory(used, total),
+            _ => "–".to_owned(),
+        };
+        let values = [
+            plain(e.id.clone()),
+            (health, style),
+            plain(format!("{}/{}", e.tunnels_up, e.tunnels_configured)),
+            plain(seen),
+            plain(rtt),
+            plain(e.cpu_percent.map_or_else(|| "–".to_owned(), |c| format!("{c:.0}%"))),
+            plain(memory),
+            plain(e.version.clone().unwrap_or_else(|| "–".to_owned())),
+        ];
+        for (col, value) in cols.iter_mut().zip(values) {
+            col.cells.push(value);
+        }
+    }
+    let selected = app.edge_index().filter(|_| app.focus == Focus::Edges);
+    render(frame, area, cols.into(), selected, styles(app, Focus::Edges));
+}
+
+/// Two latencies sharing a unit when they can: `0.4/1.2 ms`.
+fn pair(a: u64, b: u64) -> String {
+    let (a, b) = (format::micros(a), format::micros(b));
+    match (a.rsplit_once(' '), b.rsplit_once(' ')) {
+        (Some((av, au)), Some((bv, bu))) if au == bu => format!("{av}/{bv} {bu}"),
+        _ => format!("{a}/{b}"),
+    }
+}
+
+/// The mappings that pass the filter.
+pub(super) fn mappings(frame: &mut Frame<'_>, app: &App, area: Rect) {
+    let theme = app.theme;
+    let visible = app.visible_mappings();
+    let total = app.snapshot.as_ref().map_or(0, |s| s.mappings.len());
+    let count = if app.filter.is_empty() {
+        format!("({total})")
+    } else {
+        format!("({} of {total}, filter \"{}\")", visible.len(), app.filter)
+    };
+    let area = section(frame, theme, area, title(app, "Mappings", count, Focus::Mappings));
+    if visible.is_empty() {
+        let text = if total == 0 {
+            "no mappings yet: press a to add one"
+        } else {
+            "no mapping matches the filter (Esc clears it)"
+        };
+        frame.render_widget(Line::styled(text, theme.dim()), area);
+        return;
+    }
+    let mut cols = [
+        Column::new("name", 0, 24),
+        Column::new("state", 0, 26),
+        Column::new("listen", 1, 26),
+        Column::new("edge", 2, 16),
+        Column::new("target", 3, 30),
+        Column::new("conns", 1, 6).right(),
+        Column::new("in", 1, 10).right(),
+        Column::new("out", 1, 10).right(),
+    ];
+    let plain = |t: String| (t, if app.stale() { theme.dim() } else { theme.text() });
+    for m in &visible {
+        let (state, style) = match m.state {
+            MappingState::Active => ("active".to_owned(), theme.good()),
+            MappingState::Draining => {
+                let left = app
+                    .drain_left_ms(m)
+                    .map_or_else(String::new, |ms| format!(", {}", format::duration_ms(ms)));
+                (format!("draining: {} open{left}", m.active_connections), theme.warn())
+            }
+            MappingState::Failed => ("failed".to_owned(), theme.bad()),
+        };
+        let style = if app.stale() { theme.dim() } else { style };
+        let values = [
+            plain(m.spec.name.clone()),
+            (state, style),
+            plain(m.bound.clone().unwrap_or_else(|| m.spec.listen.clone())),
+            plain(m.spec.edge.clone()),
+            plain(m.spec.target.clone()),
+            plain(m.active_connections.to_string()),
+            plain(format::rate(m.throughput_in_bps)),
+            plain(format::rate(m.throughput_out_bps)),
+        ];
+        for (col, value) in cols.iter_mut().zip(values) {
+            col.cells.push(value);
+        }
+    }
+    render(frame, area, cols.into(), app.mapping_index(), styles(app, Focus::Mappings));
+}

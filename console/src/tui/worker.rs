@@ -1,0 +1,79 @@
+//! Calls to the cloud agent, off the UI thread: a poller that fetches a
+//! snapshot about once a second, and one short-lived thread per change.
+//! Both report back as [`Action`]s on a channel.
+
+use std::sync::mpsc::{self, RecvTimeoutError, Sender};
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+
+use super::app::{Action, Request};
+use crate::client::ControlClient;
+
+/// How often the snapshot is fetched.
+const INTERVAL: Duration = Duration::from_secs(1);
+
+/// Unix time in milliseconds (0 if the clock is before 1970).
+pub(crate) fn unix_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Starts the poller. Sending on the returned channel fetches at once;
+/// dropping it (or the receiver of `tx`) stops the poller.
+///
+/// # Errors
+/// When the thread cannot be started.
+pub(crate) fn spawn_poller(
+    client: ControlClient,
+    tx: Sender<Action>,
+) -> anyhow::Result<Sender<()>> {
+    let (wake, woken) = mpsc::channel::<()>();
+    thread::Builder::new()
+        .name("relayctl-poll".into())
+        .spawn(move || {
+            loop {
+                let started = Instant::now();
+                let result = client.snapshot();
+                if tx.send(Action::Snapshot { result, now_ms: unix_ms() }).is_err() {
+                    return;
+                }
+                match woken.recv_timeout(INTERVAL.saturating_sub(started.elapsed())) {
+                    Ok(()) => while woken.try_recv().is_ok() {},
+                    Err(RecvTimeoutError::Timeout) => {}
+                    Err(RecvTimeoutError::Disconnected) => return,
+                }
+            }
+        })
+        .context("starting the snapshot thread")?;
+    Ok(wake)
+}
+
+/// Makes `request` on its own thread; the answer comes back on `tx` as
+/// [`Action::Finished`].
+///
+/// # Errors
+/// When the thread cannot be started.
+pub(crate) fn perform(
+    client: &ControlClient,
+    request: Request,
+    tx: &Sender<Action>,
+) -> anyhow::Result<()> {
+    let (client, tx) = (client.clone(), tx.clone());
+    thread::Builder::new()
+        .name("relayctl-call".into())
+        .spawn(move || {
+            let result = match &request {
+                Request::Add(spec) => client.add_mapping(spec).map(|v| Some(Box::new(v))),
+                Request::Drain { name, deadline_secs } => {
+                    client.drain_mapping(name, Some(*deadline_secs)).map(|v| v.map(Box::new))
+                }
+                Request::Remove { name } => client.remove_mapping(name).map(|()| None),
+                Request::DrainEdge { id } => client.drain_edge(id).map(|()| None),
+                Request::Refresh => Ok(None),
+            };
+            let _ = tx.send(Action::Finished { request, result });
+        })
+        .context("starting a thread for the call")?;
+    Ok(())
+}
