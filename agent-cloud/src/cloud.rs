@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use api::{MappingSource, Snapshot};
-use config::{CloudConfig, MappingConfig};
+use config::CloudConfig;
 use thiserror::Error;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -133,14 +133,7 @@ impl Cloud {
                     the config file wins");
                 continue;
             }
-            match MappingConfig::from_parts(
-                &spec.name,
-                &spec.listen,
-                &spec.edge,
-                &spec.target,
-                &spec.allow,
-                spec.max_connections,
-            ) {
+            match crate::mappings::config_of(&spec) {
                 Ok(m) => mappings.start_one(m, MappingSource::Runtime).await,
                 Err(e) => {
                     error!(mapping = %spec.name, error = %e, "invalid mapping in the state file; skipped")

@@ -9,7 +9,8 @@ use serde::Serialize;
 
 use crate::cli::{Command, EdgesCommand, MappingsCommand, Output};
 use crate::client::{ClientError, ControlClient};
-use crate::table::{self, Table};
+use crate::format;
+use crate::table::Table;
 
 /// Runs one command and turns its outcome into the process exit code,
 /// printing a one-line reason on stderr on failure.
@@ -158,8 +159,8 @@ fn edges_table(edges: &[EdgeView]) -> String {
             if e.draining { format!("{} (draining)", e.id) } else { e.id.clone() },
             health(e.health).into(),
             format!("{}/{}", e.tunnels_up, e.tunnels_configured.max(e.tunnels_up)),
-            e.rtt_p50_us.map_or("-".into(), table::micros),
-            e.rtt_p99_us.map_or("-".into(), table::micros),
+            e.rtt_p50_us.map_or("-".into(), format::micros),
+            e.rtt_p99_us.map_or("-".into(), format::micros),
             e.cpu_percent.map_or("-".into(), |c| format!("{c:.0}%")),
             e.version.clone().unwrap_or_else(|| "-".into()),
         ]);
@@ -184,8 +185,8 @@ fn mappings_table(mappings: &[MappingView]) -> String {
             m.spec.edge.clone(),
             m.spec.target.clone(),
             m.active_connections.to_string(),
-            table::rate(m.throughput_in_bps),
-            table::rate(m.throughput_out_bps),
+            format::rate(m.throughput_in_bps),
+            format::rate(m.throughput_out_bps),
         ]);
     }
     t.render()

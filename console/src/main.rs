@@ -5,6 +5,8 @@
 //! - `settings`: where the endpoint and token come from.
 //! - `client`: a blocking client of the cloud agent's control API.
 //! - `commands`: the subcommands and their table / JSON output.
+//! - `format`, `table`: human units and aligned tables, shared by the
+//!   subcommands and the TUI.
 //! - `batch`: `relayctl batch FILE`: parse all, then apply atomically.
 //! - `tui`: the terminal UI.
 //! - `demo`: agents and a sample service on loopback, then the TUI.
@@ -14,6 +16,7 @@ mod cli;
 mod client;
 mod commands;
 mod demo;
+mod format;
 mod settings;
 mod table;
 mod tui;

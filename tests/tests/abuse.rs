@@ -32,6 +32,25 @@ fn frames(mut bytes: Bytes) -> Vec<Frame> {
     out
 }
 
+/// Reads until a go-away arrives (or 5 s of silence, or the end).
+async fn next_go_away<S>(
+    ws: &mut tokio_tungstenite::WebSocketStream<S>,
+) -> Option<(GoAwayCode, String)>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    while let Ok(Some(Ok(msg))) = tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
+        if let Message::Binary(bytes) = msg {
+            for frame in frames(bytes) {
+                if let Frame::GoAway { code, message } = frame {
+                    return Some((code, message));
+                }
+            }
+        }
+    }
+    None
+}
+
 /// A cloud with the real edge `e1` serving `echo`, and edge `fake` serving
 /// mapping `fakemap` (to be driven by hand).
 async fn cloud_with_fake_edge(echo: SocketAddr) -> Cloud {
@@ -153,18 +172,8 @@ async fn an_edge_that_overruns_its_window_loses_its_tunnel_only() {
         Frame::Data { stream, payload: Bytes::from(vec![0u8; 64 * 1024]) }.encode(&mut burst);
     }
     ws.send(Message::Binary(burst.freeze())).await.expect("burst");
-    let mut go_away = None;
-    while let Ok(Some(Ok(msg))) = tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
-        if let Message::Binary(bytes) = msg {
-            if let Some(Frame::GoAway { code, message }) =
-                frames(bytes).into_iter().find(|f| matches!(f, Frame::GoAway { .. }))
-            {
-                go_away = Some((code, message));
-                break;
-            }
-        }
-    }
-    let (code, message) = go_away.expect("the cloud must close a tunnel that overruns a window");
+    let (code, message) =
+        next_go_away(&mut ws).await.expect("the cloud must close a tunnel that overruns a window");
     assert_eq!(code, GoAwayCode::ProtocolError);
     assert!(message.contains("allowed"), "{message}");
     assert!(serves(public).await, "the real edge keeps serving");
@@ -255,17 +264,7 @@ async fn an_edge_drops_a_tunnel_whose_cloud_reuses_a_stream_id() {
         };
         ws.send(Message::Binary(encode(&open))).await.expect("open");
         ws.send(Message::Binary(encode(&open))).await.expect("open again");
-        while let Ok(Some(Ok(msg))) = tokio::time::timeout(Duration::from_secs(5), ws.next()).await
-        {
-            if let Message::Binary(bytes) = msg {
-                if let Some(Frame::GoAway { code, message }) =
-                    frames(bytes).into_iter().find(|f| matches!(f, Frame::GoAway { .. }))
-                {
-                    go_away = Some((code, message));
-                    break;
-                }
-            }
-        }
+        go_away = next_go_away(&mut ws).await;
     }
     let (code, message) = go_away.expect("the edge must close a tunnel with a reused stream id");
     assert_eq!(code, GoAwayCode::ProtocolError);

@@ -16,7 +16,6 @@
 
 mod app;
 mod form;
-mod format;
 mod keys;
 mod outcome;
 mod theme;

@@ -4,8 +4,8 @@
 use api::MappingView;
 
 use super::app::{App, Focus, Link, Mode, Request};
-use super::format;
 use crate::client::ClientError;
+use crate::format;
 
 impl App {
     /// A fetch ended: new data, or the reason there is none (the old data

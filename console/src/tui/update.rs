@@ -4,7 +4,7 @@ use api::MappingState;
 
 use super::app::{Action, App, Confirm, Focus, Mode, Request, Status};
 use super::form::AddForm;
-use super::format;
+use crate::format;
 
 /// The drain deadline offered by default.
 pub(crate) const DEFAULT_DEADLINE: &str = "30s";

@@ -8,8 +8,8 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Bar, BarChart, Paragraph, Row, Sparkline, Table};
 
 use super::section;
+use crate::format;
 use crate::tui::app::App;
-use crate::tui::format;
 
 /// The widest a histogram bar gets, so few buckets do not fill the pane.
 const MAX_BAR: usize = 7;

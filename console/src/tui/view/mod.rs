@@ -15,9 +15,9 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Borders, Paragraph};
 
 use super::app::{App, Focus, Link, Mode};
-use super::format;
 use super::theme::Theme;
 use crate::client::ClientError;
+use crate::format;
 
 /// Draws the whole screen.
 pub(crate) fn draw(frame: &mut Frame<'_>, app: &App) {

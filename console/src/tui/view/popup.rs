@@ -6,9 +6,9 @@ use ratatui::style::Style;
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Clear, Padding, Paragraph};
 
+use crate::format;
 use crate::tui::app::{App, Confirm, Mode};
 use crate::tui::form::{AddForm, Field};
-use crate::tui::format;
 use crate::tui::keys::HELP;
 use crate::tui::theme::Theme;
 

@@ -10,8 +10,8 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Cell, Row, Table, TableState};
 
 use super::section;
+use crate::format;
 use crate::tui::app::{App, Focus};
-use crate::tui::format;
 
 /// One column: its header, its cells, how wide it may grow, and how much
 /// it matters (0 most) when space runs out.
