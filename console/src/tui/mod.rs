@@ -8,7 +8,8 @@
 //! - `form`: the add-mapping form and its validation.
 //! - `view`: drawing, a pure function of the state.
 //! - `worker`: the snapshot poller and the threads that make changes.
-//! - `format`, `theme`: human units, and colours (off with `NO_COLOR`).
+//! - `theme`: colours (off with `NO_COLOR`); human units come from
+//!   `crate::format`.
 //!
 //! The loop here owns the terminal: it waits briefly for keys, applies
 //! what the workers sent, ticks the clock once a second, and redraws when
