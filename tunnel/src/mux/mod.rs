@@ -18,8 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use proto::{
     DEFAULT_MAX_FRAME_PAYLOAD, DEFAULT_MAX_STREAMS, DEFAULT_STREAM_WINDOW, Frame, GoAwayCode,
     OpenCode, ResetCode, StreamIds,
@@ -27,13 +26,14 @@ use proto::{
 use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, oneshot};
-use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, debug, info_span, warn};
+use tracing::{Instrument, info_span};
 
 use crate::stream::{Inbound, MuxStream, StreamShared};
+
+mod reader;
+mod writer;
 
 /// Which end of the tunnel this is. Only the cloud opens streams.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -225,22 +225,6 @@ fn unix_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-/// Why the reader stops on a frame.
-#[derive(Debug)]
-enum Stop {
-    /// A frame the peer should not have sent. Closes the tunnel with a
-    /// protocol-error go-away.
-    Violation(String),
-    /// The peer said it is closing the tunnel.
-    PeerGoAway(String),
-}
-
-impl<E: fmt::Display> From<E> for Stop {
-    fn from(e: E) -> Self {
-        Stop::Violation(e.to_string())
-    }
-}
-
 /// A stream the cloud asked the edge to open. The edge decides, then calls
 /// [`accept`](Self::accept) or [`reject`](Self::reject); dropping it rejects.
 #[derive(Debug)]
@@ -331,9 +315,10 @@ impl Tunnel {
         let (sink, stream) = ws.split();
         let span = info_span!("tunnel", tunnel = id);
         tokio::spawn(
-            write_loop(Arc::clone(&shared), sink, data_rx, control_rx).instrument(span.clone()),
+            writer::write_loop(Arc::clone(&shared), sink, data_rx, control_rx)
+                .instrument(span.clone()),
         );
-        tokio::spawn(read_loop(Arc::clone(&shared), stream, incoming_tx).instrument(span));
+        tokio::spawn(reader::read_loop(Arc::clone(&shared), stream, incoming_tx).instrument(span));
         (Tunnel { shared }, incoming_rx)
     }
 
@@ -478,304 +463,4 @@ impl MuxStream {
     fn mark_closed_quietly(&self) {
         self.sender.stream.mark_reset("open failed");
     }
-}
-
-async fn write_loop<S>(
-    shared: Arc<Shared>,
-    mut sink: futures_util::stream::SplitSink<WebSocketStream<S>, Message>,
-    mut data_rx: mpsc::Receiver<Frame>,
-    mut control_rx: mpsc::UnboundedReceiver<Frame>,
-) where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    let mut buf = BytesMut::with_capacity(64 * 1024);
-    // A go-away waits until the data frames queued before it are written
-    // (a stream's last data and FIN must not be lost to a graceful close);
-    // `flush_first` counts them.
-    let mut go_away: Option<(Frame, usize)> = None;
-    loop {
-        tokio::select! {
-            biased;
-            () = shared.closed.cancelled() => break,
-            Some(frame) = control_rx.recv() => take_control(&shared, frame, &mut buf, &mut go_away, &data_rx),
-            Some(frame) = data_rx.recv() => encode_data(frame, &mut buf, &mut go_away),
-            else => break,
-        }
-        // Batch whatever else is ready into the same message: fewer, larger
-        // WebSocket messages and syscalls. Control frames go first.
-        while buf.len() < MAX_BATCH {
-            if let Ok(frame) = control_rx.try_recv() {
-                take_control(&shared, frame, &mut buf, &mut go_away, &data_rx);
-            } else if go_away.as_ref().is_some_and(|(_, n)| *n == 0) {
-                break;
-            } else if let Ok(frame) = data_rx.try_recv() {
-                encode_data(frame, &mut buf, &mut go_away);
-            } else {
-                break;
-            }
-        }
-        let last = match &go_away {
-            Some((frame, 0)) if buf.len() < MAX_BATCH => {
-                frame.encode(&mut buf);
-                true
-            }
-            _ => false,
-        };
-        if !buf.is_empty() {
-            if let Err(e) = sink.send(Message::Binary(buf.split().freeze())).await {
-                shared.set_close_reason(format!("websocket write failed: {e}"));
-                break;
-            }
-        }
-        if last {
-            let _ = sink.close().await;
-            break;
-        }
-        if buf.capacity() > 4 * MAX_BATCH {
-            buf = BytesMut::with_capacity(64 * 1024);
-        }
-    }
-    shared.closed.cancel();
-}
-
-fn encode_data(frame: Frame, buf: &mut BytesMut, go_away: &mut Option<(Frame, usize)>) {
-    frame.encode(buf);
-    if let Some((_, flush_first)) = go_away {
-        *flush_first = flush_first.saturating_sub(1);
-    }
-}
-
-fn take_control(
-    shared: &Shared,
-    frame: Frame,
-    buf: &mut BytesMut,
-    go_away: &mut Option<(Frame, usize)>,
-    data_rx: &mpsc::Receiver<Frame>,
-) {
-    match frame {
-        Frame::GoAway { .. } => {
-            if go_away.is_none() {
-                *go_away = Some((frame, data_rx.len()));
-            }
-        }
-        Frame::Pong { .. } => {
-            shared.pong_queued.store(false, Ordering::Relaxed);
-            frame.encode(buf);
-        }
-        _ => frame.encode(buf),
-    }
-}
-
-async fn read_loop<S>(
-    shared: Arc<Shared>,
-    mut stream: futures_util::stream::SplitStream<WebSocketStream<S>>,
-    incoming_tx: mpsc::UnboundedSender<IncomingStream>,
-) where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    let settings = shared.settings.clone();
-    let mut heartbeat = tokio::time::interval(settings.heartbeat_interval);
-    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_heard = Instant::now();
-    // Fires `heartbeat_timeout` after the last message; moved forward
-    // lazily (only when it fires early) rather than on every message.
-    let silence = tokio::time::sleep(settings.heartbeat_timeout);
-    tokio::pin!(silence);
-    let mut ping: (u64, Instant) = (0, Instant::now());
-    let reason = loop {
-        tokio::select! {
-            () = shared.closed.cancelled() => break None,
-            () = &mut silence => {
-                let deadline = last_heard + settings.heartbeat_timeout;
-                if deadline > Instant::now() {
-                    silence.as_mut().reset(deadline);
-                    continue;
-                }
-                let why = format!("no frame from peer for {:?}", last_heard.elapsed());
-                shared.go_away(GoAwayCode::Timeout, why.clone());
-                break Some(why);
-            }
-            msg = stream.next() => match msg {
-                None => break Some("connection closed by peer".to_owned()),
-                Some(Err(e)) => break Some(format!("websocket error: {e}")),
-                Some(Ok(Message::Binary(bytes))) => {
-                    last_heard = Instant::now();
-                    shared.last_heard_ms.store(unix_ms(), Ordering::Relaxed);
-                    match on_message(&shared, bytes, &incoming_tx, &mut ping) {
-                        Ok(()) => {}
-                        Err(Stop::Violation(why)) => {
-                            warn!(reason = %why, "protocol violation; closing tunnel");
-                            shared.go_away(GoAwayCode::ProtocolError, why.clone());
-                            break Some(format!("protocol violation: {why}"));
-                        }
-                        Err(Stop::PeerGoAway(why)) => break Some(why),
-                    }
-                }
-                Some(Ok(Message::Close(frame))) => {
-                    let why = frame.map(|f| f.reason.to_string()).unwrap_or_default();
-                    break Some(format!("peer closed the websocket {why}").trim_end().to_owned());
-                }
-                Some(Ok(Message::Ping(_) | Message::Pong(_))) => last_heard = Instant::now(),
-                Some(Ok(_)) => {
-                    let why = "non-binary websocket message".to_owned();
-                    shared.go_away(GoAwayCode::ProtocolError, why.clone());
-                    break Some(why);
-                }
-            },
-            _ = heartbeat.tick() => {
-                ping = (ping.0.wrapping_add(1), Instant::now());
-                shared.send_control(Frame::Ping { nonce: ping.0 });
-            }
-        }
-    };
-    if let Some(reason) = reason {
-        shared.set_close_reason(reason);
-    }
-    if shared.going_away.load(Ordering::Relaxed) {
-        // Let the writer deliver the go-away; it cancels when done, or the
-        // go-away timer does.
-        shared.closed.cancelled().await;
-    }
-    shared.closed.cancel();
-    shared.fail_all_streams();
-    debug!(reason = ?shared.close_reason.lock().ok().and_then(|r| r.clone()), "tunnel ended");
-}
-
-fn on_message(
-    shared: &Arc<Shared>,
-    mut bytes: Bytes,
-    incoming_tx: &mpsc::UnboundedSender<IncomingStream>,
-    ping: &mut (u64, Instant),
-) -> Result<(), Stop> {
-    while !bytes.is_empty() {
-        let Some(frame) = proto::decode(&mut bytes, shared.settings.max_frame_payload)? else {
-            return Err(Stop::Violation("truncated frame at end of message".into()));
-        };
-        on_frame(shared, frame, incoming_tx, ping)?;
-    }
-    Ok(())
-}
-
-fn on_frame(
-    shared: &Arc<Shared>,
-    frame: Frame,
-    incoming_tx: &mpsc::UnboundedSender<IncomingStream>,
-    ping: &mut (u64, Instant),
-) -> Result<(), Stop> {
-    match frame {
-        Frame::Data { stream, payload } => {
-            let table = shared.table();
-            // Data for a stream we already reset or closed is normal for a
-            // moment (it was in flight); drop it.
-            let Some(entry) = table.map.get(&stream) else { return Ok(()) };
-            {
-                let mut inner = entry.stream.lock();
-                inner.state.on_data().map_err(|e| format!("stream {stream}: {e}"))?;
-                inner
-                    .recv
-                    .on_data(payload.len() as u64)
-                    .map_err(|e| format!("stream {stream}: {e}"))?;
-            }
-            let _ = entry.inbound.send(Inbound::Data(payload));
-        }
-        Frame::Window { stream, consumed } => {
-            let table = shared.table();
-            let Some(entry) = table.map.get(&stream) else { return Ok(()) };
-            let grew = entry
-                .stream
-                .lock()
-                .send
-                .on_window_update(consumed)
-                .map_err(|e| format!("stream {stream}: {e}"))?;
-            if grew {
-                entry.stream.wake_sender();
-            }
-        }
-        Frame::Fin { stream } => {
-            let mut table = shared.table();
-            let Some(entry) = table.map.get(&stream) else { return Ok(()) };
-            let closed = {
-                let mut inner = entry.stream.lock();
-                inner.state.on_fin().map_err(|e| format!("stream {stream}: {e}"))?;
-                inner.state.is_closed()
-            };
-            let _ = entry.inbound.send(Inbound::Fin);
-            if closed {
-                table.map.remove(&stream);
-                shared.active.store(table.map.len(), Ordering::Relaxed);
-            }
-        }
-        Frame::Reset { stream, code, message } => {
-            let mut table = shared.table();
-            if let Some(entry) = table.map.remove(&stream) {
-                shared.active.store(table.map.len(), Ordering::Relaxed);
-                drop(table);
-                entry.stream.mark_reset(&format!("reset by peer: {message}"));
-                let _ = entry.inbound.send(Inbound::Reset { code, message });
-            }
-        }
-        Frame::Open { stream, window, mapping, host, port } => {
-            if shared.role != Role::Edge {
-                return Err(Stop::Violation("only the cloud may open streams".into()));
-            }
-            let (inbound_tx, inbound_rx) = mpsc::unbounded_channel();
-            let stream_shared = {
-                let mut table = shared.table();
-                if table.closed {
-                    return Ok(());
-                }
-                table.ids.accept(stream)?;
-                if table.map.len() >= shared.settings.max_streams as usize {
-                    return Err(Stop::Violation(format!(
-                        "peer exceeded the limit of {} streams",
-                        shared.settings.max_streams
-                    )));
-                }
-                let s = Arc::new(StreamShared::new(stream, window, shared.settings.stream_window));
-                table.map.insert(
-                    stream,
-                    Entry { stream: Arc::clone(&s), inbound: inbound_tx, pending_open: None },
-                );
-                shared.active.store(table.map.len(), Ordering::Relaxed);
-                s
-            };
-            let stream = MuxStream::new(stream_shared, Arc::clone(shared), inbound_rx);
-            let _ = incoming_tx.send(IncomingStream { mapping, host, port, stream });
-        }
-        Frame::OpenResult { stream, code, window, message } => {
-            if shared.role != Role::Cloud {
-                return Err(Stop::Violation("only the edge answers opens".into()));
-            }
-            let mut table = shared.table();
-            if let Some(pending) = table.map.get_mut(&stream).and_then(|e| e.pending_open.take()) {
-                let _ = pending.send((code, window, message));
-            }
-        }
-        Frame::Ping { nonce } => {
-            // One pong outstanding at most: a ping flood costs the peer, not us.
-            if !shared.pong_queued.swap(true, Ordering::Relaxed) {
-                shared.send_control(Frame::Pong { nonce });
-            }
-        }
-        Frame::Pong { nonce } => {
-            if nonce == ping.0 {
-                let rtt = ping.1.elapsed().as_micros().clamp(1, u128::from(u64::MAX)) as u64;
-                shared.rtt_micros.store(rtt, Ordering::Relaxed);
-            }
-        }
-        Frame::Drain => shared.peer_draining.store(true, Ordering::Relaxed),
-        Frame::Report(report) => {
-            if shared.role != Role::Cloud {
-                return Err(Stop::Violation("only the edge sends reports".into()));
-            }
-            *shared.last_report.lock().unwrap_or_else(|p| p.into_inner()) = Some(report);
-        }
-        Frame::GoAway { code, message } => {
-            return Err(Stop::PeerGoAway(format!("peer closed the tunnel ({code:?}): {message}")));
-        }
-        other => {
-            return Err(Stop::Violation(format!("unexpected frame after handshake: {other:?}")));
-        }
-    }
-    Ok(())
 }
