@@ -9,7 +9,6 @@ use std::time::Duration;
 use api::{MappingSource, Snapshot};
 use config::CloudConfig;
 use thiserror::Error;
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -87,13 +86,12 @@ impl Cloud {
             }
         };
         let bind_error = |source| StartError::TunnelBind { addr: config.tunnel.listen, source };
-        let listener = TcpListener::bind(config.tunnel.listen).await.map_err(bind_error)?;
+        let listener = crate::net::listen(config.tunnel.listen).map_err(bind_error)?;
         let tunnel_addr = listener.local_addr().map_err(bind_error)?;
 
         let control_listener = match &config.control {
             Some(c) => Some(
-                TcpListener::bind(c.listen)
-                    .await
+                crate::net::listen(c.listen)
                     .map_err(|source| StartError::ControlBind { addr: c.listen, source })?,
             ),
             None => {

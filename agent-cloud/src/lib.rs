@@ -30,6 +30,7 @@ mod handshake;
 mod mapping;
 mod mappings;
 mod metrics;
+mod net;
 mod sampler;
 mod store;
 mod tunnel_listener;

@@ -94,7 +94,7 @@ impl Mappings {
     /// start-up. A bind failure leaves it in the table as failed.
     pub(crate) async fn start_one(self: &Arc<Self>, spec: MappingConfig, source: MappingSource) {
         let bound = if self.edges.knows(&spec.edge) {
-            match TcpListener::bind(spec.listen).await {
+            match crate::net::listen(spec.listen) {
                 Ok(listener) => Ok(listener),
                 Err(e) => Err(format!("cannot listen on {}: {e}", spec.listen)),
             }
@@ -173,7 +173,7 @@ impl Mappings {
         let mut listeners = Vec::new();
         for (index, p) in planned.iter().enumerate() {
             if let Planned::Add(spec) = p {
-                match TcpListener::bind(spec.listen).await {
+                match crate::net::listen(spec.listen) {
                     Ok(l) => listeners.push(l),
                     Err(e) => {
                         let err = ChangeError::new(

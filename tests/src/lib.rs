@@ -310,6 +310,55 @@ impl Agent {
     }
 }
 
+/// How long an agent may take to log that it is listening or connected.
+pub const STARTUP: Duration = Duration::from_secs(10);
+
+/// The socket address after `listen=` in a log line; also accepts the
+/// `listen=Some(ADDR)` form the control API logs.
+pub fn listen_addr(line: &str) -> SocketAddr {
+    let value = line
+        .split_whitespace()
+        .find_map(|field| field.strip_prefix("listen="))
+        .unwrap_or_else(|| panic!("no listen= field in {line:?}"));
+    let value = value.strip_prefix("Some(").and_then(|v| v.strip_suffix(')')).unwrap_or(value);
+    value.parse().unwrap_or_else(|e| panic!("bad listen address {value:?} in {line:?}: {e}"))
+}
+
+/// A cloud agent process, with the addresses it bound.
+#[derive(Debug)]
+pub struct CloudProc {
+    /// The process.
+    pub agent: Agent,
+    /// Where it listens for edge tunnels.
+    pub tunnel: SocketAddr,
+    /// Where each mapping listens, in the order asked for.
+    pub mappings: Vec<SocketAddr>,
+}
+
+/// Starts `relay-cloud` with a [`cloud_toml`] config and waits until the
+/// tunnel listener and every mapping (in the order given) have logged their
+/// addresses.
+pub async fn start_cloud(tunnel_listen: &str, mappings: &[(&str, &str)]) -> CloudProc {
+    let names: Vec<&str> = mappings.iter().map(|(name, _)| *name).collect();
+    start_cloud_with(&cloud_toml(tunnel_listen, mappings, ""), &names).await
+}
+
+/// Starts `relay-cloud` with `config_text` and waits until the tunnel
+/// listener and the mappings `mapping_names` (in that order) have logged
+/// their addresses.
+pub async fn start_cloud_with(config_text: &str, mapping_names: &[&str]) -> CloudProc {
+    let mut agent = Agent::spawn("relay-cloud", config_text);
+    let line = agent.wait_for_log(&["listening for edge tunnels"], STARTUP).await;
+    let tunnel = listen_addr(&line);
+    let mut addrs = Vec::new();
+    for name in mapping_names {
+        let field = format!("mapping={name} ");
+        let line = agent.wait_for_log(&["mapping listening", &field], STARTUP).await;
+        addrs.push(listen_addr(&line));
+    }
+    CloudProc { agent, tunnel, mappings: addrs }
+}
+
 /// The admin token of configs made by [`cloud_toml_with_control`].
 pub const ADMIN_TOKEN: &str = "Zr8cLq2VnW5xT0aJ7dKp3HsB9mYe4GfU";
 

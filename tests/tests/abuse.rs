@@ -271,3 +271,218 @@ async fn an_edge_drops_a_tunnel_whose_cloud_reuses_a_stream_id() {
     assert!(message.contains("stream id 1"), "{message}");
     edge.shutdown().await;
 }
+
+// Slow and oversized upgrade requests: each is cut off, by the handshake
+// deadline or by the WebSocket layer's header limit, and a real edge gets
+// in meanwhile.
+
+use std::net::IpAddr;
+use std::time::Instant;
+
+use e2e_tests::cloud_toml;
+use tokio::io::AsyncReadExt;
+
+/// A valid WebSocket upgrade request for the tunnel at `cloud`, with
+/// `extra` (whole header lines) before its end.
+fn upgrade_request(cloud: SocketAddr, extra: &str) -> Vec<u8> {
+    format!(
+        "GET /tunnel HTTP/1.1\r\nHost: {cloud}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
+    )
+    .into_bytes()
+}
+
+/// How a drip connection ended: after how long, with how many bytes sent.
+#[derive(Debug)]
+struct Cut {
+    after: Duration,
+    sent: usize,
+    how: String,
+}
+
+/// Connects to `cloud` from `source` and sends `request` one byte every
+/// 100 ms until the cloud closes the connection. An error if the cloud
+/// answers anything, or keeps the connection for 10 s.
+async fn drip(cloud: SocketAddr, source: IpAddr, request: Vec<u8>) -> Result<Cut, String> {
+    let socket = TcpSocket::new_v4().map_err(|e| format!("socket: {e}"))?;
+    socket.bind(SocketAddr::new(source, 0)).map_err(|e| format!("bind {source}: {e}"))?;
+    let tcp = socket.connect(cloud).await.map_err(|e| format!("connect: {e}"))?;
+    let started = Instant::now();
+    let (mut r, mut w) = tcp.into_split();
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let give_up = tokio::time::sleep(Duration::from_secs(10));
+    tokio::pin!(give_up);
+    let mut sent = 0;
+    let mut buf = [0u8; 512];
+    loop {
+        tokio::select! {
+            read = r.read(&mut buf) => {
+                let how = match read {
+                    Ok(0) => "EOF".to_owned(),
+                    Ok(n) => return Err(format!(
+                        "the cloud answered {:?} after {sent} bytes",
+                        String::from_utf8_lossy(&buf[..n])
+                    )),
+                    Err(e) => e.to_string(),
+                };
+                return Ok(Cut { after: started.elapsed(), sent, how });
+            }
+            _ = tick.tick() => {
+                let Some(byte) = request.get(sent..=sent) else {
+                    return Err(format!("the whole request went through in {:?}", started.elapsed()));
+                };
+                if let Err(e) = w.write_all(byte).await {
+                    return Ok(Cut { after: started.elapsed(), sent, how: format!("write: {e}") });
+                }
+                sent += 1;
+            }
+            () = &mut give_up => return Err(format!("still open after 10 s, {sent} bytes sent")),
+        }
+    }
+}
+
+/// 50 valid upgrade requests dripped one byte every 100 ms: each is
+/// admitted (25 per source address, under the per-address limit of 32) and
+/// cut at the handshake deadline, not before and not much after, while a
+/// real edge connects and serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_drip_handshakes_are_cut_at_the_deadline() {
+    const DRIPS: usize = 50;
+    // The handshake_timeout of `cloud_with_fake_edge`.
+    const DEADLINE: Duration = Duration::from_secs(2);
+    let echo = echo_server().await;
+    let cloud = cloud_with_fake_edge(echo).await;
+    let tunnel = cloud.tunnel_addr();
+    let request = upgrade_request(tunnel, "");
+    assert!(request.len() as u64 > 10 * (DEADLINE.as_secs() + 2), "request too short to drip");
+
+    let started = Instant::now();
+    let drips: Vec<_> = (0..DRIPS)
+        .map(|i| {
+            let source = IpAddr::from([127, 0, 0, 2 + (i % 2) as u8]);
+            tokio::spawn(drip(tunnel, source, request.clone()))
+        })
+        .collect();
+
+    // A real edge (from 127.0.0.1) connects and serves meanwhile.
+    let edge =
+        Edge::start(edge_config(&edge_toml(tunnel, &[echo.to_string()], TOKEN))).expect("edge");
+    let public = cloud.mapping_addr("echo").expect("echo");
+    let served = eventually(DEADLINE, || serves(public)).await;
+    let served_after = started.elapsed();
+    assert!(served, "a real edge could not get in while {DRIPS} handshakes dripped");
+    eprintln!("real edge served {served_after:?} after the drips started");
+    assert!(
+        served_after < DEADLINE,
+        "the real edge served only after the drips' deadline ({served_after:?})"
+    );
+
+    let mut cuts = Vec::new();
+    for (i, d) in drips.into_iter().enumerate() {
+        match d.await.expect("drip task") {
+            Ok(cut) => cuts.push(cut),
+            Err(e) => panic!("drip {i}: {e}"),
+        }
+    }
+    let after: Vec<Duration> = cuts.iter().map(|c| c.after).collect();
+    let (min, max) = (after.iter().min().expect("cuts"), after.iter().max().expect("cuts"));
+    let sent: Vec<usize> = cuts.iter().map(|c| c.sent).collect();
+    let mut hows = std::collections::BTreeMap::<&str, usize>::new();
+    for cut in &cuts {
+        *hows.entry(cut.how.as_str()).or_default() += 1;
+    }
+    eprintln!(
+        "{DRIPS} drips cut after {min:?}..{max:?} (deadline {DEADLINE:?}), having sent {}..{} of {} \
+         bytes; seen as {hows:?}",
+        sent.iter().min().expect("cuts"),
+        sent.iter().max().expect("cuts"),
+        request.len(),
+    );
+    for (i, cut) in cuts.iter().enumerate() {
+        assert!(
+            cut.after + Duration::from_millis(50) >= DEADLINE,
+            "drip {i} was cut before the deadline: {cut:?}"
+        );
+        assert!(
+            cut.after <= DEADLINE + Duration::from_secs(1),
+            "drip {i} was cut more than 1 s after the deadline: {cut:?}"
+        );
+    }
+    assert!(serves(public).await, "the real edge stopped serving");
+    assert_eq!(cloud.live_tunnels("e1"), 2, "the real edge lost a tunnel");
+    edge.shutdown().await;
+    cloud.shutdown().await;
+}
+
+/// An upgrade request with a 1 MiB header is refused by the WebSocket
+/// layer's header limit, long before the handshake deadline, without a
+/// 101; the cloud then still takes a real edge.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_websocket_headers_are_refused() {
+    // A deadline far above the bound below, so the close is the size limit.
+    const DEADLINE: Duration = Duration::from_secs(10);
+    const BOUND: Duration = Duration::from_secs(2);
+    let echo = echo_server().await;
+    let toml = cloud_toml(
+        "127.0.0.1:0",
+        &[("echo", &echo.to_string())],
+        &format!("handshake_timeout = \"{}s\"", DEADLINE.as_secs()),
+    );
+    let cloud = Cloud::start(cloud_config(&toml)).await.expect("cloud");
+    let tunnel = cloud.tunnel_addr();
+    let padding = format!("X-Padding: {}\r\n", "a".repeat(1024 * 1024));
+    let request = upgrade_request(tunnel, &padding);
+
+    let tcp = TcpStream::connect(tunnel).await.expect("connect");
+    let started = Instant::now();
+    let (mut r, mut w) = tcp.into_split();
+    let writer = tokio::spawn(async move {
+        let mut written = 0;
+        for chunk in request.chunks(64 * 1024) {
+            if let Err(e) = w.write_all(chunk).await {
+                return (written, Some(e.to_string()));
+            }
+            written += chunk.len();
+        }
+        (written, None)
+    });
+    let mut answer = Vec::new();
+    let ended = tokio::time::timeout(BOUND, async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match r.read(&mut buf).await {
+                Ok(0) => return "EOF".to_owned(),
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+                Err(e) => return e.to_string(),
+            }
+        }
+    })
+    .await;
+    let closed_after = started.elapsed();
+    // The writer ends once the connection is gone (or was never stopped).
+    let (written, write_error) = tokio::time::timeout(Duration::from_secs(5), writer)
+        .await
+        .expect("writer still blocked 5 s after the read side ended")
+        .expect("writer task");
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    eprintln!(
+        "1 MiB header: connection ended ({ended:?}) after {closed_after:?}; {written} bytes \
+         written (write error: {write_error:?}); answer {answer:?}"
+    );
+    let how = ended.unwrap_or_else(|_| panic!("connection still open after {BOUND:?}"));
+    assert!(!how.is_empty());
+    assert!(
+        !answer.contains(" 101 "),
+        "the cloud switched protocols for a request with a 1 MiB header: {answer:?}"
+    );
+
+    let edge =
+        Edge::start(edge_config(&edge_toml(tunnel, &[echo.to_string()], TOKEN))).expect("edge");
+    let public = cloud.mapping_addr("echo").expect("echo");
+    assert!(
+        eventually(Duration::from_secs(5), || serves(public)).await,
+        "the cloud does not serve a real edge after the oversized request"
+    );
+    edge.shutdown().await;
+    cloud.shutdown().await;
+}

@@ -10,49 +10,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use e2e_tests::{
-    Agent, TOKEN, cloud_toml, echo_server, edge_toml, eventually, free_port, serves, sha256,
+    Agent, STARTUP, TOKEN, echo_server, edge_toml, eventually, free_port, serves, sha256,
+    start_cloud,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-
-/// How long an agent may take to log that it is listening or connected.
-const STARTUP: Duration = Duration::from_secs(10);
 
 /// A token of the right shape that is not the one the cloud knows.
 const WRONG_TOKEN: &str = "Vb7kQ2xN9pLr4TzW8mYc3HdF6sJa1GeU";
 
 const MIB: u64 = 1024 * 1024;
-
-/// The socket address after `listen=` in a log line.
-fn listen_addr(line: &str) -> SocketAddr {
-    let value = line
-        .split_whitespace()
-        .find_map(|field| field.strip_prefix("listen="))
-        .unwrap_or_else(|| panic!("no listen= field in {line:?}"));
-    value.parse().unwrap_or_else(|e| panic!("bad listen address {value:?} in {line:?}: {e}"))
-}
-
-/// A cloud agent process, with the addresses it bound.
-struct CloudProc {
-    agent: Agent,
-    tunnel: SocketAddr,
-    mappings: Vec<SocketAddr>,
-}
-
-/// Starts `relay-cloud` and waits until the tunnel listener and every
-/// mapping (in the order given) have logged their addresses.
-async fn start_cloud(tunnel_listen: &str, mappings: &[(&str, &str)]) -> CloudProc {
-    let mut agent = Agent::spawn("relay-cloud", &cloud_toml(tunnel_listen, mappings, ""));
-    let line = agent.wait_for_log(&["listening for edge tunnels"], STARTUP).await;
-    let tunnel = listen_addr(&line);
-    let mut addrs = Vec::new();
-    for (name, _) in mappings {
-        let field = format!("mapping={name} ");
-        let line = agent.wait_for_log(&["mapping listening", &field], STARTUP).await;
-        addrs.push(listen_addr(&line));
-    }
-    CloudProc { agent, tunnel, mappings: addrs }
-}
 
 fn start_edge(cloud: SocketAddr, allow: &[SocketAddr], token: &str) -> Agent {
     let allow: Vec<String> = allow.iter().map(ToString::to_string).collect();

@@ -405,6 +405,10 @@ impl Tunnel {
         }
         let (result_tx, result_rx) = oneshot::channel();
         let (inbound_tx, inbound_rx) = mpsc::unbounded_channel();
+        // The edge requires strictly increasing ids, so the id is taken and
+        // its Open queued under one lock: reserve the queue slot first (the
+        // only wait), so nothing awaits while the lock is held.
+        let permit = shared.data_tx.reserve().await.map_err(|_| shared.closed_error())?;
         let stream = {
             let mut table = shared.table();
             if table.closed {
@@ -425,18 +429,17 @@ impl Tunnel {
                 },
             );
             shared.active.store(table.map.len(), Ordering::Relaxed);
+            permit.send(Frame::Open {
+                stream: id,
+                window: shared.settings.stream_window,
+                mapping: mapping.to_owned(),
+                host: host.to_owned(),
+                port,
+            });
             stream
         };
         let id = stream.id;
         let mux_stream = MuxStream::new(Arc::clone(&stream), Arc::clone(shared), inbound_rx);
-        let open = Frame::Open {
-            stream: id,
-            window: shared.settings.stream_window,
-            mapping: mapping.to_owned(),
-            host: host.to_owned(),
-            port,
-        };
-        shared.send_frame(open).await.map_err(|e| TunnelClosed(e.reason))?;
         match result_rx.await {
             Ok((OpenCode::Ok, window, _)) => {
                 stream.lock().send = proto::SendWindow::new(window);
