@@ -13,16 +13,27 @@ use crate::bins::Bins;
 use crate::procs::{self, Proc};
 use crate::targets::Addrs;
 
-/// Log filter of the agents: warnings only, except the few startup lines
-/// that say where the cloud listens and when tunnels are up (these modules
-/// log nothing else at info while connections are relayed).
-const CLOUD_LOG: &str = "warn,agent_cloud::cloud=info,agent_cloud::edges=info";
+/// Log filter of the agents: warnings, and the cloud's info lines, which
+/// are lifecycle events (where it listens, tunnels up) and failures only,
+/// never one per served connection. The bench needs the lifecycle lines.
+const CLOUD_LOG: &str = "warn,agent_cloud=info";
 const EDGE_LOG: &str = "warn";
 
 /// Tunnels the edge keeps (the agents' default).
 const TUNNELS: u32 = 2;
 const STARTUP: Duration = Duration::from_secs(15);
 const EDGE_ID: &str = "bench-edge";
+
+/// How the agents are started, beyond the defaults: for experiments
+/// (`--agent-env`, `--stream-window`); recorded in the report.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub(crate) struct Setup {
+    /// Extra environment variables of both agents.
+    pub(crate) env: Vec<(String, String)>,
+    /// The cloud's `stream_window` (its receive window per stream, i.e.
+    /// for data towards the cloud); None keeps the agents' default.
+    pub(crate) stream_window: Option<u32>,
+}
 
 /// A running cloud and edge. Both are killed, and the configs removed,
 /// when this is dropped.
@@ -41,15 +52,20 @@ pub(crate) struct Agents {
 impl Agents {
     /// Starts the cloud, then the edge, and waits until all tunnels are
     /// up and an echo round trip through the relay works.
-    pub(crate) async fn start(bins: &Bins, targets: &Addrs, max_streams: u32) -> Result<Self> {
+    pub(crate) async fn start(
+        bins: &Bins,
+        targets: &Addrs,
+        max_streams: u32,
+        setup: &Setup,
+    ) -> Result<Self> {
         let dir = tempfile::Builder::new().prefix("relay-bench-").tempdir()?;
         // Random per run; fastrand is enough for a loopback-only bench.
         let token: String = (0..32).map(|_| fastrand::alphanumeric()).collect();
 
         let cloud_path = dir.path().join("cloud.toml");
-        std::fs::write(&cloud_path, cloud_toml(&token, targets, max_streams))?;
+        std::fs::write(&cloud_path, cloud_toml(&token, targets, max_streams, setup.stream_window))?;
         let mut cloud =
-            Proc::spawn("relay-cloud", agent_command(&bins.cloud, &cloud_path, CLOUD_LOG))?;
+            Proc::spawn("relay-cloud", agent_command(&bins.cloud, &cloud_path, CLOUD_LOG, setup))?;
         let listening = cloud.wait_for(&["listening for edge tunnels"], 1, STARTUP).await?;
         let tunnel = field(&listening[0], "listen=")?;
         let mapped = Addrs {
@@ -60,9 +76,15 @@ impl Agents {
 
         let edge_path = dir.path().join("edge.toml");
         std::fs::write(&edge_path, edge_toml(&token, tunnel, targets))?;
-        let edge = Proc::spawn("relay-edge", agent_command(&bins.edge, &edge_path, EDGE_LOG))?;
+        let edge =
+            Proc::spawn("relay-edge", agent_command(&bins.edge, &edge_path, EDGE_LOG, setup))?;
         let up = format!("tunnels={TUNNELS}");
-        cloud.wait_for(&["edge tunnel up", &up], 1, STARTUP).await?;
+        if let Err(e) = cloud.wait_for(&["edge tunnel up", &up], 1, STARTUP).await {
+            return Err(e.context(format!(
+                "the edge's tunnels did not come up; edge log:\n{}",
+                edge.tail()
+            )));
+        }
 
         let mut agents = Self { cloud, edge, mapped, startup_lines: (0, 0), _dir: dir };
         agents.check_echo().await?;
@@ -121,9 +143,10 @@ impl Agents {
     }
 }
 
-fn agent_command(bin: &Path, config: &Path, log: &str) -> tokio::process::Command {
+fn agent_command(bin: &Path, config: &Path, log: &str, setup: &Setup) -> tokio::process::Command {
     let mut cmd = procs::command(bin);
     cmd.arg("--config").arg(config).env("RUST_LOG", log);
+    cmd.envs(setup.env.iter().map(|(k, v)| (k, v)));
     cmd
 }
 
@@ -141,10 +164,11 @@ fn field(line: &str, key: &str) -> Result<SocketAddr> {
         .with_context(|| format!("no {key}ADDR in log line {line:?}"))
 }
 
-fn cloud_toml(token: &str, t: &Addrs, max_streams: u32) -> String {
+fn cloud_toml(token: &str, t: &Addrs, max_streams: u32, window: Option<u32>) -> String {
+    let window = window.map(|w| format!("stream_window = {w}\n")).unwrap_or_default();
     let mut s = format!(
         "shutdown_grace = \"1s\"\n\n[tunnel]\nlisten = \"127.0.0.1:0\"\n\
-         max_streams_per_tunnel = {max_streams}\n\n\
+         max_streams_per_tunnel = {max_streams}\n{window}\n\
          [[edges]]\nid = \"{EDGE_ID}\"\ntoken = \"{token}\"\n"
     );
     for (name, target) in [("echo", t.echo), ("sink", t.sink), ("source", t.source)] {

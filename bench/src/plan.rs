@@ -14,6 +14,8 @@ pub(crate) struct Plan {
     pub(crate) parallel_streams: usize,
     /// Recorded round trips per message size.
     pub(crate) round_trips: usize,
+    /// Fresh connections the round trips are spread over.
+    pub(crate) round_trip_connections: usize,
     /// Recorded fresh connections.
     pub(crate) new_connections: usize,
     /// The two idle-connection counts memory is measured at.
@@ -32,6 +34,7 @@ impl Plan {
             bulk_repeats: 5,
             parallel_streams: 8,
             round_trips: 20_000,
+            round_trip_connections: 10,
             new_connections: 1_000,
             idle_small: 100,
             idle_large: 10_000,
@@ -45,6 +48,7 @@ impl Plan {
             bulk_secs: 1.0,
             bulk_repeats: 1,
             round_trips: 2_000,
+            round_trip_connections: 4,
             new_connections: 200,
             ..Self::full()
         }
@@ -58,6 +62,7 @@ impl Plan {
             bulk_repeats: 1,
             parallel_streams: 2,
             round_trips: 200,
+            round_trip_connections: 1,
             new_connections: 20,
             idle_small: 10,
             idle_large: 100,

@@ -1,5 +1,6 @@
-//! Child processes: spawned with `kill_on_drop`, stderr captured line by
-//! line, and what `/proc` says about them (memory, CPU time).
+//! Child processes: killed when dropped (and reaped by [`reap_dropped`]),
+//! stderr captured line by line, and what `/proc` says about them (memory,
+//! CPU time).
 
 use std::path::Path;
 use std::process::Stdio;
@@ -48,11 +49,28 @@ impl Log {
     }
 }
 
+/// Children killed by a drop (an error or Ctrl-C unwound the run), kept
+/// so that [`reap_dropped`] can wait for them.
+static DROPPED: Mutex<Vec<Child>> = Mutex::new(Vec::new());
+
+/// Waits (bounded) for every child killed by a drop, so none is left
+/// behind as a zombie when the bench exits.
+pub(crate) async fn reap_dropped(timeout: Duration) {
+    let children = std::mem::take(&mut *DROPPED.lock().unwrap_or_else(|p| p.into_inner()));
+    let _ = tokio::time::timeout(timeout, async {
+        for mut child in children {
+            let _ = child.wait().await;
+        }
+    })
+    .await;
+}
+
 /// A running child process. Killed (SIGKILL) when dropped.
 #[derive(Debug)]
 pub(crate) struct Proc {
     pub(crate) name: &'static str,
-    child: Child,
+    /// Always Some until dropped or stopped.
+    child: Option<Child>,
     pid: u32,
     log: Arc<Log>,
 }
@@ -74,7 +92,7 @@ impl Proc {
                 }
             });
         }
-        Ok(Self { name, child, pid, log })
+        Ok(Self { name, child: Some(child), pid, log })
     }
 
     pub(crate) fn pid(&self) -> u32 {
@@ -83,7 +101,7 @@ impl Proc {
 
     /// The child's stdin and stdout, if they were piped.
     pub(crate) fn child_mut(&mut self) -> &mut Child {
-        &mut self.child
+        self.child.as_mut().unwrap_or_else(|| unreachable!("child taken only by stop and drop"))
     }
 
     /// Every stderr line so far.
@@ -111,7 +129,8 @@ impl Proc {
     ) -> Result<Vec<String>> {
         let deadline = Instant::now() + timeout;
         loop {
-            let changed = self.log.changed.notified();
+            let log = Arc::clone(&self.log);
+            let changed = log.changed.notified();
             tokio::pin!(changed);
             changed.as_mut().enable();
             let found: Vec<String> = self
@@ -122,7 +141,7 @@ impl Proc {
             if found.len() >= count {
                 return Ok(found);
             }
-            if let Ok(Some(status)) = self.child.try_wait() {
+            if let Ok(Some(status)) = self.child_mut().try_wait() {
                 bail!(
                     "{} exited ({status}) before logging {needles:?}:\n{}",
                     self.name,
@@ -147,13 +166,15 @@ impl Proc {
 
     /// Whether the process is still running.
     pub(crate) fn is_running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
+        matches!(self.child_mut().try_wait(), Ok(None))
     }
 
     /// Kills the process and reaps it (bounded wait).
     pub(crate) async fn stop(mut self) {
-        let _ = self.child.start_kill();
-        let _ = tokio::time::timeout(Duration::from_secs(5), self.child.wait()).await;
+        if let Some(mut child) = self.child.take() {
+            let _ = child.start_kill();
+            let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
+        }
     }
 
     /// Resident memory now (VmRSS), KiB.
@@ -172,6 +193,15 @@ impl Proc {
     }
 }
 
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.start_kill();
+            DROPPED.lock().unwrap_or_else(|p| p.into_inner()).push(child);
+        }
+    }
+}
+
 /// A `Vm*:` field of /proc/PID/status, in KiB.
 fn status_kib(pid: u32, key: &str) -> Result<u64> {
     let path = format!("/proc/{pid}/status");
@@ -184,7 +214,7 @@ fn status_kib(pid: u32, key: &str) -> Result<u64> {
 }
 
 /// utime + stime of /proc/PID/stat (fields 14 and 15), seconds.
-fn cpu_seconds(pid: u32) -> Result<f64> {
+pub(crate) fn cpu_seconds(pid: u32) -> Result<f64> {
     let path = format!("/proc/{pid}/stat");
     let stat = std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
     // The command name (field 2) may hold spaces; count fields after it.

@@ -44,6 +44,13 @@ fn header(s: &mut String, r: &Report) {
         m.bench_profile,
         m.agent_bin_dir
     );
+    if !r.setup.env.is_empty() || r.setup.stream_window.is_some() {
+        let _ = writeln!(
+            s,
+            "EXPERIMENT: agent environment {:?}, cloud stream_window {:?}\n",
+            r.setup.env, r.setup.stream_window
+        );
+    }
 }
 
 fn row(s: &mut String, figure: &str, direct: &str, relay: &str, ratio: &str) {
@@ -57,12 +64,21 @@ fn throughput(x: &Spread) -> String {
 fn figures(s: &mut String, r: &Report) {
     row(s, "figure", "direct", "relay", "ratio");
     row(s, "throughput MiB/s: median [min-max]", "", "", "");
-    for t in &r.throughput {
+    let label = |t: &crate::report::Throughput| {
         let streams =
             if t.streams == 1 { "1 stream".to_owned() } else { format!("{} streams", t.streams) };
-        let figure = format!("  {streams}, {}", t.direction.label());
+        format!("  {streams}, {}", t.direction.label())
+    };
+    for t in &r.throughput {
         let (direct, relay) = (throughput(&t.direct_mib_s), throughput(&t.relay_mib_s));
-        row(s, &figure, &direct, &relay, &format!("{:.2}", t.ratio));
+        row(s, &label(t), &direct, &relay, &format!("{:.2}", t.ratio));
+    }
+    row(s, "CPU-s per GiB, whole path [cores busy]", "", "", "");
+    for t in &r.throughput {
+        let (d, rel) = (t.direct_path_cpu_per_gib, t.relay_path_cpu_per_gib);
+        let direct = format!("{d:.2} s [{:.2}]", t.direct_path_cores);
+        let relay = format!("{rel:.2} s [{:.2}]", t.relay_path_cores);
+        row(s, &label(t), &direct, &relay, &format!("{:.2}", rel / d));
     }
     for rt in &r.round_trip {
         let size = if rt.message_bytes == 1 {
@@ -132,16 +148,33 @@ fn agents(s: &mut String, r: &Report) {
         &cpu(c.edge.per_gib_down),
     );
     agent_row(s, "CPU per GiB, all bulk runs", &cpu(c.cloud.per_gib_all), &cpu(c.edge.per_gib_all));
-    let conns = &r.connections.large;
-    let _ = writeln!(
-        s,
-        "{} concurrent connections through one mapping: {} served, {} refused, {} timed out",
-        r.connections.attempted, conns.served, conns.refused, conns.timed_out
-    );
+    let us = |v: f64| format!("{v:.0} µs");
+    for rt in &r.round_trip {
+        let a = rt.agent_cpu_us_per_round_trip;
+        agent_row(
+            s,
+            &format!("CPU per round trip, {} B", rt.message_bytes),
+            &us(a.cloud),
+            &us(a.edge),
+        );
+    }
+    let a = r.agent_cpu_us_per_connection;
+    agent_row(s, "CPU per new connection", &us(a.cloud), &us(a.edge));
+    let c = &r.connections;
+    for (how, opened, alive) in [
+        ("one at a time".to_owned(), c.sequential, c.sequential_alive),
+        (format!("{} at a time", c.burst_concurrency), c.burst, c.burst_alive),
+    ] {
+        let _ = writeln!(
+            s,
+            "{} connections through one mapping, {how}: {} served, {} refused, {} timed out; {alive} still open at the end",
+            c.attempted, opened.served, opened.refused, opened.timed_out
+        );
+    }
     let _ = writeln!(
         s,
         "({:.2} GiB moved through the relay in the bulk runs; agent warnings while measured: {})\n",
-        c.gib_up + c.gib_down,
+        r.cpu.gib_up + r.cpu.gib_down,
         r.agent_warnings.len()
     );
 }

@@ -17,7 +17,7 @@ use super::rtt::connect;
 use super::{histogram, record};
 
 /// Connections not recorded, per address.
-const WARMUP: usize = 20;
+pub(crate) const WARMUP: usize = 20;
 /// Bound on one whole measurement.
 const MAX_TIME: Duration = Duration::from_secs(120);
 

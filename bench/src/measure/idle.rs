@@ -1,5 +1,10 @@
 //! Many idle connections through one mapping: each is opened, verified
 //! with one echo round trip, and then held open without traffic.
+//!
+//! Connections are opened either one at a time (for memory figures that
+//! do not depend on timing) or in a burst of many at once (how clients
+//! arrive after an outage); [`verify`] checks later that the held ones
+//! are still served.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,9 +17,6 @@ use tokio::task::JoinSet;
 use tokio::time::{Instant, timeout, timeout_at};
 
 use super::{IO_TIMEOUT, echo_byte};
-
-/// Connections being opened at once (stays under the listeners' backlog).
-const CONCURRENCY: usize = 64;
 
 /// How the connections of one batch fared.
 #[derive(Debug, Clone, Copy, Default, Serialize)]
@@ -42,16 +44,18 @@ enum Outcome {
     TimedOut,
 }
 
-/// Opens `count` connections to the echo service at `addr` and adds the
-/// served ones to `held`. The whole batch is bounded by `deadline`.
+/// Opens `count` connections to the echo service at `addr`, `concurrency`
+/// at a time, and adds the served ones to `held`. The whole batch is
+/// bounded by `deadline`.
 pub(crate) async fn open(
     addr: SocketAddr,
     count: usize,
+    concurrency: usize,
     held: &mut Vec<TcpStream>,
     deadline: Duration,
 ) -> Opened {
     let until = Instant::now() + deadline;
-    let slots = Arc::new(Semaphore::new(CONCURRENCY));
+    let slots = Arc::new(Semaphore::new(concurrency.max(1)));
     let mut tasks = JoinSet::new();
     let mut opened = Opened::default();
     let mut started = 0;
@@ -98,4 +102,29 @@ async fn one(addr: SocketAddr) -> Outcome {
         Ok(Err(_)) => Outcome::Refused,
         Err(_) => Outcome::TimedOut,
     }
+}
+
+/// One more echo round trip on every held connection, 64 at a time;
+/// keeps the ones that answer and returns how many did. Bounded by
+/// `deadline` (connections not checked by then count as lost).
+pub(crate) async fn verify(held: &mut Vec<TcpStream>, deadline: Duration) -> usize {
+    const AT_ONCE: usize = 64;
+    let until = Instant::now() + deadline;
+    let mut pending = std::mem::take(held);
+    let mut tasks = JoinSet::new();
+    loop {
+        while tasks.len() < AT_ONCE {
+            let Some(mut tcp) = pending.pop() else { break };
+            tasks.spawn(async move {
+                let ok = timeout_at(until, echo_byte(&mut tcp)).await.is_ok_and(|r| r.is_ok());
+                ok.then_some(tcp)
+            });
+        }
+        match tasks.join_next().await {
+            Some(Ok(Some(tcp))) => held.push(tcp),
+            Some(_) => {}
+            None => break,
+        }
+    }
+    held.len()
 }

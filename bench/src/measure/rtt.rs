@@ -3,7 +3,10 @@
 //!
 //! The direct and the relayed connection take turns in blocks of 100
 //! round trips, so a disturbance (another process, a frequency change)
-//! hits both alike. Blocking sockets on a thread of their own: the client
+//! hits both alike. The round trips are spread over several fresh
+//! connections: relayed latency differs from one connection to the next
+//! (which tunnel, which worker threads), and one connection would show
+//! only one of them. Blocking sockets on a thread of their own: the client
 //! adds as little as possible (no event loop wake-up) to what is measured.
 
 use std::io::{Read, Write};
@@ -16,22 +19,34 @@ use hdrhistogram::Histogram;
 use super::{IO_TIMEOUT, histogram, record};
 
 /// Round trips not recorded, on each connection, to warm up.
-const WARMUP: usize = 200;
+pub(crate) const WARMUP: usize = 200;
 /// Round trips on one connection before the other takes its turn.
 const BLOCK: usize = 100;
 /// Bound on one whole measurement.
 const MAX_TIME: Duration = Duration::from_secs(120);
 
-/// `count` round trips of `size`-byte messages through each of `addrs`
-/// (direct, relay); one histogram per address.
+/// Round trips through each of `addrs` (direct, relay): `count` in all,
+/// spread over `reps` fresh connection pairs. Returns, per address, the
+/// merged histogram and each connection's p50 (ns).
 pub(crate) async fn measure(
     addrs: [SocketAddr; 2],
     size: usize,
     count: usize,
-) -> Result<[Histogram<u64>; 2]> {
-    tokio::task::spawn_blocking(move || round_trips(addrs, size, count))
-        .await
-        .context("round-trip thread panicked")?
+    reps: usize,
+) -> Result<[(Histogram<u64>, Vec<u64>); 2]> {
+    let reps = reps.clamp(1, count.max(1));
+    let mut out = [(histogram(), Vec::new()), (histogram(), Vec::new())];
+    for rep in 0..reps {
+        let n = count / reps + usize::from(rep < count % reps);
+        let hists = tokio::task::spawn_blocking(move || round_trips(addrs, size, n))
+            .await
+            .context("round-trip thread panicked")??;
+        for ((merged, p50s), hist) in out.iter_mut().zip(hists) {
+            merged.add(&hist).context("merging histograms")?;
+            p50s.push(hist.value_at_quantile(0.5));
+        }
+    }
+    Ok(out)
 }
 
 fn round_trips(addrs: [SocketAddr; 2], size: usize, count: usize) -> Result<[Histogram<u64>; 2]> {
