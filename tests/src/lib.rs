@@ -13,7 +13,7 @@ pub mod netns;
 
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 
@@ -61,9 +61,13 @@ pub fn edge_config(toml: &str) -> config::EdgeConfig {
 }
 
 /// An echo service on an ephemeral loopback port: writes back what it
-/// reads, and half-closes when its peer does.
+/// reads, and half-closes when its peer does. Its accept queue holds 1,024
+/// (not tokio's default 128), so waves of hundreds of connects are not held
+/// back by the test's own service.
 pub async fn echo_server() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind echo");
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.bind("127.0.0.1:0".parse().expect("addr")).expect("bind echo");
+    let listener = socket.listen(1024).expect("listen");
     let addr = listener.local_addr().expect("echo addr");
     tokio::spawn(async move {
         while let Ok((mut tcp, _)) = listener.accept().await {
@@ -454,4 +458,22 @@ impl Api {
         .await
         .map_err(|e| e.to_string())?
     }
+}
+
+/// Parses a `Debug`-formatted `Duration` as agents log it: `1.234567891s`,
+/// `850ms`, `12µs`.
+pub fn parse_debug_duration(s: &str) -> Duration {
+    let (number, unit) = s
+        .find(|c: char| c.is_ascii_alphabetic() || c == 'µ')
+        .map(|i| s.split_at(i))
+        .unwrap_or_else(|| panic!("no unit in duration {s:?}"));
+    let number: f64 = number.parse().unwrap_or_else(|e| panic!("bad duration {s:?}: {e}"));
+    let scale = match unit {
+        "s" => 1.0,
+        "ms" => 1e-3,
+        "µs" | "us" => 1e-6,
+        "ns" => 1e-9,
+        _ => panic!("unknown unit in duration {s:?}"),
+    };
+    Duration::from_secs_f64(number * scale)
 }

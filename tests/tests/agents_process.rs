@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use e2e_tests::{
-    Agent, STARTUP, TOKEN, echo_server, edge_toml, eventually, free_port, serves, sha256,
-    start_cloud,
+    Agent, STARTUP, TOKEN, echo_server, edge_toml, eventually, free_port, parse_debug_duration,
+    serves, sha256, start_cloud,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -245,23 +245,6 @@ fn log_time(line: &str) -> Duration {
         .collect();
     let [h, m, s] = parts[..] else { panic!("bad timestamp {stamp:?}") };
     Duration::from_secs_f64(h * 3600.0 + m * 60.0 + s)
-}
-
-/// Parses a `Debug`-formatted `Duration` such as `5.123456789s`, `850ms`.
-fn parse_debug_duration(s: &str) -> Duration {
-    let (number, unit) = s
-        .find(|c: char| c.is_ascii_alphabetic() || c == 'µ')
-        .map(|i| s.split_at(i))
-        .unwrap_or_else(|| panic!("no unit in duration {s:?}"));
-    let number: f64 = number.parse().unwrap_or_else(|e| panic!("bad duration {s:?}: {e}"));
-    let scale = match unit {
-        "s" => 1.0,
-        "ms" => 1e-3,
-        "µs" | "us" => 1e-6,
-        "ns" => 1e-9,
-        _ => panic!("unknown unit in duration {s:?}"),
-    };
-    Duration::from_secs_f64(number * scale)
 }
 
 /// A service that, on each connection, writes 64 KiB chunks as fast as the

@@ -13,7 +13,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use e2e_tests::{
     ADMIN_TOKEN, Agent, Api, STARTUP, TOKEN, cloud_toml_with_control, echo_server, edge_toml,
-    eventually, free_port, listen_addr, serves, sha256, start_cloud, start_cloud_with,
+    eventually, free_port, listen_addr, parse_debug_duration, serves, sha256, start_cloud,
+    start_cloud_with,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -43,23 +44,6 @@ fn log_time(line: &str) -> Duration {
 fn time_of_day() -> Duration {
     let since_epoch = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock after 1970");
     Duration::from_nanos((since_epoch.as_nanos() % (86_400 * 1_000_000_000)) as u64)
-}
-
-/// Parses a `Debug`-formatted `Duration` such as `1.234567891s`, `850ms`.
-fn parse_debug_duration(s: &str) -> Duration {
-    let (number, unit) = s
-        .find(|c: char| c.is_ascii_alphabetic() || c == 'µ')
-        .map(|i| s.split_at(i))
-        .unwrap_or_else(|| panic!("no unit in duration {s:?}"));
-    let number: f64 = number.parse().unwrap_or_else(|e| panic!("bad duration {s:?}: {e}"));
-    let scale = match unit {
-        "s" => 1.0,
-        "ms" => 1e-3,
-        "µs" | "us" => 1e-6,
-        "ns" => 1e-9,
-        _ => panic!("unknown unit in duration {s:?}"),
-    };
-    Duration::from_secs_f64(number * scale)
 }
 
 /// The `retry_in=` of an edge's "tunnel not established" line.
@@ -302,26 +286,6 @@ fn figures(pid: u32) -> Figures {
     }
 }
 
-/// Like [`echo_server`], with a listen backlog of 1,024 instead of the
-/// 128 of `TcpListener::bind`, so that waves of hundreds of connects are
-/// not held back by the test's own service.
-async fn echo_server_deep_backlog() -> SocketAddr {
-    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
-    socket.bind("127.0.0.1:0".parse().expect("addr")).expect("bind echo");
-    let listener = socket.listen(1024).expect("listen");
-    let addr = listener.local_addr().expect("echo addr");
-    tokio::spawn(async move {
-        while let Ok((mut tcp, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let (mut r, mut w) = tcp.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-                let _ = w.shutdown().await;
-            });
-        }
-    });
-    addr
-}
-
 /// One short connection: 64 bytes there and back, then a clean close.
 async fn short_connection(public: SocketAddr, n: u64) -> Result<(), String> {
     let run = async {
@@ -416,7 +380,7 @@ async fn connection_churn_returns_to_baseline() {
     let _serial = SERIAL.lock().await;
 
     let dir = tempfile::tempdir().expect("temp dir");
-    let echo = echo_server_deep_backlog().await;
+    let echo = echo_server().await;
     let toml = cloud_toml_with_control(
         "127.0.0.1:0",
         &[("echo", &echo.to_string())],
