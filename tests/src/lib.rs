@@ -477,3 +477,19 @@ pub fn parse_debug_duration(s: &str) -> Duration {
     };
     Duration::from_secs_f64(number * scale)
 }
+
+/// The time of day a log line was written, from its leading RFC 3339
+/// timestamp (`2026-01-02T13:17:40.688008Z ...`), as time since midnight.
+pub fn log_time(line: &str) -> Duration {
+    let stamp = line.split_whitespace().next().unwrap_or_default();
+    let time = stamp
+        .split_once('T')
+        .and_then(|(_, t)| t.strip_suffix('Z'))
+        .unwrap_or_else(|| panic!("no UTC timestamp at the start of {line:?}"));
+    let parts: Vec<f64> = time
+        .split(':')
+        .map(|p| p.parse().unwrap_or_else(|e| panic!("bad timestamp {stamp:?}: {e}")))
+        .collect();
+    let [h, m, s] = parts[..] else { panic!("bad timestamp {stamp:?}") };
+    Duration::from_secs_f64(h * 3600.0 + m * 60.0 + s)
+}

@@ -100,6 +100,18 @@ async fn stalled_handshakes_from_one_address_do_not_lock_out_a_real_edge() {
     cloud.shutdown().await;
 }
 
+/// [`cloud_with_fake_edge`] plus the real edge `e1`, once it serves `echo`.
+async fn cloud_with_real_edge() -> (Cloud, Edge, SocketAddr) {
+    let echo = echo_server().await;
+    let cloud = cloud_with_fake_edge(echo).await;
+    let edge =
+        Edge::start(edge_config(&edge_toml(cloud.tunnel_addr(), &[echo.to_string()], TOKEN)))
+            .expect("edge");
+    let public = cloud.mapping_addr("echo").expect("echo");
+    assert!(eventually(Duration::from_secs(10), || serves(public)).await, "real edge never served");
+    (cloud, edge, public)
+}
+
 /// Handshakes as edge `fake` and returns the socket.
 async fn fake_edge(
     cloud: SocketAddr,
@@ -135,13 +147,7 @@ async fn fake_edge(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_edge_that_overruns_its_window_loses_its_tunnel_only() {
-    let echo = echo_server().await;
-    let cloud = cloud_with_fake_edge(echo).await;
-    let edge =
-        Edge::start(edge_config(&edge_toml(cloud.tunnel_addr(), &[echo.to_string()], TOKEN)))
-            .expect("edge");
-    let public = cloud.mapping_addr("echo").expect("echo");
-    assert!(eventually(Duration::from_secs(10), || serves(public)).await);
+    let (cloud, edge, public) = cloud_with_real_edge().await;
     let mut ws = fake_edge(cloud.tunnel_addr()).await;
     // A client of the fake edge's mapping makes the cloud open a stream.
     let _client =
@@ -184,13 +190,7 @@ async fn an_edge_that_overruns_its_window_loses_its_tunnel_only() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_that_open_and_reset_in_a_loop_leave_nothing_behind() {
-    let echo = echo_server().await;
-    let cloud = cloud_with_fake_edge(echo).await;
-    let edge =
-        Edge::start(edge_config(&edge_toml(cloud.tunnel_addr(), &[echo.to_string()], TOKEN)))
-            .expect("edge");
-    let public = cloud.mapping_addr("echo").expect("echo");
-    assert!(eventually(Duration::from_secs(10), || serves(public)).await);
+    let (cloud, edge, public) = cloud_with_real_edge().await;
     for round in 0..20 {
         let mut batch = Vec::new();
         for _ in 0..100 {

@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use e2e_tests::{
-    Agent, STARTUP, TOKEN, echo_server, edge_toml, eventually, free_port, parse_debug_duration,
-    serves, sha256, start_cloud,
+    Agent, STARTUP, TOKEN, echo_server, edge_toml, eventually, free_port, log_time,
+    parse_debug_duration, serves, sha256, start_cloud,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -229,22 +229,6 @@ async fn wrong_token_is_refused_and_logged_on_both_sides() {
             assert!(!log.iter().any(|l| l.contains(secret)), "{who} logged a token");
         }
     }
-}
-
-/// The time of day a log line was written, from its leading RFC 3339
-/// timestamp (`2026-01-02T13:17:40.688008Z ...`), as time since midnight.
-fn log_time(line: &str) -> Duration {
-    let stamp = line.split_whitespace().next().unwrap_or_default();
-    let time = stamp
-        .split_once('T')
-        .and_then(|(_, t)| t.strip_suffix('Z'))
-        .unwrap_or_else(|| panic!("no UTC timestamp at the start of {line:?}"));
-    let parts: Vec<f64> = time
-        .split(':')
-        .map(|p| p.parse().unwrap_or_else(|e| panic!("bad timestamp {stamp:?}: {e}")))
-        .collect();
-    let [h, m, s] = parts[..] else { panic!("bad timestamp {stamp:?}") };
-    Duration::from_secs_f64(h * 3600.0 + m * 60.0 + s)
 }
 
 /// A service that, on each connection, writes 64 KiB chunks as fast as the

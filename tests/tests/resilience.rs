@@ -13,8 +13,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use e2e_tests::{
     ADMIN_TOKEN, Agent, Api, STARTUP, TOKEN, cloud_toml_with_control, echo_server, edge_toml,
-    eventually, free_port, listen_addr, parse_debug_duration, serves, sha256, start_cloud,
-    start_cloud_with,
+    eventually, free_port, listen_addr, log_time, parse_debug_duration, serves, sha256,
+    start_cloud, start_cloud_with,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -23,22 +23,6 @@ use tokio::net::TcpStream;
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 const MIB: usize = 1024 * 1024;
-
-/// The time of day a log line was written, from its leading RFC 3339
-/// timestamp (`2026-01-02T13:17:40.688008Z ...`), as time since midnight.
-fn log_time(line: &str) -> Duration {
-    let stamp = line.split_whitespace().next().unwrap_or_default();
-    let time = stamp
-        .split_once('T')
-        .and_then(|(_, t)| t.strip_suffix('Z'))
-        .unwrap_or_else(|| panic!("no UTC timestamp at the start of {line:?}"));
-    let parts: Vec<f64> = time
-        .split(':')
-        .map(|p| p.parse().unwrap_or_else(|e| panic!("bad timestamp {stamp:?}: {e}")))
-        .collect();
-    let [h, m, s] = parts[..] else { panic!("bad timestamp {stamp:?}") };
-    Duration::from_secs_f64(h * 3600.0 + m * 60.0 + s)
-}
 
 /// Now, as UTC time since midnight (comparable with [`log_time`]).
 fn time_of_day() -> Duration {
