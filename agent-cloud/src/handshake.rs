@@ -6,8 +6,8 @@ use config::CloudConfig;
 use proto::{Frame, MIN_PROTOCOL_VERSION, NONCE_LEN, PROTOCOL_VERSION, RefuseCode};
 use ring::rand::{SecureRandom, SystemRandom};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio_tungstenite::WebSocketStream;
 use tunnel::wire::{self, WireError};
+use tunnel::ws::WsConn;
 
 use crate::edges::EdgeRegistry;
 
@@ -31,14 +31,14 @@ pub(crate) enum HandshakeError {
 /// Runs the handshake on a fresh WebSocket: challenge, verify the edge's
 /// proof, apply session fencing, then welcome or refuse.
 pub(crate) async fn accept<S>(
-    ws: &mut WebSocketStream<S>,
+    ws: &mut WsConn<S>,
     config: &CloudConfig,
     edges: &EdgeRegistry,
     tunnel_id: u64,
     timeout: Duration,
 ) -> Result<Admitted, HandshakeError>
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite,
 {
     let mut server_nonce = [0u8; NONCE_LEN];
     SystemRandom::new()
@@ -90,15 +90,15 @@ where
 }
 
 async fn refuse<S>(
-    ws: &mut WebSocketStream<S>,
+    ws: &mut WsConn<S>,
     code: RefuseCode,
     message: &str,
     edge_id: &str,
 ) -> Result<Admitted, HandshakeError>
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite,
 {
     let _ = wire::send_frame(ws, &Frame::Refuse { code, message: message.to_owned() }).await;
-    let _ = ws.close(None).await;
+    let _ = ws.close().await;
     Err(HandshakeError::Refused { code, message: message.to_owned(), edge_id: edge_id.to_owned() })
 }

@@ -11,6 +11,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
+use tunnel::ws::WsConn;
 use tunnel::{MuxSettings, Role, Tunnel};
 
 use crate::edges::EdgeRegistry;
@@ -83,10 +84,12 @@ async fn serve<S>(
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let tunnel_config = &this.config.tunnel;
-    let ws_config = tunnel::wire::websocket_config(proto::DEFAULT_MAX_FRAME_PAYLOAD);
-    let ws = tokio_tungstenite::accept_async_with_config(stream, Some(ws_config));
-    let mut ws = match tokio::time::timeout_at(deadline, ws).await {
-        Ok(Ok(ws)) => ws,
+    // tokio-tungstenite serves the HTTP upgrade; the tunnel frames its own
+    // messages from there (see `tunnel::ws`). Nothing is lost in between:
+    // the edge sends nothing until it has read our challenge.
+    let upgrade = tokio_tungstenite::accept_async(stream);
+    let mut ws = match tokio::time::timeout_at(deadline, upgrade).await {
+        Ok(Ok(ws)) => WsConn::accepted(ws.into_inner()),
         Ok(Err(e)) => {
             info!(error = %e, "not a WebSocket tunnel request; closed");
             return;

@@ -11,8 +11,8 @@ use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
-use tokio_tungstenite::WebSocketStream;
 use tunnel::wire::{self, WireError};
+use tunnel::ws::{self, WsConn};
 use tunnel::{IncomingStream, MuxSettings, Role, Tunnel};
 
 /// Each dial step must finish within this long.
@@ -104,11 +104,17 @@ async fn upgrade<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let ws_config = wire::websocket_config(proto::DEFAULT_MAX_FRAME_PAYLOAD);
-    let (mut ws, _response) = step(
+    let cloud = &config.cloud_url;
+    let mut ws = step(
         url,
         "WebSocket upgrade",
-        tokio_tungstenite::client_async_with_config(url, stream, Some(ws_config)),
+        ws::client_upgrade(
+            stream,
+            &cloud.host,
+            cloud.port,
+            &cloud.path,
+            ws::max_message_len(proto::DEFAULT_MAX_FRAME_PAYLOAD),
+        ),
     )
     .await?;
     let welcome = handshake(&mut ws, config, epoch).await?;
@@ -131,7 +137,7 @@ struct Welcome {
 }
 
 async fn handshake<S>(
-    ws: &mut WebSocketStream<S>,
+    ws: &mut WsConn<S>,
     config: &EdgeConfig,
     epoch: u64,
 ) -> Result<Welcome, DialError>

@@ -24,7 +24,7 @@ pub const DEFAULT_MAX_TUNNELS_PER_EDGE: u32 = 8;
 /// Allowed `[tunnel] max_tunnels_per_edge`.
 pub const MAX_TUNNELS_PER_EDGE_RANGE: RangeInclusive<u32> = 1..=64;
 /// Default `[tunnel] stream_window`, in bytes.
-pub const DEFAULT_STREAM_WINDOW: u32 = 256 * 1024;
+pub const DEFAULT_STREAM_WINDOW: u32 = 1024 * 1024;
 /// Allowed `[tunnel] stream_window`, in bytes.
 pub const STREAM_WINDOW_RANGE: RangeInclusive<u32> = 16 * 1024..=16 * 1024 * 1024;
 /// Default `shutdown_grace` of both agents: how long open connections may

@@ -37,7 +37,7 @@ fn cloud_defaults_equal_the_constants() {
     assert_eq!(DEFAULT_HANDSHAKE_TIMEOUT.as_secs(), 10);
     assert_eq!(DEFAULT_MAX_STREAMS_PER_TUNNEL, 4096);
     assert_eq!(DEFAULT_MAX_TUNNELS_PER_EDGE, 8);
-    assert_eq!(DEFAULT_STREAM_WINDOW, 262_144);
+    assert_eq!(DEFAULT_STREAM_WINDOW, 1_048_576);
     assert_eq!(DEFAULT_SHUTDOWN_GRACE.as_secs(), 30);
 }
 

@@ -42,6 +42,6 @@ pub const MIN_PROTOCOL_VERSION: u16 = 1;
 /// Checked on the length field, before any allocation.
 pub const DEFAULT_MAX_FRAME_PAYLOAD: u32 = 256 * 1024;
 /// Bytes a sender may have unacknowledged on one stream in one direction.
-pub const DEFAULT_STREAM_WINDOW: u32 = 256 * 1024;
+pub const DEFAULT_STREAM_WINDOW: u32 = 1024 * 1024;
 /// Streams open at once on one tunnel unless configured otherwise.
 pub const DEFAULT_MAX_STREAMS: u32 = 4096;

@@ -56,7 +56,7 @@ where
 async fn cloud_with_fake_edge(echo: SocketAddr) -> Cloud {
     let toml = format!(
         "[tunnel]\nlisten = \"127.0.0.1:0\"\nheartbeat_interval = \"500ms\"\nheartbeat_timeout = \"2s\"\n\
-         handshake_timeout = \"2s\"\n\
+         handshake_timeout = \"2s\"\nstream_window = 262144\n\
          [[edges]]\nid = \"e1\"\ntoken = \"{TOKEN}\"\n[[edges]]\nid = \"fake\"\ntoken = \"{FAKE_TOKEN}\"\n\
          [[mappings]]\nname = \"echo\"\nlisten = \"127.0.0.1:0\"\nedge = \"e1\"\ntarget = \"{echo}\"\n\
          [[mappings]]\nname = \"fakemap\"\nlisten = \"127.0.0.1:0\"\nedge = \"fake\"\ntarget = \"127.0.0.1:9\"\n"

@@ -12,8 +12,9 @@
 //!   writer task (frames out, batched into WebSocket messages).
 //! - [`stream`]: one stream's shared state and the halves a relay uses.
 //! - [`relay`]: the copy loop between a stream and a TCP socket.
-//! - [`wire`]: sending and receiving single frames during the handshake,
-//!   and WebSocket limits.
+//! - [`wire`]: sending and receiving single frames during the handshake.
+//! - [`ws`]: WebSocket framing after the HTTP upgrade (and the client's
+//!   upgrade), written for the data path: no copy on the cloud's sends.
 //! - [`tls`]: rustls configuration from PEM files.
 //!
 //! # Memory bounds
@@ -28,6 +29,7 @@ pub mod service;
 pub mod stream;
 pub mod tls;
 pub mod wire;
+pub mod ws;
 
 pub use mux::{IncomingStream, MuxSettings, OpenError, Role, Tunnel, TunnelClosed};
 pub use relay::{ByteCounters, RelayEnd, RelayOutcome, relay};

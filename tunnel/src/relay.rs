@@ -22,7 +22,12 @@ use tokio_util::sync::CancellationToken;
 use crate::stream::{Inbound, MuxStream, StreamReceiver, StreamSender};
 
 /// Largest read from the socket, and so the largest data frame.
-const READ_CHUNK: usize = 64 * 1024;
+const READ_CHUNK: usize = 256 * 1024;
+/// First read size; each read that fills its buffer doubles the next one
+/// (up to [`READ_CHUNK`]), each that fills less than half halves it. A
+/// request/response connection stays at a few KiB per read, a bulk one
+/// reaches 256 KiB reads and frames after a few reads.
+const FIRST_READ: usize = 16 * 1024;
 
 /// Live byte counts of one or many relays (a mapping's, an edge's),
 /// updated as each chunk moves so throughput can be sampled while
@@ -134,8 +139,9 @@ async fn socket_to_stream(
     total: &mut u64,
     counters: &ByteCounters,
 ) -> Result<(), String> {
+    let mut read_size = FIRST_READ;
     loop {
-        let credit = sender.credit(READ_CHUNK).await.map_err(|e| e.reason)?;
+        let credit = sender.credit(read_size).await.map_err(|e| e.reason)?;
         tcp.readable().await.map_err(|e| e.to_string())?;
         let mut buf = BytesMut::with_capacity(credit);
         match tcp.try_read_buf(&mut buf) {
@@ -144,6 +150,7 @@ async fn socket_to_stream(
                 return Ok(());
             }
             Ok(n) => {
+                read_size = next_read_size(read_size, credit, n);
                 *total += n as u64;
                 counters.add_sent(n as u64);
                 sender.send(buf.freeze()).await.map_err(|e| e.reason)?;
@@ -154,6 +161,19 @@ async fn socket_to_stream(
                 return Err(format!("socket read failed: {e}"));
             }
         }
+    }
+}
+
+/// The size of the next read after `n` bytes came into a `capacity`-byte
+/// buffer when `current` was asked for (the capacity may have been lower,
+/// capped by the peer's credit; only a full buffer proves demand).
+fn next_read_size(current: usize, capacity: usize, n: usize) -> usize {
+    if n >= capacity && capacity == current {
+        (current * 2).min(READ_CHUNK)
+    } else if n < current / 2 {
+        (current / 2).max(FIRST_READ)
+    } else {
+        current
     }
 }
 
@@ -194,4 +214,25 @@ async fn write_all(tcp: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn read_size_grows_on_full_reads_and_shrinks_on_small_ones() {
+        let mut size = FIRST_READ;
+        for _ in 0..10 {
+            size = next_read_size(size, size, size);
+        }
+        assert_eq!(size, READ_CHUNK);
+        // A read capped by the peer's credit proves nothing about demand.
+        assert_eq!(next_read_size(FIRST_READ, 100, 100), FIRST_READ);
+        for _ in 0..10 {
+            size = next_read_size(size, size, 1);
+        }
+        assert_eq!(size, FIRST_READ);
+        assert_eq!(next_read_size(64 * 1024, 64 * 1024, 40 * 1024), 64 * 1024);
+    }
 }

@@ -1,28 +1,15 @@
-//! Single frames over a WebSocket, for the handshake, and the WebSocket
-//! limits both agents use.
+//! Single frames over a WebSocket, for the handshake.
 
 use std::time::Duration;
 
-use bytes::BytesMut;
-use futures_util::{SinkExt, StreamExt};
 use proto::Frame;
 use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+use crate::ws::{OutMessage, WsConn, WsError, WsMessage};
 
 /// Largest handshake frame payload: handshake frames are small and fixed.
 pub const MAX_HANDSHAKE_PAYLOAD: u32 = 1024;
-
-/// WebSocket limits for a tunnel whose frames are at most
-/// `max_frame_payload` bytes: a message holds a batch of frames, so the cap
-/// leaves room for one full batch plus one maximal frame. Anything larger
-/// is refused by the WebSocket layer before it is buffered.
-pub fn websocket_config(max_frame_payload: u32) -> WebSocketConfig {
-    let max_message = 512 * 1024 + max_frame_payload as usize + proto::HEADER_LEN;
-    WebSocketConfig::default().max_message_size(Some(max_message)).max_frame_size(Some(max_message))
-}
 
 /// A handshake step failed.
 #[derive(Debug, Error)]
@@ -30,7 +17,7 @@ pub fn websocket_config(max_frame_payload: u32) -> WebSocketConfig {
 pub enum WireError {
     /// The WebSocket failed or closed.
     #[error("websocket: {0}")]
-    WebSocket(#[from] tokio_tungstenite::tungstenite::Error),
+    WebSocket(#[from] WsError),
     /// The peer closed before the handshake finished.
     #[error("peer closed the connection during the handshake")]
     Closed,
@@ -46,13 +33,13 @@ pub enum WireError {
 ///
 /// # Errors
 /// [`WireError::WebSocket`] if the send fails.
-pub async fn send_frame<S>(ws: &mut WebSocketStream<S>, frame: &Frame) -> Result<(), WireError>
+pub async fn send_frame<S>(ws: &mut WsConn<S>, frame: &Frame) -> Result<(), WireError>
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite,
 {
-    let mut buf = BytesMut::with_capacity(frame.encoded_len());
-    frame.encode(&mut buf);
-    ws.send(Message::Binary(buf.freeze())).await?;
+    let mut message = OutMessage::new(ws.side());
+    message.push(frame.clone());
+    ws.writer.send(&mut message).await.map_err(WsError::from)?;
     Ok(())
 }
 
@@ -60,19 +47,15 @@ where
 ///
 /// # Errors
 /// A [`WireError`] on timeout, close, or anything but one valid frame.
-pub async fn recv_frame<S>(
-    ws: &mut WebSocketStream<S>,
-    timeout: Duration,
-) -> Result<Frame, WireError>
+pub async fn recv_frame<S>(ws: &mut WsConn<S>, timeout: Duration) -> Result<Frame, WireError>
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite,
 {
     let next = async {
         loop {
-            match ws.next().await {
-                None | Some(Ok(Message::Close(_))) => return Err(WireError::Closed),
-                Some(Err(e)) => return Err(WireError::WebSocket(e)),
-                Some(Ok(Message::Binary(mut bytes))) => {
+            match ws.reader.next().await? {
+                None | Some(WsMessage::Close(_)) => return Err(WireError::Closed),
+                Some(WsMessage::Binary(mut bytes)) => {
                     let frame = proto::decode(&mut bytes, MAX_HANDSHAKE_PAYLOAD)
                         .map_err(|e| WireError::Invalid(e.to_string()))?
                         .ok_or_else(|| WireError::Invalid("truncated frame".into()))?;
@@ -81,8 +64,10 @@ where
                     }
                     return Ok(frame);
                 }
-                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-                Some(Ok(_)) => return Err(WireError::Invalid("non-binary message".into())),
+                Some(WsMessage::Ping | WsMessage::Pong) => continue,
+                Some(WsMessage::Text) => {
+                    return Err(WireError::Invalid("non-binary message".into()));
+                }
             }
         }
     };

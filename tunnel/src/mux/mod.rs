@@ -18,7 +18,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use proto::{
     DEFAULT_MAX_FRAME_PAYLOAD, DEFAULT_MAX_STREAMS, DEFAULT_STREAM_WINDOW, Frame, GoAwayCode,
     OpenCode, ResetCode, StreamIds,
@@ -26,11 +25,11 @@ use proto::{
 use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, oneshot};
-use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info_span};
 
 use crate::stream::{Inbound, MuxStream, StreamShared};
+use crate::ws::WsConn;
 
 mod reader;
 mod writer;
@@ -284,7 +283,7 @@ impl Tunnel {
     /// WebSocket. On the edge, streams the cloud opens arrive on the
     /// returned receiver; on the cloud it never yields anything.
     pub fn spawn<S>(
-        ws: WebSocketStream<S>,
+        ws: WsConn<S>,
         role: Role,
         id: u64,
         settings: MuxSettings,
@@ -312,13 +311,13 @@ impl Tunnel {
             close_reason: Mutex::new(None),
             closed: CancellationToken::new(),
         });
-        let (sink, stream) = ws.split();
+        let WsConn { reader, writer } = ws;
         let span = info_span!("tunnel", tunnel = id);
         tokio::spawn(
-            writer::write_loop(Arc::clone(&shared), sink, data_rx, control_rx)
+            writer::write_loop(Arc::clone(&shared), writer, data_rx, control_rx)
                 .instrument(span.clone()),
         );
-        tokio::spawn(reader::read_loop(Arc::clone(&shared), stream, incoming_tx).instrument(span));
+        tokio::spawn(reader::read_loop(Arc::clone(&shared), reader, incoming_tx).instrument(span));
         (Tunnel { shared }, incoming_rx)
     }
 

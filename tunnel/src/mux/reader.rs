@@ -6,17 +6,15 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
-use futures_util::StreamExt;
 use proto::{Frame, GoAwayCode};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, ReadHalf};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::Message;
 use tracing::{debug, warn};
 
 use super::{Entry, IncomingStream, Role, Shared, unix_ms};
 use crate::stream::{Inbound, MuxStream, StreamShared};
+use crate::ws::{WsMessage, WsReader};
 
 /// Why the reader stops on a frame.
 #[derive(Debug)]
@@ -36,10 +34,10 @@ impl<E: fmt::Display> From<E> for Stop {
 
 pub(super) async fn read_loop<S>(
     shared: Arc<Shared>,
-    mut stream: futures_util::stream::SplitStream<WebSocketStream<S>>,
+    mut ws: WsReader<ReadHalf<S>>,
     incoming_tx: mpsc::UnboundedSender<IncomingStream>,
 ) where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead,
 {
     let settings = shared.settings.clone();
     let mut heartbeat = tokio::time::interval(settings.heartbeat_interval);
@@ -63,10 +61,10 @@ pub(super) async fn read_loop<S>(
                 shared.go_away(GoAwayCode::Timeout, why.clone());
                 break Some(why);
             }
-            msg = stream.next() => match msg {
-                None => break Some("connection closed by peer".to_owned()),
-                Some(Err(e)) => break Some(format!("websocket error: {e}")),
-                Some(Ok(Message::Binary(bytes))) => {
+            msg = ws.next() => match msg {
+                Ok(None) => break Some("connection closed by peer".to_owned()),
+                Err(e) => break Some(format!("websocket error: {e}")),
+                Ok(Some(WsMessage::Binary(bytes))) => {
                     last_heard = Instant::now();
                     shared.last_heard_ms.store(unix_ms(), Ordering::Relaxed);
                     match on_message(&shared, bytes, &incoming_tx, &mut ping) {
@@ -79,12 +77,11 @@ pub(super) async fn read_loop<S>(
                         Err(Stop::PeerGoAway(why)) => break Some(why),
                     }
                 }
-                Some(Ok(Message::Close(frame))) => {
-                    let why = frame.map(|f| f.reason.to_string()).unwrap_or_default();
+                Ok(Some(WsMessage::Close(why))) => {
                     break Some(format!("peer closed the websocket {why}").trim_end().to_owned());
                 }
-                Some(Ok(Message::Ping(_) | Message::Pong(_))) => last_heard = Instant::now(),
-                Some(Ok(_)) => {
+                Ok(Some(WsMessage::Ping | WsMessage::Pong)) => last_heard = Instant::now(),
+                Ok(Some(WsMessage::Text)) => {
                     let why = "non-binary websocket message".to_owned();
                     shared.go_away(GoAwayCode::ProtocolError, why.clone());
                     break Some(why);

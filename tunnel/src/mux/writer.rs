@@ -4,25 +4,23 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use bytes::BytesMut;
-use futures_util::SinkExt;
 use proto::Frame;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncWrite, WriteHalf};
 use tokio::sync::mpsc;
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::Message;
 
-use super::{MAX_BATCH, Shared};
+use super::{MAX_BATCH, Role, Shared};
+use crate::ws::{OutMessage, Side, WsWriter};
 
 pub(super) async fn write_loop<S>(
     shared: Arc<Shared>,
-    mut sink: futures_util::stream::SplitSink<WebSocketStream<S>, Message>,
+    mut ws: WsWriter<WriteHalf<S>>,
     mut data_rx: mpsc::Receiver<Frame>,
     mut control_rx: mpsc::UnboundedReceiver<Frame>,
 ) where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncWrite,
 {
-    let mut buf = BytesMut::with_capacity(64 * 1024);
+    let side = if shared.role == Role::Cloud { Side::Server } else { Side::Client };
+    let mut buf = OutMessage::new(side);
     // A go-away waits until the data frames queued before it are written
     // (a stream's last data and FIN must not be lost to a graceful close);
     // `flush_first` counts them.
@@ -48,32 +46,32 @@ pub(super) async fn write_loop<S>(
                 break;
             }
         }
-        let last = match &go_away {
+        let last = match go_away.take() {
             Some((frame, 0)) if buf.len() < MAX_BATCH => {
-                frame.encode(&mut buf);
+                buf.push(frame);
                 true
             }
-            _ => false,
+            pending => {
+                go_away = pending;
+                false
+            }
         };
         if !buf.is_empty() {
-            if let Err(e) = sink.send(Message::Binary(buf.split().freeze())).await {
+            if let Err(e) = ws.send(&mut buf).await {
                 shared.set_close_reason(format!("websocket write failed: {e}"));
                 break;
             }
         }
         if last {
-            let _ = sink.close().await;
+            let _ = ws.close(1000).await;
             break;
-        }
-        if buf.capacity() > 4 * MAX_BATCH {
-            buf = BytesMut::with_capacity(64 * 1024);
         }
     }
     shared.closed.cancel();
 }
 
-fn encode_data(frame: Frame, buf: &mut BytesMut, go_away: &mut Option<(Frame, usize)>) {
-    frame.encode(buf);
+fn encode_data(frame: Frame, buf: &mut OutMessage, go_away: &mut Option<(Frame, usize)>) {
+    buf.push(frame);
     if let Some((_, flush_first)) = go_away {
         *flush_first = flush_first.saturating_sub(1);
     }
@@ -82,7 +80,7 @@ fn encode_data(frame: Frame, buf: &mut BytesMut, go_away: &mut Option<(Frame, us
 fn take_control(
     shared: &Shared,
     frame: Frame,
-    buf: &mut BytesMut,
+    buf: &mut OutMessage,
     go_away: &mut Option<(Frame, usize)>,
     data_rx: &mpsc::Receiver<Frame>,
 ) {
@@ -94,8 +92,8 @@ fn take_control(
         }
         Frame::Pong { .. } => {
             shared.pong_queued.store(false, Ordering::Relaxed);
-            frame.encode(buf);
+            buf.push(frame);
         }
-        _ => frame.encode(buf),
+        _ => buf.push(frame),
     }
 }
