@@ -55,12 +55,18 @@ struct Args {
     /// Internal: serve the target services (echo, sink, source).
     #[arg(long, hide = true)]
     serve_targets: bool,
+    /// Internal: a plain TCP proxy in front of the services named on stdin.
+    #[arg(long, hide = true)]
+    serve_proxy: bool,
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
     if args.serve_targets {
         return targets::serve_main();
+    }
+    if args.serve_proxy {
+        return targets::proxy_main();
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,

@@ -22,6 +22,8 @@ pub(crate) struct Report {
     pub(crate) throughput: Vec<Throughput>,
     pub(crate) round_trip: Vec<RoundTrip>,
     pub(crate) new_connection: Compared,
+    /// The same measurements through two plain TCP proxies in a chain.
+    pub(crate) reference: Reference,
     /// Agent CPU microseconds per relayed new connection.
     pub(crate) agent_cpu_us_per_connection: PerAgent<f64>,
     pub(crate) memory: Memory,
@@ -84,6 +86,25 @@ impl Compared {
         let ratio_p50 = relay.p50_us / direct.p50_us;
         Self { direct, relay, ratio_p50 }
     }
+}
+
+/// Two plain TCP proxies in a chain (`relay` is the chain in these
+/// `Compared` figures).
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Reference {
+    pub(crate) round_trip_1b: Compared,
+    pub(crate) new_connection: Compared,
+    pub(crate) throughput: Vec<ReferenceThroughput>,
+}
+
+/// Single-stream throughput, direct and through the proxy chain, MiB/s.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct ReferenceThroughput {
+    pub(crate) direction: crate::measure::bulk::Direction,
+    pub(crate) direct_mib_s: Spread,
+    pub(crate) chain_mib_s: Spread,
+    /// Chain median over direct median.
+    pub(crate) ratio: f64,
 }
 
 /// A figure for each agent.

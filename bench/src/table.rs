@@ -12,6 +12,7 @@ pub(crate) fn render(r: &Report) -> String {
     let mut s = String::new();
     header(&mut s, r);
     figures(&mut s, r);
+    reference(&mut s, r);
     agents(&mut s, r);
     load(&mut s, r);
     targets(&mut s, r);
@@ -106,6 +107,61 @@ fn latency(s: &mut String, what: &str, c: &Compared) {
     {
         row(s, &format!("{what}, {label}"), &us(d), &us(r), &format!("{:.2}", r / d));
     }
+}
+
+/// The reference chain beside the direct path, with the relay's ratio from
+/// the main table for comparison.
+fn reference(s: &mut String, r: &Report) {
+    let x = &r.reference;
+    let _ = writeln!(
+        s,
+        "reference: two plain TCP proxies in a chain (tokio, 256 KiB buffers; no framing, \
+         multiplexing or flow control)"
+    );
+    let _ = writeln!(
+        s,
+        "{:<40} {:>16} {:>16} {:>8} {:>12}",
+        "figure", "direct", "two proxies", "ratio", "relay ratio"
+    );
+    let line = |s: &mut String, figure: &str, d: String, c: String, ratio: f64, relay: f64| {
+        let _ = writeln!(s, "{figure:<40} {d:>16} {c:>16} {ratio:>8.2} {relay:>12.2}");
+    };
+    let us = |v: f64| format!("{v:.1} µs");
+    let relay_rt = r.round_trip.iter().find(|t| t.message_bytes == 1).map(|t| t.latency.ratio_p50);
+    let rt = &x.round_trip_1b;
+    line(
+        s,
+        "round trip, 1 byte, p50",
+        us(rt.direct.p50_us),
+        us(rt.relay.p50_us),
+        rt.ratio_p50,
+        relay_rt.unwrap_or(f64::NAN),
+    );
+    let nc = &x.new_connection;
+    line(
+        s,
+        "new connection, p50",
+        us(nc.direct.p50_us),
+        us(nc.relay.p50_us),
+        nc.ratio_p50,
+        r.new_connection.ratio_p50,
+    );
+    for t in &x.throughput {
+        let relay = r
+            .throughput
+            .iter()
+            .find(|m| m.streams == 1 && m.direction == t.direction)
+            .map_or(f64::NAN, |m| m.ratio);
+        line(
+            s,
+            &format!("1 stream, {} MiB/s", t.direction.label()),
+            throughput(&t.direct_mib_s),
+            throughput(&t.chain_mib_s),
+            t.ratio,
+            relay,
+        );
+    }
+    s.push('\n');
 }
 
 fn agent_row(s: &mut String, figure: &str, cloud: &str, edge: &str) {

@@ -41,44 +41,127 @@ pub(crate) struct Targets {
 impl Targets {
     /// Starts `bench --serve-targets` and reads its addresses.
     pub(crate) async fn start(bench: &std::path::Path) -> Result<Self> {
-        let mut cmd = procs::command(bench);
-        cmd.arg("--serve-targets").stdin(Stdio::piped()).stdout(Stdio::piped());
-        let mut proc = Proc::spawn("targets", cmd)?;
-        let stdout = proc.child_mut().stdout.take().context("targets stdout")?;
-        let mut line = String::new();
-        let mut stdout = BufReader::new(stdout);
-        let read = stdout.read_line(&mut line);
-        match tokio::time::timeout(Duration::from_secs(10), read).await {
-            Ok(Ok(n)) if n > 0 => {}
-            _ => bail!("the targets process printed no addresses:\n{}", proc.tail()),
-        }
-        let field = |key: &str| -> Result<SocketAddr> {
-            line.split_whitespace()
-                .find_map(|f| f.strip_prefix(key))
-                .and_then(|v| v.parse().ok())
-                .with_context(|| format!("no {key} in the targets' line {line:?}"))
-        };
-        let addrs =
-            Addrs { echo: field("echo=")?, sink: field("sink=")?, source: field("source=")? };
+        let (proc, addrs) = spawn_service(bench, "targets", "--serve-targets", None).await?;
+        Ok(Self { proc, addrs })
+    }
+
+    /// Starts `bench --serve-proxy` in front of `upstream`: a plain TCP
+    /// proxy for each service, the reference the relay is compared with.
+    pub(crate) async fn start_proxy(bench: &std::path::Path, upstream: &Addrs) -> Result<Self> {
+        let (proc, addrs) = spawn_service(bench, "proxy", "--serve-proxy", Some(upstream)).await?;
         Ok(Self { proc, addrs })
     }
 }
 
+impl Addrs {
+    fn line(&self, who: &str) -> String {
+        format!("{who} echo={} sink={} source={}", self.echo, self.sink, self.source)
+    }
+
+    fn parse(line: &str) -> Result<Self> {
+        let field = |key: &str| -> Result<SocketAddr> {
+            line.split_whitespace()
+                .find_map(|f| f.strip_prefix(key))
+                .and_then(|v| v.parse().ok())
+                .with_context(|| format!("no {key} in the line {line:?}"))
+        };
+        Ok(Addrs { echo: field("echo=")?, sink: field("sink=")?, source: field("source=")? })
+    }
+}
+
+/// Starts a child in `mode`, gives it `upstream` (one line on its stdin,
+/// which then stays open: EOF tells it to exit) and reads the addresses it
+/// serves from its first stdout line.
+async fn spawn_service(
+    bench: &std::path::Path,
+    name: &'static str,
+    mode: &str,
+    upstream: Option<&Addrs>,
+) -> Result<(Proc, Addrs)> {
+    let mut cmd = procs::command(bench);
+    cmd.arg(mode).stdin(Stdio::piped()).stdout(Stdio::piped());
+    let mut proc = Proc::spawn(name, cmd)?;
+    if let Some(upstream) = upstream {
+        let stdin = proc.child_mut().stdin.as_mut().context("child stdin")?;
+        stdin.write_all(format!("{}\n", upstream.line("upstream")).as_bytes()).await?;
+        stdin.flush().await?;
+    }
+    let stdout = proc.child_mut().stdout.take().context("child stdout")?;
+    let mut line = String::new();
+    let mut stdout = BufReader::new(stdout);
+    let read = stdout.read_line(&mut line);
+    match tokio::time::timeout(Duration::from_secs(10), read).await {
+        Ok(Ok(n)) if n > 0 => {}
+        _ => bail!("the {name} process printed no addresses:\n{}", proc.tail()),
+    }
+    Ok((proc, Addrs::parse(&line)?))
+}
+
 /// `--serve-targets`: the child's main.
 pub(crate) fn serve_main() -> ExitCode {
+    child_main("--serve-targets", serve())
+}
+
+/// `--serve-proxy`: the child's main.
+pub(crate) fn proxy_main() -> ExitCode {
+    child_main("--serve-proxy", proxy())
+}
+
+fn child_main(mode: &str, serve: impl Future<Output = Result<()>>) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("relay-bench --serve-targets: {e}");
+            eprintln!("relay-bench {mode}: {e}");
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve()) {
+    match runtime.block_on(serve) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("relay-bench --serve-targets: {e:#}");
+            eprintln!("relay-bench {mode}: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The reference: the simplest user-space relay there is. One task per
+/// connection copying both ways with 256 KiB buffers, Nagle off, nothing
+/// else: no framing, no multiplexing, no flow control of its own.
+async fn proxy() -> Result<()> {
+    let mut stdin = BufReader::new(tokio::io::stdin());
+    let mut line = String::new();
+    stdin.read_line(&mut line).await?;
+    let upstream = Addrs::parse(&line)?;
+    let echo = TcpListener::bind("127.0.0.1:0").await?;
+    let sink = TcpListener::bind("127.0.0.1:0").await?;
+    let source = TcpListener::bind("127.0.0.1:0").await?;
+    let ours =
+        Addrs { echo: echo.local_addr()?, sink: sink.local_addr()?, source: source.local_addr()? };
+    println!("{}", ours.line("proxy"));
+    for (listener, to) in [(echo, upstream.echo), (sink, upstream.sink), (source, upstream.source)]
+    {
+        tokio::spawn(forward_loop(listener, to));
+    }
+    // Serve until the parent closes our stdin (normally or by dying).
+    let mut buf = [0u8; 64];
+    while stdin.read(&mut buf).await.is_ok_and(|n| n > 0) {}
+    Ok(())
+}
+
+async fn forward_loop(listener: TcpListener, to: SocketAddr) {
+    while let Ok((mut client, _)) = listener.accept().await {
+        tokio::spawn(async move {
+            let Ok(mut server) = TcpStream::connect(to).await else { return };
+            let _ = client.set_nodelay(true);
+            let _ = server.set_nodelay(true);
+            let _ = tokio::io::copy_bidirectional_with_sizes(
+                &mut client,
+                &mut server,
+                BULK_BUF,
+                BULK_BUF,
+            )
+            .await;
+        });
     }
 }
 

@@ -11,6 +11,7 @@
 mod bulk;
 mod latency;
 mod memory;
+mod reference;
 
 use anyhow::{Result, ensure};
 use tokio::time::Instant;
@@ -37,13 +38,13 @@ pub(crate) async fn run(plan: Plan, setup: Setup, bins: &Bins) -> Result<Report>
     let direct = targets.addrs;
     let mut warnings = Vec::new();
 
-    progress(&format!("phase 1/3: memory, {} idle connections", plan.idle_large));
+    progress(&format!("phase 1/4: memory, {} idle connections", plan.idle_large));
     let mut agents = start_agents(bins, &targets, &setup).await?;
     let (mut memory, connections) = memory::run(&plan, &mut agents).await?;
     warnings.extend(agents.warnings());
     agents.stop().await;
 
-    progress("phase 2/3: round trips and new connections");
+    progress("phase 2/4: round trips and new connections");
     let mut agents = start_agents(bins, &targets, &setup).await?;
     let (round_trip, new_connection, connection_cpu_us) =
         latency::run(&plan, &agents, &direct).await?;
@@ -51,12 +52,14 @@ pub(crate) async fn run(plan: Plan, setup: Setup, bins: &Bins) -> Result<Report>
     warnings.extend(agents.warnings());
     agents.stop().await;
 
-    progress("phase 3/3: bulk throughput");
+    progress("phase 3/4: bulk throughput");
     let mut agents = start_agents(bins, &targets, &setup).await?;
     let (throughput, cpu) = bulk::run(&plan, &mut agents, &targets).await?;
     memory.bulk_peak_kib = per_agent(&agents, Proc::hwm_kib)?;
     warnings.extend(agents.warnings());
     agents.stop().await;
+    progress("phase 4/4: reference, two plain TCP proxies in a chain");
+    let reference = reference::run(&plan, &bins.bench, &direct).await?;
     ensure!(targets.proc.is_running(), "the targets process exited:\n{}", targets.proc.tail());
     targets.proc.stop().await;
     let load = account.finish();
@@ -68,6 +71,7 @@ pub(crate) async fn run(plan: Plan, setup: Setup, bins: &Bins) -> Result<Report>
         throughput,
         round_trip,
         new_connection,
+        reference,
         agent_cpu_us_per_connection: connection_cpu_us,
         memory,
         connections,
