@@ -131,7 +131,7 @@ impl Cloud {
                     the config file wins");
                 continue;
             }
-            match crate::mappings::config_of(&spec) {
+            match spec.to_config() {
                 Ok(m) => mappings.start_one(m, MappingSource::Runtime).await,
                 Err(e) => {
                     error!(mapping = %spec.name, error = %e, "invalid mapping in the state file; skipped")

@@ -287,7 +287,8 @@ impl Mappings {
         names: &BTreeMap<String, Phase>,
         listening: &BTreeMap<String, SocketAddr>,
     ) -> Result<MappingConfig, ChangeError> {
-        let m = config_of(spec).map_err(|e| ChangeError::new(ErrorKind::Invalid, e.to_string()))?;
+        let m =
+            spec.to_config().map_err(|e| ChangeError::new(ErrorKind::Invalid, e.to_string()))?;
         if !self.edges.knows(&m.edge) {
             return Err(ChangeError::new(
                 ErrorKind::UnknownEdge,
@@ -351,20 +352,6 @@ impl Mappings {
     }
 }
 
-/// Validates a mapping that arrived through the API or the state file, with
-/// the config file's rules.
-pub(crate) fn config_of(spec: &MappingSpec) -> Result<MappingConfig, config::FieldError> {
-    MappingConfig::from_parts(
-        &spec.name,
-        &spec.listen,
-        &spec.edge,
-        &spec.target,
-        &spec.allow,
-        spec.max_connections,
-    )
-}
-
-/// The API form of a validated mapping, for the state file.
 fn spec_of(m: &MappingConfig) -> MappingSpec {
     MappingSpec {
         name: m.name.clone(),

@@ -26,6 +26,24 @@ pub struct MappingSpec {
     pub max_connections: Option<u32>,
 }
 
+impl MappingSpec {
+    /// Checks the spec with the config file's rules (the same messages a
+    /// `[[mappings]]` table gets) and returns the mapping it describes.
+    ///
+    /// # Errors
+    /// The first field that is wrong, named.
+    pub fn to_config(&self) -> Result<config::MappingConfig, config::FieldError> {
+        config::MappingConfig::from_parts(
+            &self.name,
+            &self.listen,
+            &self.edge,
+            &self.target,
+            &self.allow,
+            self.max_connections,
+        )
+    }
+}
+
 /// Where a mapping came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

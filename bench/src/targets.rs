@@ -140,7 +140,7 @@ async fn proxy() -> Result<()> {
     println!("{}", ours.line("proxy"));
     for (listener, to) in [(echo, upstream.echo), (sink, upstream.sink), (source, upstream.source)]
     {
-        tokio::spawn(forward_loop(listener, to));
+        tokio::spawn(accept_loop(listener, move |tcp| forward(tcp, to)));
     }
     // Serve until the parent closes our stdin (normally or by dying).
     let mut buf = [0u8; 64];
@@ -148,21 +148,11 @@ async fn proxy() -> Result<()> {
     Ok(())
 }
 
-async fn forward_loop(listener: TcpListener, to: SocketAddr) {
-    while let Ok((mut client, _)) = listener.accept().await {
-        tokio::spawn(async move {
-            let Ok(mut server) = TcpStream::connect(to).await else { return };
-            let _ = client.set_nodelay(true);
-            let _ = server.set_nodelay(true);
-            let _ = tokio::io::copy_bidirectional_with_sizes(
-                &mut client,
-                &mut server,
-                BULK_BUF,
-                BULK_BUF,
-            )
-            .await;
-        });
-    }
+async fn forward(mut client: TcpStream, to: SocketAddr) -> std::io::Result<()> {
+    let mut server = TcpStream::connect(to).await?;
+    server.set_nodelay(true)?;
+    tokio::io::copy_bidirectional_with_sizes(&mut client, &mut server, BULK_BUF, BULK_BUF).await?;
+    Ok(())
 }
 
 async fn serve() -> Result<()> {
@@ -175,9 +165,9 @@ async fn serve() -> Result<()> {
         sink.local_addr()?,
         source.local_addr()?
     );
-    tokio::spawn(accept_loop(echo, Service::Echo));
-    tokio::spawn(accept_loop(sink, Service::Sink));
-    tokio::spawn(accept_loop(source, Service::Source));
+    tokio::spawn(accept_loop(echo, echo_service));
+    tokio::spawn(accept_loop(sink, sink_service));
+    tokio::spawn(accept_loop(source, source_service));
     // Serve until the parent closes our stdin (normally or by dying).
     let mut stdin = tokio::io::stdin();
     let mut buf = [0u8; 64];
@@ -185,36 +175,29 @@ async fn serve() -> Result<()> {
     Ok(())
 }
 
-#[derive(Debug, Clone, Copy)]
-enum Service {
-    Echo,
-    Sink,
-    Source,
-}
-
-async fn accept_loop(listener: TcpListener, service: Service) {
+/// Serves each accepted connection (Nagle off) with `serve` in a task of
+/// its own.
+async fn accept_loop<F, Fut>(listener: TcpListener, serve: F)
+where
+    F: Fn(TcpStream) -> Fut,
+    Fut: Future<Output = std::io::Result<()>> + Send + 'static,
+{
     loop {
         let tcp = match listener.accept().await {
             Ok((tcp, _)) => tcp,
             Err(e) => {
                 // Out of descriptors or similar: say so, back off, go on.
-                eprintln!("targets: accept failed: {e}");
+                eprintln!("relay-bench: accept failed: {e}");
                 tokio::time::sleep(Duration::from_millis(10)).await;
                 continue;
             }
         };
         let _ = tcp.set_nodelay(true);
-        tokio::spawn(async move {
-            let _ = match service {
-                Service::Echo => echo(tcp).await,
-                Service::Sink => sink(tcp).await,
-                Service::Source => source(tcp).await,
-            };
-        });
+        tokio::spawn(serve(tcp));
     }
 }
 
-async fn echo(mut tcp: TcpStream) -> std::io::Result<()> {
+async fn echo_service(mut tcp: TcpStream) -> std::io::Result<()> {
     // Small first buffer: 10,000 idle echo connections should not cost
     // 640 MiB here.
     let mut buf = vec![0u8; 4096];
@@ -230,7 +213,7 @@ async fn echo(mut tcp: TcpStream) -> std::io::Result<()> {
     }
 }
 
-async fn sink(mut tcp: TcpStream) -> std::io::Result<()> {
+async fn sink_service(mut tcp: TcpStream) -> std::io::Result<()> {
     let mut buf = vec![0u8; BULK_BUF];
     let mut total = 0u64;
     loop {
@@ -244,7 +227,7 @@ async fn sink(mut tcp: TcpStream) -> std::io::Result<()> {
     tcp.shutdown().await
 }
 
-async fn source(mut tcp: TcpStream) -> std::io::Result<()> {
+async fn source_service(mut tcp: TcpStream) -> std::io::Result<()> {
     let buf = vec![0xa5u8; BULK_BUF];
     loop {
         tcp.write_all(&buf).await?;

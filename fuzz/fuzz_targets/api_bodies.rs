@@ -8,26 +8,12 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(batch) = serde_json::from_slice::<api::BatchRequest>(data) {
         for change in batch.changes {
             if let api::Change::Add { spec } = change {
-                let _ = config::MappingConfig::from_parts(
-                    &spec.name,
-                    &spec.listen,
-                    &spec.edge,
-                    &spec.target,
-                    &spec.allow,
-                    spec.max_connections,
-                );
+                let _ = spec.to_config();
             }
         }
     }
     if let Ok(spec) = serde_json::from_slice::<api::MappingSpec>(data) {
-        let _ = config::MappingConfig::from_parts(
-            &spec.name,
-            &spec.listen,
-            &spec.edge,
-            &spec.target,
-            &spec.allow,
-            spec.max_connections,
-        );
+        let _ = spec.to_config();
     }
     let _ = serde_json::from_slice::<api::DrainRequest>(data);
 });

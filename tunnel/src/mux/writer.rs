@@ -20,7 +20,7 @@ pub(super) async fn write_loop<S>(
     S: AsyncWrite,
 {
     let side = if shared.role == Role::Cloud { Side::Server } else { Side::Client };
-    let mut buf = OutMessage::new(side);
+    let mut message = OutMessage::new(side);
     // A go-away waits until the data frames queued before it are written
     // (a stream's last data and FIN must not be lost to a graceful close);
     // `flush_first` counts them.
@@ -29,35 +29,31 @@ pub(super) async fn write_loop<S>(
         tokio::select! {
             biased;
             () = shared.closed.cancelled() => break,
-            Some(frame) = control_rx.recv() => take_control(&shared, frame, &mut buf, &mut go_away, &data_rx),
-            Some(frame) = data_rx.recv() => encode_data(frame, &mut buf, &mut go_away),
+            Some(frame) = control_rx.recv() => take_control(&shared, frame, &mut message, &mut go_away, &data_rx),
+            Some(frame) = data_rx.recv() => push_data(frame, &mut message, &mut go_away),
             else => break,
         }
         // Batch whatever else is ready into the same message: fewer, larger
         // WebSocket messages and syscalls. Control frames go first.
-        while buf.len() < MAX_BATCH {
+        while message.len() < MAX_BATCH {
             if let Ok(frame) = control_rx.try_recv() {
-                take_control(&shared, frame, &mut buf, &mut go_away, &data_rx);
+                take_control(&shared, frame, &mut message, &mut go_away, &data_rx);
             } else if go_away.as_ref().is_some_and(|(_, n)| *n == 0) {
                 break;
             } else if let Ok(frame) = data_rx.try_recv() {
-                encode_data(frame, &mut buf, &mut go_away);
+                push_data(frame, &mut message, &mut go_away);
             } else {
                 break;
             }
         }
-        let last = match go_away.take() {
-            Some((frame, 0)) if buf.len() < MAX_BATCH => {
-                buf.push(frame);
-                true
+        let last = matches!(go_away, Some((_, 0))) && message.len() < MAX_BATCH;
+        if last {
+            if let Some((frame, _)) = go_away.take() {
+                message.push(frame);
             }
-            pending => {
-                go_away = pending;
-                false
-            }
-        };
-        if !buf.is_empty() {
-            if let Err(e) = ws.send(&mut buf).await {
+        }
+        if !message.is_empty() {
+            if let Err(e) = ws.send(&mut message).await {
                 shared.set_close_reason(format!("websocket write failed: {e}"));
                 break;
             }
@@ -70,8 +66,8 @@ pub(super) async fn write_loop<S>(
     shared.closed.cancel();
 }
 
-fn encode_data(frame: Frame, buf: &mut OutMessage, go_away: &mut Option<(Frame, usize)>) {
-    buf.push(frame);
+fn push_data(frame: Frame, message: &mut OutMessage, go_away: &mut Option<(Frame, usize)>) {
+    message.push(frame);
     if let Some((_, flush_first)) = go_away {
         *flush_first = flush_first.saturating_sub(1);
     }
@@ -80,7 +76,7 @@ fn encode_data(frame: Frame, buf: &mut OutMessage, go_away: &mut Option<(Frame, 
 fn take_control(
     shared: &Shared,
     frame: Frame,
-    buf: &mut OutMessage,
+    message: &mut OutMessage,
     go_away: &mut Option<(Frame, usize)>,
     data_rx: &mpsc::Receiver<Frame>,
 ) {
@@ -92,8 +88,8 @@ fn take_control(
         }
         Frame::Pong { .. } => {
             shared.pong_queued.store(false, Ordering::Relaxed);
-            buf.push(frame);
+            message.push(frame);
         }
-        _ => buf.push(frame),
+        _ => message.push(frame),
     }
 }
