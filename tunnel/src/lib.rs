@@ -23,6 +23,7 @@
 //! window, enforced by [`proto::RecvWindow`] before anything is queued; a
 //! peer that overruns it loses the tunnel.
 
+mod buffers;
 pub mod mux;
 pub mod relay;
 pub mod service;

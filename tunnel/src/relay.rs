@@ -14,15 +14,15 @@ use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use bytes::BytesMut;
 use proto::ResetCode;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
+use crate::buffers;
 use crate::stream::{Inbound, MuxStream, StreamReceiver, StreamSender};
 
 /// Largest read from the socket, and so the largest data frame.
-const READ_CHUNK: usize = 256 * 1024;
+const READ_CHUNK: usize = buffers::LARGE;
 /// First read size; each read that fills its buffer doubles the next one
 /// (up to [`READ_CHUNK`]), each that fills less than half halves it. A
 /// request/response connection stays at a few KiB per read, a bulk one
@@ -143,17 +143,17 @@ async fn socket_to_stream(
     loop {
         let credit = sender.credit(read_size).await.map_err(|e| e.reason)?;
         tcp.readable().await.map_err(|e| e.to_string())?;
-        let mut buf = BytesMut::with_capacity(credit);
-        match tcp.try_read_buf(&mut buf) {
-            Ok(0) => {
+        match buffers::try_read_chunk(tcp, credit) {
+            Ok(chunk) if chunk.is_empty() => {
                 sender.finish().await.map_err(|e| e.reason)?;
                 return Ok(());
             }
-            Ok(n) => {
+            Ok(chunk) => {
+                let n = chunk.len();
                 read_size = next_read_size(read_size, credit, n);
                 *total += n as u64;
                 counters.add_sent(n as u64);
-                sender.send(buf.freeze()).await.map_err(|e| e.reason)?;
+                sender.send(chunk).await.map_err(|e| e.reason)?;
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             Err(e) => {
