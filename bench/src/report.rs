@@ -100,6 +100,8 @@ pub(crate) struct Reference {
 /// Single-stream throughput, direct and through the proxy chain, MiB/s.
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct ReferenceThroughput {
+    /// Parallel connections, as in the relay's bulk runs.
+    pub(crate) streams: usize,
     pub(crate) direction: crate::measure::bulk::Direction,
     pub(crate) direct_mib_s: Spread,
     pub(crate) chain_mib_s: Spread,

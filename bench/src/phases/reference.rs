@@ -38,28 +38,33 @@ pub(super) async fn run(plan: &Plan, bench: &std::path::Path, direct: &Addrs) ->
 
     let duration = Duration::from_secs_f64(plan.bulk_secs);
     let mut throughput = Vec::new();
-    for direction in [Direction::Up, Direction::Down] {
-        let pick = |a: &Addrs| if direction == Direction::Up { a.sink } else { a.source };
-        let (mut direct_rates, mut chain_rates) = (Vec::new(), Vec::new());
-        for _ in 0..plan.bulk_repeats {
-            direct_rates.push(bulk::run(pick(direct), direction, 1, duration).await?.mib_per_sec());
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            chain_rates.push(bulk::run(pick(&chain), direction, 1, duration).await?.mib_per_sec());
-            tokio::time::sleep(Duration::from_millis(300)).await;
+    for streams in [1, 8] {
+        for direction in [Direction::Up, Direction::Down] {
+            let pick = |a: &Addrs| if direction == Direction::Up { a.sink } else { a.source };
+            let (mut direct_rates, mut chain_rates) = (Vec::new(), Vec::new());
+            for _ in 0..plan.bulk_repeats {
+                let d = bulk::run(pick(direct), direction, streams, duration).await?;
+                direct_rates.push(d.mib_per_sec());
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                let c = bulk::run(pick(&chain), direction, streams, duration).await?;
+                chain_rates.push(c.mib_per_sec());
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            let (direct_mib_s, chain_mib_s) = (Spread::of(direct_rates), Spread::of(chain_rates));
+            progress(&format!(
+                "  {streams} stream(s) {}: direct {:.0} MiB/s, two proxies {:.0} MiB/s",
+                direction.label(),
+                direct_mib_s.median,
+                chain_mib_s.median
+            ));
+            throughput.push(ReferenceThroughput {
+                streams,
+                direction,
+                ratio: chain_mib_s.median / direct_mib_s.median,
+                direct_mib_s,
+                chain_mib_s,
+            });
         }
-        let (direct_mib_s, chain_mib_s) = (Spread::of(direct_rates), Spread::of(chain_rates));
-        progress(&format!(
-            "  1 stream {}: direct {:.0} MiB/s, two proxies {:.0} MiB/s",
-            direction.label(),
-            direct_mib_s.median,
-            chain_mib_s.median
-        ));
-        throughput.push(ReferenceThroughput {
-            direction,
-            ratio: chain_mib_s.median / direct_mib_s.median,
-            direct_mib_s,
-            chain_mib_s,
-        });
     }
     second.proc.stop().await;
     first.proc.stop().await;
