@@ -118,6 +118,7 @@ async fn serve<S>(
         heartbeat_timeout: tunnel_config.heartbeat_timeout,
         max_streams: tunnel_config.max_streams_per_tunnel,
         stream_window: tunnel_config.stream_window,
+        window_budget: u64::from(tunnel_config.window_budget),
         ..MuxSettings::default()
     };
     let (tunnel, _no_incoming) = Tunnel::spawn(ws, Role::Cloud, id, settings);

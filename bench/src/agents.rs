@@ -30,8 +30,9 @@ const EDGE_ID: &str = "bench-edge";
 pub(crate) struct Setup {
     /// Extra environment variables of both agents.
     pub(crate) env: Vec<(String, String)>,
-    /// The cloud's `stream_window` (its receive window per stream, i.e.
-    /// for data towards the cloud); None keeps the agents' default.
+    /// The cloud's `stream_window` (the largest its receive window per
+    /// stream grows to, i.e. for data towards the cloud); None keeps the
+    /// agents' default.
     pub(crate) stream_window: Option<u32>,
 }
 

@@ -48,8 +48,9 @@ struct Args {
     /// TOKIO_WORKER_THREADS=1 (repeatable; recorded in the report).
     #[arg(long, value_name = "KEY=VALUE", value_parser = parse_env)]
     agent_env: Vec<(String, String)>,
-    /// Experiment: the cloud's `stream_window` in bytes (its receive window
-    /// per stream, for data towards the cloud; recorded in the report).
+    /// Experiment: the cloud's `stream_window` in bytes (the largest its
+    /// receive window per stream grows to, for data towards the cloud;
+    /// recorded in the report).
     #[arg(long, value_name = "BYTES")]
     stream_window: Option<u32>,
     /// Internal: serve the target services (echo, sink, source).

@@ -27,6 +27,10 @@ pub const MAX_TUNNELS_PER_EDGE_RANGE: RangeInclusive<u32> = 1..=64;
 pub const DEFAULT_STREAM_WINDOW: u32 = 1024 * 1024;
 /// Allowed `[tunnel] stream_window`, in bytes.
 pub const STREAM_WINDOW_RANGE: RangeInclusive<u32> = 16 * 1024..=16 * 1024 * 1024;
+/// Default `[tunnel] window_budget`, in bytes.
+pub const DEFAULT_WINDOW_BUDGET: u32 = 32 * 1024 * 1024;
+/// Allowed `[tunnel] window_budget`, in bytes (0: no stream grows).
+pub const WINDOW_BUDGET_RANGE: RangeInclusive<u32> = 0..=u32::MAX;
 /// Default `shutdown_grace` of both agents: how long open connections may
 /// drain after a shutdown signal.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
@@ -101,6 +105,9 @@ pub(crate) mod serde_fns {
     }
     pub(crate) fn stream_window() -> Spanned<u32> {
         unplaced(DEFAULT_STREAM_WINDOW)
+    }
+    pub(crate) fn window_budget() -> Spanned<u32> {
+        unplaced(DEFAULT_WINDOW_BUDGET)
     }
     pub(crate) fn shutdown_grace() -> Spanned<Dur> {
         unplaced(Dur(DEFAULT_SHUTDOWN_GRACE))

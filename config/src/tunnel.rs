@@ -30,8 +30,12 @@ pub struct TunnelListenConfig {
     pub max_streams_per_tunnel: u32,
     /// `max_tunnels_per_edge`: concurrent tunnels one edge id may hold.
     pub max_tunnels_per_edge: u32,
-    /// `stream_window`: per-stream flow-control window, in bytes.
+    /// `stream_window`: largest flow-control window one stream's receive
+    /// window grows to, in bytes (each starts at 64 KiB).
     pub stream_window: u32,
+    /// `window_budget`: bytes the streams of one tunnel may add to their
+    /// receive windows beyond the first 64 KiB each, together.
+    pub window_budget: u32,
 }
 
 impl TunnelListenConfig {
@@ -46,6 +50,7 @@ impl TunnelListenConfig {
             max_streams_per_tunnel: d::DEFAULT_MAX_STREAMS_PER_TUNNEL,
             max_tunnels_per_edge: d::DEFAULT_MAX_TUNNELS_PER_EDGE,
             stream_window: d::DEFAULT_STREAM_WINDOW,
+            window_budget: d::DEFAULT_WINDOW_BUDGET,
         }
     }
 }
@@ -77,6 +82,8 @@ pub(crate) struct RawTunnel {
     max_tunnels_per_edge: Spanned<u32>,
     #[serde(default = "serde_fns::stream_window")]
     stream_window: Spanned<u32>,
+    #[serde(default = "serde_fns::window_budget")]
+    window_budget: Spanned<u32>,
 }
 
 #[derive(Deserialize)]
@@ -130,6 +137,7 @@ impl RawTunnel {
                 d::MAX_TUNNELS_PER_EDGE_RANGE,
             )?,
             stream_window: count("stream_window", &self.stream_window, d::STREAM_WINDOW_RANGE)?,
+            window_budget: count("window_budget", &self.window_budget, d::WINDOW_BUDGET_RANGE)?,
         })
     }
 }

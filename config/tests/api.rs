@@ -27,6 +27,7 @@ fn cloud_defaults_equal_the_constants() {
     assert_eq!(t.max_streams_per_tunnel, DEFAULT_MAX_STREAMS_PER_TUNNEL);
     assert_eq!(t.max_tunnels_per_edge, DEFAULT_MAX_TUNNELS_PER_EDGE);
     assert_eq!(t.stream_window, DEFAULT_STREAM_WINDOW);
+    assert_eq!(t.window_budget, DEFAULT_WINDOW_BUDGET);
     assert_eq!(t.tls, None);
     assert_eq!(c.shutdown_grace, DEFAULT_SHUTDOWN_GRACE);
     assert!(c.mappings.is_empty());
@@ -38,6 +39,7 @@ fn cloud_defaults_equal_the_constants() {
     assert_eq!(DEFAULT_MAX_STREAMS_PER_TUNNEL, 4096);
     assert_eq!(DEFAULT_MAX_TUNNELS_PER_EDGE, 8);
     assert_eq!(DEFAULT_STREAM_WINDOW, 1_048_576);
+    assert_eq!(DEFAULT_WINDOW_BUDGET, 33_554_432);
     assert_eq!(DEFAULT_SHUTDOWN_GRACE.as_secs(), 30);
 }
 

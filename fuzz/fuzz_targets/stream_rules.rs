@@ -1,15 +1,18 @@
 //! A sequence of peer actions driven through the stream and flow-control
 //! rules: no sequence may panic, and the receiver may never hold more than
-//! its window, whatever the peer claims.
+//! its current window nor leak budget, whatever the peer claims.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use proto::{RecvWindow, SendWindow, StreamIds, StreamState};
+use std::time::{Duration, Instant};
+
+use proto::{RecvBudget, RecvWindow, SendWindow, StreamIds, StreamState};
 
 fuzz_target!(|data: &[u8]| {
-    let window = 1024;
-    let mut rx = RecvWindow::new(window);
-    let mut tx = SendWindow::new(window);
+    let budget = RecvBudget::new(4096);
+    let mut now = Instant::now();
+    let mut rx = RecvWindow::new(1024, 4096, now);
+    let mut tx = SendWindow::new(1024);
     let mut state = StreamState::new();
     let mut ids = StreamIds::new();
     for chunk in data.chunks(3) {
@@ -22,7 +25,9 @@ fuzz_target!(|data: &[u8]| {
                 }
             }
             1 => {
-                let _ = rx.on_consumed(n);
+                // The gap since the last report decides growth or shrinking.
+                now += Duration::from_micros(u64::from(a) * 100);
+                let _ = rx.on_consumed(n, now, Duration::from_millis(1), &budget);
             }
             2 => {
                 let _ = tx.on_window_update(n);
@@ -38,6 +43,7 @@ fuzz_target!(|data: &[u8]| {
                 let _ = ids.accept(u32::from(u16::from_be_bytes([a, b])));
             }
         }
-        assert!(rx.buffered() <= u64::from(window));
+        assert!(rx.buffered() <= u64::from(rx.window()));
+        assert_eq!(budget.left() + rx.borrowed(), 4096);
     }
 });

@@ -50,10 +50,9 @@ pub enum Frame {
     OpenResult { stream: u32, code: OpenCode, window: u32, message: String },
     /// Stream bytes.
     Data { stream: u32, payload: Bytes },
-    /// The receiver has consumed `consumed` bytes of the stream in total (a
-    /// cumulative offset, not a delta), so the sender may have up to
-    /// `consumed + window` bytes sent.
-    Window { stream: u32, consumed: u64 },
+    /// The sender may have sent up to `limit` bytes on the stream in total
+    /// (a cumulative offset, not a delta; it never goes down).
+    Window { stream: u32, limit: u64 },
     /// The sender will send no more data on the stream (TCP half-close).
     Fin { stream: u32 },
     /// Abort the stream in both directions.
@@ -306,9 +305,9 @@ fn decode_payload(kind: u8, stream: u32, mut p: Bytes) -> Result<Frame, DecodeEr
         kind::DATA => Frame::Data { stream, payload: p },
         kind::WINDOW => {
             let mut r = Reader::new("window", &mut p);
-            let consumed = r.u64()?;
+            let limit = r.u64()?;
             r.finish()?;
-            Frame::Window { stream, consumed }
+            Frame::Window { stream, limit }
         }
         kind::FIN => {
             Reader::new("fin", &mut p).finish()?;
@@ -569,7 +568,7 @@ impl Frame {
                 put_text(out, message);
             }
             Frame::Data { payload, .. } => out.put_slice(payload),
-            Frame::Window { consumed, .. } => out.put_u64(*consumed),
+            Frame::Window { limit, .. } => out.put_u64(*limit),
             Frame::Fin { .. } | Frame::Drain => {}
             Frame::Reset { code, message, .. } => {
                 out.put_u8(code.to_u8());
@@ -743,7 +742,7 @@ mod tests {
     #[test]
     fn several_frames_in_one_buffer_decode_in_order() {
         let frames = [
-            Frame::Window { stream: 1, consumed: 9 },
+            Frame::Window { stream: 1, limit: 9 },
             Frame::Data { stream: 1, payload: Bytes::from_static(b"abc") },
             Frame::Fin { stream: 1 },
         ];
@@ -769,7 +768,7 @@ mod tests {
                 message: "no".into(),
             },
             Frame::Data { stream: 3, payload: Bytes::new() },
-            Frame::Window { stream: 4, consumed: u64::MAX },
+            Frame::Window { stream: 4, limit: u64::MAX },
             Frame::Fin { stream: 5 },
             Frame::Reset { stream: 6, code: ResetCode::Drained, message: String::new() },
             Frame::Ping { nonce: 1 },

@@ -12,7 +12,8 @@
 //! - [`frame`]: the [`Frame`] enum, [`encode`](Frame::encode) and [`decode`].
 //! - [`handshake`]: HMAC-SHA256 challenge-response proofs and refusal reasons.
 //! - [`flow`]: [`SendWindow`] and [`RecvWindow`], credit accounting in
-//!   cumulative byte offsets.
+//!   cumulative byte offsets, with receive windows tuned per stream out of a
+//!   per-tunnel [`RecvBudget`].
 //! - [`stream`]: [`StreamState`] (half-close and reset rules) and
 //!   [`StreamIds`] (who may open which id).
 //!
@@ -23,7 +24,7 @@ pub mod frame;
 pub mod handshake;
 pub mod stream;
 
-pub use flow::{FlowError, RecvWindow, SendWindow};
+pub use flow::{FlowError, INITIAL_STREAM_WINDOW, RecvBudget, RecvWindow, SendWindow};
 pub use frame::{
     DecodeError, EdgeReport, Frame, GoAwayCode, HEADER_LEN, OpenCode, ResetCode, decode, frame_len,
 };
@@ -34,14 +35,19 @@ pub use handshake::{
 pub use stream::{StreamError, StreamIds, StreamState};
 
 /// The protocol version this build speaks. Bumped on any incompatible change.
-pub const PROTOCOL_VERSION: u16 = 1;
-/// The oldest protocol version this build still accepts.
-pub const MIN_PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
+/// The oldest protocol version this build still accepts. Version 1's
+/// window updates carried a consumed offset, version 2's a limit.
+pub const MIN_PROTOCOL_VERSION: u16 = 2;
 
 /// Largest frame payload a peer may send unless the handshake lowers it.
 /// Checked on the length field, before any allocation.
 pub const DEFAULT_MAX_FRAME_PAYLOAD: u32 = 256 * 1024;
-/// Bytes a sender may have unacknowledged on one stream in one direction.
+/// Largest receive window one stream may grow to (each starts at
+/// [`INITIAL_STREAM_WINDOW`]).
 pub const DEFAULT_STREAM_WINDOW: u32 = 1024 * 1024;
+/// Bytes the streams of one tunnel may add to their receive windows beyond
+/// the initial window, together.
+pub const DEFAULT_TUNNEL_WINDOW_BUDGET: u64 = 32 * 1024 * 1024;
 /// Streams open at once on one tunnel unless configured otherwise.
 pub const DEFAULT_MAX_STREAMS: u32 = 4096;

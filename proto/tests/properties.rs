@@ -3,7 +3,11 @@
 
 use bytes::{Bytes, BytesMut};
 use proptest::prelude::*;
-use proto::{Frame, GoAwayCode, OpenCode, RecvWindow, RefuseCode, ResetCode, SendWindow, decode};
+use std::time::{Duration, Instant};
+
+use proto::{
+    Frame, GoAwayCode, OpenCode, RecvBudget, RecvWindow, RefuseCode, ResetCode, SendWindow, decode,
+};
 
 fn text() -> impl Strategy<Value = String> {
     // Up to the 255-byte limit, in bytes, with multi-byte characters.
@@ -67,8 +71,7 @@ fn frame() -> impl Strategy<Value = Frame> {
         ),
         (stream_id(), prop::collection::vec(any::<u8>(), 0..2048))
             .prop_map(|(stream, data)| Frame::Data { stream, payload: Bytes::from(data) }),
-        (stream_id(), any::<u64>())
-            .prop_map(|(stream, consumed)| Frame::Window { stream, consumed }),
+        (stream_id(), any::<u64>()).prop_map(|(stream, limit)| Frame::Window { stream, limit }),
         stream_id().prop_map(|stream| Frame::Fin { stream }),
         (stream_id(), reset_code, text()).prop_map(|(stream, code, message)| Frame::Reset {
             stream,
@@ -157,18 +160,32 @@ proptest! {
     }
 
     #[test]
-    fn flow_control_never_panics_on_hostile_updates(ops in prop::collection::vec((any::<bool>(), any::<u64>()), 0..64), window in any::<u32>()) {
-        let mut tx = SendWindow::new(window);
-        let mut rx = RecvWindow::new(window);
-        for (is_data, n) in ops {
-            if is_data {
-                let _ = rx.on_data(n);
-                let _ = tx.record_sent(n % (u64::from(window) + 1));
-            } else {
-                let _ = tx.on_window_update(n);
-                let _ = rx.on_consumed(n);
+    fn flow_control_never_panics_on_hostile_updates(
+        ops in prop::collection::vec((0u8..3, any::<u64>()), 0..64),
+        initial in 1u32..=u32::MAX,
+        max in any::<u32>(),
+        budget_bytes in any::<u32>(),
+    ) {
+        let budget = RecvBudget::new(u64::from(budget_bytes));
+        let mut now = Instant::now();
+        let mut tx = SendWindow::new(initial);
+        let mut rx = RecvWindow::new(initial, max, now);
+        for (op, n) in ops {
+            match op {
+                0 => {
+                    let _ = rx.on_data(n);
+                    let _ = tx.record_sent(n % (u64::from(initial) + 1));
+                }
+                1 => {
+                    let _ = tx.on_window_update(n);
+                }
+                _ => {
+                    now += Duration::from_micros(n % 100_000_000);
+                    let _ = rx.on_consumed(n, now, Duration::from_millis(1), &budget);
+                }
             }
-            prop_assert!(rx.buffered() <= u64::from(window));
+            prop_assert!(rx.buffered() <= u64::from(rx.window()));
+            prop_assert_eq!(budget.left() + rx.borrowed(), u64::from(budget_bytes));
         }
     }
 }

@@ -56,7 +56,7 @@ where
 async fn cloud_with_fake_edge(echo: SocketAddr) -> Cloud {
     let toml = format!(
         "[tunnel]\nlisten = \"127.0.0.1:0\"\nheartbeat_interval = \"500ms\"\nheartbeat_timeout = \"2s\"\n\
-         handshake_timeout = \"2s\"\nstream_window = 262144\n\
+         handshake_timeout = \"2s\"\n\
          [[edges]]\nid = \"e1\"\ntoken = \"{TOKEN}\"\n[[edges]]\nid = \"fake\"\ntoken = \"{FAKE_TOKEN}\"\n\
          [[mappings]]\nname = \"echo\"\nlisten = \"127.0.0.1:0\"\nedge = \"e1\"\ntarget = \"{echo}\"\n\
          [[mappings]]\nname = \"fakemap\"\nlisten = \"127.0.0.1:0\"\nedge = \"fake\"\ntarget = \"127.0.0.1:9\"\n"
@@ -152,7 +152,7 @@ async fn an_edge_that_overruns_its_window_loses_its_tunnel_only() {
     // A client of the fake edge's mapping makes the cloud open a stream.
     let _client =
         TcpStream::connect(cloud.mapping_addr("fakemap").expect("fakemap")).await.expect("client");
-    let stream = loop {
+    let (stream, window) = loop {
         let Some(Ok(Message::Binary(bytes))) = ws.next().await else {
             panic!("tunnel ended early")
         };
@@ -160,7 +160,7 @@ async fn an_edge_that_overruns_its_window_loses_its_tunnel_only() {
             frames(bytes).into_iter().find(|f| matches!(f, Frame::Open { .. }))
         {
             assert!(window > 0);
-            break stream;
+            break (stream, window as usize);
         }
     };
     ws.send(Message::Binary(encode(&Frame::OpenResult {
@@ -171,11 +171,14 @@ async fn an_edge_that_overruns_its_window_loses_its_tunnel_only() {
     })))
     .await
     .expect("open result");
-    // Then more data than the cloud's window (256 KiB) allows, as legal
-    // frames in one message, so no window update can arrive in between.
+    // Then one byte more than the window the cloud granted, as legal frames
+    // in one message, so no window update can arrive in between.
     let mut burst = BytesMut::new();
-    for _ in 0..5 {
-        Frame::Data { stream, payload: Bytes::from(vec![0u8; 64 * 1024]) }.encode(&mut burst);
+    let mut left = window + 1;
+    while left > 0 {
+        let n = left.min(64 * 1024);
+        Frame::Data { stream, payload: Bytes::from(vec![0u8; n]) }.encode(&mut burst);
+        left -= n;
     }
     ws.send(Message::Binary(burst.freeze())).await.expect("burst");
     let (code, message) =

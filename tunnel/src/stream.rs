@@ -8,7 +8,7 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
-use proto::{Frame, RecvWindow, ResetCode, SendWindow, StreamState};
+use proto::{Frame, RecvBudget, RecvWindow, ResetCode, SendWindow, StreamState};
 use thiserror::Error;
 use tokio::sync::{Notify, mpsc};
 
@@ -50,19 +50,28 @@ pub(crate) struct StreamShared {
     inner: Mutex<StreamInner>,
     /// Woken when send credit grows or the stream is reset.
     credit: Notify,
+    /// The tunnel's budget, which the receive window borrows from as it
+    /// grows; repaid when the stream's state is dropped.
+    budget: Arc<RecvBudget>,
 }
 
 impl StreamShared {
-    pub(crate) fn new(id: u32, send_window: u32, recv_window: u32) -> Self {
+    pub(crate) fn new(
+        id: u32,
+        send_window: u32,
+        recv: RecvWindow,
+        budget: Arc<RecvBudget>,
+    ) -> Self {
         Self {
             id,
             inner: Mutex::new(StreamInner {
                 send: SendWindow::new(send_window),
-                recv: RecvWindow::new(recv_window),
+                recv,
                 state: StreamState::new(),
                 reset: None,
             }),
             credit: Notify::new(),
+            budget,
         }
     }
 
@@ -87,6 +96,12 @@ impl StreamShared {
         drop(inner);
         self.wake_sender();
         true
+    }
+}
+
+impl Drop for StreamShared {
+    fn drop(&mut self) {
+        self.budget.give_back(self.lock().recv.borrowed());
     }
 }
 
@@ -259,16 +274,25 @@ impl StreamReceiver {
         }
     }
 
+    /// The current receive window.
+    #[cfg(test)]
+    pub(crate) fn recv_window(&self) -> u32 {
+        self.stream.lock().recv.window()
+    }
+
     /// Reports that `n` received bytes were written on, returning credit to
-    /// the peer (a window update every half window).
+    /// the peer (a window update every half window, which also tunes the
+    /// window: see [`proto::flow`]).
     ///
     /// # Errors
     /// [`StreamClosed`] if the tunnel is gone.
     pub async fn consumed(&self, n: usize) -> Result<(), StreamClosed> {
-        let update = self.stream.lock().recv.on_consumed(n as u64);
+        let now = std::time::Instant::now();
+        let rtt = self.tunnel.rtt();
+        let update = self.stream.lock().recv.on_consumed(n as u64, now, rtt, &self.stream.budget);
         match update {
-            Some(consumed) => {
-                self.tunnel.send_frame(Frame::Window { stream: self.stream.id, consumed }).await
+            Some(limit) => {
+                self.tunnel.send_frame(Frame::Window { stream: self.stream.id, limit }).await
             }
             None => Ok(()),
         }

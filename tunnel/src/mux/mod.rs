@@ -19,8 +19,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use proto::{
-    DEFAULT_MAX_FRAME_PAYLOAD, DEFAULT_MAX_STREAMS, DEFAULT_STREAM_WINDOW, Frame, GoAwayCode,
-    OpenCode, ResetCode, StreamIds,
+    DEFAULT_MAX_FRAME_PAYLOAD, DEFAULT_MAX_STREAMS, DEFAULT_STREAM_WINDOW,
+    DEFAULT_TUNNEL_WINDOW_BUDGET, Frame, GoAwayCode, INITIAL_STREAM_WINDOW, OpenCode, RecvBudget,
+    ResetCode, StreamIds,
 };
 use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -32,6 +33,8 @@ use crate::stream::{Inbound, MuxStream, StreamShared};
 use crate::ws::WsConn;
 
 mod reader;
+#[cfg(test)]
+mod tests;
 mod writer;
 
 /// Which end of the tunnel this is. Only the cloud opens streams.
@@ -56,8 +59,13 @@ pub struct MuxSettings {
     pub max_frame_payload: u32,
     /// Largest frame payload the peer accepts (data is chunked to fit).
     pub peer_max_frame_payload: u32,
-    /// Receive window granted to the peer on each stream.
+    /// Largest receive window a stream grows to (each starts at
+    /// [`proto::INITIAL_STREAM_WINDOW`], or this if smaller).
     pub stream_window: u32,
+    /// Bytes this tunnel's streams may add to their receive windows beyond
+    /// the initial window, together: with `max_streams`, what bounds the
+    /// data a peer can make this side hold for one tunnel.
+    pub window_budget: u64,
     /// Frames that may wait in the outbound queue.
     pub queue_frames: usize,
 }
@@ -71,6 +79,7 @@ impl Default for MuxSettings {
             max_frame_payload: DEFAULT_MAX_FRAME_PAYLOAD,
             peer_max_frame_payload: DEFAULT_MAX_FRAME_PAYLOAD,
             stream_window: DEFAULT_STREAM_WINDOW,
+            window_budget: DEFAULT_TUNNEL_WINDOW_BUDGET,
             queue_frames: 256,
         }
     }
@@ -130,6 +139,8 @@ pub(crate) struct Shared {
     going_away: AtomicBool,
     peer_draining: AtomicBool,
     rtt_micros: AtomicU64,
+    /// What the streams' receive windows may grow into.
+    recv_budget: Arc<RecvBudget>,
     /// Unix time in milliseconds of the last message from the peer.
     last_heard_ms: AtomicU64,
     /// The edge's latest report (cloud side).
@@ -166,6 +177,30 @@ impl Shared {
     /// why this queue stays bounded).
     pub(crate) fn send_control(&self, frame: Frame) {
         let _ = self.control_tx.send(frame);
+    }
+
+    /// The receive window every stream starts with.
+    fn initial_window(&self) -> u32 {
+        INITIAL_STREAM_WINDOW.min(self.settings.stream_window)
+    }
+
+    /// Shared state for a new stream whose peer granted `send_window`.
+    fn new_stream(&self, id: u32, send_window: u32) -> Arc<StreamShared> {
+        Arc::new(StreamShared::new(
+            id,
+            send_window,
+            proto::RecvWindow::new(
+                self.initial_window(),
+                self.settings.stream_window,
+                std::time::Instant::now(),
+            ),
+            Arc::clone(&self.recv_budget),
+        ))
+    }
+
+    /// The latest heartbeat round trip, zero while none was measured.
+    pub(crate) fn rtt(&self) -> Duration {
+        Duration::from_micros(self.rtt_micros.load(Ordering::Relaxed))
     }
 
     pub(crate) fn remove_stream(&self, id: u32) {
@@ -253,7 +288,7 @@ impl IncomingStream {
         let frame = Frame::OpenResult {
             stream: self.stream.id(),
             code: OpenCode::Ok,
-            window: tunnel.settings.stream_window,
+            window: tunnel.initial_window(),
             message: String::new(),
         };
         tunnel.send_frame(frame).await?;
@@ -294,6 +329,7 @@ impl Tunnel {
         let (data_tx, data_rx) = mpsc::channel(settings.queue_frames.max(1));
         let (control_tx, control_rx) = mpsc::unbounded_channel();
         let (incoming_tx, incoming_rx) = mpsc::unbounded_channel();
+        let recv_budget = Arc::new(RecvBudget::new(settings.window_budget));
         let shared = Arc::new(Shared {
             id,
             role,
@@ -306,6 +342,7 @@ impl Tunnel {
             going_away: AtomicBool::new(false),
             peer_draining: AtomicBool::new(false),
             rtt_micros: AtomicU64::new(0),
+            recv_budget,
             last_heard_ms: AtomicU64::new(unix_ms()),
             last_report: Mutex::new(None),
             close_reason: Mutex::new(None),
@@ -418,7 +455,7 @@ impl Tunnel {
             }
             let id = table.ids.allocate().map_err(|e| TunnelClosed(e.to_string()))?;
             // No send credit until the edge grants its window.
-            let stream = Arc::new(StreamShared::new(id, 0, shared.settings.stream_window));
+            let stream = shared.new_stream(id, 0);
             table.map.insert(
                 id,
                 Entry {
@@ -430,7 +467,7 @@ impl Tunnel {
             shared.active.store(table.map.len(), Ordering::Relaxed);
             permit.send(Frame::Open {
                 stream: id,
-                window: shared.settings.stream_window,
+                window: shared.initial_window(),
                 mapping: mapping.to_owned(),
                 host: host.to_owned(),
                 port,

@@ -13,7 +13,7 @@ use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use super::{Entry, IncomingStream, Role, Shared, unix_ms};
-use crate::stream::{Inbound, MuxStream, StreamShared};
+use crate::stream::{Inbound, MuxStream};
 use crate::ws::{WsMessage, WsReader};
 
 /// Why the reader stops on a frame.
@@ -143,14 +143,14 @@ fn on_frame(
             }
             let _ = entry.inbound.send(Inbound::Data(payload));
         }
-        Frame::Window { stream, consumed } => {
+        Frame::Window { stream, limit } => {
             let table = shared.table();
             let Some(entry) = table.map.get(&stream) else { return Ok(()) };
             let grew = entry
                 .stream
                 .lock()
                 .send
-                .on_window_update(consumed)
+                .on_window_update(limit)
                 .map_err(|e| format!("stream {stream}: {e}"))?;
             if grew {
                 entry.stream.wake_sender();
@@ -196,7 +196,7 @@ fn on_frame(
                         shared.settings.max_streams
                     )));
                 }
-                let s = Arc::new(StreamShared::new(stream, window, shared.settings.stream_window));
+                let s = shared.new_stream(stream, window);
                 table.map.insert(
                     stream,
                     Entry { stream: Arc::clone(&s), inbound: inbound_tx, pending_open: None },

@@ -431,7 +431,7 @@ mod tests {
     fn frames() -> Vec<Frame> {
         vec![
             Frame::Data { stream: 1, payload: Bytes::from(vec![7u8; 100_000]) },
-            Frame::Window { stream: 1, consumed: 42 },
+            Frame::Window { stream: 1, limit: 42 },
             Frame::Data { stream: 3, payload: Bytes::from_static(b"small") },
             Frame::Fin { stream: 3 },
             Frame::Data { stream: 5, payload: Bytes::from(vec![9u8; 5_000]) },
