@@ -109,13 +109,14 @@ impl SendWindow {
 /// initial window. Shared by the streams of one tunnel.
 #[derive(Debug)]
 pub struct RecvBudget {
+    total: u64,
     left: AtomicU64,
 }
 
 impl RecvBudget {
     /// A budget of `bytes`.
     pub fn new(bytes: u64) -> Self {
-        Self { left: AtomicU64::new(bytes) }
+        Self { total: bytes, left: AtomicU64::new(bytes) }
     }
 
     /// Bytes not yet taken.
@@ -132,13 +133,15 @@ impl RecvBudget {
 
     /// Returns `bytes` taken earlier.
     pub fn give_back(&self, bytes: u64) {
-        self.left.fetch_add(bytes, Ordering::Relaxed);
+        let before = self.left.fetch_add(bytes, Ordering::Relaxed);
+        debug_assert!(before + bytes <= self.total, "budget repaid more than was taken");
     }
 }
 
 /// The receiving half's view: what the peer may still send, when to grant
-/// more, and how large the window should be.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// more, and how large the window should be. Not `Clone`: it owes the
+/// tunnel's budget what its window borrowed.
+#[derive(Debug)]
 pub struct RecvWindow {
     initial: u32,
     max: u32,
@@ -150,6 +153,8 @@ pub struct RecvWindow {
     /// Limit granted to the peer.
     limit: u64,
     last_report: Instant,
+    /// The peer sent its FIN: no more data will come.
+    finished: bool,
 }
 
 impl RecvWindow {
@@ -166,6 +171,7 @@ impl RecvWindow {
             advertised: 0,
             limit: u64::from(initial),
             last_report: now,
+            finished: false,
         }
     }
 
@@ -198,12 +204,29 @@ impl RecvWindow {
         Ok(())
     }
 
+    /// Records the peer's FIN. No more data can arrive, so once what was
+    /// received is consumed the window's growth goes back to the budget
+    /// instead of waiting for the whole stream to end.
+    pub fn on_fin(&mut self, budget: &RecvBudget) {
+        self.finished = true;
+        self.repay_if_drained(budget);
+    }
+
+    fn repay_if_drained(&mut self, budget: &RecvBudget) {
+        if self.finished && self.buffered() == 0 && self.window > self.initial {
+            budget.give_back(self.borrowed());
+            self.window = self.initial;
+        }
+    }
+
     /// Records `n` bytes consumed locally at `now`. Once at least half the
     /// window has been consumed since the last report (frequent enough to
     /// keep the sender busy, rare enough to cost one small frame per half
     /// window), tunes the window (see the module docs; `rtt` is the
-    /// tunnel's latest round trip, zero if unknown) and returns the new
-    /// limit to report.
+    /// tunnel's latest round trip, zero if unknown; a peer that delays its
+    /// pongs only makes growth easier, which the budget still bounds) and
+    /// returns the new limit to report. None after the peer's FIN: it needs
+    /// no more credit.
     pub fn on_consumed(
         &mut self,
         n: u64,
@@ -212,6 +235,10 @@ impl RecvWindow {
         budget: &RecvBudget,
     ) -> Option<u64> {
         self.consumed = self.consumed.saturating_add(n).min(self.received);
+        self.repay_if_drained(budget);
+        if self.finished {
+            return None;
+        }
         if self.consumed - self.advertised < u64::from(self.window / 2).max(1) {
             return None;
         }
@@ -349,6 +376,22 @@ mod tests {
             assert_eq!(rx.window(), expected);
         }
         assert_eq!(budget.left(), 1000);
+    }
+
+    #[test]
+    fn growth_is_repaid_once_a_finished_stream_is_drained() {
+        let budget = RecvBudget::new(1000);
+        let t = Instant::now();
+        let mut rx = RecvWindow::new(100, 400, t);
+        rx.on_data(100).unwrap();
+        rx.on_consumed(100, t, RTT, &budget).unwrap();
+        rx.on_data(150).unwrap();
+        assert_eq!((rx.window(), budget.left()), (200, 900));
+        // FIN with 150 bytes still buffered: the window stays until they go.
+        rx.on_fin(&budget);
+        assert_eq!(budget.left(), 900);
+        assert_eq!(rx.on_consumed(150, t, RTT, &budget), None);
+        assert_eq!((rx.window(), rx.borrowed(), budget.left()), (100, 0, 1000));
     }
 
     #[test]

@@ -188,4 +188,39 @@ proptest! {
             prop_assert_eq!(budget.left() + rx.borrowed(), u64::from(budget_bytes));
         }
     }
+
+    #[test]
+    fn an_honest_pair_never_breaks_a_rule(
+        steps in prop::collection::vec((1u64..300_000, 1u64..300_000, 0u64..40_000), 1..300),
+        initial in 1u32..100_000,
+        max in 1u32..2_000_000,
+        budget_bytes in 0u64..4_000_000,
+        rtt_us in 0u64..20_000,
+    ) {
+        // Whatever the sizes, pacing and budget, every limit the receiver
+        // emits (delivered one step late, after more data was sent) is
+        // accepted, no data is refused, the window holds what is buffered,
+        // the budget is conserved, and the pair never stalls.
+        let budget = RecvBudget::new(budget_bytes);
+        let rtt = Duration::from_micros(rtt_us);
+        let mut now = Instant::now();
+        let mut tx = SendWindow::new(initial);
+        let mut rx = RecvWindow::new(initial, max, now);
+        let mut in_flight = None;
+        for (send, consume, gap_us) in steps {
+            let n = tx.available().min(send);
+            tx.record_sent(n).unwrap();
+            prop_assert!(rx.on_data(n).is_ok());
+            now += Duration::from_micros(gap_us);
+            let update = rx.on_consumed(rx.buffered().min(consume), now, rtt, &budget);
+            if let Some(limit) = std::mem::replace(&mut in_flight, update) {
+                prop_assert!(tx.on_window_update(limit).is_ok());
+            }
+            prop_assert!(rx.buffered() <= u64::from(rx.window()));
+            prop_assert_eq!(budget.left() + rx.borrowed(), budget_bytes);
+            // No stall: a sender out of credit always has an update coming.
+            let stalled = tx.available() == 0 && rx.buffered() == 0 && in_flight.is_none();
+            prop_assert!(!stalled, "sender out of credit and no update on the way");
+        }
+    }
 }

@@ -51,8 +51,9 @@ pub(crate) struct StreamShared {
     /// Woken when send credit grows or the stream is reset.
     credit: Notify,
     /// The tunnel's budget, which the receive window borrows from as it
-    /// grows; repaid when the stream's state is dropped.
-    budget: Arc<RecvBudget>,
+    /// grows; repaid once the peer's FIN is consumed, or when the stream's
+    /// state is dropped.
+    pub(crate) budget: Arc<RecvBudget>,
 }
 
 impl StreamShared {
@@ -101,7 +102,8 @@ impl StreamShared {
 
 impl Drop for StreamShared {
     fn drop(&mut self) {
-        self.budget.give_back(self.lock().recv.borrowed());
+        let inner = self.inner.get_mut().unwrap_or_else(|poisoned| poisoned.into_inner());
+        self.budget.give_back(inner.recv.borrowed());
     }
 }
 
@@ -283,6 +285,10 @@ impl StreamReceiver {
     /// Reports that `n` received bytes were written on, returning credit to
     /// the peer (a window update every half window, which also tunes the
     /// window: see [`proto::flow`]).
+    ///
+    /// Not cancel-safe: the new limit is recorded before its frame is
+    /// queued, so a caller that drops this future must reset the stream
+    /// (the peer could otherwise wait for credit that never comes).
     ///
     /// # Errors
     /// [`StreamClosed`] if the tunnel is gone.

@@ -162,6 +162,7 @@ fn on_frame(
             let closed = {
                 let mut inner = entry.stream.lock();
                 inner.state.on_fin().map_err(|e| format!("stream {stream}: {e}"))?;
+                inner.recv.on_fin(&entry.stream.budget);
                 inner.state.is_closed()
             };
             let _ = entry.inbound.send(Inbound::Fin);

@@ -78,32 +78,51 @@ async fn a_bulk_stream_grows_its_window_to_the_maximum() {
     let borrowed = u64::from(MAX_WINDOW - INITIAL_STREAM_WINDOW);
     assert_eq!(edge.shared.recv_budget.left(), u64::MAX / 2 - borrowed);
     drop((sender, receiver));
-    // The stream's state goes once both ends let go; its window is repaid.
-    while edge.active_streams() > 0 || cloud.active_streams() > 0 {
-        tokio::task::yield_now().await;
-    }
+    all_streams_gone(&cloud, &edge).await;
     assert_eq!(edge.shared.recv_budget.left(), u64::MAX / 2);
+}
+
+/// Waits (bounded) until neither end has a stream left: their state, and
+/// so the windows' debt to the budget, is gone.
+async fn all_streams_gone(cloud: &Tunnel, edge: &Tunnel) {
+    let gone = async {
+        while edge.active_streams() > 0 || cloud.active_streams() > 0 {
+            tokio::task::yield_now().await;
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(5), gone)
+        .await
+        .expect("streams still open 5 s after both ends let go");
 }
 
 #[tokio::test]
 async fn parallel_streams_share_the_tunnel_budget() {
-    // Enough for one stream to reach the maximum and a second to double once.
-    let budget = u64::from(MAX_WINDOW - INITIAL_STREAM_WINDOW) + u64::from(INITIAL_STREAM_WINDOW);
+    // Enough for one stream to grow to the maximum and another to double
+    // once; four bulk streams would need three times as much.
+    let growth = u64::from(MAX_WINDOW - INITIAL_STREAM_WINDOW);
+    let budget = growth + u64::from(INITIAL_STREAM_WINDOW);
     let (cloud, edge, mut incoming) = pair(edge_settings(budget)).await;
     let mut streams = Vec::new();
     for _ in 0..4 {
         streams.push(open(&cloud, &mut incoming).await);
     }
-    let transfers = streams.iter_mut().map(|(sender, receiver)| async move {
-        tokio::join!(send(sender, 2 << 20), receive(receiver, 2 << 20));
-    });
-    futures_util::future::join_all(transfers).await;
-    let windows: Vec<u32> = streams.iter().map(|(_, r)| r.recv_window()).collect();
+    let mut windows = Vec::new();
+    // More rounds only absorb a stalled test machine (see above).
+    for _ in 0..4 {
+        let transfers = streams.iter_mut().map(|(sender, receiver)| async move {
+            tokio::join!(send(sender, 2 << 20), receive(receiver, 2 << 20));
+        });
+        futures_util::future::join_all(transfers).await;
+        windows = streams.iter().map(|(_, r)| r.recv_window()).collect();
+        if windows.iter().any(|w| *w > INITIAL_STREAM_WINDOW) {
+            break;
+        }
+    }
     let borrowed: u64 = windows.iter().map(|w| u64::from(w - INITIAL_STREAM_WINDOW)).sum();
     assert!(borrowed > 0, "no window grew: {windows:?}");
-    assert!(borrowed <= budget, "windows {windows:?} borrowed {borrowed} of {budget}");
-    assert_eq!(edge.shared.recv_budget.left() + borrowed, budget);
-    // Every byte still arrived: a stream the budget keeps small is slower,
-    // never stuck.
-    assert!(windows.iter().all(|w| *w >= INITIAL_STREAM_WINDOW));
+    assert!(windows.iter().filter(|w| **w == MAX_WINDOW).count() <= 1, "{windows:?}");
+    assert_eq!(edge.shared.recv_budget.left() + borrowed, budget, "{windows:?}");
+    drop(streams);
+    all_streams_gone(&cloud, &edge).await;
+    assert_eq!(edge.shared.recv_budget.left(), budget);
 }
