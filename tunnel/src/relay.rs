@@ -14,6 +14,7 @@ use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use bytes::{Buf, Bytes};
 use proto::ResetCode;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
@@ -187,13 +188,14 @@ async fn stream_to_socket(
     loop {
         match receiver.recv().await {
             Inbound::Data(bytes) => {
-                if let Err(e) = write_all(tcp, &bytes).await {
+                let len = bytes.len();
+                if let Err(e) = write_all(tcp, bytes).await {
                     sender.reset(ResetCode::ConnectionReset, &e.to_string());
                     return Err(format!("socket write failed: {e}"));
                 }
-                *total += bytes.len() as u64;
-                counters.add_received(bytes.len() as u64);
-                receiver.consumed(bytes.len()).await.map_err(|e| e.reason)?;
+                *total += len as u64;
+                counters.add_received(len as u64);
+                receiver.consumed(len).await.map_err(|e| e.reason)?;
             }
             Inbound::Fin => {
                 let _ = socket2::SockRef::from(tcp).shutdown(std::net::Shutdown::Write);
@@ -204,12 +206,19 @@ async fn stream_to_socket(
     }
 }
 
-async fn write_all(tcp: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
+async fn write_all(tcp: &TcpStream, mut bytes: Bytes) -> io::Result<()> {
+    let mut detached = false;
     while !bytes.is_empty() {
         tcp.writable().await?;
-        match tcp.try_write(bytes) {
-            Ok(n) => bytes = &bytes[n..],
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+        match tcp.try_write(&bytes) {
+            Ok(n) => bytes.advance(n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                // The local reader is slow and the rest must wait for it.
+                if !detached {
+                    bytes = buffers::detach(bytes);
+                    detached = true;
+                }
+            }
             Err(e) => return Err(e),
         }
     }

@@ -133,14 +133,19 @@ fn on_frame(
             // Data for a stream we already reset or closed is normal for a
             // moment (it was in flight); drop it.
             let Some(entry) = table.map.get(&stream) else { return Ok(()) };
-            {
+            let behind = {
                 let mut inner = entry.stream.lock();
                 inner.state.on_data().map_err(|e| format!("stream {stream}: {e}"))?;
+                let behind = inner.recv.buffered() > 0;
                 inner
                     .recv
                     .on_data(payload.len() as u64)
                     .map_err(|e| format!("stream {stream}: {e}"))?;
-            }
+                behind
+            };
+            // Queued behind earlier data, the payload waits for the local
+            // reader: it must not pin the whole read buffer meanwhile.
+            let payload = if behind { crate::buffers::detach(payload) } else { payload };
             let _ = entry.inbound.send(Inbound::Data(payload));
         }
         Frame::Window { stream, limit } => {
