@@ -6,7 +6,8 @@
 //! at the window granted when the stream opens and only ever rises: as the
 //! receiver consumes data (writes it on to its TCP socket) it reports a new
 //! limit, `consumed + window`. Because limits are offsets rather than
-//! deltas, a duplicated or reordered report can never inflate the credit.
+//! deltas, a duplicated report can never inflate the credit (and one that
+//! goes back is refused).
 //!
 //! A receiver never holds more than its current window per stream, so a slow
 //! reader stalls its own stream and nothing else. Windows start small
