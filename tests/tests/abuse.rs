@@ -149,6 +149,12 @@ async fn fake_edge(
 async fn an_edge_that_overruns_its_window_loses_its_tunnel_only() {
     let (cloud, edge, public) = cloud_with_real_edge().await;
     let mut ws = fake_edge(cloud.tunnel_addr()).await;
+    // The cloud registers the tunnel just after sending its welcome; a
+    // client arriving before that would find no tunnel and be reset.
+    assert!(
+        eventually(Duration::from_secs(5), || async { cloud.live_tunnels("fake") == 1 }).await,
+        "the fake edge's tunnel never registered"
+    );
     // A client of the fake edge's mapping makes the cloud open a stream.
     let _client =
         TcpStream::connect(cloud.mapping_addr("fakemap").expect("fakemap")).await.expect("client");
