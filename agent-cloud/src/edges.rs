@@ -231,13 +231,18 @@ impl EdgeRegistry {
                     tunnels: state
                         .tunnels
                         .iter()
-                        .map(|t| TunnelView {
-                            id: t.id(),
-                            streams: t.active_streams() as u64,
-                            rtt_us: t
-                                .rtt()
-                                .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
-                            draining: t.peer_draining(),
+                        .map(|t| {
+                            let budget = t.window_budget();
+                            TunnelView {
+                                id: t.id(),
+                                streams: t.active_streams() as u64,
+                                rtt_us: t
+                                    .rtt()
+                                    .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
+                                draining: t.peer_draining(),
+                                window_budget_used_bytes: budget.used,
+                                window_growth_refused: budget.refused,
+                            }
                         })
                         .collect(),
                     draining: state.draining,

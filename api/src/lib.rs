@@ -123,6 +123,14 @@ pub struct TunnelView {
     pub rtt_us: Option<u64>,
     /// Whether the edge said it is draining.
     pub draining: bool,
+    /// Bytes the cloud's receive windows for this tunnel's streams have
+    /// grown by beyond 64 KiB each, together (at most `window_budget`).
+    #[serde(default)]
+    pub window_budget_used_bytes: u64,
+    /// Times one of those windows would have grown and did not, for lack
+    /// of budget: streams held to 64 KiB per round trip.
+    #[serde(default)]
+    pub window_growth_refused: u64,
 }
 
 /// An edge as the API reports it.

@@ -112,12 +112,19 @@ impl SendWindow {
 pub struct RecvBudget {
     total: u64,
     left: AtomicU64,
+    /// Times a window could not grow because too little was left.
+    refused: AtomicU64,
 }
 
 impl RecvBudget {
     /// A budget of `bytes`.
     pub fn new(bytes: u64) -> Self {
-        Self { total: bytes, left: AtomicU64::new(bytes) }
+        Self { total: bytes, left: AtomicU64::new(bytes), refused: AtomicU64::new(0) }
+    }
+
+    /// The whole budget.
+    pub fn total(&self) -> u64 {
+        self.total
     }
 
     /// Bytes not yet taken.
@@ -125,11 +132,22 @@ impl RecvBudget {
         self.left.load(Ordering::Relaxed)
     }
 
+    /// How many times [`take`](Self::take) found too little left: windows
+    /// that would have grown and did not.
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
+    }
+
     /// Takes `bytes` if that many are left.
     pub fn take(&self, bytes: u64) -> bool {
-        self.left
+        let taken = self
+            .left
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| left.checked_sub(bytes))
-            .is_ok()
+            .is_ok();
+        if !taken {
+            self.refused.fetch_add(1, Ordering::Relaxed);
+        }
+        taken
     }
 
     /// Returns `bytes` taken earlier.
@@ -348,7 +366,7 @@ mod tests {
         assert_eq!((a.window(), budget.left()), (200, 50));
         // b would need 100 more; only 50 are left, so it keeps its window.
         assert_eq!(b.on_consumed(100, t, RTT, &budget), Some(200));
-        assert_eq!(b.window(), 100);
+        assert_eq!((b.window(), budget.refused()), (100, 1));
         budget.give_back(a.borrowed());
         assert_eq!(budget.left(), 150);
     }

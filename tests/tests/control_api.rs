@@ -371,3 +371,65 @@ async fn figures_match_a_known_transfer() {
     assert!(text.contains("relay_edge_tunnels{edge=\"e1\"} 2"), "{text}");
     s.stop().await;
 }
+
+/// Sum of the cloud's window growth over the edge's tunnels, from the API.
+async fn window_budget_used(api: &Api) -> u64 {
+    let (status, edges) = api.call("GET", "/v1/edges", None).await;
+    assert_eq!(status, 200, "{edges}");
+    edges
+        .as_array()
+        .expect("edges")
+        .iter()
+        .flat_map(|e| e["tunnels"].as_array().cloned().unwrap_or_default())
+        .map(|t| t["window_budget_used_bytes"].as_u64().expect("window_budget_used_bytes"))
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn window_growth_shows_while_a_connection_lives_and_is_repaid_when_it_ends() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let s = setup(&dir.path().join("state.json")).await;
+    assert_eq!(window_budget_used(&s.api).await, 0);
+    let tcp = TcpStream::connect(s.cloud.mapping_addr("base").expect("base")).await.expect("conn");
+    let (mut from_echo, mut to_echo) = tcp.into_split();
+    // Bulk data echoed back: the cloud's receive window for the echo's
+    // answers grows while the client reads as fast as it can. A few rounds
+    // at most, in case a stalled machine made every report look slow.
+    let chunk = vec![7u8; 1 << 20];
+    let mut grew = false;
+    for _ in 0..8 {
+        let write = async {
+            for _ in 0..4 {
+                to_echo.write_all(&chunk).await.expect("write");
+            }
+        };
+        let read = async {
+            let mut back = vec![0u8; 4 << 20];
+            from_echo.read_exact(&mut back).await.expect("read back");
+            assert!(back.iter().all(|b| *b == 7));
+        };
+        tokio::join!(write, read);
+        if window_budget_used(&s.api).await > 0 {
+            grew = true;
+            break;
+        }
+    }
+    assert!(grew, "no receive window grew during 4 MiB echoes");
+    let (_, text) = s.api.call("GET", "/metrics", None).await;
+    let text = text.as_str().expect("text");
+    let gauge = text
+        .lines()
+        .find_map(|l| l.strip_prefix("relay_edge_window_budget_used_bytes{edge=\"e1\"} "))
+        .and_then(|v| v.parse::<u64>().ok());
+    assert!(gauge.is_some_and(|v| v > 0), "{text}");
+    // The connection ends: its window's growth goes back to the budget.
+    drop((from_echo, to_echo));
+    let api = s.api.clone();
+    let repaid = eventually(Duration::from_secs(5), || {
+        let api = api.clone();
+        async move { window_budget_used(&api).await == 0 }
+    })
+    .await;
+    assert!(repaid, "window budget still used after the connection closed");
+    s.stop().await;
+}

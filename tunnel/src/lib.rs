@@ -32,6 +32,6 @@ pub mod tls;
 pub mod wire;
 pub mod ws;
 
-pub use mux::{IncomingStream, MuxSettings, OpenError, Role, Tunnel, TunnelClosed};
+pub use mux::{IncomingStream, MuxSettings, OpenError, Role, Tunnel, TunnelClosed, WindowBudget};
 pub use relay::{ByteCounters, RelayEnd, RelayOutcome, relay};
 pub use stream::{Inbound, MuxStream, StreamClosed};

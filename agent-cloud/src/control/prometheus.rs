@@ -78,6 +78,16 @@ pub(super) fn render(s: &Snapshot) -> String {
     for e in &s.edges {
         let _ = writeln!(out, "relay_edge_tunnels{{edge=\"{}\"}} {}", e.id, e.tunnels_up);
     }
+    family(
+        &mut out,
+        "relay_edge_window_budget_used_bytes",
+        "gauge",
+        "Bytes the receive windows of the edge's streams have grown by (window_budget per tunnel).",
+    );
+    for e in &s.edges {
+        let used: u64 = e.tunnels.iter().map(|t| t.window_budget_used_bytes).sum();
+        let _ = writeln!(out, "relay_edge_window_budget_used_bytes{{edge=\"{}\"}} {used}", e.id);
+    }
     family(&mut out, "relay_edge_rtt_seconds", "gauge", "Tunnel round-trip time percentiles.");
     for e in &s.edges {
         for (q, v) in [("0.5", e.rtt_p50_us), ("0.99", e.rtt_p99_us)] {

@@ -88,6 +88,17 @@ impl Default for MuxSettings {
 /// Largest WebSocket message the writer builds from queued frames.
 const MAX_BATCH: usize = 256 * 1024;
 
+/// How much of a tunnel's window budget its streams use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WindowBudget {
+    /// Bytes the streams' receive windows have grown by, together.
+    pub used: u64,
+    /// The whole budget (`window_budget`).
+    pub total: u64,
+    /// Times a window that would have grown did not, for lack of budget.
+    pub refused: u64,
+}
+
 /// The tunnel is closed; streams can no longer be opened on it.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 #[error("tunnel closed: {0}")]
@@ -386,6 +397,16 @@ impl Tunnel {
     /// Whether the peer announced it is shutting down.
     pub fn peer_draining(&self) -> bool {
         self.shared.peer_draining.load(Ordering::Relaxed)
+    }
+
+    /// How much of this side's window budget the streams use now.
+    pub fn window_budget(&self) -> WindowBudget {
+        let budget = &self.shared.recv_budget;
+        WindowBudget {
+            used: budget.total() - budget.left(),
+            total: budget.total(),
+            refused: budget.refused(),
+        }
     }
 
     /// Latest round-trip time measured by the heartbeat.
