@@ -123,6 +123,8 @@ where
         heartbeat_timeout: welcome.heartbeat * 3,
         max_streams: welcome.max_streams,
         peer_max_frame_payload: welcome.max_frame_payload,
+        stream_window: config.stream_window,
+        window_budget: u64::from(config.window_budget),
         ..MuxSettings::default()
     };
     let (tunnel, incoming) = Tunnel::spawn(ws, Role::Edge, welcome.tunnel_id, settings);

@@ -23,13 +23,13 @@ pub const MAX_STREAMS_PER_TUNNEL_RANGE: RangeInclusive<u32> = 1..=1_000_000;
 pub const DEFAULT_MAX_TUNNELS_PER_EDGE: u32 = 8;
 /// Allowed `[tunnel] max_tunnels_per_edge`.
 pub const MAX_TUNNELS_PER_EDGE_RANGE: RangeInclusive<u32> = 1..=64;
-/// Default `[tunnel] stream_window`, in bytes.
+/// Default `stream_window` (cloud `[tunnel]`, edge top level), in bytes.
 pub const DEFAULT_STREAM_WINDOW: u32 = 1024 * 1024;
-/// Allowed `[tunnel] stream_window`, in bytes.
+/// Allowed `stream_window`, in bytes.
 pub const STREAM_WINDOW_RANGE: RangeInclusive<u32> = 16 * 1024..=16 * 1024 * 1024;
-/// Default `[tunnel] window_budget`, in bytes.
+/// Default `window_budget` (cloud `[tunnel]`, edge top level), in bytes.
 pub const DEFAULT_WINDOW_BUDGET: u32 = 32 * 1024 * 1024;
-/// Allowed `[tunnel] window_budget`, in bytes (0: no stream grows).
+/// Allowed `window_budget`, in bytes (0: no stream grows).
 pub const WINDOW_BUDGET_RANGE: RangeInclusive<u32> = 0..=u32::MAX;
 /// Default `shutdown_grace` of both agents: how long open connections may
 /// drain after a shutdown signal.

@@ -36,6 +36,12 @@ pub struct EdgeConfig {
     pub reconnect: BackoffConfig,
     /// `shutdown_grace`: how long open connections may drain on shutdown.
     pub shutdown_grace: Duration,
+    /// `stream_window`: largest receive window one stream grows to, for
+    /// data towards the edge, in bytes (each starts at 64 KiB).
+    pub stream_window: u32,
+    /// `window_budget`: bytes the streams of one tunnel may grow their
+    /// receive windows by beyond the first 64 KiB each, together.
+    pub window_budget: u32,
     /// `[log]`: log files; `None` logs to standard error only.
     pub log: Option<LogConfig>,
 }
@@ -94,6 +100,10 @@ struct RawEdge {
     reconnect: RawBackoff,
     #[serde(default = "serde_fns::shutdown_grace")]
     shutdown_grace: Spanned<Dur>,
+    #[serde(default = "serde_fns::stream_window")]
+    stream_window: Spanned<u32>,
+    #[serde(default = "serde_fns::window_budget")]
+    window_budget: Spanned<u32>,
     log: Option<RawLog>,
 }
 
@@ -138,6 +148,18 @@ impl RawEdge {
             connect_timeout: values::nonzero(doc, "connect_timeout", &self.connect_timeout)?,
             reconnect: self.reconnect.validate(doc)?,
             shutdown_grace: self.shutdown_grace.into_inner().0,
+            stream_window: values::in_range(
+                doc,
+                "stream_window",
+                &self.stream_window,
+                d::STREAM_WINDOW_RANGE,
+            )?,
+            window_budget: values::in_range(
+                doc,
+                "window_budget",
+                &self.window_budget,
+                d::WINDOW_BUDGET_RANGE,
+            )?,
             log: match self.log {
                 Some(raw) => Some(raw.validate(doc, d::DEFAULT_EDGE_LOG_FILE_PREFIX)?),
                 None => None,

@@ -56,6 +56,7 @@ fn edge_defaults_equal_the_constants() {
     );
     assert_eq!(e.reconnect, BackoffConfig::default());
     assert_eq!(e.ca_file, None);
+    assert_eq!((e.stream_window, e.window_budget), (DEFAULT_STREAM_WINDOW, DEFAULT_WINDOW_BUDGET));
     assert!(e.allow.is_empty());
     assert_eq!(e.cloud_url.to_string(), "wss://relay:443/tunnel");
     assert_eq!(e.token.expose(), TOKEN.as_bytes());
