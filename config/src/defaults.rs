@@ -27,10 +27,9 @@ pub const MAX_TUNNELS_PER_EDGE_RANGE: RangeInclusive<u32> = 1..=64;
 pub const DEFAULT_STREAM_WINDOW: u32 = 1024 * 1024;
 /// Allowed `stream_window`, in bytes.
 pub const STREAM_WINDOW_RANGE: RangeInclusive<u32> = 16 * 1024..=16 * 1024 * 1024;
-/// Default `window_budget` (cloud `[tunnel]`, edge top level), in bytes.
+/// Default `window_budget` (cloud `[tunnel]`, edge top level), in bytes; any
+/// `u32` is allowed (0: no stream grows).
 pub const DEFAULT_WINDOW_BUDGET: u32 = 32 * 1024 * 1024;
-/// Allowed `window_budget`, in bytes (0: no stream grows).
-pub const WINDOW_BUDGET_RANGE: RangeInclusive<u32> = 0..=u32::MAX;
 /// Default `shutdown_grace` of both agents: how long open connections may
 /// drain after a shutdown signal.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);

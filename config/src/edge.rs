@@ -154,12 +154,9 @@ impl RawEdge {
                 &self.stream_window,
                 d::STREAM_WINDOW_RANGE,
             )?,
-            window_budget: values::in_range(
-                doc,
-                "window_budget",
-                &self.window_budget,
-                d::WINDOW_BUDGET_RANGE,
-            )?,
+            // Any u32 is allowed (0: no stream grows); the TOML type check
+            // already refused the rest, with its position.
+            window_budget: self.window_budget.into_inner(),
             log: match self.log {
                 Some(raw) => Some(raw.validate(doc, d::DEFAULT_EDGE_LOG_FILE_PREFIX)?),
                 None => None,

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
+pub mod fake_edge;
 pub mod netns;
 
 use sha2::{Digest, Sha256};

@@ -9,28 +9,13 @@ use std::time::Duration;
 use agent_cloud::Cloud;
 use agent_edge::Edge;
 use bytes::{Bytes, BytesMut};
+use e2e_tests::fake_edge::{FAKE_TOKEN, decode_all, encode, fake_edge};
 use e2e_tests::{TOKEN, cloud_config, echo_server, edge_config, edge_toml, eventually, serves};
 use futures_util::{SinkExt, StreamExt};
-use proto::{Frame, GoAwayCode, NONCE_LEN, OpenCode, PROTOCOL_VERSION};
+use proto::{Frame, GoAwayCode, NONCE_LEN, OpenCode};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio_tungstenite::tungstenite::Message;
-
-const FAKE_TOKEN: &str = "Hk2pW9xQv7LmT4sZr1NcY8bDf3GjE6aU";
-
-fn encode(frame: &Frame) -> Bytes {
-    let mut buf = BytesMut::new();
-    frame.encode(&mut buf);
-    buf.freeze()
-}
-
-fn frames(mut bytes: Bytes) -> Vec<Frame> {
-    let mut out = Vec::new();
-    while let Ok(Some(f)) = proto::decode(&mut bytes, 1 << 20) {
-        out.push(f);
-    }
-    out
-}
 
 /// Reads until a go-away arrives (or 5 s of silence, or the end).
 async fn next_go_away<S>(
@@ -41,7 +26,7 @@ where
 {
     while let Ok(Some(Ok(msg))) = tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
         if let Message::Binary(bytes) = msg {
-            for frame in frames(bytes) {
+            for frame in decode_all(bytes) {
                 if let Frame::GoAway { code, message } = frame {
                     return Some((code, message));
                 }
@@ -112,39 +97,6 @@ async fn cloud_with_real_edge() -> (Cloud, Edge, SocketAddr) {
     (cloud, edge, public)
 }
 
-/// Handshakes as edge `fake` and returns the socket.
-async fn fake_edge(
-    cloud: SocketAddr,
-) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>> {
-    let (mut ws, _) =
-        tokio_tungstenite::connect_async(format!("ws://{cloud}/tunnel")).await.expect("connect");
-    let Some(Ok(Message::Binary(challenge))) = ws.next().await else { panic!("no challenge") };
-    let Some(Frame::Challenge { nonce: server_nonce, .. }) = frames(challenge).pop() else {
-        panic!("not a challenge")
-    };
-    let nonce = [3u8; NONCE_LEN];
-    let proof = proto::auth_proof(
-        FAKE_TOKEN.as_bytes(),
-        &server_nonce,
-        &nonce,
-        PROTOCOL_VERSION,
-        1,
-        "fake",
-    );
-    let auth = Frame::Auth {
-        version: PROTOCOL_VERSION,
-        edge_id: "fake".into(),
-        epoch: 1,
-        agent_version: "t".into(),
-        nonce,
-        proof,
-    };
-    ws.send(Message::Binary(encode(&auth))).await.expect("auth");
-    let Some(Ok(Message::Binary(welcome))) = ws.next().await else { panic!("no welcome") };
-    assert!(matches!(frames(welcome).pop(), Some(Frame::Welcome { .. })));
-    ws
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_edge_that_overruns_its_window_loses_its_tunnel_only() {
     let (cloud, edge, public) = cloud_with_real_edge().await;
@@ -163,7 +115,7 @@ async fn an_edge_that_overruns_its_window_loses_its_tunnel_only() {
             panic!("tunnel ended early")
         };
         if let Some(Frame::Open { stream, window, .. }) =
-            frames(bytes).into_iter().find(|f| matches!(f, Frame::Open { .. }))
+            decode_all(bytes).into_iter().find(|f| matches!(f, Frame::Open { .. }))
         {
             assert!(window > 0);
             break (stream, window as usize);
@@ -250,7 +202,7 @@ async fn an_edge_drops_a_tunnel_whose_cloud_reuses_a_stream_id() {
         let challenge = Frame::Challenge { min_version: 1, max_version: 1, nonce: server_nonce };
         ws.send(Message::Binary(encode(&challenge))).await.expect("challenge");
         let Some(Ok(Message::Binary(auth))) = ws.next().await else { panic!("no auth") };
-        let Some(Frame::Auth { nonce, .. }) = frames(auth).pop() else { panic!("not auth") };
+        let Some(Frame::Auth { nonce, .. }) = decode_all(auth).pop() else { panic!("not auth") };
         let proof = proto::server_proof(TOKEN.as_bytes(), &server_nonce, &nonce, 77);
         let welcome = Frame::Welcome {
             version: 1,

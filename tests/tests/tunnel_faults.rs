@@ -10,6 +10,9 @@ use std::time::Duration;
 use agent_cloud::Cloud;
 use agent_edge::Edge;
 use bytes::{Bytes, BytesMut};
+use e2e_tests::fake_edge::{
+    FAKE_TOKEN, Ws, auth, challenge, encode, fake_edge, recv_frame, recv_frames,
+};
 use e2e_tests::{
     TOKEN, cloud_config, echo_once, echo_server, edge_config, edge_toml, eventually, serves,
 };
@@ -18,18 +21,13 @@ use proto::{Frame, GoAwayCode, NONCE_LEN, PROTOCOL_VERSION, RefuseCode};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
-
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
-
-const OTHER_TOKEN: &str = "Hk2pW9xQv7LmT4sZr1NcY8bDf3GjE6aU";
 
 /// A cloud with edges `e1` (the real edge) and `fake` (driven by hand), and
 /// the given mappings on edge `e1`.
 async fn start_cloud(mappings: &[(&str, String)]) -> Cloud {
     let mut toml = format!(
         "[tunnel]\nlisten = \"127.0.0.1:0\"\nheartbeat_interval = \"500ms\"\nheartbeat_timeout = \"2s\"\n\
-         [[edges]]\nid = \"e1\"\ntoken = \"{TOKEN}\"\n[[edges]]\nid = \"fake\"\ntoken = \"{OTHER_TOKEN}\"\n"
+         [[edges]]\nid = \"e1\"\ntoken = \"{TOKEN}\"\n[[edges]]\nid = \"fake\"\ntoken = \"{FAKE_TOKEN}\"\n"
     );
     for (name, target) in mappings {
         toml.push_str(&format!(
@@ -37,69 +35,6 @@ async fn start_cloud(mappings: &[(&str, String)]) -> Cloud {
         ));
     }
     Cloud::start(cloud_config(&toml)).await.expect("cloud starts")
-}
-
-fn encode(frame: &Frame) -> Bytes {
-    let mut buf = BytesMut::new();
-    frame.encode(&mut buf);
-    buf.freeze()
-}
-
-/// The frames of the next binary message (a message may batch several).
-async fn recv_frames(ws: &mut Ws) -> Option<Vec<Frame>> {
-    loop {
-        match tokio::time::timeout(Duration::from_secs(5), ws.next()).await.ok()?? {
-            Ok(Message::Binary(mut bytes)) => {
-                let mut frames = Vec::new();
-                while let Some(frame) = proto::decode(&mut bytes, 1 << 20).ok()? {
-                    frames.push(frame);
-                }
-                return Some(frames);
-            }
-            Ok(Message::Ping(_) | Message::Pong(_)) => continue,
-            _ => return None,
-        }
-    }
-}
-
-/// The next message, which must hold exactly one frame (handshake).
-async fn recv_frame(ws: &mut Ws) -> Option<Frame> {
-    let mut frames = recv_frames(ws).await?;
-    if frames.len() == 1 { frames.pop() } else { None }
-}
-
-/// Connects and reads the challenge; returns the socket and server nonce.
-async fn challenge(cloud: SocketAddr) -> (Ws, [u8; NONCE_LEN]) {
-    let (mut ws, _) =
-        tokio_tungstenite::connect_async(format!("ws://{cloud}/tunnel")).await.expect("ws connect");
-    let Some(Frame::Challenge { nonce, .. }) = recv_frame(&mut ws).await else {
-        panic!("no challenge")
-    };
-    (ws, nonce)
-}
-
-fn auth(server_nonce: &[u8; NONCE_LEN], edge_id: &str, token: &str, version: u16) -> Frame {
-    let nonce = [7u8; NONCE_LEN];
-    Frame::Auth {
-        version,
-        edge_id: edge_id.into(),
-        epoch: 1,
-        agent_version: "test".into(),
-        nonce,
-        proof: proto::auth_proof(token.as_bytes(), server_nonce, &nonce, version, 1, edge_id),
-    }
-}
-
-/// Runs a full handshake as edge `fake`; returns the established socket.
-async fn fake_edge(cloud: SocketAddr) -> Ws {
-    let (mut ws, nonce) = challenge(cloud).await;
-    ws.send(Message::Binary(encode(&auth(&nonce, "fake", OTHER_TOKEN, PROTOCOL_VERSION))))
-        .await
-        .expect("send auth");
-    match recv_frame(&mut ws).await {
-        Some(Frame::Welcome { .. }) => ws,
-        other => panic!("fake edge not welcomed: {other:?}"),
-    }
 }
 
 /// Reads until the cloud closes the tunnel; returns the go-away it sent.
@@ -139,12 +74,12 @@ async fn handshake_refusals_have_distinct_reasons() {
         ),
         (
             "unknown edge",
-            auth_for(addr, "nobody", OTHER_TOKEN, PROTOCOL_VERSION).await,
+            auth_for(addr, "nobody", FAKE_TOKEN, PROTOCOL_VERSION).await,
             RefuseCode::UnknownEdge,
         ),
         (
             "future version",
-            auth_for(addr, "fake", OTHER_TOKEN, 999).await,
+            auth_for(addr, "fake", FAKE_TOKEN, 999).await,
             RefuseCode::VersionMismatch,
         ),
     ];
@@ -173,7 +108,7 @@ async fn a_replayed_handshake_is_refused() {
     let cloud = start_cloud(&[]).await;
     // Record a valid auth for one challenge...
     let (mut first, nonce) = challenge(cloud.tunnel_addr()).await;
-    let recorded = encode(&auth(&nonce, "fake", OTHER_TOKEN, PROTOCOL_VERSION));
+    let recorded = encode(&auth(&nonce, "fake", FAKE_TOKEN, PROTOCOL_VERSION));
     first.send(Message::Binary(recorded.clone())).await.expect("send");
     assert!(matches!(recv_frame(&mut first).await, Some(Frame::Welcome { .. })));
     // ...and replay it, byte for byte, on a new connection.

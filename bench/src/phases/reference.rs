@@ -38,7 +38,7 @@ pub(super) async fn run(plan: &Plan, bench: &std::path::Path, direct: &Addrs) ->
 
     let duration = Duration::from_secs_f64(plan.bulk_secs);
     let mut throughput = Vec::new();
-    for streams in [1, 8] {
+    for streams in [1, plan.parallel_streams] {
         for direction in [Direction::Up, Direction::Down] {
             let pick = |a: &Addrs| if direction == Direction::Up { a.sink } else { a.source };
             let (mut direct_rates, mut chain_rates) = (Vec::new(), Vec::new());
