@@ -17,6 +17,8 @@ use tunnel::{IncomingStream, MuxSettings, Role, Tunnel};
 
 /// Each dial step must finish within this long.
 const STEP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Smallest frame payload limit a cloud may announce.
+const MIN_PEER_FRAME_PAYLOAD: u32 = 1024;
 
 /// Why a dial did not produce a tunnel.
 #[derive(Debug, Error)]
@@ -188,6 +190,15 @@ where
         } => {
             if !proto::verify_server_proof(token, &server_nonce, &edge_nonce, tunnel_id, &proof) {
                 return Err(DialError::BadServerProof);
+            }
+            // Data is cut into frames of at most this size: a tiny value
+            // would make every stream fail its flow-control accounting.
+            if max_frame_payload < MIN_PEER_FRAME_PAYLOAD {
+                return Err(WireError::Invalid(format!(
+                    "cloud accepts frames of only {max_frame_payload} bytes \
+                     (at least {MIN_PEER_FRAME_PAYLOAD} needed)"
+                ))
+                .into());
             }
             Ok(Welcome {
                 tunnel_id,

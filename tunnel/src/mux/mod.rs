@@ -7,9 +7,10 @@
 //!
 //! The reader never waits on the writer. Data, window updates and opens go
 //! through a bounded queue that only stream tasks wait on; the few frames
-//! the tunnel itself must send (pong, reset, go-away) use a separate queue
-//! whose length is bounded by construction (one pong outstanding, one reset
-//! per stream, one go-away). This is what keeps two peers that are both
+//! the tunnel itself must send use a separate queue whose length is bounded
+//! by construction: one ping, one pong and one report outstanding (a peer
+//! that stops reading stalls the writer, and the heartbeat must not pile up
+//! behind it), one reset per stream, one drain, one go-away. This is what keeps two peers that are both
 //! busy writing from deadlocking each other.
 
 use std::collections::HashMap;
@@ -147,6 +148,8 @@ pub(crate) struct Shared {
     data_tx: mpsc::Sender<Frame>,
     control_tx: mpsc::UnboundedSender<Frame>,
     pong_queued: AtomicBool,
+    ping_queued: AtomicBool,
+    report_queued: AtomicBool,
     going_away: AtomicBool,
     peer_draining: AtomicBool,
     rtt_micros: AtomicU64,
@@ -350,6 +353,8 @@ impl Tunnel {
             data_tx,
             control_tx,
             pong_queued: AtomicBool::new(false),
+            ping_queued: AtomicBool::new(false),
+            report_queued: AtomicBool::new(false),
             going_away: AtomicBool::new(false),
             peer_draining: AtomicBool::new(false),
             rtt_micros: AtomicU64::new(0),
@@ -411,10 +416,7 @@ impl Tunnel {
 
     /// Latest round-trip time measured by the heartbeat.
     pub fn rtt(&self) -> Option<Duration> {
-        match self.shared.rtt_micros.load(Ordering::Relaxed) {
-            0 => None,
-            us => Some(Duration::from_micros(us)),
-        }
+        Some(self.shared.rtt()).filter(|rtt| !rtt.is_zero())
     }
 
     /// Unix time in milliseconds when the peer was last heard from.
@@ -427,10 +429,12 @@ impl Tunnel {
         self.shared.last_report.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// Edge side: sends a report to the cloud. Reports are sent every few
-    /// seconds, so they need no queue of their own.
+    /// Edge side: sends a report to the cloud. While the previous one is
+    /// still queued (the writer is stalled) the new one is dropped.
     pub fn send_report(&self, report: proto::EdgeReport) {
-        self.shared.send_control(Frame::Report(report));
+        if !self.shared.report_queued.swap(true, Ordering::Relaxed) {
+            self.shared.send_control(Frame::Report(report));
+        }
     }
 
     /// Tells the peer to open no new streams towards this side.

@@ -88,8 +88,12 @@ pub(super) async fn read_loop<S>(
                 }
             },
             _ = heartbeat.tick() => {
-                ping = (ping.0.wrapping_add(1), Instant::now());
-                shared.send_control(Frame::Ping { nonce: ping.0 });
+                // One ping outstanding: if the last is still queued, the
+                // writer is stalled and another would only pile up.
+                if !shared.ping_queued.swap(true, Ordering::Relaxed) {
+                    ping = (ping.0.wrapping_add(1), Instant::now());
+                    shared.send_control(Frame::Ping { nonce: ping.0 });
+                }
             }
         }
     };

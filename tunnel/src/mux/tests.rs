@@ -20,7 +20,13 @@ async fn pair(
     let limit = max_message_len(proto::DEFAULT_MAX_FRAME_PAYLOAD);
     let edge_ws = WsConn::new(client.unwrap(), Side::Client, limit, BytesMut::new());
     let cloud_ws = WsConn::new(accepted.unwrap().0, Side::Server, limit, BytesMut::new());
-    let (cloud, _) = Tunnel::spawn(cloud_ws, Role::Cloud, 1, MuxSettings::default());
+    // A slow heartbeat: no ping wakes the cloud's writer by chance.
+    let cloud_settings = MuxSettings {
+        heartbeat_interval: std::time::Duration::from_secs(30),
+        heartbeat_timeout: std::time::Duration::from_secs(90),
+        ..MuxSettings::default()
+    };
+    let (cloud, _) = Tunnel::spawn(cloud_ws, Role::Cloud, 1, cloud_settings);
     let (edge, incoming) = Tunnel::spawn(edge_ws, Role::Edge, 1, edge_settings);
     (cloud, edge, incoming)
 }
@@ -125,4 +131,39 @@ async fn parallel_streams_share_the_tunnel_budget() {
     drop(streams);
     all_streams_gone(&cloud, &edge).await;
     assert_eq!(edge.shared.recv_budget.left(), budget);
+}
+
+#[tokio::test]
+async fn a_go_away_after_a_full_batch_still_reaches_the_peer() {
+    let slow_heartbeat = MuxSettings {
+        heartbeat_interval: std::time::Duration::from_secs(30),
+        heartbeat_timeout: std::time::Duration::from_secs(90),
+        ..edge_settings(0)
+    };
+    let (cloud, edge, mut incoming) = pair(slow_heartbeat).await;
+    let mut streams = Vec::new();
+    for _ in 0..4 {
+        streams.push(open(&cloud, &mut incoming).await);
+    }
+    // Both sides' first pings (sent at once) are answered: from here on no
+    // heartbeat frame can wake the cloud's writer and free the go-away.
+    let pinged = async {
+        while cloud.rtt().is_none() || edge.rtt().is_none() {
+            tokio::task::yield_now().await;
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(5), pinged).await.expect("first pings");
+    // Four 64 KiB frames, one per stream's whole initial window, then the
+    // go-away: all five are queued before the writer runs (this test's
+    // runtime has one thread), so the data fills one batch to the limit
+    // and the go-away must still go out with it.
+    for (sender, _) in &streams {
+        send(sender, INITIAL_STREAM_WINDOW as usize).await;
+    }
+    cloud.close(proto::GoAwayCode::Normal, "going away after a full batch");
+    tokio::time::timeout(std::time::Duration::from_secs(5), edge.closed())
+        .await
+        .expect("the edge's tunnel must end");
+    let reason = edge.close_reason().unwrap_or_default();
+    assert!(reason.contains("going away after a full batch"), "edge saw: {reason}");
 }

@@ -46,7 +46,10 @@ pub(super) async fn write_loop<S>(
                 break;
             }
         }
-        let last = matches!(go_away, Some((_, 0))) && message.len() < MAX_BATCH;
+        // Goes with this batch even if it is full: a go-away is small and the
+        // peer's message limit leaves room; holding it back would lose it
+        // when nothing else is queued (the go-away timer closes first).
+        let last = matches!(go_away, Some((_, 0)));
         if last {
             if let Some((frame, _)) = go_away.take() {
                 message.push(frame);
@@ -88,6 +91,14 @@ fn take_control(
         }
         Frame::Pong { .. } => {
             shared.pong_queued.store(false, Ordering::Relaxed);
+            message.push(frame);
+        }
+        Frame::Ping { .. } => {
+            shared.ping_queued.store(false, Ordering::Relaxed);
+            message.push(frame);
+        }
+        Frame::Report(_) => {
+            shared.report_queued.store(false, Ordering::Relaxed);
             message.push(frame);
         }
         _ => message.push(frame),
