@@ -153,7 +153,7 @@ impl EdgeRegistry {
             }
             state.prune();
             for t in
-                state.tunnels.iter().filter(|t| !t.peer_draining() && !exclude.contains(&t.id()))
+                state.tunnels.iter().filter(|t| t.accepts_streams() && !exclude.contains(&t.id()))
             {
                 if best.as_ref().is_none_or(|b| t.active_streams() < b.active_streams()) {
                     best = Some(t.clone());

@@ -11,6 +11,9 @@ use tunnel::ws::WsConn;
 
 use crate::edges::EdgeRegistry;
 
+/// How long a refusal may take to send before the connection is dropped.
+const REFUSE_SEND_LIMIT: Duration = Duration::from_secs(2);
+
 /// An edge that proved its token and was admitted.
 #[derive(Debug)]
 pub(crate) struct Admitted {
@@ -51,9 +54,18 @@ where
     };
     wire::send_frame(ws, &challenge).await?;
 
-    let Frame::Auth { version, edge_id, epoch, agent_version, nonce, proof } =
-        wire::recv_frame(ws, timeout).await?
-    else {
+    let auth = match wire::recv_frame(ws, timeout).await {
+        Ok(frame) => frame,
+        // Anything but one well-formed frame in one binary message (an
+        // oversized or malformed frame, two frames, a trailing byte, an empty
+        // or text message) is told why before the close, like a frame of
+        // the wrong kind.
+        Err(WireError::Invalid(why)) => {
+            return refuse(ws, RefuseCode::ProtocolError, &why, "").await;
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let Frame::Auth { version, edge_id, epoch, agent_version, nonce, proof } = auth else {
         return refuse(ws, RefuseCode::ProtocolError, "expected an auth frame", "").await;
     };
     if !(MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&version) {
@@ -98,7 +110,11 @@ async fn refuse<S>(
 where
     S: AsyncRead + AsyncWrite,
 {
-    let _ = wire::send_frame(ws, &Frame::Refuse { code, message: message.to_owned() }).await;
-    let _ = ws.close().await;
+    // Bounded: a peer that does not read must not hold the handshake slot.
+    let _ = tokio::time::timeout(REFUSE_SEND_LIMIT, async {
+        let _ = wire::send_frame(ws, &Frame::Refuse { code, message: message.to_owned() }).await;
+        let _ = ws.close().await;
+    })
+    .await;
     Err(HandshakeError::Refused { code, message: message.to_owned(), edge_id: edge_id.to_owned() })
 }

@@ -134,7 +134,8 @@ async fn open_stream(
             Ok(Err(
                 e @ (tunnel::OpenError::Closed(_)
                 | tunnel::OpenError::Draining
-                | tunnel::OpenError::TooManyStreams(_)),
+                | tunnel::OpenError::TooManyStreams(_)
+                | tunnel::OpenError::IdsExhausted),
             )) => {
                 info!(tunnel = tunnel.id(), error = %e, "tunnel cannot take the stream; trying another");
                 tried.push(tunnel.id());

@@ -87,6 +87,14 @@ impl SendWindow {
         Ok(())
     }
 
+    /// Applies the window the peer granted when it accepted the stream (the
+    /// cloud's `OpenResult.window`): the limit becomes at least `window`. A
+    /// `Window` that arrived first (in the same message) is kept, never
+    /// replaced by the smaller initial grant.
+    pub fn grant_initial(&mut self, window: u32) {
+        self.limit = self.limit.max(u64::from(window));
+    }
+
     /// Applies the peer's new limit. Returns whether credit grew (so a
     /// sender waiting for credit should be woken).
     ///
@@ -287,6 +295,19 @@ mod tests {
     use super::*;
 
     const RTT: Duration = Duration::from_millis(10);
+
+    #[test]
+    fn an_initial_grant_never_lowers_a_limit_that_arrived_first() {
+        // OpenResult and a Window in one message: the Window is applied
+        // before the OpenResult's window (issue 17, bug 1).
+        let mut send = SendWindow::new(0);
+        assert_eq!(send.on_window_update(200_000), Ok(true));
+        send.grant_initial(65_536);
+        assert_eq!(send.available(), 200_000);
+        let mut fresh = SendWindow::new(0);
+        fresh.grant_initial(65_536);
+        assert_eq!(fresh.available(), 65_536);
+    }
 
     #[test]
     fn sender_stops_at_limit_and_resumes_on_update() {

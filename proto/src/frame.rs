@@ -302,6 +302,9 @@ fn decode_payload(kind: u8, stream: u32, mut p: Bytes) -> Result<Frame, DecodeEr
             r.finish()?;
             Frame::OpenResult { stream, code, window, message }
         }
+        // An empty `Data` moves nothing and would cost the receiver a queue
+        // entry each: no sender needs one, so it is refused (version 3).
+        kind::DATA if p.is_empty() => return Err(DecodeError::malformed("data", "empty payload")),
         kind::DATA => Frame::Data { stream, payload: p },
         kind::WINDOW => {
             let mut r = Reader::new("window", &mut p);
@@ -656,6 +659,15 @@ mod tests {
     }
 
     #[test]
+    fn an_empty_data_frame_is_malformed() {
+        let mut bytes = Bytes::from_static(&[0x03, 0, 0, 0, 7, 0, 0, 0, 0]);
+        assert_eq!(
+            decode(&mut bytes, 1024),
+            Err(DecodeError::Malformed { kind: "data", reason: "empty payload" })
+        );
+    }
+
+    #[test]
     fn open_frame_bytes_are_exact() {
         let frame = Frame::Open {
             stream: 1,
@@ -767,7 +779,7 @@ mod tests {
                 window: 0,
                 message: "no".into(),
             },
-            Frame::Data { stream: 3, payload: Bytes::new() },
+            Frame::Data { stream: 3, payload: Bytes::from_static(b"x") },
             Frame::Window { stream: 4, limit: u64::MAX },
             Frame::Fin { stream: 5 },
             Frame::Reset { stream: 6, code: ResetCode::Drained, message: String::new() },

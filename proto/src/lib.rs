@@ -35,10 +35,12 @@ pub use handshake::{
 pub use stream::{StreamError, StreamIds, StreamState};
 
 /// The protocol version this build speaks. Bumped on any incompatible change.
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 /// The oldest protocol version this build still accepts. Version 1's
-/// window updates carried a consumed offset, version 2's a limit.
-pub const MIN_PROTOCOL_VERSION: u16 = 2;
+/// window updates carried a consumed offset, version 2's a limit; version 3
+/// refuses empty `Data` frames and answers the latest ping (docs/protocol.md,
+/// "Versions").
+pub const MIN_PROTOCOL_VERSION: u16 = 3;
 
 /// Largest frame payload a peer may send unless the handshake lowers it.
 /// Checked on the length field, before any allocation.

@@ -31,6 +31,17 @@ impl StreamIds {
         Self::default()
     }
 
+    /// Ids as if `last` streams had been opened (tests of exhaustion).
+    pub fn after(last: u32) -> Self {
+        Self { last }
+    }
+
+    /// Opener side: whether every id has been used, so the tunnel can open
+    /// no more streams and must be replaced.
+    pub fn is_exhausted(&self) -> bool {
+        self.last == u32::MAX
+    }
+
     /// Opener side: the next id to use.
     ///
     /// # Errors
@@ -124,8 +135,10 @@ mod tests {
         for _ in 0..10 {
             acceptor.accept(opener.allocate().unwrap()).unwrap();
         }
-        let mut near_end = StreamIds { last: u32::MAX - 1 };
+        let mut near_end = StreamIds::after(u32::MAX - 1);
+        assert!(!near_end.is_exhausted());
         assert_eq!(near_end.allocate(), Ok(u32::MAX));
+        assert!(near_end.is_exhausted());
         assert_eq!(near_end.allocate(), Err(StreamError::IdsExhausted));
     }
 

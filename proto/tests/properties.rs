@@ -69,7 +69,7 @@ fn frame() -> impl Strategy<Value = Frame> {
         (stream_id(), open_code, any::<u32>(), text()).prop_map(
             |(stream, code, window, message)| Frame::OpenResult { stream, code, window, message }
         ),
-        (stream_id(), prop::collection::vec(any::<u8>(), 0..2048))
+        (stream_id(), prop::collection::vec(any::<u8>(), 1..2048))
             .prop_map(|(stream, data)| Frame::Data { stream, payload: Bytes::from(data) }),
         (stream_id(), any::<u64>()).prop_map(|(stream, limit)| Frame::Window { stream, limit }),
         stream_id().prop_map(|stream| Frame::Fin { stream }),

@@ -24,23 +24,6 @@ const POOL_MAX: usize = 16;
 
 static POOL: Mutex<Vec<Box<[u8]>>> = Mutex::new(Vec::new());
 
-/// Payloads shorter than this are copied out before they wait on a slow
-/// reader (see [`detach`]).
-const DETACH_BELOW: usize = 64 * 1024;
-
-/// A payload received from the tunnel is a slice of the WebSocket read
-/// buffer it arrived in (up to about 780 KiB), and keeps all of it alive.
-/// Held by a stream whose reader is slow, a small slice would pin a large
-/// buffer, mostly other streams' data long since written: 100 stalled
-/// streams next to one bulk stream made the cloud's memory grow by 6.6 to
-/// 11.7 x the data they held, 1.9 x with this (docs/performance.md). So a
-/// small payload that is about to wait is copied into its own allocation;
-/// a large one is not (it pins at most about 12 x its size, and copying
-/// bulk data would cost throughput).
-pub(crate) fn detach(payload: Bytes) -> Bytes {
-    if payload.len() < DETACH_BELOW { Bytes::copy_from_slice(&payload) } else { payload }
-}
-
 fn pool() -> std::sync::MutexGuard<'static, Vec<Box<[u8]>>> {
     // The pool holds plain buffers; a panic elsewhere cannot leave it
     // inconsistent.
@@ -104,17 +87,6 @@ pub(crate) fn try_read_chunk(tcp: &TcpStream, max: usize) -> io::Result<Bytes> {
 mod tests {
     use super::*;
     use tokio::io::AsyncWriteExt;
-
-    #[test]
-    fn small_payloads_detach_from_their_read_buffer_and_large_ones_stay() {
-        let read_buffer = Bytes::from(vec![5u8; 780 * 1024]);
-        let small = read_buffer.slice(1000..1100);
-        let detached = detach(small.clone());
-        assert_eq!(detached, small);
-        assert!(!std::ptr::eq(detached.as_ptr(), small.as_ptr()), "a small slice must be copied");
-        let large = read_buffer.slice(0..DETACH_BELOW);
-        assert!(std::ptr::eq(detach(large.clone()).as_ptr(), large.as_ptr()));
-    }
 
     #[tokio::test]
     async fn large_reads_reuse_buffers_and_never_overread() {

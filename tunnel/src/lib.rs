@@ -24,6 +24,7 @@
 //! peer that overruns it loses the tunnel.
 
 mod buffers;
+mod inbox;
 pub mod mux;
 pub mod relay;
 pub mod service;

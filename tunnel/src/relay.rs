@@ -9,6 +9,12 @@
 //! No buffer is held while a connection is idle: the copy loop waits for
 //! the socket to become readable, then allocates at most the peer's
 //! current credit.
+//!
+//! Half-open connections are reaped: the socket's error state is watched
+//! for the whole relay, so an RST from the local peer is seen even while
+//! the stream waits for credit or after one direction has finished; TCP
+//! keepalive finds a local peer that vanished without a word; and a reset
+//! from the tunnel aborts a write stuck on a local reader that stopped.
 
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,6 +22,7 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes};
 use proto::ResetCode;
+use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
@@ -29,6 +36,12 @@ const READ_CHUNK: usize = buffers::LARGE;
 /// request/response connection stays at a few KiB per read, a bulk one
 /// reaches 256 KiB reads and frames after a few reads.
 const FIRST_READ: usize = 16 * 1024;
+/// TCP keepalive on relayed sockets: first probe after a minute of
+/// silence, then every 10 s; after 6 unanswered probes (about two minutes
+/// in all) the kernel fails the socket and the stream is reset.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+const KEEPALIVE_PROBES: u32 = 6;
 
 /// Live byte counts of one or many relays (a mapping's, an edge's),
 /// updated as each chunk moves so throughput can be sampled while
@@ -94,6 +107,7 @@ pub async fn relay(
     counters: &ByteCounters,
 ) -> RelayOutcome {
     let _ = tcp.set_nodelay(true);
+    set_keepalive(&tcp);
     let (sender, mut receiver) = stream.split();
     let mut to_peer = 0u64;
     let mut from_peer = 0u64;
@@ -116,6 +130,10 @@ pub async fn relay(
                     sender.reset(cancel_code, "connection stopped by the agent");
                     break RelayEnd::Cancelled;
                 }
+                why = socket_failed(&tcp) => {
+                    sender.reset(ResetCode::ConnectionReset, &why);
+                    break RelayEnd::Reset(why);
+                }
             }
             if up_done && down_done {
                 break RelayEnd::Closed;
@@ -126,6 +144,30 @@ pub async fn relay(
         abort(&tcp);
     }
     RelayOutcome { bytes_to_peer: to_peer, bytes_from_peer: from_peer, end }
+}
+
+fn set_keepalive(tcp: &TcpStream) {
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(KEEPALIVE_IDLE)
+        .with_interval(KEEPALIVE_INTERVAL)
+        .with_retries(KEEPALIVE_PROBES);
+    let _ = socket2::SockRef::from(tcp).set_tcp_keepalive(&keepalive);
+}
+
+/// Resolves once the socket is in error (an RST arrived, keepalive gave
+/// up), with the error's text.
+async fn socket_failed(tcp: &TcpStream) -> String {
+    let failed = tcp
+        .async_io(Interest::ERROR, || match tcp.take_error() {
+            Ok(Some(e)) | Err(e) => Ok(e),
+            // Taken by a read or write meanwhile, which reports it itself;
+            // wait for the next one (this clears the readiness).
+            Ok(None) => Err(io::ErrorKind::WouldBlock.into()),
+        })
+        .await;
+    match failed {
+        Ok(e) | Err(e) => format!("socket failed: {e}"),
+    }
 }
 
 /// Closes the socket with an RST instead of a FIN, as a direct connection
@@ -189,7 +231,13 @@ async fn stream_to_socket(
         match receiver.recv().await {
             Inbound::Data(bytes) => {
                 let len = bytes.len();
-                if let Err(e) = write_all(tcp, bytes).await {
+                let written = tokio::select! {
+                    written = write_all(tcp, bytes) => written,
+                    () = receiver.reset_signal() => {
+                        return Err("reset while writing to a slow socket".to_owned());
+                    }
+                };
+                if let Err(e) = written {
                     sender.reset(ResetCode::ConnectionReset, &e.to_string());
                     return Err(format!("socket write failed: {e}"));
                 }
@@ -213,9 +261,10 @@ async fn write_all(tcp: &TcpStream, mut bytes: Bytes) -> io::Result<()> {
         match tcp.try_write(&bytes) {
             Ok(n) => bytes.advance(n),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                // The local reader is slow and the rest must wait for it.
+                // The local reader is slow and the rest must wait for it,
+                // not pin the tunnel's read buffer it is a slice of.
                 if !detached {
-                    bytes = buffers::detach(bytes);
+                    bytes = Bytes::copy_from_slice(&bytes);
                     detached = true;
                 }
             }

@@ -9,8 +9,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
 use proto::{Frame, RecvBudget, RecvWindow, ResetCode, SendWindow, StreamState};
+
+use crate::inbox::Inbox;
 use thiserror::Error;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::Notify;
 
 use crate::mux::Shared as TunnelShared;
 
@@ -34,13 +36,22 @@ pub struct StreamClosed {
     pub reason: String,
 }
 
+/// Why a stream was reset, and by whom (for the reader's [`Inbound::Reset`]).
+#[derive(Debug, Clone)]
+pub(crate) struct ResetCause {
+    pub(crate) code: ResetCode,
+    pub(crate) message: String,
+}
+
 #[derive(Debug)]
 pub(crate) struct StreamInner {
     pub(crate) send: SendWindow,
     pub(crate) recv: RecvWindow,
     pub(crate) state: StreamState,
+    /// What arrived and is not yet written on.
+    pub(crate) inbox: Inbox,
     /// Why the stream was reset, once it was.
-    pub(crate) reset: Option<String>,
+    pub(crate) reset: Option<ResetCause>,
 }
 
 /// State shared by the tunnel's reader loop and the stream's halves.
@@ -50,6 +61,9 @@ pub(crate) struct StreamShared {
     inner: Mutex<StreamInner>,
     /// Woken when send credit grows or the stream is reset.
     credit: Notify,
+    /// Woken when something arrives for the receiving half, or the stream
+    /// is reset.
+    arrived: Notify,
     /// The tunnel's budget, which the receive window borrows from as it
     /// grows; repaid once the peer's FIN is consumed, or when the stream's
     /// state is dropped.
@@ -69,9 +83,11 @@ impl StreamShared {
                 send: SendWindow::new(send_window),
                 recv,
                 state: StreamState::new(),
+                inbox: Inbox::default(),
                 reset: None,
             }),
             credit: Notify::new(),
+            arrived: Notify::new(),
             budget,
         }
     }
@@ -86,16 +102,23 @@ impl StreamShared {
         self.credit.notify_one();
     }
 
-    /// Marks the stream reset. Returns false if it already was closed.
-    pub(crate) fn mark_reset(&self, reason: &str) -> bool {
+    pub(crate) fn wake_receiver(&self) {
+        self.arrived.notify_one();
+    }
+
+    /// Marks the stream reset, dropping what it received and waking both
+    /// halves. Returns false if it already was closed.
+    pub(crate) fn mark_reset(&self, code: ResetCode, message: &str) -> bool {
         let mut inner = self.lock();
         if inner.state.is_closed() {
             return false;
         }
         inner.state.on_reset();
-        inner.reset = Some(reason.to_owned());
+        inner.inbox.clear();
+        inner.reset = Some(ResetCause { code, message: message.to_owned() });
         drop(inner);
         self.wake_sender();
+        self.wake_receiver();
         true
     }
 }
@@ -117,12 +140,8 @@ struct StreamGuard {
 
 impl Drop for StreamGuard {
     fn drop(&mut self) {
-        if self.stream.mark_reset("stream dropped") {
-            self.tunnel.send_control(Frame::Reset {
-                stream: self.stream.id,
-                code: ResetCode::Other,
-                message: "stream abandoned".into(),
-            });
+        if self.stream.mark_reset(ResetCode::Other, "stream dropped") {
+            self.tunnel.send_reset(self.stream.id, ResetCode::Other, "stream abandoned");
         }
         self.tunnel.remove_stream(self.stream.id);
     }
@@ -136,11 +155,7 @@ pub struct MuxStream {
 }
 
 impl MuxStream {
-    pub(crate) fn new(
-        stream: Arc<StreamShared>,
-        tunnel: Arc<TunnelShared>,
-        inbound: mpsc::UnboundedReceiver<Inbound>,
-    ) -> Self {
+    pub(crate) fn new(stream: Arc<StreamShared>, tunnel: Arc<TunnelShared>) -> Self {
         let guard =
             Arc::new(StreamGuard { stream: Arc::clone(&stream), tunnel: Arc::clone(&tunnel) });
         Self {
@@ -149,7 +164,7 @@ impl MuxStream {
                 tunnel: Arc::clone(&tunnel),
                 _guard: Arc::clone(&guard),
             },
-            receiver: StreamReceiver { stream, tunnel, inbound, _guard: guard },
+            receiver: StreamReceiver { stream, tunnel, _guard: guard },
         }
     }
 
@@ -191,7 +206,7 @@ impl StreamSender {
             {
                 let inner = self.stream.lock();
                 if let Some(reason) = &inner.reset {
-                    return Err(StreamClosed { reason: reason.clone() });
+                    return Err(StreamClosed { reason: reason.message.clone() });
                 }
                 let available = inner.send.available();
                 if available > 0 {
@@ -212,7 +227,7 @@ impl StreamSender {
         {
             let mut inner = self.stream.lock();
             if let Some(reason) = &inner.reset {
-                return Err(StreamClosed { reason: reason.clone() });
+                return Err(StreamClosed { reason: reason.message.clone() });
             }
             inner
                 .send
@@ -241,12 +256,8 @@ impl StreamSender {
 
     /// Aborts the stream in both directions.
     pub fn reset(&self, code: ResetCode, message: &str) {
-        if self.stream.mark_reset(message) {
-            self.tunnel.send_control(Frame::Reset {
-                stream: self.stream.id,
-                code,
-                message: message.to_owned(),
-            });
+        if self.stream.mark_reset(code, message) {
+            self.tunnel.send_reset(self.stream.id, code, message);
         }
         self.tunnel.remove_stream(self.stream.id);
     }
@@ -257,7 +268,6 @@ impl StreamSender {
 pub struct StreamReceiver {
     stream: Arc<StreamShared>,
     tunnel: Arc<TunnelShared>,
-    inbound: mpsc::UnboundedReceiver<Inbound>,
     _guard: Arc<StreamGuard>,
 }
 
@@ -267,12 +277,34 @@ impl StreamReceiver {
     ///
     /// Cancel-safe.
     pub async fn recv(&mut self) -> Inbound {
-        match self.inbound.recv().await {
-            Some(event) => event,
-            None => Inbound::Reset {
-                code: ResetCode::Other,
-                message: self.stream.lock().reset.clone().unwrap_or_else(|| "tunnel lost".into()),
-            },
+        loop {
+            if let Some(event) = self.next_event() {
+                return event;
+            }
+            self.stream.arrived.notified().await;
+        }
+    }
+
+    fn next_event(&self) -> Option<Inbound> {
+        let mut inner = self.stream.lock();
+        if let Some(cause) = &inner.reset {
+            return Some(Inbound::Reset { code: cause.code, message: cause.message.clone() });
+        }
+        if let Some(chunk) = inner.inbox.pop() {
+            return Some(Inbound::Data(chunk));
+        }
+        inner.inbox.take_fin().then_some(Inbound::Fin)
+    }
+
+    /// Waits until the stream is reset (by either side, or because the
+    /// tunnel died). Cancel-safe; lets a relay blocked on a slow socket
+    /// notice a reset without waiting for the write to finish.
+    pub async fn reset_signal(&self) {
+        loop {
+            if self.stream.lock().reset.is_some() {
+                return;
+            }
+            self.stream.arrived.notified().await;
         }
     }
 

@@ -5,13 +5,17 @@
 //! The *writer* owns the sending half: it takes frames from two queues and
 //! batches them into WebSocket messages.
 //!
-//! The reader never waits on the writer. Data, window updates and opens go
-//! through a bounded queue that only stream tasks wait on; the few frames
-//! the tunnel itself must send use a separate queue whose length is bounded
-//! by construction: one ping, one pong and one report outstanding (a peer
-//! that stops reading stalls the writer, and the heartbeat must not pile up
-//! behind it), one reset per stream, one drain, one go-away. This is what keeps two peers that are both
-//! busy writing from deadlocking each other.
+//! The reader never waits on the writer. Every frame of a stream (open,
+//! data, window, FIN, open result and reset) goes through one ordered
+//! *stream queue*, so per-stream order holds on the wire: a reset never
+//! overtakes its stream's open or data. Stream tasks wait for room in it
+//! (`queue_frames` frames); a reset never waits, and there is at most one
+//! per stream. The few frames the tunnel itself sends jump the queue
+//! through a separate one whose length is bounded by construction: one
+//! ping, one pong and one report outstanding (a peer that stops reading
+//! stalls the writer, and the heartbeat must not pile up behind it), one
+//! drain, one go-away. This is what keeps two peers that are both busy
+//! writing from deadlocking each other.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -26,11 +30,11 @@ use proto::{
 };
 use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info_span};
 
-use crate::stream::{Inbound, MuxStream, StreamShared};
+use crate::stream::{MuxStream, StreamShared};
 use crate::ws::WsConn;
 
 mod reader;
@@ -67,7 +71,7 @@ pub struct MuxSettings {
     /// the initial window, together: with `max_streams`, what bounds the
     /// data a peer can make this side hold for one tunnel.
     pub window_budget: u64,
-    /// Frames that may wait in the outbound queue.
+    /// Frames that may wait in the stream queue (resets aside).
     pub queue_frames: usize,
 }
 
@@ -118,6 +122,9 @@ pub enum OpenError {
     /// The edge said it is draining.
     #[error("edge is draining")]
     Draining,
+    /// Every stream id of the tunnel was used; it is being replaced.
+    #[error("tunnel has used every stream id")]
+    IdsExhausted,
     /// The tunnel is gone.
     #[error(transparent)]
     Closed(#[from] TunnelClosed),
@@ -126,9 +133,16 @@ pub enum OpenError {
 #[derive(Debug)]
 struct Entry {
     stream: Arc<StreamShared>,
-    inbound: mpsc::UnboundedSender<Inbound>,
     /// Cloud side: waiting for the edge's open result.
-    pending_open: Option<oneshot::Sender<(OpenCode, u32, String)>>,
+    pending_open: Option<oneshot::Sender<(OpenCode, String)>>,
+}
+
+/// A frame in the stream queue, holding its room there (none for a reset,
+/// which must never wait).
+#[derive(Debug)]
+pub(crate) struct Queued {
+    pub(crate) frame: Frame,
+    _room: Option<OwnedSemaphorePermit>,
 }
 
 #[derive(Debug, Default)]
@@ -145,9 +159,17 @@ pub(crate) struct Shared {
     pub(crate) settings: MuxSettings,
     streams: Mutex<StreamTable>,
     active: AtomicUsize,
-    data_tx: mpsc::Sender<Frame>,
+    /// The stream queue (see the module docs) and the room left in it.
+    stream_tx: mpsc::UnboundedSender<Queued>,
+    stream_room: Arc<Semaphore>,
     control_tx: mpsc::UnboundedSender<Frame>,
     pong_queued: AtomicBool,
+    /// Nonce of the latest ping received: the queued pong answers it, not
+    /// the one that queued it.
+    pong_nonce: AtomicU64,
+    /// Every stream id was used: the tunnel opens no more streams and is
+    /// closed once its last stream ends (the edge redials).
+    ids_exhausted: AtomicBool,
     ping_queued: AtomicBool,
     report_queued: AtomicBool,
     going_away: AtomicBool,
@@ -179,12 +201,24 @@ impl Shared {
         TunnelClosed(reason.unwrap_or_else(|| "closed".into()))
     }
 
-    /// Queues a stream frame, waiting while the outbound queue is full.
+    /// Waits for room in the stream queue.
+    async fn stream_room(&self) -> Result<OwnedSemaphorePermit, TunnelClosed> {
+        Arc::clone(&self.stream_room).acquire_owned().await.map_err(|_| self.closed_error())
+    }
+
+    /// Queues a stream frame, waiting while the stream queue is full.
     pub(crate) async fn send_frame(&self, frame: Frame) -> Result<(), crate::StreamClosed> {
-        self.data_tx
-            .send(frame)
-            .await
+        let room = self.stream_room().await.map_err(|e| crate::StreamClosed { reason: e.0 })?;
+        self.stream_tx
+            .send(Queued { frame, _room: Some(room) })
             .map_err(|_| crate::StreamClosed { reason: self.closed_error().0 })
+    }
+
+    /// Queues a stream's reset behind its earlier frames, without waiting
+    /// (callers reset a stream at most once: [`StreamShared::mark_reset`]).
+    pub(crate) fn send_reset(&self, stream: u32, code: ResetCode, message: &str) {
+        let frame = Frame::Reset { stream, code, message: message.to_owned() };
+        let _ = self.stream_tx.send(Queued { frame, _room: None });
     }
 
     /// Queues a tunnel-level frame without waiting (see the module docs for
@@ -222,6 +256,16 @@ impl Shared {
         if table.map.remove(&id).is_some() {
             self.active.store(table.map.len(), Ordering::Relaxed);
         }
+        let retire = table.map.is_empty() && self.ids_exhausted.load(Ordering::Relaxed);
+        drop(table);
+        if retire {
+            self.retire();
+        }
+    }
+
+    /// Closes a tunnel whose stream ids are used up, once it is idle.
+    fn retire(&self) {
+        self.go_away(GoAwayCode::Normal, "stream ids used up; redial for a new tunnel".into());
     }
 
     fn set_close_reason(&self, reason: String) {
@@ -258,11 +302,7 @@ impl Shared {
             table.map.drain().map(|(_, e)| e).collect()
         };
         for entry in entries {
-            entry.stream.mark_reset(&reason);
-            let _ = entry.inbound.send(Inbound::Reset {
-                code: ResetCode::ConnectionReset,
-                message: format!("tunnel lost: {reason}"),
-            });
+            entry.stream.mark_reset(ResetCode::ConnectionReset, &format!("tunnel lost: {reason}"));
         }
     }
 }
@@ -340,7 +380,8 @@ impl Tunnel {
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let (data_tx, data_rx) = mpsc::channel(settings.queue_frames.max(1));
+        let (stream_tx, stream_rx) = mpsc::unbounded_channel();
+        let stream_room = Arc::new(Semaphore::new(settings.queue_frames.max(1)));
         let (control_tx, control_rx) = mpsc::unbounded_channel();
         let (incoming_tx, incoming_rx) = mpsc::unbounded_channel();
         let recv_budget = Arc::new(RecvBudget::new(settings.window_budget));
@@ -350,9 +391,12 @@ impl Tunnel {
             settings,
             streams: Mutex::new(StreamTable::default()),
             active: AtomicUsize::new(0),
-            data_tx,
+            stream_tx,
+            stream_room,
             control_tx,
             pong_queued: AtomicBool::new(false),
+            pong_nonce: AtomicU64::new(0),
+            ids_exhausted: AtomicBool::new(false),
             ping_queued: AtomicBool::new(false),
             report_queued: AtomicBool::new(false),
             going_away: AtomicBool::new(false),
@@ -367,7 +411,7 @@ impl Tunnel {
         let WsConn { reader, writer } = ws;
         let span = info_span!("tunnel", tunnel = id);
         tokio::spawn(
-            writer::write_loop(Arc::clone(&shared), writer, data_rx, control_rx)
+            writer::write_loop(Arc::clone(&shared), writer, stream_rx, control_rx)
                 .instrument(span.clone()),
         );
         tokio::spawn(reader::read_loop(Arc::clone(&shared), reader, incoming_tx).instrument(span));
@@ -402,6 +446,14 @@ impl Tunnel {
     /// Whether the peer announced it is shutting down.
     pub fn peer_draining(&self) -> bool {
         self.shared.peer_draining.load(Ordering::Relaxed)
+    }
+
+    /// Whether new streams may be opened here: the tunnel is up, the peer is
+    /// not draining, and stream ids are left.
+    pub fn accepts_streams(&self) -> bool {
+        !self.is_closed()
+            && !self.peer_draining()
+            && !self.shared.ids_exhausted.load(Ordering::Relaxed)
     }
 
     /// How much of this side's window budget the streams use now.
@@ -465,11 +517,10 @@ impl Tunnel {
             return Err(OpenError::Draining);
         }
         let (result_tx, result_rx) = oneshot::channel();
-        let (inbound_tx, inbound_rx) = mpsc::unbounded_channel();
         // The edge requires strictly increasing ids, so the id is taken and
-        // its Open queued under one lock: reserve the queue slot first (the
+        // its Open queued under one lock: take room in the queue first (the
         // only wait), so nothing awaits while the lock is held.
-        let permit = shared.data_tx.reserve().await.map_err(|_| shared.closed_error())?;
+        let room = shared.stream_room().await?;
         let stream = {
             let mut table = shared.table();
             if table.closed {
@@ -478,36 +529,36 @@ impl Tunnel {
             if table.map.len() >= shared.settings.max_streams as usize {
                 return Err(OpenError::TooManyStreams(shared.settings.max_streams));
             }
-            let id = table.ids.allocate().map_err(|e| TunnelClosed(e.to_string()))?;
-            // No send credit until the edge grants its window.
+            let Ok(id) = table.ids.allocate() else {
+                return Err(OpenError::IdsExhausted);
+            };
+            if table.ids.is_exhausted() {
+                // This was the last id: no more streams here, and the tunnel
+                // goes once this one ends (`remove_stream`).
+                shared.ids_exhausted.store(true, Ordering::Relaxed);
+            }
+            // No send credit until the edge grants its window (the reader
+            // applies it with the open result).
             let stream = shared.new_stream(id, 0);
-            table.map.insert(
-                id,
-                Entry {
-                    stream: Arc::clone(&stream),
-                    inbound: inbound_tx,
-                    pending_open: Some(result_tx),
-                },
-            );
+            table
+                .map
+                .insert(id, Entry { stream: Arc::clone(&stream), pending_open: Some(result_tx) });
             shared.active.store(table.map.len(), Ordering::Relaxed);
-            permit.send(Frame::Open {
+            let open = Frame::Open {
                 stream: id,
                 window: shared.initial_window(),
                 mapping: mapping.to_owned(),
                 host: host.to_owned(),
                 port,
-            });
+            };
+            let _ = shared.stream_tx.send(Queued { frame: open, _room: Some(room) });
             stream
         };
         let id = stream.id;
-        let mux_stream = MuxStream::new(Arc::clone(&stream), Arc::clone(shared), inbound_rx);
+        let mux_stream = MuxStream::new(Arc::clone(&stream), Arc::clone(shared));
         match result_rx.await {
-            Ok((OpenCode::Ok, window, _)) => {
-                stream.lock().send = proto::SendWindow::new(window);
-                stream.wake_sender();
-                Ok(mux_stream)
-            }
-            Ok((code, _, message)) => {
+            Ok((OpenCode::Ok, _)) => Ok(mux_stream),
+            Ok((code, message)) => {
                 mux_stream.mark_closed_quietly();
                 shared.remove_stream(id);
                 Err(OpenError::Refused { code, message })
@@ -525,6 +576,6 @@ impl MuxStream {
     /// Marks the stream closed so that dropping it sends no reset (the peer
     /// already knows it failed).
     fn mark_closed_quietly(&self) {
-        self.sender.stream.mark_reset("open failed");
+        self.sender.stream.mark_reset(ResetCode::Other, "open failed");
     }
 }

@@ -1,5 +1,10 @@
 //! The reader task: decodes frames, applies them to streams, and runs the
 //! heartbeat. It never waits on the writer (see the parent module).
+//!
+//! Liveness is the peer answering pings: a peer that keeps sending frames
+//! (or WebSocket pings, or empty messages) but stops answering is as dead
+//! as a silent one, and a side whose own writer is stuck behind a peer that
+//! does not read gets no answers either.
 
 use std::fmt;
 use std::sync::Arc;
@@ -13,7 +18,7 @@ use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use super::{Entry, IncomingStream, Role, Shared, unix_ms};
-use crate::stream::{Inbound, MuxStream};
+use crate::stream::MuxStream;
 use crate::ws::{WsMessage, WsReader};
 
 /// Why the reader stops on a frame.
@@ -32,6 +37,34 @@ impl<E: fmt::Display> From<E> for Stop {
     }
 }
 
+/// Our pings and the peer's answers to them.
+#[derive(Debug)]
+struct Heartbeat {
+    /// Nonce and send time of the latest ping.
+    sent: (u64, Instant),
+    /// Nonce of the newest ping answered, and when the answer came (the
+    /// tunnel's start before any).
+    answered: (u64, Instant),
+}
+
+impl Heartbeat {
+    fn new(now: Instant) -> Self {
+        Self { sent: (0, now), answered: (0, now) }
+    }
+
+    /// Applies a pong. Returns the round trip when it answers the latest
+    /// ping. A pong for an older ping still proves the peer alive (it may
+    /// answer only the latest of several); one for a ping never sent, or
+    /// answered already, proves nothing.
+    fn on_pong(&mut self, nonce: u64, now: Instant) -> Option<std::time::Duration> {
+        if nonce <= self.answered.0 || nonce > self.sent.0 {
+            return None;
+        }
+        self.answered = (nonce, now);
+        (nonce == self.sent.0).then(|| now.saturating_duration_since(self.sent.1))
+    }
+}
+
 pub(super) async fn read_loop<S>(
     shared: Arc<Shared>,
     mut ws: WsReader<ReadHalf<S>>,
@@ -42,22 +75,21 @@ pub(super) async fn read_loop<S>(
     let settings = shared.settings.clone();
     let mut heartbeat = tokio::time::interval(settings.heartbeat_interval);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_heard = Instant::now();
-    // Fires `heartbeat_timeout` after the last message; moved forward
-    // lazily (only when it fires early) rather than on every message.
-    let silence = tokio::time::sleep(settings.heartbeat_timeout);
-    tokio::pin!(silence);
-    let mut ping: (u64, Instant) = (0, Instant::now());
+    let mut beat = Heartbeat::new(Instant::now());
+    // Fires `heartbeat_timeout` after the last answer; moved forward lazily
+    // (only when it fires early) rather than on every pong.
+    let unanswered = tokio::time::sleep(settings.heartbeat_timeout);
+    tokio::pin!(unanswered);
     let reason = loop {
         tokio::select! {
             () = shared.closed.cancelled() => break None,
-            () = &mut silence => {
-                let deadline = last_heard + settings.heartbeat_timeout;
+            () = &mut unanswered => {
+                let deadline = beat.answered.1 + settings.heartbeat_timeout;
                 if deadline > Instant::now() {
-                    silence.as_mut().reset(deadline);
+                    unanswered.as_mut().reset(deadline);
                     continue;
                 }
-                let why = format!("no frame from peer for {:?}", last_heard.elapsed());
+                let why = format!("no answer to pings for {:?}", beat.answered.1.elapsed());
                 shared.go_away(GoAwayCode::Timeout, why.clone());
                 break Some(why);
             }
@@ -65,9 +97,8 @@ pub(super) async fn read_loop<S>(
                 Ok(None) => break Some("connection closed by peer".to_owned()),
                 Err(e) => break Some(format!("websocket error: {e}")),
                 Ok(Some(WsMessage::Binary(bytes))) => {
-                    last_heard = Instant::now();
                     shared.last_heard_ms.store(unix_ms(), Ordering::Relaxed);
-                    match on_message(&shared, bytes, &incoming_tx, &mut ping) {
+                    match on_message(&shared, bytes, &incoming_tx, &mut beat) {
                         Ok(()) => {}
                         Err(Stop::Violation(why)) => {
                             warn!(reason = %why, "protocol violation; closing tunnel");
@@ -80,7 +111,8 @@ pub(super) async fn read_loop<S>(
                 Ok(Some(WsMessage::Close(why))) => {
                     break Some(format!("peer closed the websocket {why}").trim_end().to_owned());
                 }
-                Ok(Some(WsMessage::Ping | WsMessage::Pong)) => last_heard = Instant::now(),
+                // Allowed and ignored: liveness is the protocol's own ping.
+                Ok(Some(WsMessage::Ping | WsMessage::Pong)) => {}
                 Ok(Some(WsMessage::Text)) => {
                     let why = "non-binary websocket message".to_owned();
                     shared.go_away(GoAwayCode::ProtocolError, why.clone());
@@ -91,8 +123,8 @@ pub(super) async fn read_loop<S>(
                 // One ping outstanding: if the last is still queued, the
                 // writer is stalled and another would only pile up.
                 if !shared.ping_queued.swap(true, Ordering::Relaxed) {
-                    ping = (ping.0.wrapping_add(1), Instant::now());
-                    shared.send_control(Frame::Ping { nonce: ping.0 });
+                    beat.sent = (beat.sent.0 + 1, Instant::now());
+                    shared.send_control(Frame::Ping { nonce: beat.sent.0 });
                 }
             }
         }
@@ -114,47 +146,65 @@ fn on_message(
     shared: &Arc<Shared>,
     mut bytes: Bytes,
     incoming_tx: &mpsc::UnboundedSender<IncomingStream>,
-    ping: &mut (u64, Instant),
+    beat: &mut Heartbeat,
 ) -> Result<(), Stop> {
+    if bytes.is_empty() {
+        return Err(Stop::Violation(
+            "empty websocket message (one or more frames expected)".into(),
+        ));
+    }
     while !bytes.is_empty() {
         let Some(frame) = proto::decode(&mut bytes, shared.settings.max_frame_payload)? else {
             return Err(Stop::Violation("truncated frame at end of message".into()));
         };
-        on_frame(shared, frame, incoming_tx, ping)?;
+        on_frame(shared, frame, incoming_tx, beat)?;
     }
     Ok(())
+}
+
+/// The entry of an open stream for a frame that needs one, or None for a
+/// stream already gone (its frames may have been in flight: ignored). On
+/// the cloud, a stream frame before the edge's open result is a violation.
+fn open_entry<'t>(
+    map: &'t std::collections::HashMap<u32, Entry>,
+    stream: u32,
+    kind: &str,
+) -> Result<Option<&'t Entry>, Stop> {
+    match map.get(&stream) {
+        Some(entry) if entry.pending_open.is_some() => {
+            Err(Stop::Violation(format!("stream {stream}: {kind} before its open result")))
+        }
+        entry => Ok(entry),
+    }
 }
 
 fn on_frame(
     shared: &Arc<Shared>,
     frame: Frame,
     incoming_tx: &mpsc::UnboundedSender<IncomingStream>,
-    ping: &mut (u64, Instant),
+    beat: &mut Heartbeat,
 ) -> Result<(), Stop> {
     match frame {
         Frame::Data { stream, payload } => {
             let table = shared.table();
-            // Data for a stream we already reset or closed is normal for a
-            // moment (it was in flight); drop it.
-            let Some(entry) = table.map.get(&stream) else { return Ok(()) };
-            let behind = {
+            let Some(entry) = open_entry(&table.map, stream, "data")? else { return Ok(()) };
+            {
                 let mut inner = entry.stream.lock();
                 inner.state.on_data().map_err(|e| format!("stream {stream}: {e}"))?;
-                let behind = inner.recv.buffered() > 0;
+                // Behind earlier data, the payload waits for the local
+                // reader: the inbox copies it (see `crate::inbox`).
+                let waits = inner.recv.buffered() > 0;
                 inner
                     .recv
                     .on_data(payload.len() as u64)
                     .map_err(|e| format!("stream {stream}: {e}"))?;
-                behind
-            };
-            // Queued behind earlier data, the payload waits for the local
-            // reader: it must not pin the whole read buffer meanwhile.
-            let payload = if behind { crate::buffers::detach(payload) } else { payload };
-            let _ = entry.inbound.send(Inbound::Data(payload));
+                inner.inbox.push(payload, waits);
+            }
+            entry.stream.wake_receiver();
         }
         Frame::Window { stream, limit } => {
             let table = shared.table();
-            let Some(entry) = table.map.get(&stream) else { return Ok(()) };
+            let Some(entry) = open_entry(&table.map, stream, "window")? else { return Ok(()) };
             let grew = entry
                 .stream
                 .lock()
@@ -167,14 +217,15 @@ fn on_frame(
         }
         Frame::Fin { stream } => {
             let mut table = shared.table();
-            let Some(entry) = table.map.get(&stream) else { return Ok(()) };
+            let Some(entry) = open_entry(&table.map, stream, "fin")? else { return Ok(()) };
             let closed = {
                 let mut inner = entry.stream.lock();
                 inner.state.on_fin().map_err(|e| format!("stream {stream}: {e}"))?;
                 inner.recv.on_fin(&entry.stream.budget);
+                inner.inbox.push_fin();
                 inner.state.is_closed()
             };
-            let _ = entry.inbound.send(Inbound::Fin);
+            entry.stream.wake_receiver();
             if closed {
                 table.map.remove(&stream);
                 shared.active.store(table.map.len(), Ordering::Relaxed);
@@ -182,18 +233,21 @@ fn on_frame(
         }
         Frame::Reset { stream, code, message } => {
             let mut table = shared.table();
-            if let Some(entry) = table.map.remove(&stream) {
+            if let Some(mut entry) = table.map.remove(&stream) {
                 shared.active.store(table.map.len(), Ordering::Relaxed);
                 drop(table);
-                entry.stream.mark_reset(&format!("reset by peer: {message}"));
-                let _ = entry.inbound.send(Inbound::Reset { code, message });
+                // An edge that drops a stream before answering resets it:
+                // that is its answer.
+                if let Some(pending) = entry.pending_open.take() {
+                    let _ = pending.send((proto::OpenCode::Error, format!("reset: {message}")));
+                }
+                entry.stream.mark_reset(code, &format!("reset by peer: {message}"));
             }
         }
         Frame::Open { stream, window, mapping, host, port } => {
             if shared.role != Role::Edge {
                 return Err(Stop::Violation("only the cloud may open streams".into()));
             }
-            let (inbound_tx, inbound_rx) = mpsc::unbounded_channel();
             let stream_shared = {
                 let mut table = shared.table();
                 if table.closed {
@@ -207,14 +261,11 @@ fn on_frame(
                     )));
                 }
                 let s = shared.new_stream(stream, window);
-                table.map.insert(
-                    stream,
-                    Entry { stream: Arc::clone(&s), inbound: inbound_tx, pending_open: None },
-                );
+                table.map.insert(stream, Entry { stream: Arc::clone(&s), pending_open: None });
                 shared.active.store(table.map.len(), Ordering::Relaxed);
                 s
             };
-            let stream = MuxStream::new(stream_shared, Arc::clone(shared), inbound_rx);
+            let stream = MuxStream::new(stream_shared, Arc::clone(shared));
             let _ = incoming_tx.send(IncomingStream { mapping, host, port, stream });
         }
         Frame::OpenResult { stream, code, window, message } => {
@@ -222,19 +273,28 @@ fn on_frame(
                 return Err(Stop::Violation("only the edge answers opens".into()));
             }
             let mut table = shared.table();
-            if let Some(pending) = table.map.get_mut(&stream).and_then(|e| e.pending_open.take()) {
-                let _ = pending.send((code, window, message));
+            // A duplicate, or one for a stream already gone, is ignored.
+            let Some(entry) = table.map.get_mut(&stream) else { return Ok(()) };
+            let Some(pending) = entry.pending_open.take() else { return Ok(()) };
+            if code == proto::OpenCode::Ok {
+                // Applied here, in frame order: a `Window` right behind it in
+                // the same message must find the grant in place.
+                entry.stream.lock().send.grant_initial(window);
+                entry.stream.wake_sender();
             }
+            let _ = pending.send((code, message));
         }
         Frame::Ping { nonce } => {
-            // One pong outstanding at most: a ping flood costs the peer, not us.
-            if !shared.pong_queued.swap(true, Ordering::Relaxed) {
+            // One pong outstanding at most (a ping flood costs the peer, not
+            // us), and it carries the latest nonce when it is written.
+            shared.pong_nonce.store(nonce, Ordering::SeqCst);
+            if !shared.pong_queued.swap(true, Ordering::SeqCst) {
                 shared.send_control(Frame::Pong { nonce });
             }
         }
         Frame::Pong { nonce } => {
-            if nonce == ping.0 {
-                let rtt = ping.1.elapsed().as_micros().clamp(1, u128::from(u64::MAX)) as u64;
+            if let Some(rtt) = beat.on_pong(nonce, Instant::now()) {
+                let rtt = rtt.as_micros().clamp(1, u128::from(u64::MAX)) as u64;
                 shared.rtt_micros.store(rtt, Ordering::Relaxed);
             }
         }
@@ -253,4 +313,29 @@ fn on_frame(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn only_answers_to_pings_sent_count() {
+        let start = Instant::now();
+        let mut beat = Heartbeat::new(start);
+        assert_eq!(beat.on_pong(1, start), None, "no ping was sent");
+        beat.sent = (1, start);
+        beat.sent = (2, start + Duration::from_millis(10));
+        // The answer to the older ping: alive, but no round trip.
+        let later = start + Duration::from_millis(15);
+        assert_eq!(beat.on_pong(1, later), None);
+        assert_eq!(beat.answered, (1, later));
+        assert_eq!(beat.on_pong(1, later), None, "answered already");
+        let last = start + Duration::from_millis(30);
+        assert_eq!(beat.on_pong(2, last), Some(Duration::from_millis(20)));
+        assert_eq!(beat.on_pong(3, last), None, "never sent");
+        assert_eq!(beat.answered.0, 2);
+    }
 }

@@ -167,3 +167,310 @@ async fn a_go_away_after_a_full_batch_still_reaches_the_peer() {
     let reason = edge.close_reason().unwrap_or_default();
     assert!(reason.contains("going away after a full batch"), "edge saw: {reason}");
 }
+
+/// A cloud tunnel whose edge end is driven by hand: raw frames both ways.
+struct RawEdge {
+    ws: WsConn<TcpStream>,
+}
+
+impl RawEdge {
+    async fn send(&mut self, frames: Vec<Frame>) {
+        let mut message = crate::ws::OutMessage::new(Side::Client);
+        for frame in frames {
+            message.push(frame);
+        }
+        self.ws.writer.send(&mut message).await.unwrap();
+    }
+
+    /// The next frames from the cloud (one message), pings answered on the
+    /// way unless `answer_pings` is false; None once the tunnel is gone.
+    async fn recv(&mut self, answer_pings: bool) -> Option<Vec<Frame>> {
+        loop {
+            let next =
+                tokio::time::timeout(std::time::Duration::from_secs(10), self.ws.reader.next());
+            let crate::ws::WsMessage::Binary(mut bytes) = next.await.ok()?.ok()?? else {
+                continue;
+            };
+            let mut frames = Vec::new();
+            while let Some(frame) = proto::decode(&mut bytes, u32::MAX).unwrap() {
+                frames.push(frame);
+            }
+            let pings: Vec<Frame> = frames
+                .iter()
+                .filter_map(|f| match f {
+                    Frame::Ping { nonce } => Some(Frame::Pong { nonce: *nonce }),
+                    _ => None,
+                })
+                .collect();
+            if answer_pings && !pings.is_empty() {
+                self.send(pings).await;
+            }
+            return Some(frames);
+        }
+    }
+
+    /// Frames for streams (heartbeats left out), until `done` says stop.
+    async fn stream_frames(&mut self, mut done: impl FnMut(&[Frame]) -> bool) -> Vec<Frame> {
+        let mut seen = Vec::new();
+        while !done(&seen) {
+            let frames = self.recv(true).await.expect("cloud went away");
+            seen.extend(frames.into_iter().filter(|f| f.stream() != 0));
+        }
+        seen
+    }
+}
+
+async fn cloud_and_raw_edge(settings: MuxSettings) -> (Tunnel, RawEdge) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (client, accepted) =
+        tokio::join!(TcpStream::connect(listener.local_addr().unwrap()), listener.accept());
+    let limit = max_message_len(proto::DEFAULT_MAX_FRAME_PAYLOAD);
+    let edge_ws = WsConn::new(client.unwrap(), Side::Client, limit, BytesMut::new());
+    let cloud_ws = WsConn::new(accepted.unwrap().0, Side::Server, limit, BytesMut::new());
+    let (cloud, _) = Tunnel::spawn(cloud_ws, Role::Cloud, 1, settings);
+    (cloud, RawEdge { ws: edge_ws })
+}
+
+fn quiet() -> MuxSettings {
+    MuxSettings {
+        heartbeat_interval: std::time::Duration::from_secs(30),
+        heartbeat_timeout: std::time::Duration::from_secs(90),
+        ..MuxSettings::default()
+    }
+}
+
+/// Opens a stream on `cloud`, answered by the raw edge with `answer`.
+async fn open_raw(cloud: &Tunnel, edge: &mut RawEdge, answer: Vec<Frame>) -> MuxStream {
+    let opening = cloud.open_stream("m", "127.0.0.1", 9);
+    tokio::pin!(opening);
+    let frames = tokio::select! {
+        frames = edge.stream_frames(|seen| !seen.is_empty()) => frames,
+        _ = &mut opening => panic!("opened without an answer"),
+    };
+    assert!(matches!(frames[0], Frame::Open { stream: 1, .. }), "{frames:?}");
+    edge.send(answer).await;
+    opening.await.unwrap()
+}
+
+#[tokio::test]
+async fn a_reset_never_overtakes_the_data_queued_before_it() {
+    let (cloud, mut edge) = cloud_and_raw_edge(quiet()).await;
+    let grant = Frame::OpenResult {
+        stream: 1,
+        code: OpenCode::Ok,
+        window: 1 << 20,
+        message: String::new(),
+    };
+    let (sender, _receiver) = open_raw(&cloud, &mut edge, vec![grant]).await.split();
+    // Queued before the writer runs (one-thread runtime): four frames of
+    // data, then the reset.
+    for _ in 0..4 {
+        sender.send(Bytes::from(vec![1u8; 64 * 1024])).await.unwrap();
+    }
+    sender.reset(ResetCode::Other, "done");
+    let frames =
+        edge.stream_frames(|seen| seen.iter().any(|f| matches!(f, Frame::Reset { .. }))).await;
+    let kinds: Vec<&str> = frames
+        .iter()
+        .map(|f| if matches!(f, Frame::Reset { .. }) { "reset" } else { "data" })
+        .collect();
+    assert_eq!(kinds, ["data", "data", "data", "data", "reset"], "wire order");
+}
+
+#[tokio::test]
+async fn a_reset_of_an_abandoned_open_follows_the_open() {
+    let (cloud, mut edge) = cloud_and_raw_edge(quiet()).await;
+    {
+        // Polled once: the open is queued, then the future is dropped (an
+        // open timeout, a drain deadline, a removed mapping).
+        let opening = cloud.open_stream("m", "127.0.0.1", 9);
+        tokio::pin!(opening);
+        assert!(futures_util::poll!(&mut opening).is_pending());
+    }
+    let frames =
+        edge.stream_frames(|seen| seen.iter().any(|f| matches!(f, Frame::Reset { .. }))).await;
+    assert!(
+        matches!(
+            frames.as_slice(),
+            [Frame::Open { stream: 1, .. }, Frame::Reset { stream: 1, .. }]
+        ),
+        "the edge must see the open before its reset: {frames:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_window_in_the_same_message_as_the_open_result_is_kept() {
+    let (cloud, mut edge) = cloud_and_raw_edge(quiet()).await;
+    let answer = vec![
+        Frame::OpenResult { stream: 1, code: OpenCode::Ok, window: 1000, message: String::new() },
+        Frame::Window { stream: 1, limit: 200_000 },
+    ];
+    let (sender, _receiver) = open_raw(&cloud, &mut edge, answer).await.split();
+    let sending = send(&sender, 200_000);
+    let receiving = edge.stream_frames(|seen| {
+        let got: usize = seen
+            .iter()
+            .map(|f| if let Frame::Data { payload, .. } = f { payload.len() } else { 0 })
+            .sum();
+        got >= 200_000
+    });
+    let ((), _) = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        tokio::join!(sending, receiving)
+    })
+    .await
+    .expect("the cloud must send all 200,000 bytes the window allows");
+}
+
+#[tokio::test]
+async fn a_pong_answers_the_latest_ping() {
+    let (_cloud, mut edge) = cloud_and_raw_edge(quiet()).await;
+    // Two pings in one message: the second arrives while the first's pong
+    // is still queued.
+    edge.send(vec![Frame::Ping { nonce: 1 }, Frame::Ping { nonce: 2 }]).await;
+    let mut pongs = Vec::new();
+    while !pongs.contains(&2) {
+        let frames = edge.recv(true).await.expect("no pong for the latest ping");
+        pongs.extend(frames.iter().filter_map(|f| match f {
+            Frame::Pong { nonce } => Some(*nonce),
+            _ => None,
+        }));
+    }
+}
+
+#[tokio::test]
+async fn a_peer_that_sends_but_never_answers_pings_times_out() {
+    let settings = MuxSettings {
+        heartbeat_interval: std::time::Duration::from_millis(100),
+        heartbeat_timeout: std::time::Duration::from_millis(500),
+        ..MuxSettings::default()
+    };
+    let (cloud, mut edge) = cloud_and_raw_edge(settings).await;
+    // Frames keep flowing (its own pings); pongs never come.
+    let chatter = async {
+        for nonce in 1.. {
+            edge.send(vec![Frame::Ping { nonce }]).await;
+            while let Ok(Some(_)) =
+                tokio::time::timeout(std::time::Duration::from_millis(50), edge.recv(false)).await
+            {
+            }
+        }
+    };
+    tokio::select! {
+        () = cloud.closed() => {}
+        () = chatter => unreachable!(),
+        () = tokio::time::sleep(std::time::Duration::from_secs(30)) => {
+            panic!("a peer that never answers pings kept its tunnel")
+        }
+    }
+    let reason = cloud.close_reason().unwrap_or_default();
+    assert!(reason.contains("no answer to pings"), "closed for: {reason}");
+}
+
+#[tokio::test]
+async fn a_tunnel_out_of_stream_ids_takes_no_more_and_retires_when_idle() {
+    let (cloud, edge, mut incoming) = pair(edge_settings(0)).await;
+    // As if 2^32 - 2 streams had been opened on both ends.
+    cloud.shared.table().ids = StreamIds::after(u32::MAX - 1);
+    edge.shared.table().ids = StreamIds::after(u32::MAX - 1);
+    assert!(cloud.accepts_streams());
+    let (sender, receiver) = open(&cloud, &mut incoming).await;
+    assert!(!cloud.accepts_streams(), "the last id is used: pick another tunnel");
+    assert!(matches!(cloud.open_stream("m", "127.0.0.1", 9).await, Err(OpenError::IdsExhausted)));
+    assert!(!cloud.is_closed(), "its last stream still runs");
+    drop((sender, receiver));
+    tokio::time::timeout(std::time::Duration::from_secs(5), cloud.closed())
+        .await
+        .expect("an idle tunnel without ids must close, so the edge redials");
+    let reason = cloud.close_reason().unwrap_or_default();
+    assert!(reason.contains("stream ids used up"), "{reason}");
+}
+
+/// A socket whose drop is observable.
+struct Watched {
+    tcp: TcpStream,
+    dropped: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Drop for Watched {
+    fn drop(&mut self) {
+        self.dropped.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl AsyncRead for Watched {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.tcp).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Watched {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.tcp).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.tcp).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.tcp).poll_shutdown(cx)
+    }
+}
+
+#[tokio::test]
+async fn a_peer_that_stops_reading_does_not_hold_the_writer_and_socket() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    // Small buffers on both sides, so a few opens fill them.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let (peer, accepted) =
+        tokio::join!(socket.connect(listener.local_addr().unwrap()), listener.accept());
+    let _peer = peer.unwrap(); // never reads, never writes: no pong ever
+    let accepted = accepted.unwrap().0;
+    socket2::SockRef::from(&accepted).set_send_buffer_size(4096).unwrap();
+    let dropped = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watched = Watched { tcp: accepted, dropped: std::sync::Arc::clone(&dropped) };
+    let limit = max_message_len(proto::DEFAULT_MAX_FRAME_PAYLOAD);
+    let settings = MuxSettings {
+        heartbeat_interval: std::time::Duration::from_millis(100),
+        heartbeat_timeout: std::time::Duration::from_millis(500),
+        ..MuxSettings::default()
+    };
+    let (cloud, _) = Tunnel::spawn(
+        WsConn::new(watched, Side::Server, limit, BytesMut::new()),
+        Role::Cloud,
+        1,
+        settings,
+    );
+    // Opens whose frames fill the socket: the writer blocks in a send.
+    let (mapping, host) = ("m".repeat(200), "h".repeat(200));
+    for _ in 0..200 {
+        let opening = cloud.open_stream(&mapping, &host, 9);
+        let _ = tokio::time::timeout(std::time::Duration::from_millis(1), opening).await;
+    }
+    tokio::time::timeout(std::time::Duration::from_secs(10), cloud.closed())
+        .await
+        .expect("the heartbeat gives up on a peer that never answers");
+    let released = async {
+        while !dropped.load(std::sync::atomic::Ordering::SeqCst) {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(10), released)
+        .await
+        .expect("the tunnel's socket is still held by a writer stuck on a peer that does not read");
+}

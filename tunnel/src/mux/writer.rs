@@ -1,5 +1,8 @@
 //! The writer task: frames from the two queues, batched into WebSocket
-//! messages; a go-away goes last, after the data queued before it.
+//! messages; a go-away goes last, after the stream frames queued before it.
+//! Every write is raced against the tunnel closing, so a peer that stops
+//! reading (a zero TCP window) cannot hold the task and its socket once the
+//! heartbeat has given up on it.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -8,13 +11,13 @@ use proto::Frame;
 use tokio::io::{AsyncWrite, WriteHalf};
 use tokio::sync::mpsc;
 
-use super::{MAX_BATCH, Role, Shared};
+use super::{MAX_BATCH, Queued, Role, Shared};
 use crate::ws::{OutMessage, Side, WsWriter};
 
 pub(super) async fn write_loop<S>(
     shared: Arc<Shared>,
     mut ws: WsWriter<WriteHalf<S>>,
-    mut data_rx: mpsc::Receiver<Frame>,
+    mut data_rx: mpsc::UnboundedReceiver<Queued>,
     mut control_rx: mpsc::UnboundedReceiver<Frame>,
 ) where
     S: AsyncWrite,
@@ -30,7 +33,7 @@ pub(super) async fn write_loop<S>(
             biased;
             () = shared.closed.cancelled() => break,
             Some(frame) = control_rx.recv() => take_control(&shared, frame, &mut message, &mut go_away, &data_rx),
-            Some(frame) = data_rx.recv() => push_data(frame, &mut message, &mut go_away),
+            Some(queued) = data_rx.recv() => push_data(queued, &mut message, &mut go_away),
             else => break,
         }
         // Batch whatever else is ready into the same message: fewer, larger
@@ -40,8 +43,8 @@ pub(super) async fn write_loop<S>(
                 take_control(&shared, frame, &mut message, &mut go_away, &data_rx);
             } else if go_away.as_ref().is_some_and(|(_, n)| *n == 0) {
                 break;
-            } else if let Ok(frame) = data_rx.try_recv() {
-                push_data(frame, &mut message, &mut go_away);
+            } else if let Ok(queued) = data_rx.try_recv() {
+                push_data(queued, &mut message, &mut go_away);
             } else {
                 break;
             }
@@ -56,21 +59,31 @@ pub(super) async fn write_loop<S>(
             }
         }
         if !message.is_empty() {
-            if let Err(e) = ws.send(&mut message).await {
+            let sent = tokio::select! {
+                sent = ws.send(&mut message) => sent,
+                () = shared.closed.cancelled() => break,
+            };
+            if let Err(e) = sent {
                 shared.set_close_reason(format!("websocket write failed: {e}"));
                 break;
             }
         }
         if last {
-            let _ = ws.close(1000).await;
+            tokio::select! {
+                _ = ws.close(1000) => {}
+                () = shared.closed.cancelled() => {}
+            }
             break;
         }
     }
     shared.closed.cancel();
+    // Stream tasks waiting for room in the queue learn the tunnel is gone.
+    shared.stream_room.close();
 }
 
-fn push_data(frame: Frame, message: &mut OutMessage, go_away: &mut Option<(Frame, usize)>) {
-    message.push(frame);
+fn push_data(queued: Queued, message: &mut OutMessage, go_away: &mut Option<(Frame, usize)>) {
+    // The queue's room is given back as the frame leaves it.
+    message.push(queued.frame);
     if let Some((_, flush_first)) = go_away {
         *flush_first = flush_first.saturating_sub(1);
     }
@@ -81,7 +94,7 @@ fn take_control(
     frame: Frame,
     message: &mut OutMessage,
     go_away: &mut Option<(Frame, usize)>,
-    data_rx: &mpsc::Receiver<Frame>,
+    data_rx: &mpsc::UnboundedReceiver<Queued>,
 ) {
     match frame {
         Frame::GoAway { .. } => {
@@ -90,8 +103,10 @@ fn take_control(
             }
         }
         Frame::Pong { .. } => {
-            shared.pong_queued.store(false, Ordering::Relaxed);
-            message.push(frame);
+            // Clear the flag before reading the nonce: a ping that arrives
+            // after this queues a pong of its own.
+            shared.pong_queued.store(false, Ordering::SeqCst);
+            message.push(Frame::Pong { nonce: shared.pong_nonce.load(Ordering::SeqCst) });
         }
         Frame::Ping { .. } => {
             shared.ping_queued.store(false, Ordering::Relaxed);
