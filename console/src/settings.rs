@@ -63,9 +63,35 @@ struct FileSettings {
     token_file: Option<PathBuf>,
 }
 
+/// A warning for a token file that group or others may read or write, as
+/// ssh warns about keys; the agents refuse such files beyond loopback.
+fn open_file_warning(path: &Path) -> Option<String> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path).ok()?.permissions().mode();
+        (mode & 0o077 != 0).then(|| {
+            format!(
+                "the token file {} is open to group or others (mode {:04o}); run `chmod 600 {}`",
+                path.display(),
+                mode & 0o7777,
+                path.display()
+            )
+        })
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        None
+    }
+}
+
 fn read_token(path: &Path) -> anyhow::Result<AdminToken> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read the token file {}", path.display()))?;
+    if let Some(warning) = open_file_warning(path) {
+        eprintln!("relayctl: warning: {warning}");
+    }
     let token = text.trim().to_owned();
     anyhow::ensure!(!token.is_empty(), "the token file {} is empty", path.display());
     Ok(AdminToken(token))
@@ -203,5 +229,19 @@ mod tests {
         assert!(shown.contains("http://127.0.0.1:7070") && shown.contains("****"), "{shown}");
         let none = Settings { endpoint: "http://h:1".into(), token: None };
         assert!(format!("{none:?}").contains("None"), "{none:?}");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn an_open_token_file_gets_a_warning() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("admin.token");
+        std::fs::write(&path, "q3Zt8VwKx1pL0eYb7NsR4uHc9JmA2fGd\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let warning = open_file_warning(&path).expect("a warning for mode 0644");
+        assert!(warning.contains("(mode 0644)") && warning.contains("chmod 600"), "{warning}");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(open_file_warning(&path), None);
     }
 }
