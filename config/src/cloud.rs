@@ -141,14 +141,14 @@ struct RawGroup {
 
 impl RawCloud {
     fn validate(self, doc: &Doc<'_>) -> Result<CloudConfig, ConfigError> {
-        let tunnel = self.tunnel.validate(doc)?;
+        let mut warnings = Vec::new();
+        let tunnel = self.tunnel.validate(doc, &mut warnings)?;
         if self.edges.is_empty() {
             return Err(doc.error(
                 "no [[edges]] configured: add at least one [[edges]] table with `id` and \
                  `token_file` (or `token`)",
             ));
         }
-        let mut warnings = Vec::new();
         // Edge tokens are used on the tunnel listener.
         let reach = Reach::of_listener("tunnel.listen", tunnel.listen);
         let mut edges: Vec<EdgeEntry> = Vec::with_capacity(self.edges.len());

@@ -11,7 +11,7 @@ use crate::defaults::{self as d, DEFAULT_RECONNECT_INITIAL, DEFAULT_RECONNECT_MA
 use crate::error::{ConfigError, Doc};
 use crate::log::{LogConfig, RawLog};
 use crate::reach::Reach;
-use crate::secret::{EDGE_TOKEN_KEYS, Secret, TokenKeys};
+use crate::secret::{EDGE_TOKEN_KEYS, Secret, TokenKeys, guard_file};
 use crate::values::{self, Dur};
 use crate::{CloudUrl, HostPort, load};
 
@@ -179,7 +179,21 @@ impl RawEdge {
         let token = keys.resolve(doc, &mut warnings)?;
         let tunnels = values::in_range(doc, "tunnels", &self.tunnels, d::TUNNELS_RANGE)?;
         let ca_file = match &self.ca_file {
-            Some(p) => Some(load::path(doc, "ca_file", p)?),
+            Some(p) => {
+                let path = load::path(doc, "ca_file", p)?;
+                // Whoever can write it can add a CA this edge trusts.
+                guard_file(
+                    doc,
+                    ("ca_file", p.span()),
+                    &path,
+                    0o022,
+                    "CA file",
+                    "let only its owner write it (`chmod go-w`)",
+                    &reach,
+                    &mut warnings,
+                )?;
+                Some(path)
+            }
             None => None,
         };
         let public_roots = match &self.public_roots {

@@ -43,6 +43,9 @@
 //!   others (any of mode `0o077`, as ssh checks keys). On loopback an open
 //!   file is accepted with a warning in the config's `warnings`, which the
 //!   agents log. [`CloudConfig::from_toml`] text has no file mode to check.
+//!   The same rule holds for `[tunnel.tls] key` (a secret) and, with the
+//!   group and other *write* bits, for the edge's `ca_file` (whoever can
+//!   write it chooses whom the edge trusts).
 //! - Edge `pin_sha256`: base64 SHA-256 digests (32 bytes) of public keys,
 //!   `wss://` only; `public_roots = false` needs a `ca_file`.
 //! - `[control]` ([`ControlConfig`]): `listen` (default

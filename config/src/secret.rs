@@ -39,7 +39,7 @@ pub fn is_demo_token(token: &[u8]) -> bool {
 
 /// Permission bits that let group or others at a file holding a secret,
 /// as ssh checks for private keys.
-const OPEN_BITS: u32 = 0o077;
+pub(crate) const OPEN_BITS: u32 = 0o077;
 
 /// How to make a secret file private, quoted in every permission message.
 const PRIVATE_HINT: &str = "make it private to the agent's user (`chmod 600`), or, under systemd, \
@@ -180,6 +180,40 @@ fn exposed(what: String, reach: &Reach) -> Result<String, String> {
         None => Ok(format!("{what} (accepted because it is used on loopback only)")),
     }
 }
+
+/// Checks a file whose secrecy or integrity the tunnel relies on (a TLS
+/// private key, a CA file): if its mode has any of `others_may_not` (the
+/// group and other bits that must be clear), it is refused beyond loopback
+/// and warned about on it. `what` names the file ("private key file"),
+/// `hint` says how to fix it. A file that cannot be read passes: the agent
+/// reports that when it loads the file.
+#[allow(clippy::too_many_arguments)] // one call per kind of file; a struct would only rename them
+pub(crate) fn guard_file(
+    doc: &Doc<'_>,
+    (key, span): (&str, Range<usize>),
+    path: &std::path::Path,
+    others_may_not: u32,
+    what: &str,
+    hint: &str,
+    reach: &Reach,
+    warnings: &mut Vec<String>,
+) -> Result<(), ConfigError> {
+    let Some(mode) = file_mode(path).filter(|m| m & others_may_not != 0) else {
+        return Ok(());
+    };
+    let access = if others_may_not & 0o044 != 0 { "open to" } else { "writable by" };
+    let problem = format!(
+        "{what} {:?} is {access} group or others (mode {:04o}); {hint}",
+        path.display(),
+        mode & 0o7777
+    );
+    let at = |m: String| doc.error_at(span.clone(), format!("{key}: {m}"));
+    warnings.push(at(exposed(problem, reach).map_err(at)?).to_string());
+    Ok(())
+}
+
+/// How to make a secret file private, for [`guard_file`].
+pub(crate) const PRIVATE_FILE_HINT: &str = PRIVATE_HINT;
 
 /// The permission bits of `path` (following symlinks), where the platform
 /// has them.

@@ -11,6 +11,7 @@ use crate::defaults::{self as d, serde_fns};
 use crate::error::{ConfigError, Doc};
 use crate::load;
 use crate::reach::Reach;
+use crate::secret::{OPEN_BITS, PRIVATE_FILE_HINT, guard_file};
 use crate::values::{self, Addr, Dur};
 
 /// `[tunnel]`: the listener edge agents dial.
@@ -102,7 +103,13 @@ struct RawTls {
 }
 
 impl RawTunnel {
-    pub(crate) fn validate(self, doc: &Doc<'_>) -> Result<TunnelListenConfig, ConfigError> {
+    /// Checks `[tunnel]`; a TLS key open to other users on loopback is
+    /// pushed on `warnings`.
+    pub(crate) fn validate(
+        self,
+        doc: &Doc<'_>,
+        warnings: &mut Vec<String>,
+    ) -> Result<TunnelListenConfig, ConfigError> {
         let heartbeat_interval =
             values::nonzero(doc, "tunnel.heartbeat_interval", &self.heartbeat_interval)?;
         let heartbeat_timeout =
@@ -114,17 +121,27 @@ impl RawTunnel {
             ("heartbeat_timeout", &self.heartbeat_timeout),
             true,
         )?;
+        let listen = self.listen.get_ref().0;
+        let reach = Reach::of_listener("tunnel.listen", listen);
         let tls = match self.tls {
-            Some(tls) => Some(TlsFiles {
-                cert: load::path(doc, "tunnel.tls.cert", &tls.cert)?,
-                key: load::path(doc, "tunnel.tls.key", &tls.key)?,
-            }),
+            Some(tls) => {
+                let key = load::path(doc, "tunnel.tls.key", &tls.key)?;
+                // As ssh checks keys; the certificate itself is public.
+                guard_file(
+                    doc,
+                    ("tunnel.tls.key", tls.key.span()),
+                    &key,
+                    OPEN_BITS,
+                    "private key file",
+                    PRIVATE_FILE_HINT,
+                    &reach,
+                    warnings,
+                )?;
+                Some(TlsFiles { cert: load::path(doc, "tunnel.tls.cert", &tls.cert)?, key })
+            }
             None => None,
         };
-        let listen = self.listen.get_ref().0;
-        if let (None, false, Some(why)) =
-            (&tls, self.allow_plaintext, Reach::of_listener("tunnel.listen", listen).beyond())
-        {
+        if let (None, false, Some(why)) = (&tls, self.allow_plaintext, reach.beyond()) {
             return Err(doc.error_at(
                 self.listen.span(),
                 format!(

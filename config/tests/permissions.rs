@@ -133,3 +133,51 @@ fn the_admin_token_follows_the_control_listener() {
     assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
     assert!(c.warnings[0].contains("control.admin_token_file"), "{:?}", c.warnings);
 }
+
+/// The tunnel's TLS private key is a secret too: the same rule as tokens.
+#[test]
+fn an_open_tls_key_is_refused_beyond_loopback() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "e.token", &format!("{TOKEN}\n"), 0o600);
+    let key = write(dir.path(), "k.pem", "not read at load\n", 0o644);
+    let config = write(dir.path(), "cloud.toml", &cloud_text("0.0.0.0:8443"), 0o644);
+    let err = CloudConfig::load(&config).expect_err("an open private key beyond loopback");
+    let shown = err.to_string();
+    assert!(shown.starts_with(&format!("{}:5:7: tunnel.tls.key: ", config.display())), "{shown}");
+    assert!(
+        shown.contains(&format!(
+            "private key file {:?} is open to group or others (mode 0644)",
+            key.display()
+        )),
+        "{shown}"
+    );
+
+    let config = write(dir.path(), "cloud.toml", &cloud_text("127.0.0.1:8443"), 0o644);
+    let c = CloudConfig::load(&config).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
+    assert!(c.warnings[0].contains("tunnel.tls.key: private key file"), "{:?}", c.warnings);
+
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    assert!(CloudConfig::load(&config).unwrap().warnings.is_empty());
+}
+
+/// A CA file may be public, but whoever can write it chooses whom the edge
+/// trusts.
+#[test]
+fn a_ca_file_writable_by_others_is_refused_beyond_loopback() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "e.token", &format!("{TOKEN}\n"), 0o600);
+    let ca = write(dir.path(), "ca.pem", "not read at load\n", 0o664);
+    let text = "cloud_url = \"wss://relay.example.com/tunnel\"\nedge_id = \"e\"\n\
+                token_file = \"e.token\"\nca_file = \"ca.pem\"\n";
+    let config = write(dir.path(), "edge.toml", text, 0o644);
+    let err = EdgeConfig::load(&config).expect_err("a group-writable CA file");
+    let shown = err.to_string();
+    assert!(shown.contains(":4:11: ca_file: CA file"), "{shown}");
+    assert!(shown.contains("is writable by group or others (mode 0664)"), "{shown}");
+    assert!(shown.contains("chmod go-w"), "{shown}");
+
+    std::fs::set_permissions(&ca, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let e = EdgeConfig::load(&config).unwrap_or_else(|e| panic!("{e}"));
+    assert!(e.warnings.is_empty(), "{:?}", e.warnings);
+}
