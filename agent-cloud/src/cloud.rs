@@ -76,6 +76,9 @@ impl Cloud {
     /// [`StartError`] if the tunnel or control listener, TLS, or the state
     /// file fails.
     pub async fn start(config: CloudConfig) -> Result<Self, StartError> {
+        for warning in &config.warnings {
+            warn!("{warning}");
+        }
         let config = Arc::new(config);
         let tls = match &config.tunnel.tls {
             Some(files) => Some(tunnel::tls::server_config(&files.cert, &files.key)?),

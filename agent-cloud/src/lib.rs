@@ -38,18 +38,25 @@ mod tunnel_listener;
 pub use cloud::{Cloud, MappingStatus, StartError};
 
 /// Checks what `--check` can check beyond parsing: the TLS files load.
-/// Returns a one-line summary of the configuration.
+/// Returns a one-line summary of the configuration, with the `pin_sha256`
+/// of the certificate's key for edges that pin it. The config's `warnings`
+/// are the caller's to show.
 ///
 /// # Errors
 /// If the TLS certificate or key cannot be used.
 pub fn check(config: &config::CloudConfig) -> Result<String, StartError> {
-    if let Some(files) = &config.tunnel.tls {
-        tunnel::tls::server_config(&files.cert, &files.key)?;
-    }
+    let transport = match &config.tunnel.tls {
+        Some(files) => {
+            tunnel::tls::server_config(&files.cert, &files.key)?;
+            // What edges may pin: the key of the certificate served.
+            let pin = tunnel::tls::pin_of_cert_file(&files.cert)?;
+            format!("wss, pin_sha256 = \"{pin}\"")
+        }
+        None => "plain ws".to_owned(),
+    };
     Ok(format!(
-        "tunnel on {} ({}), {} edge(s), {} mapping(s)",
+        "tunnel on {} ({transport}), {} edge(s), {} mapping(s)",
         config.tunnel.listen,
-        if config.tunnel.tls.is_some() { "wss" } else { "plain ws" },
         config.edges.len(),
         config.mappings.len()
     ))

@@ -29,6 +29,9 @@ fn main() -> ExitCode {
         }
     };
     if args.check {
+        for warning in &config.warnings {
+            eprintln!("relay-cloud: warning: {warning}");
+        }
         return match agent_cloud::check(&config) {
             Ok(summary) => {
                 println!("{}: ok ({summary})", args.config.display());

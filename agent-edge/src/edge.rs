@@ -49,8 +49,11 @@ impl Edge {
     /// # Errors
     /// If `ca_file` cannot be loaded for a `wss://` cloud.
     pub fn start(config: EdgeConfig) -> Result<Self, tunnel::tls::TlsError> {
+        for warning in &config.warnings {
+            warn!("{warning}");
+        }
         let tls = if config.cloud_url.tls {
-            Some(tunnel::tls::client_config(config.ca_file.as_deref())?)
+            Some(tunnel::tls::client_config(tunnel::tls::ClientTrust::of(&config))?)
         } else {
             warn!(url = %config.cloud_url, "dialling the cloud without TLS; use wss:// in production");
             None

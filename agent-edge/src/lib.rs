@@ -27,16 +27,30 @@ pub use dial::DialError;
 pub use edge::Edge;
 
 /// Checks what `--check` can check beyond parsing: the CA file loads.
+/// The config's `warnings` are the caller's to show.
 /// Returns a one-line summary of the configuration.
 ///
 /// # Errors
 /// If `ca_file` cannot be used.
 pub fn check(config: &config::EdgeConfig) -> Result<String, tunnel::tls::TlsError> {
     if config.cloud_url.tls || config.ca_file.is_some() {
-        tunnel::tls::client_config(config.ca_file.as_deref())?;
+        tunnel::tls::client_config(tunnel::tls::ClientTrust::of(config))?;
     }
+    let trust = if !config.cloud_url.tls {
+        "plain ws".to_owned()
+    } else {
+        let roots = match (&config.ca_file, config.public_roots) {
+            (Some(_), true) => "ca_file and the public roots",
+            (Some(_), false) => "ca_file only",
+            (None, _) => "the public roots",
+        };
+        match config.pin_sha256.len() {
+            0 => format!("trusting {roots}"),
+            n => format!("trusting {roots}, {n} pinned key(s)"),
+        }
+    };
     Ok(format!(
-        "edge {} dials {} with {} tunnel(s), {} allowed destination(s)",
+        "edge {} dials {} ({trust}) with {} tunnel(s), {} allowed destination(s)",
         config.edge_id,
         config.cloud_url,
         config.tunnels,

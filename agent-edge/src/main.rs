@@ -28,6 +28,9 @@ fn main() -> ExitCode {
         }
     };
     if args.check {
+        for warning in &config.warnings {
+            eprintln!("relay-edge: warning: {warning}");
+        }
         return match agent_edge::check(&config) {
             Ok(summary) => {
                 println!("{}: ok ({summary})", args.config.display());

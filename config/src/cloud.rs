@@ -14,7 +14,8 @@ use crate::error::{ConfigError, Doc, line_col};
 use crate::load;
 use crate::log::{LogConfig, RawLog};
 use crate::mapping::{MappingConfig, RawMapping};
-use crate::secret::{EDGE_TOKEN_KEYS, Secret, TokenKeys};
+use crate::reach::Reach;
+use crate::secret::{EDGE_TOKEN_KEYS, GENERATE_HINT, Secret, TokenKeys};
 use crate::tunnel::{RawTunnel, TunnelListenConfig};
 use crate::values::{self, Dur};
 
@@ -37,6 +38,10 @@ pub struct CloudConfig {
     pub control: Option<ControlConfig>,
     /// `[log]`: log files; `None` logs to standard error only.
     pub log: Option<LogConfig>,
+    /// Problems accepted because the secret at fault is used on loopback
+    /// only (a token file open to other users), each as
+    /// `<file>:<line>:<col>: <key>: <problem>`; the agent logs them.
+    pub warnings: Vec<String>,
 }
 
 /// `[[edges]]`: one edge allowed to connect.
@@ -66,16 +71,20 @@ impl CloudConfig {
     /// [`ConfigError`] if the file cannot be read, is not valid TOML, has
     /// unknown keys or bad values, or fails validation (see the crate docs).
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        Self::from_toml(&load::read(path)?, path)
+        let (text, mode) = load::read(path)?;
+        let doc = Doc { text: &text, origin: path, mode };
+        load::parse::<RawCloud>(&doc)?.validate(&doc)
     }
 
     /// Parses and validates `text`. `origin` names the file in messages and
     /// its directory is the base of relative paths (token files are read).
+    /// Unlike [`load`](Self::load), the permissions of `origin` itself are
+    /// not checked: the text did not come from it.
     ///
     /// # Errors
     /// [`ConfigError`] as for [`load`](Self::load).
     pub fn from_toml(text: &str, origin: &Path) -> Result<Self, ConfigError> {
-        let doc = Doc { text, origin };
+        let doc = Doc { text, origin, mode: None };
         load::parse::<RawCloud>(&doc)?.validate(&doc)
     }
 
@@ -132,14 +141,17 @@ struct RawGroup {
 
 impl RawCloud {
     fn validate(self, doc: &Doc<'_>) -> Result<CloudConfig, ConfigError> {
-        let tunnel = self.tunnel.validate(doc)?;
+        let mut warnings = Vec::new();
+        let tunnel = self.tunnel.validate(doc, &mut warnings)?;
         if self.edges.is_empty() {
             return Err(doc.error(
                 "no [[edges]] configured: add at least one [[edges]] table with `id` and \
                  `token_file` (or `token`)",
             ));
         }
-        let mut edges = Vec::with_capacity(self.edges.len());
+        // Edge tokens are used on the tunnel listener.
+        let reach = Reach::of_listener("tunnel.listen", tunnel.listen);
+        let mut edges: Vec<EdgeEntry> = Vec::with_capacity(self.edges.len());
         let mut ids = HashMap::new();
         for (i, raw) in self.edges.into_iter().enumerate() {
             let table = format!("edges[{i}]");
@@ -147,14 +159,35 @@ impl RawCloud {
             let raw = raw.into_inner();
             let id = values::name(doc, &format!("{table}.id"), &raw.id)?;
             unique(doc, &mut ids, &raw.id, &format!("{table}.id"), "edge id")?;
+            // Where a shared token is reported: the key that was set.
+            let (token_key, token_span) = match (&raw.token, &raw.token_file) {
+                (Some(t), _) => ("token", t.span()),
+                (None, Some(f)) => ("token_file", f.span()),
+                (None, None) => ("token", span.clone()),
+            };
             let token = TokenKeys {
                 table: &table,
                 table_span: span,
                 names: EDGE_TOKEN_KEYS,
                 token: raw.token,
                 token_file: raw.token_file,
+                reach: &reach,
             }
-            .resolve(doc)?;
+            .resolve(doc, &mut warnings)?;
+            // The token is the edge's identity: two edges sharing one could
+            // each authenticate as the other.
+            if let Some((j, twin)) =
+                edges.iter().enumerate().find(|(_, e)| e.token.expose() == token.expose())
+            {
+                return Err(doc.error_at(
+                    token_span,
+                    format!(
+                        "{table}.{token_key}: same token as edges[{j}] ({:?}): each edge needs \
+                         its own token, or one can act as the other; {GENERATE_HINT}",
+                        twin.id
+                    ),
+                ));
+            }
             edges.push(EdgeEntry { id, token });
         }
         let mut groups = Vec::with_capacity(self.groups.len());
@@ -200,7 +233,8 @@ impl RawCloud {
         let control = match self.control {
             Some(raw) => {
                 let span = raw.span();
-                Some(raw.into_inner().validate(doc, span, &tunnel, &edges, &mappings)?)
+                let raw = raw.into_inner();
+                Some(raw.validate(doc, span, (&tunnel, &edges, &mappings), &mut warnings)?)
             }
             None => None,
         };
@@ -209,7 +243,7 @@ impl RawCloud {
             None => None,
         };
         let shutdown_grace = self.shutdown_grace.into_inner().0;
-        Ok(CloudConfig { tunnel, edges, groups, mappings, shutdown_grace, control, log })
+        Ok(CloudConfig { tunnel, edges, groups, mappings, shutdown_grace, control, log, warnings })
     }
 }
 

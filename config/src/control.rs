@@ -11,6 +11,7 @@ use toml::Spanned;
 use crate::defaults::serde_fns;
 use crate::error::{ConfigError, Doc};
 use crate::mapping::listen_clash;
+use crate::reach::Reach;
 use crate::secret::{ADMIN_TOKEN_KEYS, Secret, TokenKeys};
 use crate::tunnel::TunnelListenConfig;
 use crate::values::Addr;
@@ -52,9 +53,8 @@ impl RawControl {
         self,
         doc: &Doc<'_>,
         span: Range<usize>,
-        tunnel: &TunnelListenConfig,
-        edges: &[EdgeEntry],
-        mappings: &[MappingConfig],
+        (tunnel, edges, mappings): (&TunnelListenConfig, &[EdgeEntry], &[MappingConfig]),
+        warnings: &mut Vec<String>,
     ) -> Result<ControlConfig, ConfigError> {
         let listen = self.listen.get_ref().0;
         // A defaulted listen has no position: report a clash at `[control]`.
@@ -78,8 +78,10 @@ impl RawControl {
             names: ADMIN_TOKEN_KEYS,
             token: self.admin_token,
             token_file: self.admin_token_file,
+            // The admin token is used on the control listener.
+            reach: &Reach::of_listener("control.listen", listen),
         }
-        .resolve(doc)?;
+        .resolve(doc, warnings)?;
         if let Some(i) = edges.iter().position(|e| e.token.expose() == admin_token.expose()) {
             return Err(doc.error_at(
                 token_span,

@@ -3,13 +3,15 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use base64::Engine as _;
 use serde::Deserialize;
 use toml::Spanned;
 
 use crate::defaults::{self as d, DEFAULT_RECONNECT_INITIAL, DEFAULT_RECONNECT_MAX, serde_fns};
 use crate::error::{ConfigError, Doc};
 use crate::log::{LogConfig, RawLog};
-use crate::secret::{EDGE_TOKEN_KEYS, Secret, TokenKeys};
+use crate::reach::Reach;
+use crate::secret::{EDGE_TOKEN_KEYS, Secret, TokenKeys, guard_file};
 use crate::values::{self, Dur};
 use crate::{CloudUrl, HostPort, load};
 
@@ -25,9 +27,22 @@ pub struct EdgeConfig {
     pub token: Secret,
     /// `tunnels`: parallel tunnels to keep open.
     pub tunnels: u32,
-    /// `ca_file`: extra PEM trust root for `wss://`, resolved against the
-    /// config file's directory; not read when the config loads.
+    /// `ca_file`: PEM trust roots for `wss://` (a private CA, or the cloud's
+    /// self-signed certificate), resolved against the config file's
+    /// directory; not read when the config loads. When set, only these are
+    /// trusted, unless `public_roots` adds the built-in ones back.
     pub ca_file: Option<PathBuf>,
+    /// `public_roots`: trust the built-in Mozilla roots (webpki-roots).
+    /// Default `true` without `ca_file`, `false` with it.
+    pub public_roots: bool,
+    /// `pin_sha256`: SHA-256 digests of public keys (SubjectPublicKeyInfo).
+    /// When not empty, the cloud's certificate must, besides being trusted,
+    /// carry one of these keys. Only with `wss://`.
+    pub pin_sha256: Vec<[u8; 32]>,
+    /// `allow_plaintext`: a `ws://` `cloud_url` may name a host beyond
+    /// loopback. Off by default: after the handshake a plain tunnel is
+    /// neither secret nor protected from injected frames.
+    pub allow_plaintext: bool,
     /// `allow`: the exact destinations this edge may connect to.
     pub allow: Vec<HostPort>,
     /// `connect_timeout`: limit on connecting to a destination.
@@ -44,6 +59,10 @@ pub struct EdgeConfig {
     pub window_budget: u32,
     /// `[log]`: log files; `None` logs to standard error only.
     pub log: Option<LogConfig>,
+    /// Problems accepted because the cloud is on loopback (a token file
+    /// open to other users), each as `<file>:<line>:<col>: <key>:
+    /// <problem>`; the agent logs them.
+    pub warnings: Vec<String>,
 }
 
 /// `[reconnect]`: exponential backoff bounds, `0 < initial <= max`.
@@ -68,16 +87,20 @@ impl EdgeConfig {
     /// [`ConfigError`] if the file cannot be read, is not valid TOML, has
     /// unknown keys or bad values, or fails validation (see the crate docs).
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        Self::from_toml(&load::read(path)?, path)
+        let (text, mode) = load::read(path)?;
+        let doc = Doc { text: &text, origin: path, mode };
+        load::parse::<RawEdge>(&doc)?.validate(&doc)
     }
 
     /// Parses and validates `text`. `origin` names the file in messages and
     /// its directory is the base of relative paths (token files are read).
+    /// Unlike [`load`](Self::load), the permissions of `origin` itself are
+    /// not checked: the text did not come from it.
     ///
     /// # Errors
     /// [`ConfigError`] as for [`load`](Self::load).
     pub fn from_toml(text: &str, origin: &Path) -> Result<Self, ConfigError> {
-        let doc = Doc { text, origin };
+        let doc = Doc { text, origin, mode: None };
         load::parse::<RawEdge>(&doc)?.validate(&doc)
     }
 }
@@ -85,13 +108,18 @@ impl EdgeConfig {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawEdge {
-    cloud_url: CloudUrl,
+    cloud_url: Spanned<CloudUrl>,
+    #[serde(default)]
+    allow_plaintext: bool,
     edge_id: Spanned<String>,
     token: Option<Spanned<String>>,
     token_file: Option<Spanned<PathBuf>>,
     #[serde(default = "serde_fns::tunnels")]
     tunnels: Spanned<u32>,
     ca_file: Option<Spanned<PathBuf>>,
+    public_roots: Option<Spanned<bool>>,
+    #[serde(default)]
+    pin_sha256: Vec<Spanned<String>>,
     #[serde(default)]
     allow: Vec<HostPort>,
     #[serde(default = "serde_fns::connect_timeout")]
@@ -125,25 +153,70 @@ impl Default for RawBackoff {
 impl RawEdge {
     fn validate(self, doc: &Doc<'_>) -> Result<EdgeConfig, ConfigError> {
         let edge_id = values::name(doc, "edge_id", &self.edge_id)?;
+        let cloud_url = self.cloud_url.get_ref().clone();
+        // The token is used on the connection to the cloud.
+        let reach = Reach::of_host("cloud_url", &cloud_url.host);
+        if let (false, false, Some(why)) = (cloud_url.tls, self.allow_plaintext, reach.beyond()) {
+            return Err(doc.error_at(
+                self.cloud_url.span(),
+                format!(
+                    "cloud_url: plain ws:// tunnels are refused beyond loopback ({why}): after \
+                     the handshake anyone on the path can read every byte and open streams to \
+                     the allowed destinations; use wss:// (the cloud then needs [tunnel.tls]), \
+                     or set `allow_plaintext = true` at the top level if the network is trusted"
+                ),
+            ));
+        }
+        let mut warnings = Vec::new();
         let keys = TokenKeys {
             table: "",
             table_span: 0..0,
             names: EDGE_TOKEN_KEYS,
             token: self.token,
             token_file: self.token_file,
+            reach: &reach,
         };
-        let token = keys.resolve(doc)?;
+        let token = keys.resolve(doc, &mut warnings)?;
         let tunnels = values::in_range(doc, "tunnels", &self.tunnels, d::TUNNELS_RANGE)?;
         let ca_file = match &self.ca_file {
-            Some(p) => Some(load::path(doc, "ca_file", p)?),
+            Some(p) => {
+                let path = load::path(doc, "ca_file", p)?;
+                // Whoever can write it can add a CA this edge trusts.
+                guard_file(
+                    doc,
+                    ("ca_file", p.span()),
+                    &path,
+                    0o022,
+                    "CA file",
+                    "let only its owner write it (`chmod go-w`)",
+                    &reach,
+                    &mut warnings,
+                )?;
+                Some(path)
+            }
             None => None,
         };
+        let public_roots = match &self.public_roots {
+            Some(v) if !*v.get_ref() && ca_file.is_none() => {
+                return Err(doc.error_at(
+                    v.span(),
+                    "public_roots: false without `ca_file` leaves nothing to trust; set \
+                     `ca_file` to the cloud's CA certificate (or its own certificate)",
+                ));
+            }
+            Some(v) => *v.get_ref(),
+            None => ca_file.is_none(),
+        };
+        let pin_sha256 = pins(doc, &self.pin_sha256, &cloud_url)?;
         Ok(EdgeConfig {
-            cloud_url: self.cloud_url,
+            cloud_url,
             edge_id,
             token,
             tunnels,
             ca_file,
+            public_roots,
+            pin_sha256,
+            allow_plaintext: self.allow_plaintext,
             allow: self.allow,
             connect_timeout: values::nonzero(doc, "connect_timeout", &self.connect_timeout)?,
             reconnect: self.reconnect.validate(doc)?,
@@ -161,8 +234,52 @@ impl RawEdge {
                 Some(raw) => Some(raw.validate(doc, d::DEFAULT_EDGE_LOG_FILE_PREFIX)?),
                 None => None,
             },
+            warnings,
         })
     }
+}
+
+/// How to compute a pin, quoted in pin errors.
+const PIN_HINT: &str = "openssl x509 -in cloud.crt -pubkey -noout | openssl pkey -pubin \
+                        -outform der | openssl dgst -sha256 -binary | base64";
+
+/// Decodes `pin_sha256`: base64 of 32 bytes, optionally written as curl's
+/// `sha256//...`; only with `wss://`.
+fn pins(
+    doc: &Doc<'_>,
+    raw: &[Spanned<String>],
+    cloud_url: &CloudUrl,
+) -> Result<Vec<[u8; 32]>, ConfigError> {
+    if let (Some(first), false) = (raw.first(), cloud_url.tls) {
+        return Err(doc.error_at(
+            first.span(),
+            format!(
+                "pin_sha256: pins apply to wss:// only, and cloud_url is \"{cloud_url}\"; use \
+                 wss:// or remove pin_sha256"
+            ),
+        ));
+    }
+    raw.iter()
+        .enumerate()
+        .map(|(i, pin)| {
+            let text = pin.get_ref();
+            let b64 = text.strip_prefix("sha256//").unwrap_or(text);
+            base64::engine::general_purpose::STANDARD
+                .decode(b64)
+                .ok()
+                .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
+                .ok_or_else(|| {
+                    doc.error_at(
+                        pin.span(),
+                        format!(
+                            "pin_sha256[{i}]: invalid pin {text:?}: expected the base64 SHA-256 \
+                             of the cloud certificate's public key (44 characters), as printed \
+                             by `relay-cloud --check` or `{PIN_HINT}`"
+                        ),
+                    )
+                })
+        })
+        .collect()
 }
 
 impl RawBackoff {

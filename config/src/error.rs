@@ -83,6 +83,9 @@ impl fmt::Display for Position {
 pub(crate) struct Doc<'a> {
     pub(crate) text: &'a str,
     pub(crate) origin: &'a Path,
+    /// The permission bits of the file the text was read from; `None` for
+    /// text from elsewhere, whose secrets are not checked for exposure.
+    pub(crate) mode: Option<u32>,
 }
 
 impl Doc<'_> {
@@ -148,7 +151,7 @@ mod tests {
 
     #[test]
     fn display_with_and_without_position() {
-        let doc = Doc { text: "x = 1\ny = 2\n", origin: Path::new("dir/c.toml") };
+        let doc = Doc { text: "x = 1\ny = 2\n", origin: Path::new("dir/c.toml"), mode: None };
         assert_eq!(doc.error_at(6..7, "y: bad").to_string(), "dir/c.toml:2:1: y: bad");
         assert_eq!(doc.error_at(0..0, "y: bad").to_string(), "dir/c.toml: y: bad");
         let err = doc.error("gone");
@@ -160,10 +163,10 @@ mod tests {
 
     #[test]
     fn resolve_relative_to_config_dir() {
-        let doc = Doc { text: "", origin: Path::new("/etc/relay/cloud.toml") };
+        let doc = Doc { text: "", origin: Path::new("/etc/relay/cloud.toml"), mode: None };
         assert_eq!(doc.resolve(Path::new("t.token")), Path::new("/etc/relay/t.token"));
         assert_eq!(doc.resolve(Path::new("/abs/t")), Path::new("/abs/t"));
-        let bare = Doc { text: "", origin: Path::new("cloud.toml") };
+        let bare = Doc { text: "", origin: Path::new("cloud.toml"), mode: None };
         assert_eq!(bare.resolve(Path::new("t.token")), Path::new("t.token"));
     }
 }

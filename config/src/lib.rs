@@ -27,9 +27,27 @@
 //!   whitespace is trimmed), are at least [`MIN_TOKEN_LEN`] bytes and do not
 //!   look like placeholders such as `changeme`. The same rules apply to
 //!   `[control]`'s `admin_token` / `admin_token_file`.
-//! - Cloud: at least one `[[edges]]`, unique edge ids and mapping names,
-//!   listeners that do not clash (port 0 never clashes), mappings naming a
-//!   configured edge.
+//! - Cloud: at least one `[[edges]]`, unique edge ids, unique edge tokens
+//!   (an edge's token is its identity), unique mapping names, listeners
+//!   that do not clash (port 0 never clashes), mappings naming a configured
+//!   edge.
+//! - Plain tunnels only on loopback unless chosen: a cloud without
+//!   `[tunnel.tls]` listening beyond loopback, or an edge dialling `ws://`
+//!   to a host that is not a loopback address or `localhost`, needs
+//!   `allow_plaintext = true`.
+//! - Secrets where they are used (the reach of the tunnel listener
+//!   for edge tokens, of `[control] listen` for the admin token, of the
+//!   `cloud_url` host for the edge's token): beyond loopback, the
+//!   repository's demo tokens ([`is_demo_token`]) are refused, and so is a
+//!   token file, or a config file holding a token inline, open to group or
+//!   others (any of mode `0o077`, as ssh checks keys). On loopback an open
+//!   file is accepted with a warning in the config's `warnings`, which the
+//!   agents log. [`CloudConfig::from_toml`] text has no file mode to check.
+//!   The same rule holds for `[tunnel.tls] key` (a secret) and, with the
+//!   group and other *write* bits, for the edge's `ca_file` (whoever can
+//!   write it chooses whom the edge trusts).
+//! - Edge `pin_sha256`: base64 SHA-256 digests (32 bytes) of public keys,
+//!   `wss://` only; `public_roots = false` needs a `ca_file`.
 //! - `[control]` ([`ControlConfig`]): `listen` (default
 //!   [`DEFAULT_CONTROL_LISTEN`]) clashes with neither `tunnel.listen` nor a
 //!   mapping's `listen`; the admin token differs from every edge token, so
@@ -58,6 +76,7 @@ mod load;
 mod log;
 mod mapping;
 mod parse_error;
+mod reach;
 mod secret;
 mod tunnel;
 mod values;
@@ -71,5 +90,5 @@ pub use error::{ConfigError, FieldError};
 pub use hostport::{HostPort, ParseError};
 pub use log::{LogConfig, LogRotation};
 pub use mapping::MappingConfig;
-pub use secret::Secret;
+pub use secret::{Secret, is_demo_token};
 pub use tunnel::{TlsFiles, TunnelListenConfig};

@@ -8,10 +8,12 @@ use toml::Spanned;
 use crate::error::{ConfigError, Doc};
 use crate::parse_error;
 
-/// Reads `path` as UTF-8 text.
-pub(crate) fn read(path: &Path) -> Result<String, ConfigError> {
-    std::fs::read_to_string(path)
-        .map_err(|e| ConfigError::new(path, format!("cannot read config file: {e}")))
+/// Reads `path` as UTF-8 text, with its permission bits (inline tokens in
+/// a file open to other users are refused or warned about).
+pub(crate) fn read(path: &Path) -> Result<(String, Option<u32>), ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::new(path, format!("cannot read config file: {e}")))?;
+    Ok((text, crate::secret::file_mode(path)))
 }
 
 /// Deserializes the raw (unvalidated) form of a config.

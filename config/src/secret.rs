@@ -9,6 +9,7 @@ use toml::Spanned;
 
 use crate::defaults::MIN_TOKEN_LEN;
 use crate::error::{ConfigError, Doc};
+use crate::reach::Reach;
 
 /// Placeholders copied from examples, refused case-insensitively as the
 /// whole token.
@@ -21,7 +22,28 @@ const PLACEHOLDERS: &[&str] =
 const PLACEHOLDER_PARTS: &[&str] = &["changeme", "change-me", "change_me"];
 
 /// How to make a real token, quoted in every token error.
-const GENERATE_HINT: &str = "generate one with `head -c 32 /dev/urandom | base64`";
+pub(crate) const GENERATE_HINT: &str = "generate one with `head -c 32 /dev/urandom | base64`";
+
+/// The tokens shipped in `examples/` (`edge-demo.token`, `admin-demo.token`):
+/// public, so accepted only where the token is used on loopback.
+const DEMO_TOKENS: &[&[u8]] = &[
+    b"j0L/pYlcuxgFkkPQW+AiMmFuJ2e3TVneB6eWEvhe3oM",
+    b"70nGwk4q27BT0YXkaJQTbKUaJJSs0kXjvkOFzCkeilI",
+];
+
+/// Whether `token` is one of the repository's published demo tokens, which
+/// a config refuses wherever the token is used beyond loopback.
+pub fn is_demo_token(token: &[u8]) -> bool {
+    DEMO_TOKENS.contains(&token)
+}
+
+/// Permission bits that let group or others at a file holding a secret,
+/// as ssh checks for private keys.
+pub(crate) const OPEN_BITS: u32 = 0o077;
+
+/// How to make a secret file private, quoted in every permission message.
+const PRIVATE_HINT: &str = "make it private to the agent's user (`chmod 600`), or, under systemd, \
+                            pass it with LoadCredential= (see deploy/)";
 
 /// A shared token. [`Debug`](fmt::Debug) and [`Display`](fmt::Display) print
 /// `****`, so configs can be logged; [`expose`](Secret::expose) gives the
@@ -70,12 +92,19 @@ pub(crate) struct TokenKeys<'a> {
     pub(crate) names: (&'static str, &'static str),
     pub(crate) token: Option<Spanned<String>>,
     pub(crate) token_file: Option<Spanned<PathBuf>>,
+    /// Where the token is used: a demo token, or a secret in a file open to
+    /// other users, is refused beyond loopback and warned about on it.
+    pub(crate) reach: &'a Reach,
 }
 
 impl TokenKeys<'_> {
     /// Reads the token from exactly one of the inline or file key and
-    /// checks it.
-    pub(crate) fn resolve(self, doc: &Doc<'_>) -> Result<Secret, ConfigError> {
+    /// checks it; problems accepted on loopback are pushed on `warnings`.
+    pub(crate) fn resolve(
+        self,
+        doc: &Doc<'_>,
+        warnings: &mut Vec<String>,
+    ) -> Result<Secret, ConfigError> {
         let key = |k: &str| {
             if self.table.is_empty() { k.to_owned() } else { format!("{}.{k}", self.table) }
         };
@@ -95,8 +124,19 @@ impl TokenKeys<'_> {
             }
             (Some(token), None) => {
                 let bytes = token.get_ref().as_bytes();
-                check(bytes, "the token")
-                    .map_err(|m| doc.error_at(token.span(), format!("{}: {m}", key(inline))))?;
+                let at = |m: String| doc.error_at(token.span(), format!("{}: {m}", key(inline)));
+                check(bytes, "the token").map_err(at)?;
+                check_demo(bytes, self.reach).map_err(at)?;
+                if let Some(mode) = doc.mode.filter(|m| m & OPEN_BITS != 0) {
+                    let what = format!(
+                        "the config file {:?} holds this token inline and is open to group or \
+                         others (mode {:04o}); {PRIVATE_HINT}, or move the token to a private \
+                         `{in_file}`",
+                        doc.origin.display(),
+                        mode & 0o7777
+                    );
+                    warnings.push(at(exposed(what, self.reach).map_err(at)?).to_string());
+                }
                 Ok(Secret::new(bytes))
             }
             (None, Some(file)) => {
@@ -106,9 +146,87 @@ impl TokenKeys<'_> {
                     .map_err(|e| at(format!("cannot read token file {:?}: {e}", path.display())))?;
                 bytes.truncate(bytes.trim_ascii_end().len());
                 check(&bytes, &format!("the token in {:?}", path.display())).map_err(at)?;
+                check_demo(&bytes, self.reach).map_err(at)?;
+                if let Some(mode) = file_mode(&path).filter(|m| m & OPEN_BITS != 0) {
+                    let what = format!(
+                        "token file {:?} is open to group or others (mode {:04o}); {PRIVATE_HINT}",
+                        path.display(),
+                        mode & 0o7777
+                    );
+                    warnings.push(at(exposed(what, self.reach).map_err(at)?).to_string());
+                }
                 Ok(Secret::new(bytes))
             }
         }
+    }
+}
+
+/// Refuses a demo token used beyond loopback.
+fn check_demo(token: &[u8], reach: &Reach) -> Result<(), String> {
+    match reach.beyond() {
+        Some(why) if is_demo_token(token) => Err(format!(
+            "this is the repository's demo token from examples/, which anyone can read: it is \
+             accepted on loopback only, and {why}; {GENERATE_HINT}"
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// A secret open to other local users: refused beyond loopback; on
+/// loopback the message comes back as a warning.
+fn exposed(what: String, reach: &Reach) -> Result<String, String> {
+    match reach.beyond() {
+        Some(why) => Err(format!("{what} (accepted on loopback only, and {why})")),
+        None => Ok(format!("{what} (accepted because it is used on loopback only)")),
+    }
+}
+
+/// Checks a file whose secrecy or integrity the tunnel relies on (a TLS
+/// private key, a CA file): if its mode has any of `others_may_not` (the
+/// group and other bits that must be clear), it is refused beyond loopback
+/// and warned about on it. `what` names the file ("private key file"),
+/// `hint` says how to fix it. A file that cannot be read passes: the agent
+/// reports that when it loads the file.
+#[allow(clippy::too_many_arguments)] // one call per kind of file; a struct would only rename them
+pub(crate) fn guard_file(
+    doc: &Doc<'_>,
+    (key, span): (&str, Range<usize>),
+    path: &std::path::Path,
+    others_may_not: u32,
+    what: &str,
+    hint: &str,
+    reach: &Reach,
+    warnings: &mut Vec<String>,
+) -> Result<(), ConfigError> {
+    let Some(mode) = file_mode(path).filter(|m| m & others_may_not != 0) else {
+        return Ok(());
+    };
+    let access = if others_may_not & 0o044 != 0 { "open to" } else { "writable by" };
+    let problem = format!(
+        "{what} {:?} is {access} group or others (mode {:04o}); {hint}",
+        path.display(),
+        mode & 0o7777
+    );
+    let at = |m: String| doc.error_at(span.clone(), format!("{key}: {m}"));
+    warnings.push(at(exposed(problem, reach).map_err(at)?).to_string());
+    Ok(())
+}
+
+/// How to make a secret file private, for [`guard_file`].
+pub(crate) const PRIVATE_FILE_HINT: &str = PRIVATE_HINT;
+
+/// The permission bits of `path` (following symlinks), where the platform
+/// has them.
+pub(crate) fn file_mode(path: &std::path::Path) -> Option<u32> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(path).ok().map(|m| m.permissions().mode())
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        None
     }
 }
 

@@ -10,6 +10,8 @@ use toml::Spanned;
 use crate::defaults::{self as d, serde_fns};
 use crate::error::{ConfigError, Doc};
 use crate::load;
+use crate::reach::Reach;
+use crate::secret::{OPEN_BITS, PRIVATE_FILE_HINT, guard_file};
 use crate::values::{self, Addr, Dur};
 
 /// `[tunnel]`: the listener edge agents dial.
@@ -19,6 +21,10 @@ pub struct TunnelListenConfig {
     pub listen: SocketAddr,
     /// `[tunnel.tls]`: certificate and key; `None` serves plain `ws://`.
     pub tls: Option<TlsFiles>,
+    /// `allow_plaintext`: without `tls`, `listen` may be beyond loopback.
+    /// Off by default: after the handshake a plain tunnel is neither secret
+    /// nor protected from injected frames.
+    pub allow_plaintext: bool,
     /// `heartbeat_interval`: how often each side pings.
     pub heartbeat_interval: Duration,
     /// `heartbeat_timeout`: silence after which a tunnel is dropped; greater
@@ -44,6 +50,7 @@ impl TunnelListenConfig {
         Self {
             listen,
             tls: None,
+            allow_plaintext: false,
             heartbeat_interval: d::DEFAULT_HEARTBEAT_INTERVAL,
             heartbeat_timeout: d::DEFAULT_HEARTBEAT_TIMEOUT,
             handshake_timeout: d::DEFAULT_HANDSHAKE_TIMEOUT,
@@ -70,6 +77,8 @@ pub struct TlsFiles {
 pub(crate) struct RawTunnel {
     listen: Spanned<Addr>,
     tls: Option<RawTls>,
+    #[serde(default)]
+    allow_plaintext: bool,
     #[serde(default = "serde_fns::heartbeat_interval")]
     heartbeat_interval: Spanned<Dur>,
     #[serde(default = "serde_fns::heartbeat_timeout")]
@@ -94,7 +103,13 @@ struct RawTls {
 }
 
 impl RawTunnel {
-    pub(crate) fn validate(self, doc: &Doc<'_>) -> Result<TunnelListenConfig, ConfigError> {
+    /// Checks `[tunnel]`; a TLS key open to other users on loopback is
+    /// pushed on `warnings`.
+    pub(crate) fn validate(
+        self,
+        doc: &Doc<'_>,
+        warnings: &mut Vec<String>,
+    ) -> Result<TunnelListenConfig, ConfigError> {
         let heartbeat_interval =
             values::nonzero(doc, "tunnel.heartbeat_interval", &self.heartbeat_interval)?;
         let heartbeat_timeout =
@@ -106,19 +121,45 @@ impl RawTunnel {
             ("heartbeat_timeout", &self.heartbeat_timeout),
             true,
         )?;
+        let listen = self.listen.get_ref().0;
+        let reach = Reach::of_listener("tunnel.listen", listen);
         let tls = match self.tls {
-            Some(tls) => Some(TlsFiles {
-                cert: load::path(doc, "tunnel.tls.cert", &tls.cert)?,
-                key: load::path(doc, "tunnel.tls.key", &tls.key)?,
-            }),
+            Some(tls) => {
+                let key = load::path(doc, "tunnel.tls.key", &tls.key)?;
+                // As ssh checks keys; the certificate itself is public.
+                guard_file(
+                    doc,
+                    ("tunnel.tls.key", tls.key.span()),
+                    &key,
+                    OPEN_BITS,
+                    "private key file",
+                    PRIVATE_FILE_HINT,
+                    &reach,
+                    warnings,
+                )?;
+                Some(TlsFiles { cert: load::path(doc, "tunnel.tls.cert", &tls.cert)?, key })
+            }
             None => None,
         };
+        if let (None, false, Some(why)) = (&tls, self.allow_plaintext, reach.beyond()) {
+            return Err(doc.error_at(
+                self.listen.span(),
+                format!(
+                    "tunnel.listen: plain ws:// tunnels are refused beyond loopback ({why}): \
+                     after the handshake anyone on the path can read every byte and inject \
+                     streams; add [tunnel.tls] with `cert` and `key` (edges then dial wss://), \
+                     or set `allow_plaintext = true` in [tunnel] if the network is trusted or \
+                     a TLS proxy sits in front"
+                ),
+            ));
+        }
         let count = |key: &str, value: &Spanned<u32>, range| {
             values::in_range(doc, &format!("tunnel.{key}"), value, range)
         };
         Ok(TunnelListenConfig {
-            listen: self.listen.get_ref().0,
+            listen,
             tls,
+            allow_plaintext: self.allow_plaintext,
             heartbeat_interval,
             heartbeat_timeout,
             handshake_timeout: values::nonzero(

@@ -1,15 +1,14 @@
 //! Public API behaviour: defaults, path resolution, token handling and the
 //! error type.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use config::*;
 
 const TOKEN: &str = "q7Zx3VbN8mK2pL9wR4tY6uI1oA5sD0fG";
 
-fn fixture(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(rel)
-}
+mod common;
+use common::fixture;
 
 fn cloud(text: &str) -> Result<CloudConfig, ConfigError> {
     CloudConfig::from_toml(text, Path::new("dir/cloud.toml"))
@@ -56,6 +55,12 @@ fn edge_defaults_equal_the_constants() {
     );
     assert_eq!(e.reconnect, BackoffConfig::default());
     assert_eq!(e.ca_file, None);
+    assert!(e.public_roots, "without ca_file the public roots are the trust");
+    assert!(e.pin_sha256.is_empty() && !e.allow_plaintext && e.warnings.is_empty());
+    // With a ca_file, only that file is trusted unless public_roots says so.
+    let with_ca =
+        EdgeConfig::from_toml(&format!("{text}ca_file = \"ca.pem\"\n"), Path::new("e.toml"));
+    assert!(!with_ca.unwrap().public_roots);
     assert_eq!((e.stream_window, e.window_budget), (DEFAULT_STREAM_WINDOW, DEFAULT_WINDOW_BUDGET));
     assert!(e.allow.is_empty());
     assert_eq!(e.cloud_url.to_string(), "wss://relay:443/tunnel");
@@ -106,6 +111,9 @@ fn full_edge_fixture_values() {
     );
     assert_eq!(e.ca_file.as_deref(), Some(dir.join("certs/cloud-ca.pem").as_path()));
     assert_eq!(e.tunnels, 16);
+    assert!(e.public_roots && !e.allow_plaintext);
+    assert_eq!(e.pin_sha256.len(), 2);
+    assert_eq!(e.pin_sha256[1][..3], [0x46, 0x09, 0x0f], "sha256// prefix stripped");
     assert_eq!(e.allow.len(), 3);
     assert_eq!(e.allow[2].to_string(), "[fd00::5]:5432");
     assert_eq!(e.reconnect.initial, e.reconnect.max);
@@ -147,7 +155,7 @@ fn unreadable_file_has_no_position() {
 #[test]
 fn token_file_is_relative_to_the_config_dir() {
     let dir = fixture("edge/valid");
-    let text = "cloud_url = \"ws://h\"\nedge_id = \"e\"\ntoken_file = \"edge-a.token\"\n";
+    let text = "cloud_url = \"wss://h\"\nedge_id = \"e\"\ntoken_file = \"edge-a.token\"\n";
     // Found next to the (virtual) config file, whatever the current directory.
     assert!(EdgeConfig::from_toml(text, &dir.join("virtual.toml")).is_ok());
     let err = EdgeConfig::from_toml(text, Path::new("/nonexistent/edge.toml")).unwrap_err();

@@ -1,15 +1,14 @@
 //! `[control]`, `[log]`, `edge_ids` and `MappingConfig::from_parts` through
 //! the public API.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use config::*;
 
 const TOKEN: &str = "q7Zx3VbN8mK2pL9wR4tY6uI1oA5sD0fG";
 
-fn fixture(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(rel)
-}
+mod common;
+use common::fixture;
 
 fn cloud(extra: &str) -> Result<CloudConfig, ConfigError> {
     let text = format!(
@@ -69,7 +68,7 @@ fn edge_log() {
     );
 
     let text = format!(
-        "cloud_url = \"ws://h\"\nedge_id = \"e\"\ntoken = \"{TOKEN}\"\n[log]\ndir = \"l\"\n"
+        "cloud_url = \"wss://h\"\nedge_id = \"e\"\ntoken = \"{TOKEN}\"\n[log]\ndir = \"l\"\n"
     );
     let log = EdgeConfig::from_toml(&text, Path::new("/etc/relay/edge.toml")).unwrap().log.unwrap();
     assert_eq!(log.file_prefix, DEFAULT_EDGE_LOG_FILE_PREFIX);

@@ -78,3 +78,41 @@ fn commented_log_examples_are_valid() {
         EdgeConfig::from_toml(&text, &example("edge.toml")).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(edge.log.expect("[log] enabled").file_prefix, "relay-edge");
 }
+
+/// Every token shipped in `examples/` is known as a demo token, so none
+/// can be added without being refused beyond loopback.
+#[test]
+fn the_shipped_tokens_are_demo_tokens() {
+    let mut found = 0;
+    for entry in std::fs::read_dir(example("")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|ext| ext == "token") {
+            let text = std::fs::read(&path).unwrap();
+            assert!(config::is_demo_token(text.trim_ascii_end()), "{}", path.display());
+            found += 1;
+        }
+    }
+    assert!(found >= 2, "found only {found} example tokens");
+}
+
+/// The examples, moved beyond loopback, refuse their public demo tokens.
+#[test]
+fn the_examples_refuse_their_demo_tokens_beyond_loopback() {
+    let text = std::fs::read_to_string(example("cloud.toml")).unwrap();
+    let exposed = text.replace(
+        "listen = \"127.0.0.1:7000\"",
+        "listen = \"0.0.0.0:7000\"\nallow_plaintext = true",
+    );
+    assert_ne!(exposed, text, "examples/cloud.toml no longer listens on 127.0.0.1:7000");
+    let err = CloudConfig::from_toml(&exposed, &example("cloud.toml")).expect_err("demo token");
+    assert!(
+        err.message().starts_with("edges[0].token_file: this is the repository's demo token"),
+        "{err}"
+    );
+
+    let text = std::fs::read_to_string(example("edge.toml")).unwrap();
+    let exposed = text.replace("ws://127.0.0.1:7000", "wss://relay.example.com");
+    assert_ne!(exposed, text, "examples/edge.toml no longer dials ws://127.0.0.1:7000");
+    let err = EdgeConfig::from_toml(&exposed, &example("edge.toml")).expect_err("demo token");
+    assert!(err.message().starts_with("token_file: this is the repository's demo token"), "{err}");
+}

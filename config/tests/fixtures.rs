@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 
 use config::{CloudConfig, ConfigError, EdgeConfig};
 
+mod common;
+
 type Loader = fn(&Path) -> Result<(), ConfigError>;
 
 fn load_cloud(path: &Path) -> Result<(), ConfigError> {
@@ -20,7 +22,7 @@ fn load_edge(path: &Path) -> Result<(), ConfigError> {
 
 /// The `*.toml` files of `fixtures/<kind>/<group>`, sorted.
 fn fixtures(kind: &str, group: &str) -> Vec<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(kind).join(group);
+    let dir = common::fixtures_dir().join(kind).join(group);
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
         .map(|entry| entry.unwrap().path())

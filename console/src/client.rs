@@ -10,6 +10,8 @@ use api::{ApiError, BatchRequest, BatchResponse, EdgeView, MappingSpec, MappingV
 use serde::de::DeserializeOwned;
 use thiserror::Error;
 
+use crate::settings::AdminToken;
+
 /// Each request must finish within this long.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -43,18 +45,18 @@ impl ClientError {
     }
 }
 
-/// A client of one cloud agent's control API.
+/// A client of one cloud agent's control API. Its `Debug` masks the token.
 #[derive(Debug, Clone)]
 pub(crate) struct ControlClient {
     endpoint: String,
-    token: Option<String>,
+    token: Option<AdminToken>,
     agent: ureq::Agent,
 }
 
 impl ControlClient {
     /// A client for `endpoint` (e.g. `http://127.0.0.1:7070`) with the
     /// admin token, if any.
-    pub(crate) fn new(endpoint: &str, token: Option<String>) -> Self {
+    pub(crate) fn new(endpoint: &str, token: Option<AdminToken>) -> Self {
         let agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(REQUEST_TIMEOUT))
@@ -82,7 +84,7 @@ impl ControlClient {
         let url = format!("{}{path}", self.endpoint);
         let mut request = ureq::http::Request::builder().method(method).uri(&url);
         if let Some(token) = &self.token {
-            request = request.header("authorization", format!("Bearer {token}"));
+            request = request.header("authorization", format!("Bearer {}", token.expose()));
         }
         let result = match body {
             Some(json) => {
@@ -210,5 +212,19 @@ impl ControlClient {
         let body = serde_json::to_string(request).map_err(|e| self.bad(e))?;
         let (status, text) = self.send("POST", "/v1/batch", Some(body))?;
         serde_json::from_str::<BatchResponse>(&text).map_err(|_| Self::api_error(status, text))
+    }
+}
+
+#[cfg(test)]
+mod debug_tests {
+    use super::*;
+
+    #[test]
+    fn debug_masks_the_token() {
+        let token = "q3Zt8VwKx1pL0eYb7NsR4uHc9JmA2fGd";
+        let client = ControlClient::new("http://127.0.0.1:7070/", Some(token.into()));
+        let shown = format!("{client:?}");
+        assert!(!shown.contains(token), "token in clear: {shown}");
+        assert!(shown.contains("http://127.0.0.1:7070") && shown.contains("****"), "{shown}");
     }
 }

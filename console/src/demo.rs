@@ -56,7 +56,7 @@ fn demo() -> anyhow::Result<()> {
         let outcome = if interactive {
             let client = ControlClient::new(
                 &format!("http://{}", running.control),
-                Some(running.admin_token.clone()),
+                Some(running.admin_token.as_str().into()),
             );
             let hint = format!(
                 "try: curl http://{}/   (the demo mapping \"web\"; q quits and stops everything)",

@@ -8,6 +8,7 @@
 //! 4. the cloud agent's default control address, `http://127.0.0.1:7070`,
 //!    and no token.
 
+use std::fmt;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
@@ -22,7 +23,37 @@ pub(crate) const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:7070";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Settings {
     pub(crate) endpoint: String,
-    pub(crate) token: Option<String>,
+    pub(crate) token: Option<AdminToken>,
+}
+
+/// The admin token. [`Debug`](fmt::Debug) prints `****`, so settings and
+/// clients can be logged or shown in a panic without leaking it.
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) struct AdminToken(String);
+
+impl AdminToken {
+    /// The token text, for the `authorization` header.
+    pub(crate) fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<String> for AdminToken {
+    fn from(token: String) -> Self {
+        Self(token)
+    }
+}
+
+impl From<&str> for AdminToken {
+    fn from(token: &str) -> Self {
+        Self(token.to_owned())
+    }
+}
+
+impl fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("****")
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -32,12 +63,38 @@ struct FileSettings {
     token_file: Option<PathBuf>,
 }
 
-fn read_token(path: &Path) -> anyhow::Result<String> {
+/// A warning for a token file that group or others may read or write, as
+/// ssh warns about keys; the agents refuse such files beyond loopback.
+fn open_file_warning(path: &Path) -> Option<String> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path).ok()?.permissions().mode();
+        (mode & 0o077 != 0).then(|| {
+            format!(
+                "the token file {} is open to group or others (mode {:04o}); run `chmod 600 {}`",
+                path.display(),
+                mode & 0o7777,
+                path.display()
+            )
+        })
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        None
+    }
+}
+
+fn read_token(path: &Path) -> anyhow::Result<AdminToken> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read the token file {}", path.display()))?;
+    if let Some(warning) = open_file_warning(path) {
+        eprintln!("relayctl: warning: {warning}");
+    }
     let token = text.trim().to_owned();
     anyhow::ensure!(!token.is_empty(), "the token file {} is empty", path.display());
-    Ok(token)
+    Ok(AdminToken(token))
 }
 
 fn config_path(env: &dyn Fn(&str) -> Option<String>) -> Option<PathBuf> {
@@ -92,7 +149,7 @@ fn resolve_with(
         .unwrap_or_else(|| DEFAULT_ENDPOINT.to_owned());
     let token = match (&args.token_file, env("RELAYCTL_TOKEN"), &file.token_file) {
         (Some(path), _, _) => Some(read_token(path)?),
-        (None, Some(token), _) => Some(token.trim().to_owned()),
+        (None, Some(token), _) => Some(AdminToken(token.trim().to_owned())),
         (None, None, Some(path)) => Some(read_token(path)?),
         (None, None, None) => None,
     };
@@ -161,5 +218,30 @@ mod tests {
         assert!(resolve_with(&args(None, Some(missing)), &|_| None).is_err());
         let env = |k: &str| (k == "RELAYCTL_CONFIG").then(|| "/nonexistent/config.toml".to_owned());
         assert!(resolve_with(&args(None, None), &env).is_err());
+    }
+
+    #[test]
+    fn debug_masks_the_token() {
+        let token = "q3Zt8VwKx1pL0eYb7NsR4uHc9JmA2fGd";
+        let s = Settings { endpoint: "http://127.0.0.1:7070".into(), token: Some(token.into()) };
+        let shown = format!("{s:?}");
+        assert!(!shown.contains(token), "token in clear: {shown}");
+        assert!(shown.contains("http://127.0.0.1:7070") && shown.contains("****"), "{shown}");
+        let none = Settings { endpoint: "http://h:1".into(), token: None };
+        assert!(format!("{none:?}").contains("None"), "{none:?}");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn an_open_token_file_gets_a_warning() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("admin.token");
+        std::fs::write(&path, "q3Zt8VwKx1pL0eYb7NsR4uHc9JmA2fGd\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let warning = open_file_warning(&path).expect("a warning for mode 0644");
+        assert!(warning.contains("(mode 0644)") && warning.contains("chmod 600"), "{warning}");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(open_file_warning(&path), None);
     }
 }

@@ -173,6 +173,14 @@ impl Agent {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("agent.toml");
         std::fs::write(&path, config_text).expect("write config");
+        // The configs hold tokens inline: private, as the agents require
+        // beyond loopback (the network-namespace tests).
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                .expect("make config private");
+        }
         let mut command = match wrapper.split_first() {
             Some((program, args)) => {
                 let mut c = Command::new(program);

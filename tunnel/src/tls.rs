@@ -1,11 +1,17 @@
-//! rustls configuration from PEM files, with the ring crypto provider.
+//! rustls configuration from PEM files, with the ring crypto provider: the
+//! cloud's server config, and the edge's client config with its trust
+//! roots and public-key pins ([`ClientTrust`]).
 
 use std::fs::File;
 use std::io::BufReader;
 use std::path::Path;
 use std::sync::Arc;
 
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use base64::Engine as _;
+use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, TrustAnchor, UnixTime};
+use rustls::{CertificateError, DigitallySignedStruct, SignatureScheme};
 use thiserror::Error;
 
 /// A certificate, key or CA file could not be used.
@@ -60,24 +66,203 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig
     Ok(Arc::new(config))
 }
 
-/// Client configuration for the edge: the public web roots, plus the
-/// certificates in `extra_ca` when given (for a private CA or a
-/// self-signed cloud certificate).
+/// What the edge trusts in the cloud's certificate: from `ca_file`,
+/// `public_roots` and `pin_sha256` of its config.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientTrust<'a> {
+    /// PEM trust roots (a private CA, or the cloud's own certificate).
+    pub ca_file: Option<&'a Path>,
+    /// Whether the built-in Mozilla roots (webpki-roots) are trusted too.
+    pub public_roots: bool,
+    /// When not empty, the certificate must also carry a public key whose
+    /// SubjectPublicKeyInfo has one of these SHA-256 digests.
+    pub pin_sha256: &'a [[u8; 32]],
+}
+
+impl<'a> ClientTrust<'a> {
+    /// The trust an edge config asks for.
+    pub fn of(config: &'a config::EdgeConfig) -> Self {
+        Self {
+            ca_file: config.ca_file.as_deref(),
+            public_roots: config.public_roots,
+            pin_sha256: &config.pin_sha256,
+        }
+    }
+}
+
+/// Client configuration for the edge: the certificates in `ca_file`, the
+/// public web roots when asked for (a cloud with a private CA is then not
+/// exposed to every public CA), and the key pins.
 ///
 /// # Errors
-/// [`TlsError`] if `extra_ca` cannot be read or holds no usable certificate.
-pub fn client_config(extra_ca: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+/// [`TlsError`] if `ca_file` cannot be read or holds no usable certificate,
+/// or if nothing at all would be trusted.
+pub fn client_config(trust: ClientTrust<'_>) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    let public: &[TrustAnchor<'static>] =
+        if trust.public_roots { webpki_roots::TLS_SERVER_ROOTS } else { &[] };
+    let roots = root_store(trust.ca_file, public)?;
+    let no_path =
+        |e: &dyn std::fmt::Display| TlsError { path: String::new(), reason: e.to_string() };
+    let verifier = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
+        .build()
+        .map_err(|e| no_path(&format!("no trust roots: set ca_file or public_roots ({e})")))?;
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| no_path(&e))?;
+    let config = if trust.pin_sha256.is_empty() {
+        builder.with_webpki_verifier(verifier).with_no_client_auth()
+    } else {
+        let pinned = PinnedKeys { trusted: verifier, pins: trust.pin_sha256.to_vec() };
+        builder.dangerous().with_custom_certificate_verifier(Arc::new(pinned)).with_no_client_auth()
+    };
+    Ok(Arc::new(config))
+}
+
+/// The trust roots: those in `ca_file`, then `public`.
+fn root_store(
+    ca_file: Option<&Path>,
+    public: &[TrustAnchor<'static>],
+) -> Result<rustls::RootCertStore, TlsError> {
     let mut roots = rustls::RootCertStore::empty();
-    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    if let Some(path) = extra_ca {
+    if let Some(path) = ca_file {
         for cert in read_certs(path)? {
             roots.add(cert).map_err(|e| err(path, format!("unusable CA certificate: {e}")))?;
         }
     }
-    let config = rustls::ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| TlsError { path: String::new(), reason: e.to_string() })?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(Arc::new(config))
+    roots.extend(public.iter().cloned());
+    Ok(roots)
+}
+
+/// The SHA-256 digest of a certificate's SubjectPublicKeyInfo (DER): the
+/// value `pin_sha256` lists, base64-encoded.
+///
+/// # Errors
+/// [`webpki::Error`] if the certificate cannot be parsed.
+pub fn spki_sha256(cert: &CertificateDer<'_>) -> Result<[u8; 32], webpki::Error> {
+    let parsed = webpki::EndEntityCert::try_from(cert)?;
+    let digest =
+        ring::digest::digest(&ring::digest::SHA256, parsed.subject_public_key_info().as_ref());
+    let mut out = [0u8; 32];
+    out.copy_from_slice(digest.as_ref());
+    Ok(out)
+}
+
+/// `pin_sha256` of the first (leaf) certificate in a PEM file, as an edge
+/// config writes it: what `relay-cloud --check` prints.
+///
+/// # Errors
+/// [`TlsError`] if the file cannot be read or its certificate parsed.
+pub fn pin_of_cert_file(path: &Path) -> Result<String, TlsError> {
+    let certs = read_certs(path)?;
+    let digest =
+        spki_sha256(&certs[0]).map_err(|e| err(path, format!("unusable certificate: {e}")))?;
+    Ok(base64::engine::general_purpose::STANDARD.encode(digest))
+}
+
+/// Checks the chain as usual, then that the leaf's public key is pinned.
+#[derive(Debug)]
+struct PinnedKeys {
+    trusted: Arc<WebPkiServerVerifier>,
+    pins: Vec<[u8; 32]>,
+}
+
+/// Why a trusted certificate was refused: its key is not pinned.
+#[derive(Debug, Error)]
+#[error(
+    "the cloud's public key (pin_sha256 \"{0}\") matches no configured pin_sha256: a \
+     different key, or a rotated one not pinned yet"
+)]
+struct UnpinnedKey(String);
+
+impl ServerCertVerifier for PinnedKeys {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let verified = self.trusted.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        )?;
+        let digest = spki_sha256(end_entity)
+            .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
+        if self.pins.contains(&digest) {
+            return Ok(verified);
+        }
+        // `General`, not `InvalidCertificate(Other(..))`: rustls shows
+        // only the latter's Debug form, and the operator needs this text.
+        let shown = base64::engine::general_purpose::STANDARD.encode(digest);
+        Err(rustls::Error::General(UnpinnedKey(shown).to_string()))
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.trusted.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.trusted.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.trusted.supported_verify_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A PEM file holding one self-signed certificate, and its DER.
+    fn self_signed(dir: &Path) -> (std::path::PathBuf, CertificateDer<'static>) {
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        let path = dir.join("ca.pem");
+        std::fs::write(&path, cert.cert.pem()).unwrap();
+        (path, cert.cert.der().clone())
+    }
+
+    #[test]
+    fn a_ca_file_is_the_only_trust_unless_public_roots_are_asked_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ca, _) = self_signed(dir.path());
+        let only_ca = root_store(Some(&ca), &[]).unwrap();
+        assert_eq!(only_ca.len(), 1, "ca_file alone must trust exactly its certificate");
+        let both = root_store(Some(&ca), webpki_roots::TLS_SERVER_ROOTS).unwrap();
+        assert_eq!(both.len(), 1 + webpki_roots::TLS_SERVER_ROOTS.len());
+        let public = root_store(None, webpki_roots::TLS_SERVER_ROOTS).unwrap();
+        assert_eq!(public.len(), webpki_roots::TLS_SERVER_ROOTS.len());
+        let trust = ClientTrust { ca_file: None, public_roots: false, pin_sha256: &[] };
+        let err = client_config(trust).unwrap_err();
+        assert!(err.reason.contains("no trust roots"), "{err}");
+    }
+
+    #[test]
+    fn the_pin_is_the_digest_of_the_public_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ca, der) = self_signed(dir.path());
+        let parsed = webpki::EndEntityCert::try_from(&der).unwrap();
+        let spki = parsed.subject_public_key_info();
+        let expected = ring::digest::digest(&ring::digest::SHA256, spki.as_ref());
+        assert_eq!(spki_sha256(&der).unwrap().as_slice(), expected.as_ref());
+        // A SubjectPublicKeyInfo is a DER SEQUENCE.
+        assert_eq!(spki.as_ref()[0], 0x30);
+        let pin = pin_of_cert_file(&ca).unwrap();
+        assert_eq!(pin.len(), 44);
+        assert!(spki_sha256(&CertificateDer::from(vec![1, 2, 3])).is_err());
+    }
 }

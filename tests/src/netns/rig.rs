@@ -28,7 +28,7 @@ pub fn report(line: &str) {
 /// `e1` with [`TOKEN`], and the given heartbeat.
 pub fn cloud_toml(heartbeat_interval: &str, heartbeat_timeout: &str) -> String {
     format!(
-        "shutdown_grace = \"3s\"\n[tunnel]\nlisten = \"{CLOUD_IP}:0\"\n\
+        "shutdown_grace = \"3s\"\n[tunnel]\nlisten = \"{CLOUD_IP}:0\"\nallow_plaintext = true\n\
          heartbeat_interval = \"{heartbeat_interval}\"\nheartbeat_timeout = \"{heartbeat_timeout}\"\n\
          [[edges]]\nid = \"e1\"\ntoken = \"{TOKEN}\"\n[[mappings]]\nname = \"svc\"\n\
          listen = \"{CLOUD_IP}:0\"\nedge = \"e1\"\ntarget = \"{SERVICE}\"\n"
@@ -154,7 +154,9 @@ impl Rig {
         let tunnel = listen_addr(&line);
         let line = cloud.wait_for_log(&["mapping listening", "mapping=svc "], STARTUP).await;
         let public = listen_addr(&line);
-        let config = edge_toml(tunnel, &[SERVICE.into()], TOKEN);
+        // Plain ws:// across the topology's networks, chosen on purpose.
+        let config =
+            format!("allow_plaintext = true\n{}", edge_toml(tunnel, &[SERVICE.into()], TOKEN));
         let edge = topo.spawn_agent(Ns::Edge, "relay-edge", &config);
         let mut rig = Rig { cloud, edge, _service, public, tunnel, topo };
         rig.edge.wait_for_logs(&["tunnel up"], 2, STARTUP).await;
