@@ -59,6 +59,15 @@ pub fn escape(text: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// [`escape`] for an owned string: returned as is when there is nothing to
+/// escape.
+pub fn escape_owned(text: String) -> String {
+    match escape(&text) {
+        Cow::Borrowed(_) => text,
+        Cow::Owned(escaped) => escaped,
+    }
+}
+
 /// Displays `value` with the characters listed in the module docs escaped,
 /// without allocating: `warn!(edge = %escaped(&id), ..)`.
 pub fn escaped<T: Display>(value: T) -> Escaped<T> {
@@ -108,6 +117,7 @@ mod tests {
         for (raw, want) in cases {
             assert_eq!(escape(raw), want, "{raw:?}");
             assert_eq!(escaped(raw).to_string(), want, "{raw:?}");
+            assert_eq!(escape_owned(raw.to_owned()), want, "{raw:?}");
         }
     }
 
