@@ -4,7 +4,7 @@
 //! task and a few buffers, and may be an attacker's. The gate bounds that:
 //! - at most [`MAX_PENDING`] handshakes at once overall, and
 //!   [`MAX_PENDING_PER_SOURCE`] from one *source*: an IPv4 address, or an
-//!   IPv6 prefix (a /64 by default, [`DEFAULT_IPV6_PREFIX`]), since one
+//!   IPv6 prefix (`[tunnel] ipv6_source_prefix`, a /64 by default), since one
 //!   host or site commonly holds a whole /64 and could otherwise take every
 //!   place with 32 of its addresses;
 //! - [`RESERVED_FOR_KNOWN`] of the places are kept for sources an edge has
@@ -30,8 +30,6 @@ pub(crate) const RESERVED_FOR_KNOWN: usize = 256;
 /// Sources remembered as known: a new one past this evicts the one that
 /// authenticated least recently.
 pub(crate) const MAX_KNOWN: usize = 4096;
-/// IPv6 sources are grouped by this prefix length.
-pub(crate) const DEFAULT_IPV6_PREFIX: u8 = 64;
 
 /// Where handshakes come from, as the per-source limit counts them: an
 /// IPv4 address (IPv4-mapped IPv6 included) or an IPv6 prefix.
@@ -164,7 +162,7 @@ mod tests {
     use super::*;
 
     fn gate() -> Arc<Gate> {
-        Arc::new(Gate::new(DEFAULT_IPV6_PREFIX))
+        Arc::new(Gate::new(64))
     }
 
     fn ip(s: &str) -> IpAddr {

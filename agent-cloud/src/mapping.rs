@@ -146,7 +146,9 @@ async fn open_stream(
                 tried.push(tunnel.id());
             }
             Ok(Err(e)) => {
-                info!(tunnel = tunnel.id(), error = %e, "stream not opened; client closed");
+                // The error may carry the edge's own message.
+                info!(tunnel = tunnel.id(), error = %tunnel::untrusted::escaped(&e),
+                    "stream not opened; client closed");
                 return None;
             }
             Err(_) => {

@@ -42,7 +42,8 @@ pub(crate) struct TunnelListener {
 
 pub(crate) async fn run(this: TunnelListener, listener: TcpListener) {
     let this = Arc::new(this);
-    let gate = Arc::new(Gate::new(gate::DEFAULT_IPV6_PREFIX));
+    let ipv6_prefix = u8::try_from(this.config.tunnel.ipv6_source_prefix).unwrap_or(128);
+    let gate = Arc::new(Gate::new(ipv6_prefix));
     let logs = Arc::new(Logs {
         gate: LogLimit::new("connections refused by the handshake gate"),
         handshakes: LogLimit::new("refused tunnel handshakes"),
