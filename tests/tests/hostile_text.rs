@@ -82,6 +82,9 @@ async fn repeated_refusals_log_a_bounded_number_of_lines_and_a_count() {
     let refused = count("edge refused");
     let denied = count("client not in the mapping's allowlist");
     let all = log.join("\n");
+    eprintln!(
+        "{refused} refusal lines, {denied} denial lines; summaries:\n{handshakes}\n{clients}"
+    );
     assert!(refused <= LINES, "{refused} lines for {TRIES} refused handshakes:\n{all}");
     assert!(denied <= LINES, "{denied} lines for {TRIES} denied clients:\n{all}");
     let suppressed = |line: &str| -> usize {
