@@ -9,9 +9,17 @@
 //!   tunnels, so two processes with the same id cannot steal the edge from
 //!   each other in a loop;
 //! - once an edge has no live tunnel, any epoch is accepted.
+//!
+//! A handshake holds its place from [`EdgeRegistry::admit`] (before the
+//! cloud's `Welcome`) to [`EdgeRegistry::add`] as an [`Admission`]: it
+//! counts towards `max_tunnels_per_edge` and keeps its epoch current just
+//! as a live tunnel does, so handshakes in flight together can neither
+//! exceed the limit nor let an older run in beside a newer one. A newer run
+//! admitted meanwhile voids the older run's admissions: their tunnels are
+//! closed as superseded when they arrive.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use api::{EdgeHealth, EdgeView, TunnelView};
 use proto::{GoAwayCode, RefuseCode};
@@ -27,6 +35,11 @@ const RECONNECTING_GRACE_MS: u64 = 60_000;
 #[derive(Debug)]
 struct EdgeState {
     epoch: u64,
+    /// Bumped whenever `epoch` changes: admissions of an older generation
+    /// are void.
+    generation: u64,
+    /// Admissions of this generation not yet added or dropped.
+    pending: usize,
     tunnels: Vec<Tunnel>,
     /// Set by an operator: no new streams go to this edge.
     draining: bool,
@@ -39,6 +52,8 @@ impl Default for EdgeState {
     fn default() -> Self {
         Self {
             epoch: 0,
+            generation: 0,
+            pending: 0,
             tunnels: Vec::new(),
             draining: false,
             last_seen_ms: None,
@@ -66,6 +81,43 @@ pub(crate) struct EdgeRegistry {
     groups: BTreeMap<String, Vec<String>>,
 }
 
+/// A handshake's place among an edge's tunnels, from
+/// [`EdgeRegistry::admit`] to [`EdgeRegistry::add`]; dropping it (the
+/// handshake failed) frees the place.
+#[derive(Debug)]
+pub(crate) struct Admission {
+    registry: Arc<EdgeRegistry>,
+    edge_id: String,
+    epoch: u64,
+    generation: u64,
+    /// Set by `add`, which settles the place itself.
+    settled: bool,
+}
+
+impl Admission {
+    pub(crate) fn edge_id(&self) -> &str {
+        &self.edge_id
+    }
+
+    pub(crate) fn epoch(&self) -> u64 {
+        self.epoch
+    }
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        if self.settled {
+            return;
+        }
+        let mut edges = self.registry.lock();
+        if let Some(state) = edges.get_mut(&self.edge_id) {
+            if state.generation == self.generation {
+                state.pending = state.pending.saturating_sub(1);
+            }
+        }
+    }
+}
+
 impl EdgeRegistry {
     pub(crate) fn new<'a>(
         max_tunnels: u32,
@@ -91,18 +143,25 @@ impl EdgeRegistry {
         self.edges.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Decides whether a new tunnel of `edge_id` from `epoch` may join.
-    /// Superseded tunnels are closed here.
-    pub(crate) fn admit(&self, edge_id: &str, epoch: u64) -> Result<(), RefuseCode> {
+    /// Decides whether a new tunnel of `edge_id` from `epoch` may join, and
+    /// if so holds its place until [`add`](Self::add) or until the
+    /// [`Admission`] is dropped. Superseded tunnels are closed here.
+    pub(crate) fn admit(
+        self: &Arc<Self>,
+        edge_id: &str,
+        epoch: u64,
+    ) -> Result<Admission, RefuseCode> {
         let mut edges = self.lock();
         let state = edges.entry(edge_id.to_owned()).or_default();
         state.prune();
-        if state.tunnels.is_empty() || epoch > state.epoch {
-            if !state.tunnels.is_empty() {
+        let idle = state.tunnels.is_empty() && state.pending == 0;
+        if idle || epoch > state.epoch {
+            if !state.tunnels.is_empty() || state.pending > 0 {
                 warn!(
                     edge = edge_id,
                     old_epoch = state.epoch,
                     new_epoch = epoch,
+                    handshakes_voided = state.pending,
                     "a newer run of this edge connected; closing the old run's tunnels"
                 );
                 for t in state.tunnels.drain(..) {
@@ -110,30 +169,41 @@ impl EdgeRegistry {
                 }
             }
             state.epoch = epoch;
-            return Ok(());
+            state.generation += 1;
+            state.pending = 0;
         }
         if epoch < state.epoch {
             return Err(RefuseCode::Superseded);
         }
-        if state.tunnels.len() >= self.max_tunnels as usize {
+        if state.tunnels.len() + state.pending >= self.max_tunnels as usize {
             return Err(RefuseCode::TooManyTunnels);
         }
-        Ok(())
+        state.pending += 1;
+        Ok(Admission {
+            registry: Arc::clone(self),
+            edge_id: edge_id.to_owned(),
+            epoch,
+            generation: state.generation,
+            settled: false,
+        })
     }
 
-    /// Adds an established tunnel. If a newer epoch was admitted meanwhile,
-    /// the tunnel is closed instead.
-    pub(crate) fn add(&self, edge_id: &str, epoch: u64, tunnel: Tunnel) {
+    /// Adds the established tunnel of `admission`. If a newer run was
+    /// admitted meanwhile, the tunnel is closed instead; returns whether it
+    /// joined.
+    pub(crate) fn add(&self, mut admission: Admission, tunnel: Tunnel) -> bool {
+        admission.settled = true;
         let mut edges = self.lock();
-        let state = edges.entry(edge_id.to_owned()).or_default();
+        let state = edges.entry(admission.edge_id.clone()).or_default();
         state.prune();
-        if epoch != state.epoch && !state.tunnels.is_empty() {
+        if admission.generation != state.generation {
             tunnel.close(GoAwayCode::Superseded, "a newer run of this edge connected");
-            return;
+            return false;
         }
-        state.epoch = epoch;
+        state.pending = state.pending.saturating_sub(1);
         state.tunnels.push(tunnel);
-        info!(edge = edge_id, tunnels = state.tunnels.len(), "edge tunnel up");
+        info!(edge = %admission.edge_id, tunnels = state.tunnels.len(), "edge tunnel up");
+        true
     }
 
     /// The live tunnel with the fewest streams among the edges `target`
@@ -269,5 +339,120 @@ impl EdgeRegistry {
         for t in &tunnels {
             t.closed().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::io::DuplexStream;
+    use tunnel::ws::WsConn;
+    use tunnel::{MuxSettings, Role};
+
+    use super::*;
+
+    fn registry(max_tunnels: u32) -> Arc<EdgeRegistry> {
+        Arc::new(EdgeRegistry::new(max_tunnels, ["e"].into_iter(), &[]))
+    }
+
+    /// A live cloud-side tunnel over an in-memory pipe; the far end must be
+    /// kept for it to stay open.
+    fn tunnel(id: u64) -> (Tunnel, DuplexStream) {
+        let (ours, theirs) = tokio::io::duplex(1 << 16);
+        let (t, _) = Tunnel::spawn(WsConn::accepted(ours), Role::Cloud, id, MuxSettings::default());
+        (t, theirs)
+    }
+
+    async fn superseded(t: &Tunnel) -> bool {
+        tokio::time::timeout(Duration::from_secs(5), t.closed()).await.is_ok()
+            && t.close_reason().is_some_and(|r| r.contains("newer run"))
+    }
+
+    #[tokio::test]
+    async fn a_newer_run_supersedes_the_live_tunnels_and_an_older_one_is_refused() {
+        let edges = registry(8);
+        let (old, _a) = tunnel(1);
+        assert!(edges.add(edges.admit("e", 1).unwrap(), old.clone()));
+        assert_eq!(edges.live_tunnels("e"), 1);
+        let (new, _b) = tunnel(2);
+        assert!(edges.add(edges.admit("e", 2).unwrap(), new.clone()));
+        assert!(superseded(&old).await, "the old run's tunnel was not closed");
+        assert_eq!(edges.admit("e", 1).unwrap_err(), RefuseCode::Superseded);
+        assert_eq!(edges.live_tunnels("e"), 1);
+        assert!(!new.is_closed());
+    }
+
+    #[tokio::test]
+    async fn an_older_run_cannot_win_a_concurrent_handshake() {
+        let edges = registry(8);
+        // The newer run is admitted first; the older one's handshake, still
+        // in flight, must not be let in beside it.
+        let newer = edges.admit("e", 2).unwrap();
+        assert_eq!(edges.admit("e", 1).unwrap_err(), RefuseCode::Superseded);
+        let (new, _a) = tunnel(1);
+        assert!(edges.add(newer, new.clone()));
+        assert!(!new.is_closed());
+
+        // The other order: the older run is admitted first; the newer one
+        // voids its admission, and its tunnel is closed when it arrives.
+        let edges = registry(8);
+        let older = edges.admit("e", 1).unwrap();
+        let newer = edges.admit("e", 2).unwrap();
+        let (new, _b) = tunnel(2);
+        let (old, _c) = tunnel(3);
+        assert!(edges.add(newer, new.clone()));
+        assert!(!edges.add(older, old.clone()), "a voided admission joined");
+        assert!(superseded(&old).await);
+        assert!(!new.is_closed());
+        assert_eq!(edges.live_tunnels("e"), 1);
+    }
+
+    #[tokio::test]
+    async fn handshakes_in_flight_count_towards_max_tunnels() {
+        let edges = registry(2);
+        let first = edges.admit("e", 1).unwrap();
+        let second = edges.admit("e", 1).unwrap();
+        assert_eq!(edges.admit("e", 1).unwrap_err(), RefuseCode::TooManyTunnels);
+        // A handshake that fails frees its place.
+        drop(second);
+        let second = edges.admit("e", 1).unwrap();
+        let (a, _a) = tunnel(1);
+        let (b, _b) = tunnel(2);
+        assert!(edges.add(first, a));
+        assert!(edges.add(second, b.clone()));
+        assert_eq!(edges.admit("e", 1).unwrap_err(), RefuseCode::TooManyTunnels);
+        assert_eq!(edges.live_tunnels("e"), 2);
+        // A closed tunnel frees its place too.
+        b.close(GoAwayCode::Normal, "test");
+        b.closed().await;
+        assert!(edges.admit("e", 1).is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_voided_admission_frees_nothing_of_the_newer_run() {
+        let edges = registry(1);
+        let older = edges.admit("e", 1).unwrap();
+        let newer = edges.admit("e", 2).unwrap();
+        drop(older); // the older run's handshake fails after being voided
+        assert_eq!(
+            edges.admit("e", 2).unwrap_err(),
+            RefuseCode::TooManyTunnels,
+            "the newer run's place was freed by the older run's failure"
+        );
+        drop(newer);
+        assert!(edges.admit("e", 2).is_ok());
+    }
+
+    #[tokio::test]
+    async fn with_nothing_live_or_in_flight_any_run_is_accepted() {
+        let edges = registry(8);
+        let (new, _a) = tunnel(1);
+        assert!(edges.add(edges.admit("e", 5).unwrap(), new.clone()));
+        new.close(GoAwayCode::Normal, "test");
+        new.closed().await;
+        let (old, _b) = tunnel(2);
+        assert!(edges.add(edges.admit("e", 3).unwrap(), old.clone()), "an older run after a gap");
+        assert!(!old.is_closed());
     }
 }

@@ -1,5 +1,6 @@
 //! Server side of the tunnel handshake (see `docs/protocol.md`).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use config::CloudConfig;
@@ -9,7 +10,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tunnel::wire::{self, WireError};
 use tunnel::ws::WsConn;
 
-use crate::edges::EdgeRegistry;
+use crate::edges::{Admission, EdgeRegistry};
 
 /// How long a refusal may take to send before the connection is dropped.
 const REFUSE_SEND_LIMIT: Duration = Duration::from_secs(2);
@@ -17,8 +18,9 @@ const REFUSE_SEND_LIMIT: Duration = Duration::from_secs(2);
 /// An edge that proved its token and was admitted.
 #[derive(Debug)]
 pub(crate) struct Admitted {
-    pub(crate) edge_id: String,
-    pub(crate) epoch: u64,
+    /// Its place among the edge's tunnels, until the tunnel is added.
+    pub(crate) admission: Admission,
+    /// As the edge reported it: untrusted text.
     pub(crate) agent_version: String,
 }
 
@@ -36,7 +38,7 @@ pub(crate) enum HandshakeError {
 pub(crate) async fn accept<S>(
     ws: &mut WsConn<S>,
     config: &CloudConfig,
-    edges: &EdgeRegistry,
+    edges: &Arc<EdgeRegistry>,
     tunnel_id: u64,
     timeout: Duration,
 ) -> Result<Admitted, HandshakeError>
@@ -81,13 +83,16 @@ where
     if !proto::verify_auth_proof(token, &server_nonce, &nonce, version, epoch, &edge_id, &proof) {
         return refuse(ws, RefuseCode::BadToken, "token proof does not match", &edge_id).await;
     }
-    if let Err(code) = edges.admit(&edge_id, epoch) {
-        let message = match code {
-            RefuseCode::Superseded => "a newer run of this edge id is connected",
-            _ => "this edge has as many tunnels as allowed",
-        };
-        return refuse(ws, code, message, &edge_id).await;
-    }
+    let admission = match edges.admit(&edge_id, epoch) {
+        Ok(admission) => admission,
+        Err(code) => {
+            let message = match code {
+                RefuseCode::Superseded => "a newer run of this edge id is connected",
+                _ => "this edge has as many tunnels as allowed",
+            };
+            return refuse(ws, code, message, &edge_id).await;
+        }
+    };
     let welcome = Frame::Welcome {
         version,
         tunnel_id,
@@ -98,7 +103,7 @@ where
         proof: proto::server_proof(token, &server_nonce, &nonce, tunnel_id),
     };
     wire::send_frame(ws, &welcome).await?;
-    Ok(Admitted { edge_id, epoch, agent_version })
+    Ok(Admitted { admission, agent_version })
 }
 
 async fn refuse<S>(

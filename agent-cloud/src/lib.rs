@@ -11,7 +11,8 @@
 //!   fencing; picks the least loaded tunnel for a new stream.
 //! - `handshake`: the server side of the tunnel handshake.
 //! - `tunnel_listener`: accepts WebSocket (optionally TLS) connections.
-//! - `gate`: bounds unauthenticated handshakes, overall and per address.
+//! - `gate`: bounds unauthenticated handshakes, overall and per source.
+//! - `log_limit`: bounds what repeated refusals log.
 //! - `mapping`: one mapping at run time: accept loop, client allowlist,
 //!   relay, figures.
 //! - `mappings`: the mapping table; add, drain, remove and atomic batches.
@@ -27,6 +28,7 @@ mod edges;
 mod errors;
 mod gate;
 mod handshake;
+mod log_limit;
 mod mapping;
 mod mappings;
 mod metrics;

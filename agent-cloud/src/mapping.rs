@@ -17,6 +17,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::edges::EdgeRegistry;
+use crate::log_limit::{self, LogLimit};
 use crate::metrics::{ActiveGuard, MappingMetrics};
 
 /// How long the edge may take to answer an open (its own connect timeout
@@ -53,6 +54,9 @@ pub(crate) struct MappingEntry {
     /// This mapping's open connections.
     pub(crate) connections: TaskTracker,
     slots: Option<Arc<Semaphore>>,
+    /// Clients refused at accept (allowlist, connection limit): a scan
+    /// logs a bounded number of lines.
+    refusals: LogLimit,
 }
 
 impl MappingEntry {
@@ -63,6 +67,7 @@ impl MappingEntry {
         abort_all: &CancellationToken,
     ) -> Self {
         let slots = spec.max_connections.map(|n| Arc::new(Semaphore::new(n as usize)));
+        let refusals = LogLimit::new(format!("clients refused by mapping {}", spec.name));
         let (bound, error, phase) = match bound {
             Ok(addr) => (Some(addr), None, Phase::Active),
             Err(e) => (None, Some(e), Phase::Failed),
@@ -78,6 +83,7 @@ impl MappingEntry {
             reset_connections: abort_all.child_token(),
             connections: TaskTracker::new(),
             slots,
+            refusals,
         }
     }
 
@@ -141,7 +147,9 @@ async fn open_stream(
                 tried.push(tunnel.id());
             }
             Ok(Err(e)) => {
-                info!(tunnel = tunnel.id(), error = %e, "stream not opened; client closed");
+                // The error may carry the edge's own message.
+                info!(tunnel = tunnel.id(), error = %tunnel::untrusted::escaped(&e),
+                    "stream not opened; client closed");
                 return None;
             }
             Err(_) => {
@@ -168,9 +176,14 @@ pub(crate) async fn run(
     all: TaskTracker,
 ) {
     let name = entry.spec.name.clone();
+    let mut flush = tokio::time::interval(log_limit::FLUSH_EVERY);
     loop {
         let (tcp, peer) = tokio::select! {
             () = entry.stop_listener.cancelled() => break,
+            _ = flush.tick() => {
+                entry.refusals.flush();
+                continue;
+            }
             accepted = listener.accept() => match accepted {
                 Ok(conn) => conn,
                 Err(e) => {
@@ -181,7 +194,9 @@ pub(crate) async fn run(
             },
         };
         if !entry.client_allowed(peer) {
-            info!(mapping = %name, %peer, "client not in the mapping's allowlist; closed");
+            if entry.refusals.allow() {
+                info!(mapping = %name, %peer, "client not in the mapping's allowlist; closed");
+            }
             reset(tcp);
             continue;
         }
@@ -189,7 +204,9 @@ pub(crate) async fn run(
             Some(slots) => match Arc::clone(slots).try_acquire_owned() {
                 Ok(permit) => Some(permit),
                 Err(_) => {
-                    info!(mapping = %name, %peer, "mapping at its connection limit; closed");
+                    if entry.refusals.allow() {
+                        info!(mapping = %name, %peer, "mapping at its connection limit; closed");
+                    }
                     reset(tcp);
                     continue;
                 }

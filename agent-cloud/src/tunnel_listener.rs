@@ -1,22 +1,36 @@
 //! Accepts edge tunnels: TCP, then TLS when configured, then WebSocket,
 //! then the handshake, all within one handshake timeout and behind the
-//! admission [`Gate`](crate::gate::Gate).
+//! admission [`Gate`](crate::gate::Gate). What a connection that has not
+//! authenticated makes us log goes through a [`LogLimit`], and text the
+//! peer chose is escaped.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use config::CloudConfig;
+use proto::RefuseCode;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
+use tunnel::untrusted::escaped;
 use tunnel::ws::WsConn;
 use tunnel::{MuxSettings, Role, Tunnel};
 
 use crate::edges::EdgeRegistry;
-use crate::gate::{Gate, Ticket};
+use crate::gate::{self, Gate, Refusal, Ticket};
 use crate::handshake::{self, HandshakeError};
+use crate::log_limit::{self, LogLimit};
+
+/// What strangers can make the listener log, each kind bounded.
+#[derive(Debug)]
+struct Logs {
+    /// Connections the gate refused.
+    gate: LogLimit,
+    /// Handshakes that failed or were refused: TLS, upgrade, proof, fencing.
+    handshakes: LogLimit,
+}
 
 #[derive(Debug)]
 pub(crate) struct TunnelListener {
@@ -28,12 +42,23 @@ pub(crate) struct TunnelListener {
 
 pub(crate) async fn run(this: TunnelListener, listener: TcpListener) {
     let this = Arc::new(this);
-    let gate = Arc::new(Gate::default());
+    let ipv6_prefix = u8::try_from(this.config.tunnel.ipv6_source_prefix).unwrap_or(128);
+    let gate = Arc::new(Gate::new(ipv6_prefix));
+    let logs = Arc::new(Logs {
+        gate: LogLimit::new("connections refused by the handshake gate"),
+        handshakes: LogLimit::new("refused tunnel handshakes"),
+    });
+    let mut flush = tokio::time::interval(log_limit::FLUSH_EVERY);
     let acceptor = this.tls.clone().map(tokio_rustls::TlsAcceptor::from);
     let next_id = AtomicU64::new(1);
     loop {
         let (tcp, peer) = tokio::select! {
             () = this.stop.cancelled() => return,
+            _ = flush.tick() => {
+                logs.gate.flush();
+                logs.handshakes.flush();
+                continue;
+            }
             accepted = listener.accept() => match accepted {
                 Ok(conn) => conn,
                 Err(e) => {
@@ -44,12 +69,26 @@ pub(crate) async fn run(this: TunnelListener, listener: TcpListener) {
                 }
             },
         };
-        let Some(ticket) = gate.admit(peer.ip()) else {
-            drop(tcp);
-            continue;
+        let ticket = match gate.admit(peer.ip()) {
+            Ok(ticket) => ticket,
+            Err(refusal) => {
+                drop(tcp);
+                if logs.gate.allow() {
+                    let (source, limit, full) = match refusal {
+                        Refusal::SourceFull { source } => {
+                            (source, gate::MAX_PENDING_PER_SOURCE, "from its source")
+                        }
+                        Refusal::Full { source, limit } => (source, limit, "open to its source"),
+                    };
+                    warn!(%peer, %source, limit,
+                        "too many unauthenticated tunnel connections {full}; refused");
+                }
+                continue;
+            }
         };
         let id = next_id.fetch_add(1, Ordering::Relaxed);
         let this = Arc::clone(&this);
+        let logs = Arc::clone(&logs);
         let acceptor = acceptor.clone();
         let span = info_span!("tunnel", tunnel = id, %peer);
         tokio::spawn(
@@ -61,12 +100,15 @@ pub(crate) async fn run(this: TunnelListener, listener: TcpListener) {
                 match acceptor {
                     Some(acceptor) => {
                         match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
-                            Ok(Ok(tls)) => serve(&this, tls, id, ticket, deadline).await,
-                            Ok(Err(e)) => info!(error = %e, "TLS handshake failed"),
-                            Err(_) => info!("TLS handshake timed out"),
+                            Ok(Ok(tls)) => serve(&this, &logs, tls, id, ticket, deadline).await,
+                            Ok(Err(e)) if logs.handshakes.allow() => {
+                                info!(error = %escaped(e), "TLS handshake failed");
+                            }
+                            Err(_) if logs.handshakes.allow() => info!("TLS handshake timed out"),
+                            _ => {}
                         }
                     }
-                    None => serve(&this, tcp, id, ticket, deadline).await,
+                    None => serve(&this, &logs, tcp, id, ticket, deadline).await,
                 }
             }
             .instrument(span),
@@ -76,6 +118,7 @@ pub(crate) async fn run(this: TunnelListener, listener: TcpListener) {
 
 async fn serve<S>(
     this: &TunnelListener,
+    logs: &Logs,
     stream: S,
     id: u64,
     ticket: Ticket,
@@ -91,11 +134,15 @@ async fn serve<S>(
     let mut ws = match tokio::time::timeout_at(deadline, upgrade).await {
         Ok(Ok(ws)) => WsConn::accepted(ws.into_inner()),
         Ok(Err(e)) => {
-            info!(error = %e, "not a WebSocket tunnel request; closed");
+            if logs.handshakes.allow() {
+                info!(error = %escaped(e), "not a WebSocket tunnel request; closed");
+            }
             return;
         }
         Err(_) => {
-            info!("WebSocket upgrade timed out; closed");
+            if logs.handshakes.allow() {
+                info!("WebSocket upgrade timed out; closed");
+            }
             return;
         }
     };
@@ -104,14 +151,22 @@ async fn serve<S>(
     {
         Ok(admitted) => admitted,
         Err(HandshakeError::Refused { code, message, edge_id }) => {
-            warn!(edge = %edge_id, ?code, %message, "edge refused");
+            if matches!(code, RefuseCode::Superseded | RefuseCode::TooManyTunnels) {
+                ticket.authenticated(); // refused after proving its token
+            }
+            if logs.handshakes.allow() {
+                warn!(edge = %escaped(&edge_id), ?code, %message, "edge refused");
+            }
             return;
         }
         Err(HandshakeError::Wire(e)) => {
-            info!(error = %e, "tunnel handshake failed");
+            if logs.handshakes.allow() {
+                info!(error = %escaped(e), "tunnel handshake failed");
+            }
             return;
         }
     };
+    ticket.authenticated();
     drop(ticket);
     let settings = MuxSettings {
         heartbeat_interval: tunnel_config.heartbeat_interval,
@@ -122,11 +177,13 @@ async fn serve<S>(
         ..MuxSettings::default()
     };
     let (tunnel, _no_incoming) = Tunnel::spawn(ws, Role::Cloud, id, settings);
-    info!(edge = %admitted.edge_id, epoch = admitted.epoch, version = %admitted.agent_version,
-        "edge connected");
-    this.edges.add(&admitted.edge_id, admitted.epoch, tunnel.clone());
+    let edge_id = admitted.admission.edge_id().to_owned();
+    info!(edge = %edge_id, epoch = admitted.admission.epoch(),
+        version = %escaped(&admitted.agent_version), "edge connected");
+    this.edges.add(admitted.admission, tunnel.clone());
     tunnel.closed().await;
-    info!(edge = %admitted.edge_id, reason = tunnel.close_reason().unwrap_or_default(),
+    // The reason may be the edge's go-away message.
+    info!(edge = %edge_id, reason = %escaped(tunnel.close_reason().unwrap_or_default()),
         "edge tunnel closed");
     debug!("tunnel task done");
 }

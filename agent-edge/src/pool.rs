@@ -8,6 +8,7 @@ use std::time::Duration;
 use proto::GoAwayCode;
 use tracing::{Instrument, info, info_span, warn};
 use tunnel::Tunnel;
+use tunnel::untrusted::escaped;
 
 use crate::backoff::Backoff;
 use crate::connector;
@@ -78,7 +79,10 @@ pub(crate) async fn run_slot(slot: Slot) {
                 if !e.is_transient() {
                     delay = delay.max(MIN_DELAY_AFTER_REFUSAL);
                 }
-                span.in_scope(|| warn!(error = %e, retry_in = ?delay, "tunnel not established"));
+                // The error may carry the cloud's refusal message.
+                span.in_scope(|| {
+                    warn!(error = %escaped(&e), retry_in = ?delay, "tunnel not established");
+                });
                 delay
             }
         };
@@ -109,11 +113,13 @@ async fn serve(slot: &Slot, dialled: Dialled) {
             }
             Some(stream) = incoming.recv() => {
                 let span = info_span!("stream", tunnel = tunnel.id(), stream = stream.id(),
-                    mapping = %stream.mapping);
+                    mapping = %escaped(&stream.mapping));
                 shared.streams.spawn(connector::serve(Arc::clone(shared), stream).instrument(span));
             }
         }
     }
     shared.live_tunnels.fetch_sub(1, Ordering::Relaxed);
-    info!(tunnel = tunnel.id(), reason = tunnel.close_reason().unwrap_or_default(), "tunnel down");
+    // The reason may be the cloud's go-away message.
+    let reason = tunnel.close_reason().unwrap_or_default();
+    info!(tunnel = tunnel.id(), reason = %escaped(reason), "tunnel down");
 }

@@ -23,6 +23,11 @@ pub const MAX_STREAMS_PER_TUNNEL_RANGE: RangeInclusive<u32> = 1..=1_000_000;
 pub const DEFAULT_MAX_TUNNELS_PER_EDGE: u32 = 8;
 /// Allowed `[tunnel] max_tunnels_per_edge`.
 pub const MAX_TUNNELS_PER_EDGE_RANGE: RangeInclusive<u32> = 1..=64;
+/// Default `[tunnel] ipv6_source_prefix`: unauthenticated handshakes from
+/// IPv6 addresses are limited per prefix of this many bits.
+pub const DEFAULT_IPV6_SOURCE_PREFIX: u32 = 64;
+/// Allowed `[tunnel] ipv6_source_prefix`.
+pub const IPV6_SOURCE_PREFIX_RANGE: RangeInclusive<u32> = 32..=128;
 /// Default `stream_window` (cloud `[tunnel]`, edge top level), in bytes.
 pub const DEFAULT_STREAM_WINDOW: u32 = 1024 * 1024;
 /// Allowed `stream_window`, in bytes.
@@ -101,6 +106,9 @@ pub(crate) mod serde_fns {
     }
     pub(crate) fn max_tunnels_per_edge() -> Spanned<u32> {
         unplaced(DEFAULT_MAX_TUNNELS_PER_EDGE)
+    }
+    pub(crate) fn ipv6_source_prefix() -> Spanned<u32> {
+        unplaced(DEFAULT_IPV6_SOURCE_PREFIX)
     }
     pub(crate) fn stream_window() -> Spanned<u32> {
         unplaced(DEFAULT_STREAM_WINDOW)

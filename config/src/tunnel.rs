@@ -36,6 +36,9 @@ pub struct TunnelListenConfig {
     pub max_streams_per_tunnel: u32,
     /// `max_tunnels_per_edge`: concurrent tunnels one edge id may hold.
     pub max_tunnels_per_edge: u32,
+    /// `ipv6_source_prefix`: IPv6 addresses whose first this many bits are
+    /// equal count as one source for the unauthenticated-handshake limit.
+    pub ipv6_source_prefix: u32,
     /// `stream_window`: largest flow-control window one stream's receive
     /// window grows to, in bytes (each starts at 64 KiB).
     pub stream_window: u32,
@@ -56,6 +59,7 @@ impl TunnelListenConfig {
             handshake_timeout: d::DEFAULT_HANDSHAKE_TIMEOUT,
             max_streams_per_tunnel: d::DEFAULT_MAX_STREAMS_PER_TUNNEL,
             max_tunnels_per_edge: d::DEFAULT_MAX_TUNNELS_PER_EDGE,
+            ipv6_source_prefix: d::DEFAULT_IPV6_SOURCE_PREFIX,
             stream_window: d::DEFAULT_STREAM_WINDOW,
             window_budget: d::DEFAULT_WINDOW_BUDGET,
         }
@@ -89,6 +93,8 @@ pub(crate) struct RawTunnel {
     max_streams_per_tunnel: Spanned<u32>,
     #[serde(default = "serde_fns::max_tunnels_per_edge")]
     max_tunnels_per_edge: Spanned<u32>,
+    #[serde(default = "serde_fns::ipv6_source_prefix")]
+    ipv6_source_prefix: Spanned<u32>,
     #[serde(default = "serde_fns::stream_window")]
     stream_window: Spanned<u32>,
     #[serde(default = "serde_fns::window_budget")]
@@ -176,6 +182,11 @@ impl RawTunnel {
                 "max_tunnels_per_edge",
                 &self.max_tunnels_per_edge,
                 d::MAX_TUNNELS_PER_EDGE_RANGE,
+            )?,
+            ipv6_source_prefix: count(
+                "ipv6_source_prefix",
+                &self.ipv6_source_prefix,
+                d::IPV6_SOURCE_PREFIX_RANGE,
             )?,
             stream_window: count("stream_window", &self.stream_window, d::STREAM_WINDOW_RANGE)?,
             // Any u32 is allowed (0: no stream grows); the TOML type check

@@ -25,6 +25,7 @@ fn cloud_defaults_equal_the_constants() {
     assert_eq!(t.handshake_timeout, DEFAULT_HANDSHAKE_TIMEOUT);
     assert_eq!(t.max_streams_per_tunnel, DEFAULT_MAX_STREAMS_PER_TUNNEL);
     assert_eq!(t.max_tunnels_per_edge, DEFAULT_MAX_TUNNELS_PER_EDGE);
+    assert_eq!(t.ipv6_source_prefix, DEFAULT_IPV6_SOURCE_PREFIX);
     assert_eq!(t.stream_window, DEFAULT_STREAM_WINDOW);
     assert_eq!(t.window_budget, DEFAULT_WINDOW_BUDGET);
     assert_eq!(t.tls, None);
@@ -37,6 +38,7 @@ fn cloud_defaults_equal_the_constants() {
     assert_eq!(DEFAULT_HANDSHAKE_TIMEOUT.as_secs(), 10);
     assert_eq!(DEFAULT_MAX_STREAMS_PER_TUNNEL, 4096);
     assert_eq!(DEFAULT_MAX_TUNNELS_PER_EDGE, 8);
+    assert_eq!(DEFAULT_IPV6_SOURCE_PREFIX, 64);
     assert_eq!(DEFAULT_STREAM_WINDOW, 1_048_576);
     assert_eq!(DEFAULT_WINDOW_BUDGET, 33_554_432);
     assert_eq!(DEFAULT_SHUTDOWN_GRACE.as_secs(), 30);

@@ -131,7 +131,7 @@ fn status(client: &ControlClient, output: Output) -> Result<(), ClientError> {
     print(output, &status, |s| {
         format!(
             "relay-cloud {} at {}: {}/{} edges connected, {}/{} mappings active\n\n{}\n{}",
-            s.version,
+            tunnel::untrusted::escape(&s.version),
             client.endpoint(),
             s.edges_connected,
             s.edges_total,
@@ -190,4 +190,40 @@ fn mappings_table(mappings: &[MappingView]) -> String {
         ]);
     }
     t.render()
+}
+
+#[cfg(test)]
+mod tests {
+    use api::EdgeHealth;
+
+    use super::*;
+
+    fn edge(version: &str) -> EdgeView {
+        EdgeView {
+            id: "site-a".into(),
+            health: EdgeHealth::Connected,
+            tunnels_up: 2,
+            tunnels_configured: 2,
+            tunnels: Vec::new(),
+            draining: false,
+            last_seen_unix_ms: None,
+            rtt_p50_us: None,
+            rtt_p99_us: None,
+            version: Some(version.into()),
+            cpu_percent: None,
+            memory_used_bytes: None,
+            memory_total_bytes: None,
+            connect_failures: 0,
+        }
+    }
+
+    #[test]
+    fn an_edge_reported_version_cannot_send_escape_sequences_to_the_terminal() {
+        // Clear the screen, retitle the window, reverse the text's direction.
+        let hostile = "0.1.0\u{1b}[2J\u{1b}]0;pwned\u{7}\r\n\u{202e}evil";
+        let out = edges_table(&[edge(hostile)]);
+        assert!(!out.contains(['\u{1b}', '\u{7}', '\r', '\u{202e}']), "{out:?}");
+        assert_eq!(out.lines().count(), 2, "one header and one row: {out:?}");
+        assert!(out.contains("0.1.0\\u{1b}[2J\\u{1b}]0;pwned\\u{7}\\r\\n\\u{202e}evil"), "{out}");
+    }
 }

@@ -1,6 +1,11 @@
 //! Aligned plain-text tables for people (scripts use `-o json`).
+//!
+//! Cells may hold text an edge reported (its version) or an error message:
+//! each is escaped ([`tunnel::untrusted`]) so none can drive the terminal.
 
 use std::fmt::Write;
+
+use tunnel::untrusted::escape_owned;
 
 /// A table built row by row and rendered with columns padded to fit.
 #[derive(Debug, Default)]
@@ -14,7 +19,7 @@ impl Table {
     }
 
     pub(crate) fn row(&mut self, cells: Vec<String>) {
-        self.rows.push(cells);
+        self.rows.push(cells.into_iter().map(escape_owned).collect());
     }
 
     pub(crate) fn render(&self) -> String {

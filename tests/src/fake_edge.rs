@@ -71,14 +71,41 @@ pub async fn challenge(cloud: SocketAddr) -> (Ws, [u8; NONCE_LEN]) {
 
 /// The `Auth` answering `server_nonce` as `edge_id` with `token`.
 pub fn auth(server_nonce: &[u8; NONCE_LEN], edge_id: &str, token: &str, version: u16) -> Frame {
+    auth_from_run(server_nonce, edge_id, token, version, 1)
+}
+
+/// [`auth`] from the edge run (process) `epoch`.
+pub fn auth_from_run(
+    server_nonce: &[u8; NONCE_LEN],
+    edge_id: &str,
+    token: &str,
+    version: u16,
+    epoch: u64,
+) -> Frame {
     let nonce = [7u8; NONCE_LEN];
     Frame::Auth {
         version,
         edge_id: edge_id.into(),
-        epoch: 1,
+        epoch,
         agent_version: "test".into(),
         nonce,
-        proof: proto::auth_proof(token.as_bytes(), server_nonce, &nonce, version, 1, edge_id),
+        proof: proto::auth_proof(token.as_bytes(), server_nonce, &nonce, version, epoch, edge_id),
+    }
+}
+
+/// Sends the handshake of edge `fake` from run `epoch` on a socket that
+/// read its challenge: the socket once welcomed, or what the cloud answered
+/// instead (`None`: nothing within 5 s, or the socket closed).
+pub async fn finish_handshake(
+    mut ws: Ws,
+    server_nonce: &[u8; NONCE_LEN],
+    epoch: u64,
+) -> Result<Ws, Option<Frame>> {
+    let auth = auth_from_run(server_nonce, "fake", FAKE_TOKEN, PROTOCOL_VERSION, epoch);
+    ws.send(Message::Binary(encode(&auth))).await.map_err(|_| None)?;
+    match recv_frame(&mut ws).await {
+        Some(Frame::Welcome { .. }) => Ok(ws),
+        other => Err(other),
     }
 }
 

@@ -447,3 +447,65 @@ async fn oversized_websocket_headers_are_refused() {
     edge.shutdown().await;
     cloud.shutdown().await;
 }
+
+/// Whether a connection from `source` is closed at once (the gate refused
+/// it) rather than kept waiting for a handshake.
+async fn refused_at_the_gate(cloud: SocketAddr, source: IpAddr) -> bool {
+    let socket = TcpSocket::new_v4().expect("socket");
+    socket.bind(SocketAddr::new(source, 0)).expect("bind probe source");
+    let Ok(mut tcp) = socket.connect(cloud).await else { return false };
+    let mut buf = [0u8; 1];
+    matches!(
+        tokio::time::timeout(Duration::from_millis(500), tcp.read(&mut buf)).await,
+        Ok(Ok(0) | Err(_))
+    )
+}
+
+/// 40 addresses x 32 stalled handshakes, more than the 1,024 places: a
+/// known edge (it connected before, from 127.0.0.1) still reconnects at
+/// once, long before the flood's handshakes time out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_from_many_addresses_does_not_lock_out_a_known_edge() {
+    const SOURCES: u8 = 40;
+    const PER_SOURCE: usize = 32;
+    let echo = echo_server().await;
+    let toml =
+        cloud_toml("127.0.0.1:0", &[("echo", &echo.to_string())], "handshake_timeout = \"60s\"");
+    let cloud = Cloud::start(cloud_config(&toml)).await.expect("cloud");
+    let tunnel = cloud.tunnel_addr();
+    let public = cloud.mapping_addr("echo").expect("echo");
+    let edge_text = edge_toml(tunnel, &[echo.to_string()], TOKEN);
+    let edge = Edge::start(edge_config(&edge_text)).expect("edge");
+    assert!(eventually(Duration::from_secs(10), || serves(public)).await, "edge never served");
+    edge.shutdown().await;
+    assert!(eventually(Duration::from_secs(10), || async { cloud.live_tunnels("e1") == 0 }).await);
+
+    let mut flood = Vec::new();
+    for s in 0..SOURCES {
+        for _ in 0..PER_SOURCE {
+            let socket = TcpSocket::new_v4().expect("socket");
+            socket.bind(SocketAddr::new(IpAddr::from([127, 0, 1, 1 + s]), 0)).expect("bind");
+            if let Ok(tcp) = socket.connect(tunnel).await {
+                flood.push(tcp);
+            }
+        }
+    }
+    // The gate is full for newcomers once a connection from a fresh
+    // address is closed at once.
+    assert!(
+        eventually(Duration::from_secs(10), || refused_at_the_gate(tunnel, [127, 0, 2, 1].into()))
+            .await,
+        "{} stalled handshakes did not fill the gate",
+        flood.len()
+    );
+
+    let edge = Edge::start(edge_config(&edge_text)).expect("edge again");
+    assert!(
+        eventually(Duration::from_secs(10), || serves(public)).await,
+        "a known edge could not reconnect past {} stalled handshakes",
+        flood.len()
+    );
+    drop(flood);
+    edge.shutdown().await;
+    cloud.shutdown().await;
+}

@@ -16,6 +16,7 @@
 //! - [`ws`]: WebSocket framing after the HTTP upgrade (and the client's
 //!   upgrade), written for the data path: no copy on the cloud's sends.
 //! - [`tls`]: rustls configuration from PEM files.
+//! - [`untrusted`]: peer text escaped for logs and terminals.
 //!
 //! # Memory bounds
 //! Every queue is bounded: outbound frames share one bounded queue per
@@ -30,6 +31,7 @@ pub mod relay;
 pub mod service;
 pub mod stream;
 pub mod tls;
+pub mod untrusted;
 pub mod wire;
 pub mod ws;
 

@@ -188,3 +188,18 @@ fn a_long_hint_wraps_instead_of_being_cut() {
     let shot = screen(&app, (80, 24));
     assert!(shot.contains("removing db…") && !shot.contains("everything)"), "{shot}");
 }
+
+#[test]
+fn an_edge_reported_version_is_shown_escaped() {
+    let mut app = fixtures::app();
+    let mut snapshot = fixtures::snapshot();
+    snapshot.edges[0].version = Some("1\u{1b}]0;x\u{7}\u{202e}y".into());
+    app.update(super::app::Action::Snapshot { result: Ok(snapshot), now_ms: fixtures::NOW });
+    press(&mut app, KeyCode::Tab, KeyModifiers::NONE); // the edge's detail shows its version
+    let buffer = render(&app, (160, 40)).backend().buffer().clone();
+    let hidden =
+        buffer.content.iter().find(|c| c.symbol().contains(['\u{1b}', '\u{7}', '\u{202e}']));
+    assert!(hidden.is_none(), "a raw control character reached the screen: {hidden:?}");
+    let screen = text(&buffer);
+    assert!(screen.contains("1\\u{1b}]0;x\\u{7}\\u{202e}y"), "{screen}");
+}

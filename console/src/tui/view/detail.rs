@@ -159,7 +159,7 @@ pub(super) fn edge(frame: &mut Frame<'_>, app: &App, area: Rect) {
         section(frame, theme, area, Line::styled(" detail ", theme.heading()));
         return;
     };
-    let version = e.version.as_deref().unwrap_or("unknown");
+    let version = tunnel::untrusted::escape(e.version.as_deref().unwrap_or("unknown"));
     let head = format!(" edge {} · version {version} ", e.id);
     let inner = section(frame, theme, area, Line::styled(head, theme.heading()));
     let mappings: Vec<&str> = app

@@ -28,6 +28,12 @@ impl Column {
         Column { header, cells: Vec::new(), max, priority, right: false }
     }
 
+    /// Adds a cell, escaped: an edge reports its own version, and no
+    /// value may drive the terminal.
+    fn push(&mut self, (text, style): (String, Style)) {
+        self.cells.push((tunnel::untrusted::escape_owned(text), style));
+    }
+
     fn right(mut self) -> Column {
         self.right = true;
         self
@@ -165,7 +171,7 @@ pub(super) fn edges(frame: &mut Frame<'_>, app: &App, area: Rect) {
             plain(e.version.clone().unwrap_or_else(|| "–".to_owned())),
         ];
         for (col, value) in cols.iter_mut().zip(values) {
-            col.cells.push(value);
+            col.push(value);
         }
     }
     let selected = app.edge_index().filter(|_| app.focus == Focus::Edges);
@@ -235,7 +241,7 @@ pub(super) fn mappings(frame: &mut Frame<'_>, app: &App, area: Rect) {
             plain(format::rate(m.throughput_out_bps)),
         ];
         for (col, value) in cols.iter_mut().zip(values) {
-            col.cells.push(value);
+            col.push(value);
         }
     }
     render(frame, area, cols.into(), app.mapping_index(), styles(app, Focus::Mappings));
