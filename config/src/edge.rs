@@ -11,7 +11,7 @@ use crate::error::{ConfigError, Doc};
 use crate::log::{LogConfig, RawLog};
 use crate::secret::{EDGE_TOKEN_KEYS, Secret, TokenKeys};
 use crate::values::{self, Dur};
-use crate::{CloudUrl, HostPort, load};
+use crate::{AllowEntry, CloudUrl, load};
 
 /// `relay-edge` configuration: which cloud to dial, as whom, and which
 /// destinations it may connect to.
@@ -28,8 +28,13 @@ pub struct EdgeConfig {
     /// `ca_file`: extra PEM trust root for `wss://`, resolved against the
     /// config file's directory; not read when the config loads.
     pub ca_file: Option<PathBuf>,
-    /// `allow`: the exact destinations this edge may connect to.
-    pub allow: Vec<HostPort>,
+    /// `allow`: the destinations this edge may connect to: names and
+    /// addresses (`host:port`) and networks (`10.0.0.0/8:22`).
+    pub allow: Vec<AllowEntry>,
+    /// `check_resolved`: connect to a name only at resolved addresses that
+    /// an address entry of `allow` admits too. Validation makes sure one
+    /// exists when this is set.
+    pub check_resolved: bool,
     /// `connect_timeout`: limit on connecting to a destination.
     pub connect_timeout: Duration,
     /// `[reconnect]`: backoff between failed tunnel attempts.
@@ -93,7 +98,8 @@ struct RawEdge {
     tunnels: Spanned<u32>,
     ca_file: Option<Spanned<PathBuf>>,
     #[serde(default)]
-    allow: Vec<HostPort>,
+    allow: Vec<AllowEntry>,
+    check_resolved: Option<Spanned<bool>>,
     #[serde(default = "serde_fns::connect_timeout")]
     connect_timeout: Spanned<Dur>,
     #[serde(default)]
@@ -138,6 +144,17 @@ impl RawEdge {
             Some(p) => Some(load::path(doc, "ca_file", p)?),
             None => None,
         };
+        let check_resolved = self.check_resolved.as_ref().is_some_and(|c| *c.get_ref());
+        if let Some(c) = self.check_resolved.as_ref().filter(|_| check_resolved)
+            && !self.allow.iter().any(AllowEntry::is_address)
+        {
+            return Err(doc.error_at(
+                c.span(),
+                "check_resolved: true, but `allow` has no IP or network entry, so every name \
+                 would be refused; add the networks the names must resolve into, such as \
+                 \"10.0.0.0/8:*\"",
+            ));
+        }
         Ok(EdgeConfig {
             cloud_url: self.cloud_url,
             edge_id,
@@ -145,6 +162,7 @@ impl RawEdge {
             tunnels,
             ca_file,
             allow: self.allow,
+            check_resolved,
             connect_timeout: values::nonzero(doc, "connect_timeout", &self.connect_timeout)?,
             reconnect: self.reconnect.validate(doc)?,
             shutdown_grace: self.shutdown_grace.into_inner().0,

@@ -106,8 +106,12 @@ fn full_edge_fixture_values() {
     );
     assert_eq!(e.ca_file.as_deref(), Some(dir.join("certs/cloud-ca.pem").as_path()));
     assert_eq!(e.tunnels, 16);
-    assert_eq!(e.allow.len(), 3);
-    assert_eq!(e.allow[2].to_string(), "[fd00::5]:5432");
+    let allow: Vec<String> = e.allow.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        allow,
+        ["10.0.0.7:22", "db.internal:5432", "[fd00::5]:5432", "10.0.0.0/8:*", "[fd00::]/8:5432"]
+    );
+    assert!(e.check_resolved);
     assert_eq!(e.reconnect.initial, e.reconnect.max);
     assert!(e.shutdown_grace.is_zero());
     assert!(!format!("{e:?}").contains(std::str::from_utf8(e.token.expose()).unwrap()));
