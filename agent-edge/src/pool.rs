@@ -79,6 +79,8 @@ pub(crate) async fn run_slot(slot: Slot) {
                     delay = delay.max(MIN_DELAY_AFTER_REFUSAL);
                 }
                 span.in_scope(|| warn!(error = %e, retry_in = ?delay, "tunnel not established"));
+                *shared.last_dial_error.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some(e.to_string());
                 delay
             }
         };
