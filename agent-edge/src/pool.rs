@@ -67,11 +67,16 @@ pub(crate) async fn run_slot(slot: Slot) {
         let delay = match dialled {
             Ok(dialled) => {
                 backoff.reset();
-                serve(&slot, dialled).instrument(span.clone()).await;
+                let (tunnel, reason) = serve(&slot, dialled).instrument(span.clone()).await;
                 if shared.stop_tunnels.is_cancelled() {
+                    span.in_scope(|| info!(tunnel, reason, "tunnel down"));
                     return;
                 }
-                backoff.next_delay(fastrand::f64())
+                // The first delay is logged too, so the whole schedule can
+                // be checked from the log.
+                let delay = backoff.next_delay(fastrand::f64());
+                span.in_scope(|| info!(tunnel, reason, retry_in = ?delay, "tunnel down"));
+                delay
             }
             Err(e) => {
                 let mut delay = backoff.next_delay(fastrand::f64());
@@ -91,7 +96,8 @@ pub(crate) async fn run_slot(slot: Slot) {
     }
 }
 
-async fn serve(slot: &Slot, dialled: Dialled) {
+/// Serves a tunnel until it ends; returns its id and why it closed.
+async fn serve(slot: &Slot, dialled: Dialled) -> (u64, String) {
     let Dialled { tunnel, mut incoming } = dialled;
     let shared = &slot.shared;
     info!(tunnel = tunnel.id(), "tunnel up");
@@ -117,5 +123,5 @@ async fn serve(slot: &Slot, dialled: Dialled) {
         }
     }
     shared.live_tunnels.fetch_sub(1, Ordering::Relaxed);
-    info!(tunnel = tunnel.id(), reason = tunnel.close_reason().unwrap_or_default(), "tunnel down");
+    (tunnel.id(), tunnel.close_reason().unwrap_or_default())
 }
