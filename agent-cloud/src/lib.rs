@@ -32,22 +32,32 @@ mod mappings;
 mod metrics;
 mod net;
 mod sampler;
+mod state_check;
 mod store;
 mod tunnel_listener;
 
 pub use cloud::{Cloud, MappingStatus, StartError};
 
-/// Checks what `--check` can check beyond parsing: the TLS files load.
-/// Returns a one-line summary of the configuration.
+/// Checks what `--check` can check beyond parsing: the TLS files load,
+/// and the state file (with `[control]`) can be written. Returns a
+/// one-line summary of the configuration.
 ///
 /// # Errors
-/// If the TLS certificate or key cannot be used.
+/// If the TLS certificate or key cannot be used, or the state file's
+/// directory is not writable.
 pub fn check(config: &config::CloudConfig) -> Result<String, StartError> {
     if let Some(files) = &config.tunnel.tls {
         tunnel::tls::server_config(&files.cert, &files.key)?;
     }
+    let state = match &config.control {
+        Some(control) => {
+            state_check::check_writable(&control.state_file).map_err(StartError::State)?;
+            format!(", state file {}", control.state_file.display())
+        }
+        None => String::new(),
+    };
     Ok(format!(
-        "tunnel on {} ({}), {} edge(s), {} mapping(s)",
+        "tunnel on {} ({}), {} edge(s), {} mapping(s){state}",
         config.tunnel.listen,
         if config.tunnel.tls.is_some() { "wss" } else { "plain ws" },
         config.edges.len(),
