@@ -35,8 +35,9 @@ pub enum StartError {
     /// The TLS certificate or key could not be loaded.
     #[error("TLS: {0}")]
     Tls(#[from] tunnel::tls::TlsError),
-    /// The state file exists but cannot be read; starting without it would
-    /// silently drop the mappings added at run time.
+    /// The state file exists but cannot be read (starting without it would
+    /// silently drop the mappings added at run time), or its directory is
+    /// not writable (every change through the API would fail).
     #[error("{0}")]
     State(String),
 }
@@ -111,6 +112,9 @@ impl Cloud {
             config.edge_ids(),
             &config.groups,
         ));
+        if let Some(c) = &config.control {
+            crate::state_check::check_writable(&c.state_file).map_err(StartError::State)?;
+        }
         let store = config.control.as_ref().map(|c| Store::new(c.state_file.clone()));
         let persisted = match &store {
             Some(store) => store.load().map_err(|e| StartError::State(e.to_string()))?,

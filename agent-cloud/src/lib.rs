@@ -34,18 +34,21 @@ mod mappings;
 mod metrics;
 mod net;
 mod sampler;
+mod state_check;
 mod store;
 mod tunnel_listener;
 
 pub use cloud::{Cloud, MappingStatus, StartError};
 
-/// Checks what `--check` can check beyond parsing: the TLS files load.
-/// Returns a one-line summary of the configuration, with the `pin_sha256`
-/// of the certificate's key for edges that pin it. The config's `warnings`
-/// are the caller's to show.
+/// Checks what `--check` can check beyond parsing: the TLS files load,
+/// and the state file (with `[control]`) can be written. Returns a
+/// one-line summary of the configuration, with the `pin_sha256` of the
+/// certificate's key for edges that pin it. The config's `warnings` are
+/// the caller's to show.
 ///
 /// # Errors
-/// If the TLS certificate or key cannot be used.
+/// If the TLS certificate or key cannot be used, or the state file's
+/// directory is not writable.
 pub fn check(config: &config::CloudConfig) -> Result<String, StartError> {
     let transport = match &config.tunnel.tls {
         Some(files) => {
@@ -56,8 +59,15 @@ pub fn check(config: &config::CloudConfig) -> Result<String, StartError> {
         }
         None => "plain ws".to_owned(),
     };
+    let state = match &config.control {
+        Some(control) => {
+            state_check::check_writable(&control.state_file).map_err(StartError::State)?;
+            format!(", state file {}", control.state_file.display())
+        }
+        None => String::new(),
+    };
     Ok(format!(
-        "tunnel on {} ({transport}), {} edge(s), {} mapping(s)",
+        "tunnel on {} ({transport}), {} edge(s), {} mapping(s){state}",
         config.tunnel.listen,
         config.edges.len(),
         config.mappings.len()

@@ -1,9 +1,11 @@
 //! Serving one stream: allowlist, destination connect, relay.
 
 use std::io;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use config::AllowEntry;
 use proto::{OpenCode, ResetCode};
 use tokio::net::TcpStream;
 use tracing::{debug, info};
@@ -11,10 +13,71 @@ use tunnel::IncomingStream;
 
 use crate::edge::EdgeShared;
 
-/// Whether `host:port` is on the allowlist: exact entries, host names
-/// compared without regard to case. Checked on every stream.
-pub(crate) fn allowed(allow: &[config::HostPort], host: &str, port: u16) -> bool {
-    allow.iter().any(|entry| entry.port == port && entry.host.eq_ignore_ascii_case(host))
+/// Whether the destination `host:port`, as the cloud sent it, is on the
+/// allowlist (see [`AllowEntry::admits`]). Checked on every stream.
+pub(crate) fn allowed(allow: &[AllowEntry], host: &str, port: u16) -> bool {
+    allow.iter().any(|entry| entry.admits(host, port))
+}
+
+/// Why a destination gets no connection.
+#[derive(Debug)]
+pub(crate) enum NoConnect {
+    /// Not on the allowlist, or (with `check_resolved`) resolved only to
+    /// addresses outside it: the message says which.
+    Denied(String),
+    /// The name did not resolve, or no address took the connection.
+    Failed(io::Error),
+}
+
+/// The addresses to connect to for an allowed `host:port`, resolved once:
+/// an IP literal as it is; a name through `resolve`, keeping (with
+/// `check_resolved`) only the addresses an address entry of `allow`
+/// admits. The caller connects to exactly these, so what was checked is
+/// what is dialled: a second lookup could answer differently.
+///
+/// # Errors
+/// [`NoConnect::Failed`] if `resolve` fails or finds nothing;
+/// [`NoConnect::Denied`] if `check_resolved` leaves no address.
+pub(crate) async fn addresses<R, Fut>(
+    allow: &[AllowEntry],
+    check_resolved: bool,
+    host: &str,
+    port: u16,
+    resolve: R,
+) -> Result<Vec<SocketAddr>, NoConnect>
+where
+    R: FnOnce(String, u16) -> Fut,
+    Fut: Future<Output = io::Result<Vec<SocketAddr>>>,
+{
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return Ok(vec![SocketAddr::new(ip, port)]);
+    }
+    let found = resolve(host.to_owned(), port).await.map_err(NoConnect::Failed)?;
+    if found.is_empty() {
+        let e = io::Error::new(io::ErrorKind::NotFound, format!("{host} has no address"));
+        return Err(NoConnect::Failed(e));
+    }
+    if !check_resolved {
+        return Ok(found);
+    }
+    let (kept, dropped): (Vec<SocketAddr>, Vec<SocketAddr>) =
+        found.into_iter().partition(|a| allow.iter().any(|entry| entry.admits_addr(*a)));
+    if !dropped.is_empty() {
+        let dropped: Vec<String> = dropped.iter().map(|a| a.ip().to_string()).collect();
+        info!(%host, port, outside = %dropped.join(", "),
+            "resolved addresses outside the allowlist's networks; not used");
+    }
+    if kept.is_empty() {
+        return Err(NoConnect::Denied(format!(
+            "{host} resolved only to addresses outside the edge's allowed networks"
+        )));
+    }
+    Ok(kept)
+}
+
+/// The system resolver, as [`addresses`] takes it.
+async fn lookup(host: String, port: u16) -> io::Result<Vec<SocketAddr>> {
+    Ok(tokio::net::lookup_host((host.as_str(), port)).await?.collect())
 }
 
 fn open_code(e: &io::Error) -> OpenCode {
@@ -25,6 +88,13 @@ fn open_code(e: &io::Error) -> OpenCode {
     }
 }
 
+/// Resolves (once) and connects to the first address that answers.
+async fn connect(shared: &EdgeShared, host: &str, port: u16) -> Result<TcpStream, NoConnect> {
+    let config = &shared.config;
+    let addrs = addresses(&config.allow, config.check_resolved, host, port, lookup).await?;
+    TcpStream::connect(addrs.as_slice()).await.map_err(NoConnect::Failed)
+}
+
 pub(crate) async fn serve(shared: Arc<EdgeShared>, stream: IncomingStream) {
     let (host, port) = (stream.host.clone(), stream.port);
     if shared.draining.load(Ordering::Relaxed) {
@@ -32,14 +102,21 @@ pub(crate) async fn serve(shared: Arc<EdgeShared>, stream: IncomingStream) {
         return;
     }
     if !allowed(&shared.config.allow, &host, port) {
+        shared.denied.fetch_add(1, Ordering::Relaxed);
         info!(%host, port, "destination not on the allowlist; refused");
         stream.reject(OpenCode::Denied, "destination not on the edge's allowlist").await;
         return;
     }
     let timeout = shared.config.connect_timeout;
-    let tcp = match tokio::time::timeout(timeout, TcpStream::connect((host.as_str(), port))).await {
+    let tcp = match tokio::time::timeout(timeout, connect(&shared, &host, port)).await {
         Ok(Ok(tcp)) => tcp,
-        Ok(Err(e)) => {
+        Ok(Err(NoConnect::Denied(why))) => {
+            shared.denied.fetch_add(1, Ordering::Relaxed);
+            info!(%host, port, "{why}; refused");
+            stream.reject(OpenCode::Denied, &why).await;
+            return;
+        }
+        Ok(Err(NoConnect::Failed(e))) => {
             shared.connects_failed.fetch_add(1, Ordering::Relaxed);
             info!(%host, port, error = %e, "destination connect failed");
             stream.reject(open_code(&e), &e.to_string()).await;
@@ -71,10 +148,17 @@ pub(crate) async fn serve(shared: Arc<EdgeShared>, stream: IncomingStream) {
 mod tests {
     use super::*;
 
+    fn entries(list: &[&str]) -> Vec<AllowEntry> {
+        list.iter().map(|e| e.parse().unwrap()).collect()
+    }
+
+    fn addrs(list: &[&str]) -> Vec<SocketAddr> {
+        list.iter().map(|a| a.parse().unwrap()).collect()
+    }
+
     #[test]
     fn allowlist_is_exact_on_port_and_case_blind_on_host() {
-        let allow: Vec<config::HostPort> =
-            vec!["db.internal:5432".parse().unwrap(), "127.0.0.1:22".parse().unwrap()];
+        let allow = entries(&["db.internal:5432", "127.0.0.1:22"]);
         assert!(allowed(&allow, "db.internal", 5432));
         assert!(allowed(&allow, "DB.Internal", 5432));
         assert!(!allowed(&allow, "db.internal", 5433));
@@ -82,5 +166,58 @@ mod tests {
         assert!(allowed(&allow, "127.0.0.1", 22));
         assert!(!allowed(&allow, "127.0.0.2", 22));
         assert!(!allowed(&[], "127.0.0.1", 22));
+    }
+
+    #[test]
+    fn networks_admit_addresses_and_never_names() {
+        let allow = entries(&["10.0.0.0/8:22", "[fd00::]/8:*"]);
+        assert!(allowed(&allow, "10.9.8.7", 22));
+        assert!(!allowed(&allow, "10.9.8.7", 23));
+        assert!(allowed(&allow, "fd00::1", 5432));
+        assert!(!allowed(&allow, "ten.internal", 22), "a name needs its own entry");
+    }
+
+    /// A resolver that answers `answer` once.
+    fn answers(
+        answer: &[&str],
+    ) -> impl FnOnce(String, u16) -> std::future::Ready<io::Result<Vec<SocketAddr>>> {
+        let answer = addrs(answer);
+        move |_, _| std::future::ready(Ok(answer))
+    }
+
+    #[tokio::test]
+    async fn checked_names_keep_only_addresses_in_the_allowed_networks() {
+        let allow = entries(&["db.internal:22", "10.0.0.0/8:*", "192.0.2.7:22"]);
+        let dns = answers(&["169.254.169.254:22", "10.1.2.3:22", "127.0.0.1:22", "192.0.2.7:22"]);
+        let kept = addresses(&allow, true, "db.internal", 22, dns).await.unwrap();
+        assert_eq!(kept, addrs(&["10.1.2.3:22", "192.0.2.7:22"]));
+    }
+
+    #[tokio::test]
+    async fn a_checked_name_resolving_only_outside_is_denied() {
+        let allow = entries(&["db.internal:22", "10.0.0.0/8:*", "192.0.2.7:23"]);
+        let dns = answers(&["169.254.169.254:22", "127.0.0.1:22", "192.0.2.7:22"]);
+        match addresses(&allow, true, "db.internal", 22, dns).await {
+            Err(NoConnect::Denied(why)) => assert!(why.contains("db.internal resolved"), "{why}"),
+            other => panic!("expected a denial, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn unchecked_names_use_every_resolved_address_and_literals_skip_the_resolver() {
+        let allow = entries(&["db.internal:22"]);
+        let dns = answers(&["169.254.169.254:22", "10.1.2.3:22"]);
+        let all = addresses(&allow, false, "db.internal", 22, dns).await.unwrap();
+        assert_eq!(all, addrs(&["169.254.169.254:22", "10.1.2.3:22"]));
+        let never = |_: String, _: u16| async { panic!("an IP literal was resolved") };
+        let literal = addresses(&allow, true, "10.0.0.1", 22, never).await.unwrap();
+        assert_eq!(literal, addrs(&["10.0.0.1:22"]));
+    }
+
+    #[tokio::test]
+    async fn a_name_without_addresses_fails_to_connect() {
+        let allow = entries(&["db.internal:22", "10.0.0.0/8:*"]);
+        let result = addresses(&allow, true, "db.internal", 22, answers(&[])).await;
+        assert!(matches!(result, Err(NoConnect::Failed(_))), "{result:?}");
     }
 }

@@ -30,6 +30,10 @@ pub(crate) struct EdgeShared {
     pub(crate) bytes: tunnel::ByteCounters,
     pub(crate) connects_ok: AtomicU64,
     pub(crate) connects_failed: AtomicU64,
+    /// Streams refused by the allowlist (including `check_resolved`).
+    pub(crate) denied: AtomicU64,
+    /// Why the last failed dial failed, for [`Edge::last_dial_error`].
+    pub(crate) last_dial_error: std::sync::Mutex<Option<String>>,
     /// Woken when a tunnel comes up, so the cloud gets a report at once.
     pub(crate) tunnel_up: tokio::sync::Notify,
 }
@@ -75,6 +79,8 @@ impl Edge {
             bytes: tunnel::ByteCounters::default(),
             connects_ok: AtomicU64::new(0),
             connects_failed: AtomicU64::new(0),
+            denied: AtomicU64::new(0),
+            last_dial_error: std::sync::Mutex::new(None),
             tunnel_up: tokio::sync::Notify::new(),
             config,
         });
@@ -93,6 +99,24 @@ impl Edge {
     /// Tunnels connected right now.
     pub fn live_tunnels(&self) -> usize {
         self.shared.live_tunnels.load(Ordering::Relaxed)
+    }
+
+    /// Streams refused so far because the allowlist does not admit their
+    /// destination (or, with `check_resolved`, any address it resolved to).
+    pub fn streams_denied(&self) -> u64 {
+        self.shared.denied.load(Ordering::Relaxed)
+    }
+
+    /// Destination connects that failed so far (refused, unreachable,
+    /// timed out, or a name that did not resolve).
+    pub fn connects_failed(&self) -> u64 {
+        self.shared.connects_failed.load(Ordering::Relaxed)
+    }
+
+    /// Why the most recent failed dial of any tunnel slot failed (as
+    /// logged with "tunnel not established"); `None` before any failure.
+    pub fn last_dial_error(&self) -> Option<String> {
+        self.shared.last_dial_error.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Streams being relayed right now.

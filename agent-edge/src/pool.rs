@@ -68,11 +68,16 @@ pub(crate) async fn run_slot(slot: Slot) {
         let delay = match dialled {
             Ok(dialled) => {
                 backoff.reset();
-                serve(&slot, dialled).instrument(span.clone()).await;
+                let (tunnel, reason) = serve(&slot, dialled).instrument(span.clone()).await;
                 if shared.stop_tunnels.is_cancelled() {
+                    span.in_scope(|| info!(tunnel, reason = %reason, "tunnel down"));
                     return;
                 }
-                backoff.next_delay(fastrand::f64())
+                // The first delay is logged too, so the whole schedule can
+                // be checked from the log.
+                let delay = backoff.next_delay(fastrand::f64());
+                span.in_scope(|| info!(tunnel, reason = %reason, retry_in = ?delay, "tunnel down"));
+                delay
             }
             Err(e) => {
                 let mut delay = backoff.next_delay(fastrand::f64());
@@ -83,6 +88,8 @@ pub(crate) async fn run_slot(slot: Slot) {
                 span.in_scope(|| {
                     warn!(error = %escaped(&e), retry_in = ?delay, "tunnel not established");
                 });
+                *shared.last_dial_error.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some(e.to_string());
                 delay
             }
         };
@@ -93,7 +100,8 @@ pub(crate) async fn run_slot(slot: Slot) {
     }
 }
 
-async fn serve(slot: &Slot, dialled: Dialled) {
+/// Serves a tunnel until it ends; returns its id and why it closed.
+async fn serve(slot: &Slot, dialled: Dialled) -> (u64, String) {
     let Dialled { tunnel, mut incoming } = dialled;
     let shared = &slot.shared;
     info!(tunnel = tunnel.id(), "tunnel up");
@@ -120,6 +128,5 @@ async fn serve(slot: &Slot, dialled: Dialled) {
     }
     shared.live_tunnels.fetch_sub(1, Ordering::Relaxed);
     // The reason may be the cloud's go-away message.
-    let reason = tunnel.close_reason().unwrap_or_default();
-    info!(tunnel = tunnel.id(), reason = %escaped(reason), "tunnel down");
+    (tunnel.id(), escaped(tunnel.close_reason().unwrap_or_default()).to_string())
 }

@@ -244,6 +244,33 @@ mod tests {
         let pid = std::process::id();
         assert!(status_kib(pid, "VmRSS:").unwrap() > 0);
         assert!(status_kib(pid, "VmHWM:").unwrap() > 0);
-        assert!(cpu_seconds(pid).unwrap() >= 0.0);
+    }
+
+    #[test]
+    fn cpu_seconds_grow_while_this_process_computes() {
+        let pid = std::process::id();
+        let before = cpu_seconds(pid).unwrap();
+        // Spin until 0.1 s of CPU show up: a few clock ticks, however busy
+        // the machine is. A wrong field (a constant) never gets there.
+        let started = std::time::Instant::now();
+        let mut x = 1u64;
+        let grown = loop {
+            for _ in 0..1_000_000 {
+                x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+            }
+            let now = cpu_seconds(pid).unwrap();
+            if now - before >= 0.1 {
+                break now - before;
+            }
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(30),
+                "cpu_seconds stayed at {now} (from {before}) through 30 s of spinning"
+            );
+        };
+        // Never more CPU than this process could have used since `before`
+        // on all of the machine's cores.
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        let bound = started.elapsed().as_secs_f64() * cores + 2.0 / CLK_TCK;
+        assert!(grown <= bound, "{grown} s of CPU in {:?}", started.elapsed());
     }
 }

@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 use std::ops::Range;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use toml::Spanned;
@@ -15,7 +15,7 @@ use crate::reach::Reach;
 use crate::secret::{ADMIN_TOKEN_KEYS, Secret, TokenKeys};
 use crate::tunnel::TunnelListenConfig;
 use crate::values::Addr;
-use crate::{EdgeEntry, MappingConfig, load};
+use crate::{DEFAULT_CONTROL_STATE_FILE, EdgeEntry, MappingConfig, load};
 
 /// `[control]`: the control API of the cloud agent (mappings added at run
 /// time), guarded by an admin token.
@@ -29,9 +29,12 @@ pub struct ControlConfig {
     /// rules as edge tokens, and different from every edge's token.
     pub admin_token: Secret,
     /// `state_file`: where the agent keeps mappings added through the API,
-    /// resolved against the config file's directory; default
-    /// [`DEFAULT_CONTROL_STATE_FILE`](crate::DEFAULT_CONTROL_STATE_FILE).
-    /// Not read when the config loads.
+    /// resolved against the config file's directory. Default
+    /// [`DEFAULT_CONTROL_STATE_FILE`](crate::DEFAULT_CONTROL_STATE_FILE) in
+    /// the first directory of `$STATE_DIRECTORY` (which systemd's
+    /// `StateDirectory=` sets, writable under `ProtectSystem=strict`), or
+    /// beside the config file when that is not set. Not read when the
+    /// config loads.
     pub state_file: PathBuf,
 }
 
@@ -42,8 +45,7 @@ pub(crate) struct RawControl {
     listen: Spanned<Addr>,
     admin_token: Option<Spanned<String>>,
     admin_token_file: Option<Spanned<PathBuf>>,
-    #[serde(default = "serde_fns::control_state_file")]
-    state_file: Spanned<PathBuf>,
+    state_file: Option<Spanned<PathBuf>>,
 }
 
 impl RawControl {
@@ -94,7 +96,47 @@ impl RawControl {
         Ok(ControlConfig {
             listen,
             admin_token,
-            state_file: load::path(doc, "control.state_file", &self.state_file)?,
+            state_file: match &self.state_file {
+                Some(path) => load::path(doc, "control.state_file", path)?,
+                None => default_state_file(doc, std::env::var_os("STATE_DIRECTORY").as_deref()),
+            },
         })
+    }
+}
+
+/// The state file when `state_file` is not set: in the first directory
+/// of `state_directory` (the value of `STATE_DIRECTORY`, a `:`-separated
+/// list of absolute paths), else beside the config file.
+fn default_state_file(doc: &Doc<'_>, state_directory: Option<&std::ffi::OsStr>) -> PathBuf {
+    let first = state_directory
+        .and_then(|dirs| std::env::split_paths(dirs).next())
+        .filter(|dir| dir.is_absolute());
+    match first {
+        Some(dir) => dir.join(DEFAULT_CONTROL_STATE_FILE),
+        None => doc.resolve(Path::new(DEFAULT_CONTROL_STATE_FILE)),
+    }
+}
+
+#[cfg(test)]
+mod state_file_tests {
+    use std::ffi::OsStr;
+
+    use super::*;
+
+    #[test]
+    fn default_state_file_follows_systemds_state_directory() {
+        let doc = Doc { text: "", origin: Path::new("/etc/relay/cloud.toml") };
+        let beside = PathBuf::from("/etc/relay/relay-cloud-state.json");
+        assert_eq!(default_state_file(&doc, None), beside);
+        assert_eq!(default_state_file(&doc, Some(OsStr::new(""))), beside);
+        assert_eq!(default_state_file(&doc, Some(OsStr::new("relative/dir"))), beside);
+        assert_eq!(
+            default_state_file(&doc, Some(OsStr::new("/var/lib/relay-cloud"))),
+            PathBuf::from("/var/lib/relay-cloud/relay-cloud-state.json")
+        );
+        assert_eq!(
+            default_state_file(&doc, Some(OsStr::new("/var/lib/a:/var/lib/b"))),
+            PathBuf::from("/var/lib/a/relay-cloud-state.json")
+        );
     }
 }

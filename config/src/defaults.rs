@@ -85,7 +85,6 @@ pub const MAX_NAME_LEN: usize = 64;
 pub(crate) mod serde_fns {
     use super::*;
     use crate::values::{Addr, Dur};
-    use std::path::PathBuf;
     use toml::Spanned;
 
     fn unplaced<T>(value: T) -> Spanned<T> {
@@ -133,9 +132,6 @@ pub(crate) mod serde_fns {
     }
     pub(crate) fn control_listen() -> Spanned<Addr> {
         unplaced(Addr(DEFAULT_CONTROL_LISTEN))
-    }
-    pub(crate) fn control_state_file() -> Spanned<PathBuf> {
-        unplaced(PathBuf::from(DEFAULT_CONTROL_STATE_FILE))
     }
     pub(crate) fn log_rotation() -> LogRotation {
         DEFAULT_LOG_ROTATION

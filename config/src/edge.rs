@@ -13,7 +13,7 @@ use crate::log::{LogConfig, RawLog};
 use crate::reach::Reach;
 use crate::secret::{EDGE_TOKEN_KEYS, Secret, TokenKeys, guard_file};
 use crate::values::{self, Dur};
-use crate::{CloudUrl, HostPort, load};
+use crate::{AllowEntry, CloudUrl, load};
 
 /// `relay-edge` configuration: which cloud to dial, as whom, and which
 /// destinations it may connect to.
@@ -43,8 +43,13 @@ pub struct EdgeConfig {
     /// loopback. Off by default: after the handshake a plain tunnel is
     /// neither secret nor protected from injected frames.
     pub allow_plaintext: bool,
-    /// `allow`: the exact destinations this edge may connect to.
-    pub allow: Vec<HostPort>,
+    /// `allow`: the destinations this edge may connect to: names and
+    /// addresses (`host:port`) and networks (`10.0.0.0/8:22`).
+    pub allow: Vec<AllowEntry>,
+    /// `check_resolved`: connect to a name only at resolved addresses that
+    /// an address entry of `allow` admits too. Validation makes sure one
+    /// exists when this is set.
+    pub check_resolved: bool,
     /// `connect_timeout`: limit on connecting to a destination.
     pub connect_timeout: Duration,
     /// `[reconnect]`: backoff between failed tunnel attempts.
@@ -121,7 +126,8 @@ struct RawEdge {
     #[serde(default)]
     pin_sha256: Vec<Spanned<String>>,
     #[serde(default)]
-    allow: Vec<HostPort>,
+    allow: Vec<AllowEntry>,
+    check_resolved: Option<Spanned<bool>>,
     #[serde(default = "serde_fns::connect_timeout")]
     connect_timeout: Spanned<Dur>,
     #[serde(default)]
@@ -208,6 +214,17 @@ impl RawEdge {
             None => ca_file.is_none(),
         };
         let pin_sha256 = pins(doc, &self.pin_sha256, &cloud_url)?;
+        let check_resolved = self.check_resolved.as_ref().is_some_and(|c| *c.get_ref());
+        if let Some(c) = self.check_resolved.as_ref().filter(|_| check_resolved)
+            && !self.allow.iter().any(AllowEntry::is_address)
+        {
+            return Err(doc.error_at(
+                c.span(),
+                "check_resolved: true, but `allow` has no IP or network entry, so every name \
+                 would be refused; add the networks the names must resolve into, such as \
+                 \"10.0.0.0/8:*\"",
+            ));
+        }
         Ok(EdgeConfig {
             cloud_url,
             edge_id,
@@ -218,6 +235,7 @@ impl RawEdge {
             pin_sha256,
             allow_plaintext: self.allow_plaintext,
             allow: self.allow,
+            check_resolved,
             connect_timeout: values::nonzero(doc, "connect_timeout", &self.connect_timeout)?,
             reconnect: self.reconnect.validate(doc)?,
             shutdown_grace: self.shutdown_grace.into_inner().0,

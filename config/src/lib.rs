@@ -65,6 +65,7 @@
 //! (from the control API) with the rules and messages of `[[mappings]]`,
 //! reporting a [`FieldError`] (`<field>: <problem>`) instead of a position.
 
+mod allow;
 mod cloud;
 mod cloud_url;
 mod control;
@@ -81,6 +82,7 @@ mod secret;
 mod tunnel;
 mod values;
 
+pub use allow::AllowEntry;
 pub use cloud::{CloudConfig, EdgeEntry, EdgeGroup};
 pub use cloud_url::CloudUrl;
 pub use control::ControlConfig;

@@ -116,8 +116,12 @@ fn full_edge_fixture_values() {
     assert!(e.public_roots && !e.allow_plaintext);
     assert_eq!(e.pin_sha256.len(), 2);
     assert_eq!(e.pin_sha256[1][..3], [0x46, 0x09, 0x0f], "sha256// prefix stripped");
-    assert_eq!(e.allow.len(), 3);
-    assert_eq!(e.allow[2].to_string(), "[fd00::5]:5432");
+    let allow: Vec<String> = e.allow.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        allow,
+        ["10.0.0.7:22", "db.internal:5432", "[fd00::5]:5432", "10.0.0.0/8:*", "[fd00::]/8:5432"]
+    );
+    assert!(e.check_resolved);
     assert_eq!(e.reconnect.initial, e.reconnect.max);
     assert!(e.shutdown_grace.is_zero());
     assert!(!format!("{e:?}").contains(std::str::from_utf8(e.token.expose()).unwrap()));

@@ -27,7 +27,7 @@ fn examples_load_and_agree() {
 
     assert_eq!(edge.cloud_url.to_string(), "ws://127.0.0.1:7000/tunnel");
     assert_eq!(edge.edge_id, "demo-edge");
-    assert_eq!(edge.allow, vec![mapping.target.clone()]);
+    assert_eq!(edge.allow, vec![config::AllowEntry::Host(mapping.target.clone())]);
 
     // Both sides read the same token file, trimmed of its newline.
     let entry = cloud.edge(&edge.edge_id).expect("the edge's id is configured in the cloud");

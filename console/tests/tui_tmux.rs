@@ -2,7 +2,8 @@
 //! agents on loopback; the test types into the add form, waits for the
 //! mapping to be listed, uses it, and quits.
 //!
-//! Skipped (with a message) when tmux is not installed.
+//! Without tmux it fails under `CI=true`, and elsewhere skips with a
+//! message saying what to install (`e2e_tests::skip`).
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -95,7 +96,8 @@ fn line_with<'a>(screen: &'a str, words: &[&str]) -> Option<&'a str> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn add_a_mapping_in_the_tui_and_use_it() {
     if !tmux_installed() {
-        eprintln!("skipped: tmux not installed");
+        let why = "tmux is not installed (apt-get install -y tmux)";
+        e2e_tests::skip::cannot_run("tui_tmux::add_a_mapping_in_the_tui_and_use_it", why);
         return;
     }
     let dir = tempfile::tempdir().expect("temp dir");

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 pub mod fake_edge;
 pub mod netns;
+pub mod skip;
 
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};

@@ -263,12 +263,14 @@ struct Cut {
 
 /// Connects to `cloud` from `source` and sends `request` one byte every
 /// 100 ms until the cloud closes the connection. An error if the cloud
-/// answers anything, or keeps the connection for 10 s.
+/// answers anything, takes the whole request, or keeps the connection for
+/// 10 s. `after` counts from before the connect, so the cloud's deadline
+/// (from its accept) can never look shorter than it is.
 async fn drip(cloud: SocketAddr, source: IpAddr, request: Vec<u8>) -> Result<Cut, String> {
     let socket = TcpSocket::new_v4().map_err(|e| format!("socket: {e}"))?;
     socket.bind(SocketAddr::new(source, 0)).map_err(|e| format!("bind {source}: {e}"))?;
-    let tcp = socket.connect(cloud).await.map_err(|e| format!("connect: {e}"))?;
     let started = Instant::now();
+    let tcp = socket.connect(cloud).await.map_err(|e| format!("connect: {e}"))?;
     let (mut r, mut w) = tcp.into_split();
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     let give_up = tokio::time::sleep(Duration::from_secs(10));
@@ -304,15 +306,23 @@ async fn drip(cloud: SocketAddr, source: IpAddr, request: Vec<u8>) -> Result<Cut
 
 /// 50 valid upgrade requests dripped one byte every 100 ms: each is
 /// admitted (25 per source address, under the per-address limit of 32) and
-/// cut at the handshake deadline, not before and not much after, while a
-/// real edge connects and serves.
+/// cut by the handshake deadline: never before it, and before the request
+/// could have been sent whole or the drip gives up (10 s), while a real
+/// edge gets in and serves as long as the drips hold their slots.
+///
+/// Only orderings and loose bounds are asserted, so a loaded machine
+/// cannot fail it: a sleep never ends early, and late only by scheduling.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_drip_handshakes_are_cut_at_the_deadline() {
     const DRIPS: usize = 50;
-    // The handshake_timeout of `cloud_with_fake_edge`.
-    const DEADLINE: Duration = Duration::from_secs(2);
+    const DEADLINE: Duration = Duration::from_secs(3);
     let echo = echo_server().await;
-    let cloud = cloud_with_fake_edge(echo).await;
+    let toml = cloud_toml(
+        "127.0.0.1:0",
+        &[("echo", &echo.to_string())],
+        &format!("handshake_timeout = \"{}s\"", DEADLINE.as_secs()),
+    );
+    let cloud = Cloud::start(cloud_config(&toml)).await.expect("cloud");
     let tunnel = cloud.tunnel_addr();
     let request = upgrade_request(tunnel, "");
     assert!(request.len() as u64 > 10 * (DEADLINE.as_secs() + 2), "request too short to drip");
@@ -329,14 +339,12 @@ async fn slow_drip_handshakes_are_cut_at_the_deadline() {
     let edge =
         Edge::start(edge_config(&edge_toml(tunnel, &[echo.to_string()], TOKEN))).expect("edge");
     let public = cloud.mapping_addr("echo").expect("echo");
-    let served = eventually(DEADLINE, || serves(public)).await;
+    let served = eventually(Duration::from_secs(10), || serves(public)).await;
     let served_after = started.elapsed();
     assert!(served, "a real edge could not get in while {DRIPS} handshakes dripped");
-    eprintln!("real edge served {served_after:?} after the drips started");
-    assert!(
-        served_after < DEADLINE,
-        "the real edge served only after the drips' deadline ({served_after:?})"
-    );
+    let open = drips.iter().filter(|d| !d.is_finished()).count();
+    eprintln!("real edge served {served_after:?} after the drips started, {open} still open");
+    assert_eq!(open, DRIPS, "the real edge served only after drips were cut ({served_after:?})");
 
     let mut cuts = Vec::new();
     for (i, d) in drips.into_iter().enumerate() {
@@ -359,15 +367,10 @@ async fn slow_drip_handshakes_are_cut_at_the_deadline() {
         sent.iter().max().expect("cuts"),
         request.len(),
     );
+    // Not before the deadline; the upper bounds (the whole request, 10 s)
+    // are `drip`'s errors above.
     for (i, cut) in cuts.iter().enumerate() {
-        assert!(
-            cut.after + Duration::from_millis(50) >= DEADLINE,
-            "drip {i} was cut before the deadline: {cut:?}"
-        );
-        assert!(
-            cut.after <= DEADLINE + Duration::from_secs(1),
-            "drip {i} was cut more than 1 s after the deadline: {cut:?}"
-        );
+        assert!(cut.after >= DEADLINE, "drip {i} was cut before the deadline: {cut:?}");
     }
     assert!(serves(public).await, "the real edge stopped serving");
     assert_eq!(cloud.live_tunnels("e1"), 2, "the real edge lost a tunnel");
@@ -380,9 +383,9 @@ async fn slow_drip_handshakes_are_cut_at_the_deadline() {
 /// 101; the cloud then still takes a real edge.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_websocket_headers_are_refused() {
-    // A deadline far above the bound below, so the close is the size limit.
+    // Closed before the handshake deadline, so the close is the size limit.
     const DEADLINE: Duration = Duration::from_secs(10);
-    const BOUND: Duration = Duration::from_secs(2);
+    const BOUND: Duration = Duration::from_secs(8);
     let echo = echo_server().await;
     let toml = cloud_toml(
         "127.0.0.1:0",
@@ -431,10 +434,12 @@ async fn oversized_websocket_headers_are_refused() {
          written (write error: {write_error:?}); answer {answer:?}"
     );
     let how = ended.unwrap_or_else(|_| panic!("connection still open after {BOUND:?}"));
-    assert!(!how.is_empty());
+    // The cloud ended it (a FIN or a reset), having answered nothing or an
+    // HTTP error: never 101, never anything else.
+    assert!(how == "EOF" || how.contains("reset"), "the connection ended by {how:?}");
     assert!(
-        !answer.contains(" 101 "),
-        "the cloud switched protocols for a request with a 1 MiB header: {answer:?}"
+        answer.is_empty() || answer.starts_with("HTTP/1.1 4"),
+        "the cloud answered a request with a 1 MiB header with {answer:?}"
     );
 
     let edge =

@@ -287,7 +287,10 @@ async fn stalled_reader_does_not_stall_others_and_memory_stays_bounded() {
     // Client A: connects to the firehose and never reads.
     let mut stalled = TcpStream::connect(firehose_public).await.expect("connect firehose mapping");
 
-    // Wait for the firehose to be held back: no growth for 1s.
+    // Wait for the firehose to be held back: no growth for 1 s. On a busy
+    // machine a pause in scheduling can look the same, so nothing below
+    // relies on the flow having stopped here: what is asserted is the
+    // bound on what the stalled stream lets through, at every look.
     let started = Instant::now();
     let (mut last, mut unchanged_since) = (written.load(Ordering::Relaxed), Instant::now());
     let plateau = loop {
@@ -310,7 +313,10 @@ async fn stalled_reader_does_not_stall_others_and_memory_stays_bounded() {
         plateau as f64 / MIB as f64,
         started.elapsed()
     );
-    assert!(plateau < 64 * MIB, "a stalled client let {plateau} bytes through");
+    // Kernel socket buffers on the way (a few MiB each on loopback) plus
+    // the stream's largest window (1 MiB): far below this.
+    const HELD_BOUND: u64 = 64 * MIB;
+    assert!(plateau < HELD_BOUND, "a stalled client let {plateau} bytes through");
 
     let (cloud_before, edge_before) = (cloud.agent.rss_kib(), edge.rss_kib());
 
@@ -348,10 +354,11 @@ async fn stalled_reader_does_not_stall_others_and_memory_stays_bounded() {
         "{ECHO_CONNECTIONS} x {ECHO_BYTES} bytes echoed in {:?} beside the stalled stream",
         burst_started.elapsed()
     );
-    assert_eq!(
-        written.load(Ordering::Relaxed),
-        plateau,
-        "the stalled stream moved while the client still did not read"
+    let after_burst = written.load(Ordering::Relaxed);
+    eprintln!("stalled stream after the burst: {after_burst} bytes (+{})", after_burst - plateau);
+    assert!(
+        after_burst < HELD_BOUND,
+        "the stalled stream let {after_burst} bytes through while the client did not read"
     );
 
     let (cloud_after, edge_after) = (cloud.agent.rss_kib(), edge.rss_kib());
@@ -370,14 +377,24 @@ async fn stalled_reader_does_not_stall_others_and_memory_stays_bounded() {
         );
     }
 
-    // A was only held back, not broken: reading resumes the flow.
-    let mut got = vec![0u8; 4 * 1024 * 1024];
-    tokio::time::timeout(Duration::from_secs(10), stalled.read_exact(&mut got))
-        .await
-        .expect("stalled client cannot catch up within 10s")
-        .expect("stalled client's connection broke");
-    assert!(got.iter().all(|&b| b == 0xA5), "stalled client got corrupt data");
-    assert!(written.load(Ordering::Relaxed) > plateau, "firehose did not resume");
+    // A was only held back, not broken: reading resumes the flow. The
+    // first MiB read come from buffers on the way, so read on until the
+    // firehose writes again (checking the count right after a fixed 4 MiB
+    // flaked: those could all come from the buffers).
+    let resumed = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut got = vec![0u8; 256 * 1024];
+        let mut read = 0u64;
+        while written.load(Ordering::Relaxed) == after_burst {
+            stalled.read_exact(&mut got).await.expect("stalled client's connection broke");
+            assert!(got.iter().all(|&b| b == 0xA5), "stalled client got corrupt data");
+            read += got.len() as u64;
+            assert!(read <= HELD_BOUND, "read {read} bytes and the firehose did not resume");
+        }
+        read
+    })
+    .await
+    .expect("the firehose did not resume within 10 s of the client reading");
+    eprintln!("firehose resumed after the stalled client read {resumed} bytes");
 }
 
 /// SIGTERM on the edge: open connections finish within the grace period,

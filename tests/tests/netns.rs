@@ -3,7 +3,8 @@
 //! the edge reaches, and faults made with nft, conntrack and tc in the nat.
 //!
 //! Needs root, `ip netns`, nft and tc (and conntrack for two tests);
-//! without them each test prints "skipped: <why>" and returns. Measured
+//! without them each test fails under `CI=true`, and elsewhere prints
+//! "SKIPPED <test>: <why>" and returns (`e2e_tests::skip`). Measured
 //! figures go to stderr uncaptured, so they show without `--nocapture`.
 
 use std::net::SocketAddr;
@@ -13,6 +14,7 @@ use e2e_tests::netns::{
     CLOUD_DOWN, CLOUD_IP, EDGE_DOWN, EDGE_LAN_IP, NAT_WAN_IP, Ns, Rig, SERVICE, count, report,
     time_of_day,
 };
+use e2e_tests::skip::cannot_run;
 
 const PROBE: &str = env!("CARGO_BIN_EXE_e2e-probe");
 const MIB: u64 = 1024 * 1024;
@@ -141,11 +143,11 @@ async fn idle_tunnel_survives_a_short_nat_idle_timeout() {
     let host_after = std::fs::read_to_string(&host_file).unwrap_or_default();
     if host_after != host {
         let _ = std::fs::write(&host_file, &host);
-        report(&format!("idle: skipped: {key} is not per network namespace on this kernel"));
+        cannot_run("idle", &format!("{key} is not per network namespace on this kernel"));
         return;
     }
     if let Err(why) = set {
-        report(&format!("idle: skipped: {key} cannot be set in a namespace: {why}"));
+        cannot_run("idle", &format!("{key} cannot be set in a namespace: {why}"));
         return;
     }
     rig.topo.sysctl(Ns::Nat, "net.netfilter.nf_conntrack_tcp_loose", "0").expect("tcp_loose");

@@ -30,7 +30,8 @@ fn time_of_day() -> Duration {
     Duration::from_nanos((since_epoch.as_nanos() % (86_400 * 1_000_000_000)) as u64)
 }
 
-/// The `retry_in=` of an edge's "tunnel not established" line.
+/// The `retry_in=` of an edge's "tunnel not established" or "tunnel down"
+/// line.
 fn retry_in(line: &str) -> Duration {
     let value = line
         .split_whitespace()
@@ -102,12 +103,13 @@ fn many_edges_edge_toml(tunnel: SocketAddr, i: usize) -> String {
 /// Twenty edges lose their cloud to SIGKILL at the same instant. Their
 /// first redials must not come as one burst, every logged delay must follow
 /// the backoff schedule up to its cap, and a cloud restarted on the same
-/// port gets all of them back within the cap plus a little.
+/// port gets each of them back on its next redial.
 ///
-/// The first delay after a tunnel ends is not logged (the slot sleeps right
-/// after "tunnel down"), so it is measured from each edge's own log: from
-/// "tunnel down" to the "tunnel not established" of the redial that ends
-/// it (a refused TCP connect on loopback, well under a millisecond).
+/// Only what holds on a loaded machine is asserted: the delays each edge
+/// logs (its "tunnel down" line carries the first) are the schedule's
+/// draws; a redial never comes before its delay, only late by scheduling;
+/// after the restart no edge fails more than the one dial that may have
+/// raced the listener.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cloud_restart_with_many_edges_all_reconnect_with_spread_out_retries() {
     let _serial = SERIAL.lock().await;
@@ -143,6 +145,7 @@ async fn cloud_restart_with_many_edges_all_reconnect_with_spread_out_retries() {
     // instant of its first redial, and the delays it then logged.
     let mut noticed = Vec::new();
     let mut first_delays = Vec::new();
+    let mut measured_delays = Vec::new();
     let mut first_redials = Vec::new();
     let mut first_logged = Vec::new();
     let mut last_failure = Duration::ZERO;
@@ -154,7 +157,22 @@ async fn cloud_restart_with_many_edges_all_reconnect_with_spread_out_retries() {
         let failures = edge.wait_for_logs(&needle, FAILURES_WHILE_DOWN, down_for).await;
         let (down_at, redial_at) = (log_time(&down), log_time(&failures[0]));
         noticed.push(down_at.saturating_sub(killed_at));
-        first_delays.push(redial_at.saturating_sub(down_at));
+        let first = retry_in(&down);
+        assert!(
+            first >= RECONNECT_INITIAL / 2 && first <= RECONNECT_INITIAL,
+            "{}: first delay {first:?} outside [{:?}, {RECONNECT_INITIAL:?}]: {down}",
+            edge_id(i),
+            RECONNECT_INITIAL / 2
+        );
+        // The redial after it: never sooner (log stamps have microseconds).
+        let measured = redial_at.saturating_sub(down_at);
+        assert!(
+            measured + Duration::from_millis(1) >= first,
+            "{}: redialled {measured:?} after the tunnel went down, before its delay {first:?}",
+            edge_id(i)
+        );
+        first_delays.push(first);
+        measured_delays.push(measured);
         first_redials.push(redial_at.saturating_sub(killed_at));
         first_logged.push(retry_in(&failures[0]));
         last_failure = last_failure.max(log_time(&failures[FAILURES_WHILE_DOWN - 1]));
@@ -174,23 +192,11 @@ async fn cloud_restart_with_many_edges_all_reconnect_with_spread_out_retries() {
         }
     }
     eprintln!("tunnel loss noticed after the kill: {}", sorted_ms(&noticed));
-    eprintln!("first redial delays (measured): {}", sorted_ms(&first_delays));
+    eprintln!("first redial delays (logged): {}", sorted_ms(&first_delays));
+    eprintln!("first redial delays (measured): {}", sorted_ms(&measured_delays));
     eprintln!("first redials after the kill: {}", sorted_ms(&first_redials));
     eprintln!("second delays (logged retry_in): {}", sorted_ms(&first_logged));
 
-    // Each first delay lies in [initial/2, initial] (plus scheduling slack
-    // on a loaded machine; the log stamps have microseconds).
-    let slack = Duration::from_millis(100);
-    for (i, d) in first_delays.iter().enumerate() {
-        assert!(
-            *d + Duration::from_millis(1) >= RECONNECT_INITIAL / 2
-                && *d <= RECONNECT_INITIAL + slack,
-            "{}: first redial {d:?} after the tunnel went down, expected [{:?}, {:?}] (+{slack:?})",
-            edge_id(i),
-            RECONNECT_INITIAL / 2,
-            RECONNECT_INITIAL
-        );
-    }
     // No thundering herd: the draws differ. 20 uniform draws over a 100 ms
     // range span less than 50 ms with probability about 2e-5.
     let herd_window = RECONNECT_INITIAL / 4;
@@ -209,19 +215,34 @@ async fn cloud_restart_with_many_edges_all_reconnect_with_spread_out_retries() {
         );
     }
 
-    // The same port again: everyone is back within the cap plus a little.
+    // The same port again: every edge is back on its next redial. At most
+    // one failed dial per edge is stamped after the listener came up (one
+    // refused just before the bind and logged just after); waiting is
+    // bounded only so that a failure cannot hang the test.
     let restarted_at = Instant::now();
     let mut cloud = start_cloud_with(&toml, &[]).await;
     assert_eq!(cloud.tunnel, tunnel, "restarted cloud listens elsewhere");
     let listening = cloud.agent.wait_for_log(&["listening for edge tunnels"], STARTUP).await;
-    let bound = RECONNECT_MAX + Duration::from_secs(3);
-    let deadline = restarted_at + bound;
+    let bound = RECONNECT_MAX + Duration::from_secs(30);
     let mut reconnects = Vec::new();
     for i in 0..EDGES {
         let field = format!("edge={} ", edge_id(i));
-        let left = deadline.saturating_duration_since(Instant::now());
-        let line = cloud.agent.wait_for_log(&["edge connected", &field], left).await;
+        let line = cloud.agent.wait_for_log(&["edge connected", &field], bound).await;
         reconnects.push(log_time(&line).saturating_sub(log_time(&listening)));
+    }
+    let listening_at = log_time(&listening);
+    for (i, edge) in edges.iter_mut().enumerate() {
+        let late: Vec<&String> = edge
+            .logged()
+            .iter()
+            .filter(|l| needle.iter().all(|n| l.contains(n)) && log_time(l) > listening_at)
+            .collect();
+        assert!(
+            late.len() <= 1,
+            "{} failed {} dials after the cloud was listening again: {late:?}",
+            edge_id(i),
+            late.len()
+        );
     }
     let all_back = restarted_at.elapsed();
     for edge in &mut edges {
@@ -231,7 +252,7 @@ async fn cloud_restart_with_many_edges_all_reconnect_with_spread_out_retries() {
     let (first, last) = min_max(&reconnects);
     eprintln!(
         "cloud down {:.0} ms (after the last edge's 4th failed redial); restarted cloud: \
-         all {EDGES} edges back {all_back:?} after the restart (limit {bound:?}); \
+         all {EDGES} edges back {all_back:?} after the restart; \
          per edge after its listener: {} (first {:.0} ms, last {:.0} ms)",
         ms(last_failure.saturating_sub(killed_at)),
         sorted_ms(&reconnects),

@@ -69,11 +69,23 @@ async fn an_untrusted_certificate_is_refused_without_fallback() {
     // No ca_file: the self-signed certificate is not trusted.
     let edge = tls_edge(&cloud, &echo, None);
     let public = cloud.mapping_addr("echo").expect("listening");
+    // The edge did dial, and its dials fail on the certificate: an edge
+    // that never dialled, or failed for another reason, does not pass.
+    let certificate_refused = || async {
+        edge.last_dial_error().is_some_and(|e| e.contains("TLS") && e.contains("certificate"))
+    };
+    assert!(
+        eventually(Duration::from_secs(10), certificate_refused).await,
+        "no dial failed on the certificate; last dial error: {:?}",
+        edge.last_dial_error()
+    );
     // Several redial attempts fit in this window (backoff max 200 ms); none
     // may produce a tunnel, over TLS or otherwise.
     assert!(!eventually(Duration::from_secs(2), || async { cloud.live_tunnels("e1") > 0 }).await);
     assert_eq!(edge.live_tunnels(), 0);
     assert!(!serves(public).await);
+    let last = edge.last_dial_error().unwrap_or_default();
+    assert!(last.contains("certificate"), "later dials failed otherwise: {last}");
     edge.shutdown().await;
     cloud.shutdown().await;
 }

@@ -200,13 +200,23 @@ async fn garbage_on_the_tunnel_port_is_closed() {
     let (cloud, edge, public) = cloud_with_real_edge().await;
     let mut tcp = TcpStream::connect(cloud.tunnel_addr()).await.expect("connect");
     tcp.write_all(b"\x16\x03\x01 definitely not a websocket upgrade\r\n\r\n").await.expect("write");
-    let mut buf = [0u8; 64];
-    let read = tokio::time::timeout(
-        Duration::from_secs(15),
-        tokio::io::AsyncReadExt::read(&mut tcp, &mut buf),
-    )
+    // The cloud may answer (an HTTP error) but must then end the
+    // connection: bytes alone do not count as closed.
+    let mut answer = Vec::new();
+    let ended = tokio::time::timeout(Duration::from_secs(15), async {
+        let mut buf = [0u8; 512];
+        loop {
+            match tokio::io::AsyncReadExt::read(&mut tcp, &mut buf).await {
+                Ok(0) => return "EOF".to_owned(),
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+                Err(e) => return e.to_string(),
+            }
+        }
+    })
     .await;
-    assert!(matches!(read, Ok(Ok(_) | Err(_))), "garbage connection left hanging");
+    let answer = String::from_utf8_lossy(&answer);
+    let how = ended.unwrap_or_else(|_| panic!("garbage connection left open; got {answer:?}"));
+    assert!(!answer.contains(" 101 "), "the cloud upgraded garbage: {answer:?} ({how})");
     assert!(serves(public).await);
     edge.shutdown().await;
     cloud.shutdown().await;
@@ -246,6 +256,8 @@ async fn destinations_outside_the_allowlist_are_refused() {
         0,
         "edge connected to a destination outside its allowlist"
     );
+    // The reason: the edge's allowlist refused each of them, nothing else.
+    assert_eq!(edge.streams_denied(), 3, "edge did not deny the three streams itself");
     assert!(serves(ok).await, "the tunnel must be unaffected");
     assert_eq!(cloud.live_tunnels("e1"), 2);
     edge.shutdown().await;
@@ -274,9 +286,104 @@ async fn refused_destination_closes_the_client_and_not_the_tunnel() {
     if let Ok(Ok(back)) = result {
         assert!(back.is_empty());
     }
+    // The reason: the edge tried the destination and the connect failed.
+    assert_eq!(edge.connects_failed(), 1, "the edge did not try the dead destination");
+    assert_eq!(edge.streams_denied(), 0);
     assert!(serves(public).await);
     assert_eq!(cloud.live_tunnels("e1"), 2);
     edge.shutdown().await;
+    cloud.shutdown().await;
+}
+
+/// An echo service that counts the connections it accepts.
+async fn counting_echo() -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&accepted);
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let (mut r, mut w) = tcp.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+                let _ = w.shutdown().await;
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+/// Starts an edge with `allow` (and `check_resolved`) against `cloud` and
+/// waits until its tunnels are up.
+async fn with_edge(cloud: &Cloud, allow: &[String], check_resolved: bool) -> Edge {
+    let mut toml = edge_toml(cloud.tunnel_addr(), allow, TOKEN);
+    if check_resolved {
+        toml = toml.replacen("[reconnect]", "check_resolved = true\n[reconnect]", 1);
+    }
+    let edge = Edge::start(edge_config(&toml)).expect("edge");
+    assert!(
+        eventually(Duration::from_secs(10), || async { cloud.live_tunnels("e1") == 2 }).await,
+        "edge tunnels never came up"
+    );
+    edge
+}
+
+/// Shuts `edge` down and waits until the cloud has dropped its tunnels.
+async fn stop_edge(cloud: &Cloud, edge: Edge) {
+    edge.shutdown().await;
+    assert!(
+        eventually(Duration::from_secs(10), || async { cloud.live_tunnels("e1") == 0 }).await,
+        "edge tunnels still registered after its shutdown"
+    );
+}
+
+/// A client through `public` is closed without one byte relayed.
+async fn assert_refused(public: SocketAddr, what: &str) {
+    let result = tokio::time::timeout(Duration::from_secs(5), echo_once(public, b"hello")).await;
+    match result {
+        Ok(Ok(back)) => assert!(back.is_empty(), "{what}: the destination answered"),
+        Ok(Err(_)) => {} // reset, as a refused direct connection
+        Err(_) => panic!("{what}: client left hanging"),
+    }
+}
+
+/// `allow` entries may be networks, which admit IP destinations; a name
+/// needs its own entry, and with `check_resolved` the addresses it
+/// resolves to must lie in an allowed network too, or the stream is
+/// denied before anything is dialled. `localhost` stands in for a name
+/// whose DNS an attacker controls: it resolves to 127.0.0.1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allowlist_networks_admit_addresses_and_check_resolved_names() {
+    let (service, accepted) = counting_echo().await;
+    let port = service.port();
+    let by_name = format!("localhost:{port}");
+    let cloud = start_cloud(&[("byip", service.to_string()), ("byname", by_name.clone())]).await;
+    let byip = cloud.mapping_addr("byip").expect("byip listening");
+    let byname = cloud.mapping_addr("byname").expect("byname listening");
+
+    // A network admits the IP; the listed name resolves inside it.
+    let edge = with_edge(&cloud, &[format!("127.0.0.0/8:{port}"), by_name.clone()], true).await;
+    assert!(serves(byip).await, "an address inside an allowed network was not served");
+    assert!(serves(byname).await, "a name resolving inside an allowed network was not served");
+    assert_eq!(edge.streams_denied(), 0);
+    stop_edge(&cloud, edge).await;
+
+    // The name is listed, but resolves outside the only network: denied,
+    // and the service never sees a connection; the IP is not admitted.
+    let before = accepted.load(Ordering::SeqCst);
+    let edge = with_edge(&cloud, &["10.0.0.0/8:*".to_owned(), by_name.clone()], true).await;
+    assert_refused(byname, "name resolving outside the networks").await;
+    assert_refused(byip, "address outside the networks").await;
+    assert_eq!(edge.streams_denied(), 2, "the edge's allowlist did not deny both");
+    assert_eq!(accepted.load(Ordering::SeqCst), before, "the edge connected anyway");
+    stop_edge(&cloud, edge).await;
+
+    // Without check_resolved the same list trusts the name's DNS.
+    let edge = with_edge(&cloud, &["10.0.0.0/8:*".to_owned(), by_name], false).await;
+    assert!(serves(byname).await, "an unchecked listed name was not served");
+    assert_eq!(edge.streams_denied(), 0);
+    stop_edge(&cloud, edge).await;
     cloud.shutdown().await;
 }
 

@@ -132,8 +132,9 @@ pub struct Rig {
 }
 
 impl Rig {
-    /// Builds everything; `None` (after printing "skipped: <why>") when this
-    /// machine cannot run network-namespace tests or lacks one of `tools`.
+    /// Builds everything; `None` when this machine cannot run
+    /// network-namespace tests or lacks one of `tools` (see
+    /// [`cannot_run`](crate::skip::cannot_run): under CI that panics).
     pub async fn start(
         test: &str,
         probe: &str,
@@ -143,7 +144,7 @@ impl Rig {
         let topo = match unsupported(tools).map_or_else(|| Topology::build(probe), Err) {
             Ok(topo) => topo,
             Err(why) => {
-                report(&format!("{test}: skipped: {why}"));
+                crate::skip::cannot_run(test, &why);
                 return None;
             }
         };
