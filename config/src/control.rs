@@ -125,7 +125,7 @@ mod state_file_tests {
 
     #[test]
     fn default_state_file_follows_systemds_state_directory() {
-        let doc = Doc { text: "", origin: Path::new("/etc/relay/cloud.toml") };
+        let doc = Doc { text: "", origin: Path::new("/etc/relay/cloud.toml"), mode: None };
         let beside = PathBuf::from("/etc/relay/relay-cloud-state.json");
         assert_eq!(default_state_file(&doc, None), beside);
         assert_eq!(default_state_file(&doc, Some(OsStr::new(""))), beside);
