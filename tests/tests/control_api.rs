@@ -270,6 +270,41 @@ async fn a_batch_whose_last_change_fails_leaves_nothing_and_dry_run_changes_noth
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_deadline_out_of_range_is_a_clear_400_and_changes_nothing() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let s = setup(&dir.path().join("state.json")).await;
+    let max = api::MAX_DRAIN_DEADLINE_SECS;
+    let answer = s
+        .api
+        .try_call("POST", "/v1/mappings/base/drain", Some(json!({"deadline_secs": u64::MAX})))
+        .await;
+    let (status, body) = answer.expect("an answer, not a dropped connection");
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["code"], "invalid", "{body}");
+    let error = body["error"].as_str().expect("error");
+    assert!(error.contains("deadline_secs") && error.contains(&max.to_string()), "{body}");
+    // In a batch: the whole batch is refused, the earlier add included.
+    let web = free_port();
+    let batch = json!({ "changes": [
+        {"op": "add", "name": "web", "listen": web.to_string(), "edge": "e1", "target": s.echo.to_string()},
+        {"op": "drain", "name": "base", "deadline_secs": max + 1},
+    ]});
+    let (status, body) = s.api.call("POST", "/v1/batch", Some(batch)).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["applied"], false);
+    assert_eq!(body["outcomes"][1]["ok"], false, "{body}");
+    assert!(body["outcomes"][1]["message"].as_str().expect("message").contains("deadline_secs"));
+    assert_eq!(mapping_names(&s.api).await, vec!["base".to_owned()]);
+    assert!(serves(s.cloud.mapping_addr("base").expect("base still active")).await);
+    // And the disk agrees with memory: after a restart base is still there.
+    let toml = s.toml.clone();
+    s.stop().await;
+    let cloud = Cloud::start(cloud_config(&toml)).await.expect("cloud restarts");
+    assert!(cloud.mapping_addr("base").is_some(), "base gone after a restart");
+    cloud.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_endpoint_but_ready_needs_the_admin_token() {
     let dir = tempfile::tempdir().expect("temp dir");
     let s = setup(&dir.path().join("state.json")).await;
