@@ -163,6 +163,14 @@ impl EdgeRegistry {
         best
     }
 
+    /// Every tunnel of the edge that holds tunnel `tunnel_id`, by id: what
+    /// to skip when that edge answered that it is draining.
+    pub(crate) fn tunnels_of_same_edge(&self, tunnel_id: u64) -> Vec<u64> {
+        let edges = self.lock();
+        let edge = edges.values().find(|s| s.tunnels.iter().any(|t| t.id() == tunnel_id));
+        edge.map_or_else(Vec::new, |s| s.tunnels.iter().map(Tunnel::id).collect())
+    }
+
     pub(crate) fn live_tunnels(&self, edge_id: &str) -> usize {
         let mut edges = self.lock();
         edges.get_mut(edge_id).map_or(0, |s| {
