@@ -179,6 +179,11 @@ impl EdgeRegistry {
         })
     }
 
+    /// Whether `id` names a configured edge (not a group).
+    pub(crate) fn is_edge(&self, id: &str) -> bool {
+        self.lock().contains_key(id)
+    }
+
     /// Marks an edge drained by an operator: open streams continue, new
     /// ones go nowhere. Returns false for an unknown edge.
     pub(crate) fn set_draining(&self, edge_id: &str, draining: bool) -> bool {

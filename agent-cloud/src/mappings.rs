@@ -1,5 +1,6 @@
 //! The mapping table and every change to it: add, drain, remove, and
-//! batches of them, validated as a whole and applied all or nothing.
+//! batches of them, validated as a whole and applied all or nothing. An
+//! operator's edge drains go through here too: they share the state file.
 //!
 //! A change goes through three steps, under one lock so changes never
 //! interleave:
@@ -226,6 +227,32 @@ impl Mappings {
             }
         }
         BatchOutcome { applied: true, outcomes, failure: None }
+    }
+
+    /// Drains edge `id` (no new streams go to it; open ones continue) or
+    /// undoes that, persisted first like a mapping change, so the choice
+    /// survives a restart.
+    ///
+    /// # Errors
+    /// `not_found` for an id that is not a configured edge; `internal` when
+    /// the state file cannot be written (nothing changed).
+    pub(crate) async fn set_edge_draining(
+        &self,
+        id: &str,
+        draining: bool,
+    ) -> Result<(), ChangeError> {
+        let mut persisted = self.persisted.lock().await;
+        if !self.edges.is_edge(id) {
+            return Err(ChangeError::new(ErrorKind::NotFound, format!("no edge with id {id:?}")));
+        }
+        let mut next = persisted.clone();
+        next.set_edge_drained(id, draining);
+        if next != *persisted {
+            self.persist(&next)?;
+            *persisted = next;
+        }
+        self.edges.set_draining(id, draining);
+        Ok(())
     }
 
     /// Writes `next` to the state file, if there is one. An error means the

@@ -2,9 +2,10 @@
 //! restart.
 //!
 //! Config-file mappings are the baseline. The state file records what the
-//! API changed on top of it: mappings added at run time, and the names of
-//! config-file mappings that were drained or removed. On start the agent
-//! serves `config - removed + added`.
+//! API changed on top of it: mappings added at run time, the names of
+//! config-file mappings that were drained or removed, and the edges an
+//! operator drained. On start the agent serves `config - removed + added`,
+//! with those edges drained.
 //!
 //! Writes are atomic: a temporary file in the same directory (created
 //! exclusively, mode 0600), fsync, rename over the old file, fsync of the
@@ -31,6 +32,11 @@ pub(crate) struct PersistedState {
     pub(crate) added: Vec<MappingSpec>,
     /// Names of config-file mappings drained or removed through the API.
     pub(crate) removed: Vec<String>,
+    /// Edges an operator drained (no new streams go to them), by id.
+    /// Absent when empty, so files without drained edges stay readable by
+    /// agents that predate the field.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) drained_edges: Vec<String>,
 }
 
 impl PersistedState {
@@ -43,6 +49,14 @@ impl PersistedState {
         self.removed.retain(|n| *n != spec.name);
         self.added.retain(|m| m.name != spec.name);
         self.added.push(spec);
+    }
+
+    /// Records whether an operator drained edge `id`.
+    pub(crate) fn set_edge_drained(&mut self, id: &str, drained: bool) {
+        self.drained_edges.retain(|e| e != id);
+        if drained {
+            self.drained_edges.push(id.to_owned());
+        }
     }
 
     /// Records that `name` is gone (drained or removed).
@@ -240,6 +254,27 @@ mod tests {
             "saved over a stale temporary file"
         );
         assert_eq!(store.load().unwrap(), state);
+    }
+
+    #[test]
+    fn drained_edges_round_trip_and_a_file_without_them_still_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        fs::write(&path, r#"{"version":1,"added":[],"removed":["cfg"]}"#).unwrap();
+        let store = Store::new(path.clone());
+        let mut state = store.load().unwrap();
+        assert!(state.drained_edges.is_empty());
+        state.set_edge_drained("e1", true);
+        state.set_edge_drained("e1", true);
+        state.set_edge_drained("e2", true);
+        state.set_edge_drained("e2", false);
+        assert_eq!(state.drained_edges, vec!["e1".to_owned()]);
+        assert!(matches!(store.save(&state), Ok(Saved::Durable)));
+        assert_eq!(store.load().unwrap(), state);
+        state.set_edge_drained("e1", false);
+        assert!(matches!(store.save(&state), Ok(Saved::Durable)));
+        let text = fs::read_to_string(&path).unwrap();
+        assert!(!text.contains("drained_edges"), "written only when not empty: {text}");
     }
 
     #[test]

@@ -74,8 +74,14 @@ pub(crate) enum Command {
 pub(crate) enum EdgesCommand {
     /// List edges with health, tunnels and round-trip times.
     List,
-    /// Stop sending new connections to an edge; open ones finish.
+    /// Stop sending new connections to an edge; open ones finish. Lasts
+    /// across cloud restarts, until `edges undrain`.
     Drain {
+        /// The edge id.
+        id: String,
+    },
+    /// Send new connections to a drained edge again.
+    Undrain {
         /// The edge id.
         id: String,
     },

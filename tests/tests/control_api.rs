@@ -304,6 +304,58 @@ async fn a_drain_deadline_out_of_range_is_a_clear_400_and_changes_nothing() {
     cloud.shutdown().await;
 }
 
+/// Whether the API says edge `id` is drained by an operator.
+async fn edge_drained(api: &Api, id: &str) -> bool {
+    let (status, edges) = api.call("GET", "/v1/edges", None).await;
+    assert_eq!(status, 200, "{edges}");
+    let edge = edges.as_array().expect("edges").iter().find(|e| e["id"] == id).cloned();
+    edge.unwrap_or_else(|| panic!("no edge {id}: {edges}"))["draining"].as_bool().expect("draining")
+}
+
+/// Restarts the cloud and the edge of `s` with the same config and state.
+async fn restart(s: Setup) -> Setup {
+    let (toml, echo) = (s.toml.clone(), s.echo);
+    s.stop().await;
+    let cloud = Cloud::start(cloud_config(&toml)).await.expect("cloud restarts");
+    let edge =
+        Edge::start(edge_config(&edge_toml(cloud.tunnel_addr(), &[echo.to_string()], TOKEN)))
+            .expect("edge starts");
+    let api = Api::new(cloud.control_addr().expect("control API on"), Some(ADMIN_TOKEN));
+    assert!(
+        eventually(Duration::from_secs(10), || async { cloud.live_tunnels("e1") == 2 }).await,
+        "edge never reconnected"
+    );
+    Setup { cloud, edge, api, echo, toml }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edge_drain_and_undrain_both_survive_a_restart() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let s = setup(&dir.path().join("state.json")).await;
+    let (status, body) = s.api.call("POST", "/v1/edges/e1/drain", None).await;
+    assert_eq!(status, 202, "{body}");
+    assert!(edge_drained(&s.api, "e1").await);
+    // `base` has only e1: new clients find no edge.
+    assert!(!serves(s.cloud.mapping_addr("base").expect("base")).await, "a drained edge served");
+
+    let s = restart(s).await;
+    assert!(edge_drained(&s.api, "e1").await, "edge drain lost on restart");
+    assert!(!serves(s.cloud.mapping_addr("base").expect("base")).await, "a drained edge served");
+
+    let (status, body) = s.api.call("POST", "/v1/edges/e1/undrain", None).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(!edge_drained(&s.api, "e1").await);
+    assert!(serves(s.cloud.mapping_addr("base").expect("base")).await, "undrained edge idle");
+    let (status, body) = s.api.call("POST", "/v1/edges/nobody/undrain", None).await;
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(body["code"], "not_found");
+
+    let s = restart(s).await;
+    assert!(!edge_drained(&s.api, "e1").await, "edge undrain lost on restart");
+    assert!(serves(s.cloud.mapping_addr("base").expect("base")).await);
+    s.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_endpoint_but_ready_needs_the_admin_token() {
     let dir = tempfile::tempdir().expect("temp dir");

@@ -30,6 +30,7 @@ pub(super) fn router(state: Shared) -> Router {
         .route("/v1/mappings/{name}/drain", post(drain_mapping))
         .route("/v1/edges", get(list_edges))
         .route("/v1/edges/{id}/drain", post(drain_edge))
+        .route("/v1/edges/{id}/undrain", post(undrain_edge))
         .route("/v1/batch", post(batch))
         .route_layer(middleware::from_fn_with_state(Arc::clone(&state), auth::require_token));
     Router::new()
@@ -155,10 +156,16 @@ async fn list_edges(State(state): State<Shared>) -> Response {
 }
 
 async fn drain_edge(State(state): State<Shared>, Path(id): Path<String>) -> Response {
-    if state.edges.set_draining(&id, true) {
-        StatusCode::ACCEPTED.into_response()
-    } else {
-        error_response(StatusCode::NOT_FOUND, "not_found", &format!("no edge with id {id:?}"))
+    match state.mappings.set_edge_draining(&id, true).await {
+        Ok(()) => StatusCode::ACCEPTED.into_response(),
+        Err(e) => change_error(&e),
+    }
+}
+
+async fn undrain_edge(State(state): State<Shared>, Path(id): Path<String>) -> Response {
+    match state.mappings.set_edge_draining(&id, false).await {
+        Ok(()) => StatusCode::OK.into_response(),
+        Err(e) => change_error(&e),
     }
 }
 
