@@ -173,6 +173,8 @@ impl Cloud {
                 admin_token: control.admin_token.clone(),
                 snapshots,
                 ready: Arc::clone(&ready),
+                request_timeout: control.request_timeout,
+                max_connections: control.max_connections as usize,
             };
             background.spawn(control::serve(state, listener, stop_control.clone()));
         }

@@ -37,7 +37,42 @@ pub(super) fn router(state: Shared) -> Router {
         .route("/ready", get(ready))
         .merge(guarded)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+        .layer(middleware::from_fn_with_state(Arc::clone(&state), body_within_timeout))
         .with_state(state)
+}
+
+/// Reads the whole request body within `request_timeout` before any
+/// handler runs: a body dripped a byte at a time would otherwise hold its
+/// connection for as long as the client likes (the headers are bounded by
+/// the server's header-read timeout).
+async fn body_within_timeout(
+    State(state): State<Shared>,
+    request: axum::extract::Request,
+    next: middleware::Next,
+) -> Response {
+    let (parts, body) = request.into_parts();
+    let read = tokio::time::timeout(state.request_timeout, axum::body::to_bytes(body, MAX_BODY));
+    match read.await {
+        Ok(Ok(bytes)) => {
+            next.run(axum::extract::Request::from_parts(parts, axum::body::Body::from(bytes))).await
+        }
+        Ok(Err(_)) => error_response(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "invalid",
+            &format!("the request body is larger than {MAX_BODY} bytes, or was cut short"),
+        ),
+        Err(_) => {
+            let mut response = error_response(
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                &format!("the request body did not arrive within {:?}", state.request_timeout),
+            );
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, header::HeaderValue::from_static("close"));
+            response
+        }
+    }
 }
 
 pub(super) fn error_response(status: StatusCode, code: &str, error: &str) -> Response {
