@@ -122,6 +122,13 @@ impl Cloud {
         };
         let mut reserved = vec![tunnel_addr];
         reserved.extend(control_addr);
+        for id in &persisted.drained_edges {
+            if edges.set_draining(id, true) {
+                info!(edge = %id, "drained at run time (see the state file): no new connections go to it");
+            } else {
+                warn!(edge = %id, "the state file drains an edge that is not configured; ignored");
+            }
+        }
         let runtime_specs = persisted.added.clone();
         let removed = persisted.removed.clone();
         let mappings = Mappings::new(store, persisted, Arc::clone(&edges), reserved);
@@ -173,6 +180,8 @@ impl Cloud {
                 admin_token: control.admin_token.clone(),
                 snapshots,
                 ready: Arc::clone(&ready),
+                request_timeout: control.request_timeout,
+                max_connections: control.max_connections as usize,
             };
             background.spawn(control::serve(state, listener, stop_control.clone()));
         }

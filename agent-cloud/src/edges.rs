@@ -233,12 +233,25 @@ impl EdgeRegistry {
         best
     }
 
+    /// Every tunnel of the edge that holds tunnel `tunnel_id`, by id: what
+    /// to skip when that edge answered that it is draining.
+    pub(crate) fn tunnels_of_same_edge(&self, tunnel_id: u64) -> Vec<u64> {
+        let edges = self.lock();
+        let edge = edges.values().find(|s| s.tunnels.iter().any(|t| t.id() == tunnel_id));
+        edge.map_or_else(Vec::new, |s| s.tunnels.iter().map(Tunnel::id).collect())
+    }
+
     pub(crate) fn live_tunnels(&self, edge_id: &str) -> usize {
         let mut edges = self.lock();
         edges.get_mut(edge_id).map_or(0, |s| {
             s.prune();
             s.tunnels.len()
         })
+    }
+
+    /// Whether `id` names a configured edge (not a group).
+    pub(crate) fn is_edge(&self, id: &str) -> bool {
+        self.lock().contains_key(id)
     }
 
     /// Marks an edge drained by an operator: open streams continue, new

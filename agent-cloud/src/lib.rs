@@ -40,6 +40,21 @@ mod tunnel_listener;
 
 pub use cloud::{Cloud, MappingStatus, StartError};
 
+/// Entry points for the fuzz targets in `fuzz/`; not a stable API.
+#[doc(hidden)]
+pub mod fuzzing {
+    /// Plans `changes` as the control API would, against a fixed table of
+    /// two mappings and one edge, changing nothing. Returns how many
+    /// changes passed planning.
+    ///
+    /// # Panics
+    /// When planning lets through a change the commit could not apply (a
+    /// bug; this is what the fuzz target looks for).
+    pub fn plan(changes: &[api::Change]) -> usize {
+        crate::mappings::fuzz_plan(changes)
+    }
+}
+
 /// Checks what `--check` can check beyond parsing: the TLS files load,
 /// and the state file (with `[control]`) can be written. Returns a
 /// one-line summary of the configuration, with the `pin_sha256` of the

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use api::{MappingSource, MappingState};
 use config::MappingConfig;
-use proto::ResetCode;
+use proto::{OpenCode, ResetCode};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
@@ -109,24 +109,30 @@ impl MappingEntry {
     }
 }
 
-/// Tunnels tried for one client before giving up: with an edge group, a
-/// tunnel that died before the cloud noticed costs one retry, not the
-/// client's connection.
+/// Tunnels that failed for one client before giving up: with an edge
+/// group, a tunnel that died before the cloud noticed costs one retry, not
+/// the client's connection. An edge that answers `Draining` does not count:
+/// all its tunnels are skipped at once, so that costs one retry per edge.
 const OPEN_ATTEMPTS: usize = 3;
 
 /// Opens a stream for a client on the least loaded tunnel of the mapping's
-/// edge or group, trying another tunnel when one turns out to be gone or
-/// draining. `None` when no tunnel could carry it (logged).
+/// edge or group, trying another tunnel when one turns out to be gone, full
+/// or draining, and another edge when one answers that it is draining (it
+/// says so before its `Drain` frame reaches us). `None` when no tunnel
+/// could carry it (logged).
 async fn open_stream(
     entry: &MappingEntry,
     edges: &EdgeRegistry,
 ) -> Option<(tunnel::Tunnel, tunnel::MuxStream)> {
     let m = &entry.spec;
     let mut tried = Vec::new();
-    for _ in 0..OPEN_ATTEMPTS {
+    let mut failures = 0;
+    while failures < OPEN_ATTEMPTS {
         let Some(tunnel) = edges.pick(&m.edge, &tried) else {
             if tried.is_empty() {
                 info!(edge = %m.edge, "no live tunnel to the edge; client closed");
+            } else {
+                info!(edge = %m.edge, "no other tunnel can take the stream; client closed");
             }
             return None;
         };
@@ -137,6 +143,14 @@ async fn open_stream(
         };
         match result {
             Ok(Ok(stream)) => return Some((tunnel, stream)),
+            Ok(Err(tunnel::OpenError::Refused { code: OpenCode::Draining, .. })) => {
+                info!(
+                    tunnel = tunnel.id(),
+                    "edge answered that it is draining; trying another edge"
+                );
+                tried.extend(edges.tunnels_of_same_edge(tunnel.id()));
+                tried.push(tunnel.id());
+            }
             Ok(Err(
                 e @ (tunnel::OpenError::Closed(_)
                 | tunnel::OpenError::Draining
@@ -145,6 +159,7 @@ async fn open_stream(
             )) => {
                 info!(tunnel = tunnel.id(), error = %e, "tunnel cannot take the stream; trying another");
                 tried.push(tunnel.id());
+                failures += 1;
             }
             Ok(Err(e)) => {
                 // The error may carry the edge's own message.

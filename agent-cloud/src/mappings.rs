@@ -1,5 +1,6 @@
 //! The mapping table and every change to it: add, drain, remove, and
-//! batches of them, validated as a whole and applied all or nothing.
+//! batches of them, validated as a whole and applied all or nothing. An
+//! operator's edge drains go through here too: they share the state file.
 //!
 //! A change goes through three steps, under one lock so changes never
 //! interleave:
@@ -8,7 +9,9 @@
 //! 2. **prepare**: every added mapping's listener is bound. If one fails,
 //!    the ones already bound are dropped and nothing has changed;
 //! 3. **commit**: the new state file is written (atomically), then the
-//!    table changes. If the write fails, nothing has changed either.
+//!    table changes. If the write fails, nothing has changed either. Once
+//!    the file is replaced, nothing can fail: every value the table change
+//!    needs (a drain deadline, say) was checked in step 1.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -26,7 +29,7 @@ use tracing::{error, info, warn};
 use crate::edges::EdgeRegistry;
 use crate::errors::{ChangeError, ErrorKind};
 use crate::mapping::{self, MappingEntry, Phase};
-use crate::store::{PersistedState, Store};
+use crate::store::{PersistedState, Saved, Store};
 
 /// Drain deadline when a request names none.
 pub(crate) const DEFAULT_DRAIN_DEADLINE: Duration = Duration::from_secs(30);
@@ -207,15 +210,8 @@ impl Mappings {
                 }
             }
         }
-        if let Some(store) = &self.store {
-            if let Err(e) = store.save(&next) {
-                error!(error = %e, "cannot persist mapping changes; nothing changed");
-                let err = ChangeError::new(
-                    ErrorKind::Internal,
-                    format!("cannot persist the change: {e}"),
-                );
-                return BatchOutcome { applied: false, outcomes, failure: Some(err) };
-            }
+        if let Err(err) = self.persist(&next) {
+            return BatchOutcome { applied: false, outcomes, failure: Some(err) };
         }
         *persisted = next;
         let mut listeners = listeners.into_iter();
@@ -231,6 +227,55 @@ impl Mappings {
             }
         }
         BatchOutcome { applied: true, outcomes, failure: None }
+    }
+
+    /// Drains edge `id` (no new streams go to it; open ones continue) or
+    /// undoes that, persisted first like a mapping change, so the choice
+    /// survives a restart.
+    ///
+    /// # Errors
+    /// `not_found` for an id that is not a configured edge; `internal` when
+    /// the state file cannot be written (nothing changed).
+    pub(crate) async fn set_edge_draining(
+        &self,
+        id: &str,
+        draining: bool,
+    ) -> Result<(), ChangeError> {
+        let mut persisted = self.persisted.lock().await;
+        if !self.edges.is_edge(id) {
+            return Err(ChangeError::new(ErrorKind::NotFound, format!("no edge with id {id:?}")));
+        }
+        let mut next = persisted.clone();
+        next.set_edge_drained(id, draining);
+        if next != *persisted {
+            self.persist(&next)?;
+            *persisted = next;
+        }
+        self.edges.set_draining(id, draining);
+        Ok(())
+    }
+
+    /// Writes `next` to the state file, if there is one. An error means the
+    /// old state is still on disk: nothing changed.
+    fn persist(&self, next: &PersistedState) -> Result<(), ChangeError> {
+        let Some(store) = &self.store else { return Ok(()) };
+        match store.save(next) {
+            Ok(Saved::Durable) => Ok(()),
+            // The new file is what the disk holds now, and what a restart
+            // loads: the change is made, so the answer says so.
+            Ok(Saved::NotSynced(e)) => {
+                error!(error = %e, "state file replaced but not synced: the change is applied, \
+                    and a power loss may undo it");
+                Ok(())
+            }
+            Err(e) => {
+                error!(error = %e, "cannot persist the change; nothing changed");
+                Err(ChangeError::new(
+                    ErrorKind::Internal,
+                    format!("cannot persist the change: {e}"),
+                ))
+            }
+        }
     }
 
     fn plan(&self, changes: &[Change]) -> Vec<Result<Planned, ChangeError>> {
@@ -254,6 +299,7 @@ impl Mappings {
                     Ok(Planned::Add(planned))
                 }
                 Change::Drain { name, deadline_secs } => {
+                    let deadline = drain_deadline(*deadline_secs)?;
                     match names.get(name) {
                         None => return Err(ChangeError::not_found(name)),
                         Some(Phase::Draining { .. }) => {
@@ -266,8 +312,6 @@ impl Mappings {
                     }
                     names.insert(name.clone(), Phase::Draining { until: Instant::now() });
                     listening.remove(name);
-                    let deadline =
-                        deadline_secs.map_or(DEFAULT_DRAIN_DEADLINE, Duration::from_secs);
                     Ok(Planned::Drain { name: name.clone(), deadline })
                 }
                 Change::Remove { name } => {
@@ -322,7 +366,10 @@ impl Mappings {
 
     fn start_drain(self: &Arc<Self>, name: &str, deadline: Duration) {
         let Some(entry) = self.get(name) else { return };
-        let until = Instant::now() + deadline;
+        // Planning bounded `deadline`; the cap here only makes that visible.
+        let now = Instant::now();
+        let deadline = deadline.min(Duration::from_secs(api::MAX_DRAIN_DEADLINE_SECS));
+        let until = now.checked_add(deadline).unwrap_or(now);
         entry.set_phase(Phase::Draining { until });
         entry.stop_listener.cancel();
         info!(mapping = %name, ?deadline, open = entry.connections.len(), "draining");
@@ -350,6 +397,68 @@ impl Mappings {
             info!(mapping = %name, reset = entry.connections.len(), "removed");
         }
     }
+}
+
+/// The drain deadline a change asks for, checked: at most
+/// [`api::MAX_DRAIN_DEADLINE_SECS`], so that adding it to the clock at
+/// commit time cannot overflow.
+fn drain_deadline(secs: Option<u64>) -> Result<Duration, ChangeError> {
+    const MAX: u64 = api::MAX_DRAIN_DEADLINE_SECS;
+    match secs {
+        None => Ok(DEFAULT_DRAIN_DEADLINE),
+        Some(secs @ 0..=MAX) => Ok(Duration::from_secs(secs)),
+        Some(secs) => Err(ChangeError::new(
+            ErrorKind::Invalid,
+            format!(
+                "deadline_secs: {secs} is out of range, expected 0..={MAX} (at most {} days)",
+                MAX / 86_400
+            ),
+        )),
+    }
+}
+
+/// Plans `changes` against a fixed table (edge `e1`, group `pool` of
+/// `e1`; mapping `web` active on 127.0.0.1:8080, `db` failed), changing
+/// nothing, and checks what the commit relies on. For the `api_bodies`
+/// fuzz target; panics when planning lets through what a commit cannot
+/// apply.
+pub(crate) fn fuzz_plan(changes: &[Change]) -> usize {
+    static TABLE: std::sync::OnceLock<Arc<Mappings>> = std::sync::OnceLock::new();
+    let mappings = TABLE.get_or_init(|| {
+        let group = config::EdgeGroup { id: "pool".into(), edges: vec!["e1".into()] };
+        let edges = Arc::new(EdgeRegistry::new(8, ["e1"].into_iter(), &[group]));
+        let mappings = Mappings::new(None, PersistedState::new(), edges, vec![]);
+        let web = SocketAddr::from(([127, 0, 0, 1], 8080));
+        for (name, bound) in [("web", Ok(web)), ("db", Err("not bound".to_owned()))] {
+            let spec = MappingSpec {
+                name: name.into(),
+                listen: "127.0.0.1:8080".into(),
+                edge: "e1".into(),
+                target: "127.0.0.1:9".into(),
+                allow: vec![],
+                max_connections: None,
+            };
+            let Ok(config) = spec.to_config() else { continue };
+            let entry =
+                MappingEntry::new(config, MappingSource::Config, bound, &mappings.abort_all);
+            mappings.table().insert(name.to_owned(), Arc::new(entry));
+        }
+        mappings
+    });
+    let now = Instant::now();
+    let mut ok = 0;
+    for planned in mappings.plan(changes).into_iter().flatten() {
+        if let Planned::Drain { deadline, .. } = &planned {
+            assert!(
+                deadline.as_secs() <= api::MAX_DRAIN_DEADLINE_SECS
+                    && now.checked_add(*deadline).is_some(),
+                "planning let through a drain deadline the commit cannot apply: {deadline:?}"
+            );
+        }
+        let _ = describe(&planned);
+        ok += 1;
+    }
+    ok
 }
 
 fn spec_of(m: &MappingConfig) -> MappingSpec {
@@ -399,5 +508,69 @@ pub(crate) fn view(e: &MappingEntry) -> MappingView {
         bytes_out: c.bytes.received(),
         throughput_in_bps,
         throughput_out_bps,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn registry() -> Arc<EdgeRegistry> {
+        Arc::new(EdgeRegistry::new(8, ["e1"].into_iter(), &[]))
+    }
+
+    fn add(name: &str) -> Change {
+        Change::Add {
+            spec: MappingSpec {
+                name: name.into(),
+                listen: "127.0.0.1:0".into(),
+                edge: "e1".into(),
+                target: "127.0.0.1:9".into(),
+                allow: vec![],
+                max_connections: None,
+            },
+        }
+    }
+
+    #[tokio::test]
+    async fn a_directory_sync_failure_after_the_rename_reports_the_change_the_disk_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        let store = Store::with_failing_dir_sync(path.clone());
+        let mappings = Mappings::new(Some(store), PersistedState::new(), registry(), vec![]);
+        let outcome = mappings.apply(&[add("a")], false).await;
+        let on_disk = Store::new(path).load().unwrap();
+        assert_eq!(on_disk.added.len(), 1, "the rename happened: the disk holds the change");
+        assert!(outcome.applied, "the answer must match the disk: {:?}", outcome.failure);
+        assert!(mappings.get("a").is_some(), "the table must match the disk");
+    }
+
+    #[tokio::test]
+    async fn a_drain_deadline_out_of_range_is_refused_at_planning_and_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path().join("state.json"));
+        let mappings = Mappings::new(Some(store), PersistedState::new(), registry(), vec![]);
+        for secs in [api::MAX_DRAIN_DEADLINE_SECS + 1, u64::MAX] {
+            let batch = [add("a"), Change::Drain { name: "a".into(), deadline_secs: Some(secs) }];
+            let outcome = mappings.apply(&batch, false).await;
+            assert!(!outcome.applied);
+            let failure = outcome.failure.expect("refused");
+            assert_eq!(failure.kind, ErrorKind::Invalid, "{failure}");
+            assert!(
+                failure.message.contains("deadline_secs")
+                    && failure.message.contains(&api::MAX_DRAIN_DEADLINE_SECS.to_string()),
+                "names the field and the range: {failure}"
+            );
+            assert!(mappings.entries().is_empty(), "nothing added");
+            assert!(!dir.path().join("state.json").exists(), "nothing written");
+        }
+        // The largest allowed deadline is applied.
+        let batch = [
+            add("a"),
+            Change::Drain { name: "a".into(), deadline_secs: Some(api::MAX_DRAIN_DEADLINE_SECS) },
+        ];
+        let outcome = mappings.apply(&batch, false).await;
+        assert!(outcome.applied, "{:?}", outcome.failure);
+        assert_eq!(mappings.get("a").map(|e| e.state()), Some(api::MappingState::Draining));
     }
 }

@@ -2,13 +2,15 @@
 //! restart.
 //!
 //! Config-file mappings are the baseline. The state file records what the
-//! API changed on top of it: mappings added at run time, and the names of
-//! config-file mappings that were drained or removed. On start the agent
-//! serves `config - removed + added`.
+//! API changed on top of it: mappings added at run time, the names of
+//! config-file mappings that were drained or removed, and the edges an
+//! operator drained. On start the agent serves `config - removed + added`,
+//! with those edges drained.
 //!
-//! Writes are atomic: a temporary file in the same directory, fsync, rename
-//! over the old file, fsync of the directory. A crash at any moment leaves
-//! the old state or the new one, never a torn or empty file.
+//! Writes are atomic: a temporary file in the same directory (created
+//! exclusively, mode 0600), fsync, rename over the old file, fsync of the
+//! directory. A crash at any moment leaves the old state or the new one,
+//! never a torn or empty file.
 
 use std::fs::{self, File};
 use std::io::Write;
@@ -16,6 +18,7 @@ use std::path::{Path, PathBuf};
 
 use api::MappingSpec;
 use serde::{Deserialize, Serialize};
+use tracing::warn;
 
 /// Format version of the state file.
 const STATE_VERSION: u32 = 1;
@@ -29,6 +32,11 @@ pub(crate) struct PersistedState {
     pub(crate) added: Vec<MappingSpec>,
     /// Names of config-file mappings drained or removed through the API.
     pub(crate) removed: Vec<String>,
+    /// Edges an operator drained (no new streams go to them), by id.
+    /// Absent when empty, so files without drained edges stay readable by
+    /// agents that predate the field.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) drained_edges: Vec<String>,
 }
 
 impl PersistedState {
@@ -41,6 +49,14 @@ impl PersistedState {
         self.removed.retain(|n| *n != spec.name);
         self.added.retain(|m| m.name != spec.name);
         self.added.push(spec);
+    }
+
+    /// Records whether an operator drained edge `id`.
+    pub(crate) fn set_edge_drained(&mut self, id: &str, drained: bool) {
+        self.drained_edges.retain(|e| e != id);
+        if drained {
+            self.drained_edges.push(id.to_owned());
+        }
     }
 
     /// Records that `name` is gone (drained or removed).
@@ -64,11 +80,23 @@ pub(crate) struct StoreError {
 #[derive(Debug)]
 pub(crate) struct Store {
     path: PathBuf,
+    /// Makes the rename durable; tests put a failing one here.
+    sync_dir: fn(&Path) -> std::io::Result<()>,
+}
+
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
 }
 
 impl Store {
     pub(crate) fn new(path: PathBuf) -> Self {
-        Self { path }
+        Self { path, sync_dir }
+    }
+
+    /// A store whose directory sync always fails (after the rename).
+    #[cfg(test)]
+    pub(crate) fn with_failing_dir_sync(path: PathBuf) -> Self {
+        Self { path, sync_dir: |_| Err(std::io::Error::other("injected: directory fsync failed")) }
     }
 
     fn error(&self, reason: impl ToString) -> StoreError {
@@ -92,28 +120,68 @@ impl Store {
         Ok(state)
     }
 
-    /// Replaces the state atomically.
-    pub(crate) fn save(&self, state: &PersistedState) -> Result<(), StoreError> {
-        let json = serde_json::to_vec_pretty(state).map_err(|e| self.error(e))?;
+    /// Replaces the state atomically: a temporary file created afresh
+    /// (never through a symlink planted at its name), readable by the
+    /// agent's user only, fsynced, renamed over the old file, then the
+    /// directory fsynced.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the old state is still the one on disk: nothing
+    /// changed. Once the rename is done the new state is what a reader and
+    /// a restart see, so a failing directory sync after it is not an error
+    /// but [`Saved::NotSynced`].
+    pub(crate) fn save(&self, state: &PersistedState) -> Result<Saved, StoreError> {
+        let mut json = serde_json::to_vec_pretty(state).map_err(|e| self.error(e))?;
+        json.push(b'\n');
         let dir =
             self.path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
         let tmp = dir.join(format!(
             ".{}.tmp",
             self.path.file_name().and_then(|n| n.to_str()).unwrap_or("state")
         ));
+        // Left by a crash mid-save, or planted: either way not ours to
+        // follow. Removing a symlink removes the link, not its target.
+        match fs::remove_file(&tmp) {
+            Ok(()) => warn!(path = %tmp.display(), "removed a stale temporary state file"),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(self.error(format!("{}: {e}", tmp.display()))),
+        }
         let write = || -> std::io::Result<()> {
-            let mut file = File::create(&tmp)?;
+            let mut file = private_new_file(&tmp)?;
             file.write_all(&json)?;
-            file.write_all(b"\n")?;
             file.sync_all()?;
-            fs::rename(&tmp, &self.path)?;
-            File::open(dir)?.sync_all()
+            fs::rename(&tmp, &self.path)
         };
-        write().map_err(|e| {
+        if let Err(e) = write() {
             let _ = fs::remove_file(&tmp);
-            self.error(e)
+            return Err(self.error(e));
+        }
+        Ok(match (self.sync_dir)(dir) {
+            Ok(()) => Saved::Durable,
+            Err(e) => Saved::NotSynced(self.error(format!("directory fsync after rename: {e}"))),
         })
     }
+}
+
+/// How far a successful [`Store::save`] got.
+#[derive(Debug)]
+#[must_use]
+pub(crate) enum Saved {
+    /// The new state is on disk and will survive a power loss.
+    Durable,
+    /// The new state replaced the old one, but the directory could not be
+    /// synced: a power loss (not a crash) may bring the old file back.
+    NotSynced(StoreError),
+}
+
+/// Creates `path`, failing if anything (a file, a symlink) is there, with
+/// mode 0600 whatever the umask.
+fn private_new_file(path: &Path) -> std::io::Result<File> {
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path)
 }
 
 #[cfg(test)]
@@ -139,7 +207,7 @@ mod tests {
         let mut state = PersistedState::new();
         state.add(spec("a"));
         state.forget("cfg", true);
-        store.save(&state).unwrap();
+        assert!(matches!(store.save(&state), Ok(Saved::Durable)));
         assert_eq!(store.load().unwrap(), state);
         // No temporary file is left behind.
         let names: Vec<_> =
@@ -159,6 +227,54 @@ mod tests {
         // Adding a name again undoes its removal.
         state.add(spec("cfg"));
         assert!(state.removed.is_empty());
+    }
+
+    #[test]
+    fn a_planted_symlink_at_the_temporary_name_is_not_followed_and_the_file_is_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        fs::write(&victim, "precious").unwrap();
+        let path = dir.path().join("state.json");
+        std::os::unix::fs::symlink(&victim, dir.path().join(".state.json.tmp")).unwrap();
+        let store = Store::new(path.clone());
+        let mut state = PersistedState::new();
+        state.add(spec("a"));
+        assert!(matches!(store.save(&state), Ok(Saved::Durable)));
+        assert_eq!(fs::read_to_string(&victim).unwrap(), "precious", "wrote through the symlink");
+        assert!(!fs::symlink_metadata(&path).unwrap().file_type().is_symlink());
+        assert_eq!(store.load().unwrap(), state);
+        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "state file mode {mode:o}");
+        // A temporary file left by a crash does not block the next save.
+        fs::write(dir.path().join(".state.json.tmp"), "torn").unwrap();
+        state.add(spec("b"));
+        assert!(
+            matches!(store.save(&state), Ok(Saved::Durable)),
+            "saved over a stale temporary file"
+        );
+        assert_eq!(store.load().unwrap(), state);
+    }
+
+    #[test]
+    fn drained_edges_round_trip_and_a_file_without_them_still_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        fs::write(&path, r#"{"version":1,"added":[],"removed":["cfg"]}"#).unwrap();
+        let store = Store::new(path.clone());
+        let mut state = store.load().unwrap();
+        assert!(state.drained_edges.is_empty());
+        state.set_edge_drained("e1", true);
+        state.set_edge_drained("e1", true);
+        state.set_edge_drained("e2", true);
+        state.set_edge_drained("e2", false);
+        assert_eq!(state.drained_edges, vec!["e1".to_owned()]);
+        assert!(matches!(store.save(&state), Ok(Saved::Durable)));
+        assert_eq!(store.load().unwrap(), state);
+        state.set_edge_drained("e1", false);
+        assert!(matches!(store.save(&state), Ok(Saved::Durable)));
+        let text = fs::read_to_string(&path).unwrap();
+        assert!(!text.contains("drained_edges"), "written only when not empty: {text}");
     }
 
     #[test]

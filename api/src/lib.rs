@@ -229,6 +229,10 @@ pub struct Snapshot {
     pub window_secs: u64,
 }
 
+/// Longest drain deadline a request may ask for, in seconds (7 days).
+/// Longer ones are refused with 400 `invalid` before anything changes.
+pub const MAX_DRAIN_DEADLINE_SECS: u64 = 7 * 24 * 3600;
+
 /// One change in a batch.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "lowercase", deny_unknown_fields)]
@@ -243,7 +247,8 @@ pub enum Change {
     Drain {
         /// Mapping name.
         name: String,
-        /// Seconds open connections may continue; default 30.
+        /// Seconds open connections may continue; default 30, at most
+        /// [`MAX_DRAIN_DEADLINE_SECS`].
         #[serde(default, skip_serializing_if = "Option::is_none")]
         deadline_secs: Option<u64>,
     },
@@ -258,7 +263,8 @@ pub enum Change {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DrainRequest {
-    /// Seconds open connections may continue; default 30.
+    /// Seconds open connections may continue; default 30, at most
+    /// [`MAX_DRAIN_DEADLINE_SECS`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deadline_secs: Option<u64>,
 }

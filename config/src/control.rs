@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 use toml::Spanned;
@@ -14,7 +15,7 @@ use crate::mapping::listen_clash;
 use crate::reach::Reach;
 use crate::secret::{ADMIN_TOKEN_KEYS, Secret, TokenKeys};
 use crate::tunnel::TunnelListenConfig;
-use crate::values::Addr;
+use crate::values::{self, Addr, Dur};
 use crate::{DEFAULT_CONTROL_STATE_FILE, EdgeEntry, MappingConfig, load};
 
 /// `[control]`: the control API of the cloud agent (mappings added at run
@@ -36,6 +37,14 @@ pub struct ControlConfig {
     /// beside the config file when that is not set. Not read when the
     /// config loads.
     pub state_file: PathBuf,
+    /// `request_timeout`: time a client has to send a request's headers,
+    /// and then its body; idle connections are closed after it too.
+    /// Default [`DEFAULT_CONTROL_REQUEST_TIMEOUT`](crate::DEFAULT_CONTROL_REQUEST_TIMEOUT).
+    pub request_timeout: Duration,
+    /// `max_connections`: connections served at once; more wait to be
+    /// accepted. Default
+    /// [`DEFAULT_CONTROL_MAX_CONNECTIONS`](crate::DEFAULT_CONTROL_MAX_CONNECTIONS).
+    pub max_connections: u32,
 }
 
 #[derive(Deserialize)]
@@ -46,6 +55,10 @@ pub(crate) struct RawControl {
     admin_token: Option<Spanned<String>>,
     admin_token_file: Option<Spanned<PathBuf>>,
     state_file: Option<Spanned<PathBuf>>,
+    #[serde(default = "serde_fns::control_request_timeout")]
+    request_timeout: Spanned<Dur>,
+    #[serde(default = "serde_fns::control_max_connections")]
+    max_connections: Spanned<u32>,
 }
 
 impl RawControl {
@@ -100,6 +113,17 @@ impl RawControl {
                 Some(path) => load::path(doc, "control.state_file", path)?,
                 None => default_state_file(doc, std::env::var_os("STATE_DIRECTORY").as_deref()),
             },
+            request_timeout: values::nonzero(
+                doc,
+                "control.request_timeout",
+                &self.request_timeout,
+            )?,
+            max_connections: values::in_range(
+                doc,
+                "control.max_connections",
+                &self.max_connections,
+                crate::defaults::CONTROL_MAX_CONNECTIONS_RANGE,
+            )?,
         })
     }
 }

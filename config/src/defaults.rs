@@ -65,6 +65,15 @@ pub const DEFAULT_CONTROL_LISTEN: SocketAddr =
     SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 7070));
 /// Default `[control] state_file`, relative to the config file's directory.
 pub const DEFAULT_CONTROL_STATE_FILE: &str = "relay-cloud-state.json";
+/// Default `[control] request_timeout`: time a client of the control API
+/// has to send a request's headers, and then its body; an idle connection
+/// is closed after it too.
+pub const DEFAULT_CONTROL_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default `[control] max_connections`: control API connections served at
+/// once; more wait in the kernel's accept queue.
+pub const DEFAULT_CONTROL_MAX_CONNECTIONS: u32 = 64;
+/// Allowed `[control] max_connections`.
+pub const CONTROL_MAX_CONNECTIONS_RANGE: RangeInclusive<u32> = 1..=4096;
 
 /// Default `[log] file_prefix` of the cloud agent.
 pub const DEFAULT_CLOUD_LOG_FILE_PREFIX: &str = "relay-cloud";
@@ -132,6 +141,12 @@ pub(crate) mod serde_fns {
     }
     pub(crate) fn control_listen() -> Spanned<Addr> {
         unplaced(Addr(DEFAULT_CONTROL_LISTEN))
+    }
+    pub(crate) fn control_request_timeout() -> Spanned<Dur> {
+        unplaced(Dur(DEFAULT_CONTROL_REQUEST_TIMEOUT))
+    }
+    pub(crate) fn control_max_connections() -> Spanned<u32> {
+        unplaced(DEFAULT_CONTROL_MAX_CONNECTIONS)
     }
     pub(crate) fn log_rotation() -> LogRotation {
         DEFAULT_LOG_ROTATION

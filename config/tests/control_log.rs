@@ -26,6 +26,8 @@ fn control_and_log_fixture_values() {
     let admin = std::fs::read_to_string(dir.join("admin.token")).unwrap();
     assert_eq!(control.admin_token.expose(), admin.trim_end().as_bytes());
     assert_eq!(control.state_file, dir.join("state/relay-cloud-state.json"));
+    assert_eq!(control.request_timeout, std::time::Duration::from_secs(5));
+    assert_eq!(control.max_connections, 16);
     let log = c.log.as_ref().unwrap();
     assert_eq!(log.dir, dir.join("logs"));
     assert_eq!(log.file_prefix, "cloud.main_1");
@@ -43,6 +45,8 @@ fn control_and_log_defaults() {
     assert_eq!(control.listen, "127.0.0.1:7070".parse().unwrap());
     assert_eq!(control.state_file, fixture("cloud/valid").join(DEFAULT_CONTROL_STATE_FILE));
     assert_eq!(DEFAULT_CONTROL_STATE_FILE, "relay-cloud-state.json");
+    assert_eq!(control.request_timeout, DEFAULT_CONTROL_REQUEST_TIMEOUT);
+    assert_eq!(control.max_connections, DEFAULT_CONTROL_MAX_CONNECTIONS);
     let log = c.log.unwrap();
     assert_eq!(log.dir, Path::new("/var/log/relay"));
     assert_eq!(log.file_prefix, DEFAULT_CLOUD_LOG_FILE_PREFIX);

@@ -74,8 +74,14 @@ pub(crate) enum Command {
 pub(crate) enum EdgesCommand {
     /// List edges with health, tunnels and round-trip times.
     List,
-    /// Stop sending new connections to an edge; open ones finish.
+    /// Stop sending new connections to an edge; open ones finish. Lasts
+    /// across cloud restarts, until `edges undrain`.
     Drain {
+        /// The edge id.
+        id: String,
+    },
+    /// Send new connections to a drained edge again.
+    Undrain {
         /// The edge id.
         id: String,
     },
@@ -135,6 +141,19 @@ pub(crate) enum BatchCommand {
     Mappings(MappingsCommand),
 }
 
+/// A drain deadline: a duration of at most the 7 days the API accepts.
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| format!("{e} (expected e.g. 90s, 5m, 1h)"))
+    let d = humantime::parse_duration(s).map_err(|e| format!("{e} (expected e.g. 90s, 5m, 1h)"))?;
+    crate::format::check_deadline(s, d.as_secs())?;
+    Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_deadline_beyond_seven_days_is_refused_before_sending() {
+        assert_eq!(super::parse_duration("7d"), Ok(std::time::Duration::from_secs(604_800)));
+        let err = super::parse_duration("8d").expect_err("8d");
+        assert!(err.contains("at most 7 days"), "{err}");
+    }
 }

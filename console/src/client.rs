@@ -203,6 +203,14 @@ impl ControlClient {
         self.call::<serde_json::Value>("POST", &format!("/v1/edges/{id}/drain"), None).map(|_| ())
     }
 
+    /// Lets new connections go to a drained edge again.
+    ///
+    /// # Errors
+    /// A [`ClientError`]; [`ClientError::Api`] with 404 for an unknown edge.
+    pub(crate) fn undrain_edge(&self, id: &str) -> Result<(), ClientError> {
+        self.call::<serde_json::Value>("POST", &format!("/v1/edges/{id}/undrain"), None).map(|_| ())
+    }
+
     /// Applies (or with `dry_run`, plans) a batch. A batch the API refused
     /// still returns its per-change outcomes.
     ///

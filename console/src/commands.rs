@@ -40,6 +40,13 @@ pub(crate) fn run(client: &ControlClient, command: Command, output: Output) -> E
                 &format!("edge {id} draining"),
             );
         }),
+        Command::Edges(EdgesCommand::Undrain { id }) => client.undrain_edge(&id).map(|()| {
+            done(
+                output,
+                &serde_json::json!({"edge": id, "draining": false}),
+                &format!("edge {id} takes new connections again"),
+            );
+        }),
         Command::Mappings(m) => mappings(client, m, output),
     };
     match result {

@@ -120,7 +120,24 @@ pub(crate) fn parse_duration(text: &str) -> Result<u64, String> {
     if !digits.is_empty() {
         return Err(bad());
     }
-    Ok(total)
+    check_deadline(text, total)
+}
+
+/// Refuses a drain deadline the API would refuse (more than
+/// [`api::MAX_DRAIN_DEADLINE_SECS`]), so that a form or a batch line is
+/// refused before anything is sent.
+///
+/// # Errors
+/// A sentence quoting `text` and giving the limit.
+pub(crate) fn check_deadline(text: &str, secs: u64) -> Result<u64, String> {
+    if secs > api::MAX_DRAIN_DEADLINE_SECS {
+        return Err(format!(
+            "deadline \"{}\" is too long: at most 7 days ({} s)",
+            text.trim(),
+            api::MAX_DRAIN_DEADLINE_SECS
+        ));
+    }
+    Ok(secs)
 }
 
 /// `text` cut to `width` characters, ending in `…` when cut.
@@ -236,6 +253,9 @@ mod tests {
             let err = parse_duration(bad).expect_err(bad);
             assert!(err.contains("expected e.g. 30s"), "{bad}: {err}");
         }
+        assert_eq!(parse_duration("7d"), Ok(604_800));
+        let err = parse_duration("7d1s").expect_err("beyond 7 days");
+        assert!(err.contains("at most 7 days"), "{err}");
     }
 
     #[test]

@@ -127,6 +127,18 @@ async fn subcommands_add_list_drain_remove_with_json_output() {
 
     let out = a.relayctl(&["edges", "list", "-o", "json"]).await;
     assert_eq!(stdout_json(&out)[0]["id"], "e1");
+    let out = a.relayctl(&["edges", "drain", "e1"]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = a.relayctl(&["edges", "list", "-o", "json"]).await;
+    assert_eq!(stdout_json(&out)[0]["draining"], true);
+    let out = a.relayctl(&["edges", "undrain", "e1", "-o", "json"]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout_json(&out)["draining"], false);
+    let out = a.relayctl(&["edges", "list", "-o", "json"]).await;
+    assert_eq!(stdout_json(&out)[0]["draining"], false);
+    let out = a.relayctl(&["edges", "undrain", "nobody"]).await;
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    assert!(stderr(&out).contains("no edge with id \"nobody\""), "{}", stderr(&out));
 
     let out = a.relayctl(&["mappings", "drain", "web", "--deadline", "10s"]).await;
     assert!(out.status.success(), "{}", stderr(&out));

@@ -24,8 +24,14 @@ struct Setup {
 }
 
 async fn setup(state_file: &Path) -> Setup {
+    setup_with(state_file, "").await
+}
+
+/// [`setup`] with `control_keys` added to `[control]`.
+async fn setup_with(state_file: &Path, control_keys: &str) -> Setup {
     let echo = echo_server().await;
-    let toml = cloud_toml_with_control("127.0.0.1:0", &[("base", &echo.to_string())], state_file);
+    let toml = cloud_toml_with_control("127.0.0.1:0", &[("base", &echo.to_string())], state_file)
+        .replacen("\n\n[tunnel]", &format!("\n{control_keys}\n[tunnel]"), 1);
     let cloud = Cloud::start(cloud_config(&toml)).await.expect("cloud starts");
     let edge =
         Edge::start(edge_config(&edge_toml(cloud.tunnel_addr(), &[echo.to_string()], TOKEN)))
@@ -276,6 +282,171 @@ async fn a_batch_whose_last_change_fails_leaves_nothing_and_dry_run_changes_noth
     assert_eq!(mapping_names(&s.api).await, vec!["a".to_owned()]);
     assert!(serves(a).await);
     drop(squatter);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_deadline_out_of_range_is_a_clear_400_and_changes_nothing() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let s = setup(&dir.path().join("state.json")).await;
+    let max = api::MAX_DRAIN_DEADLINE_SECS;
+    let answer = s
+        .api
+        .try_call("POST", "/v1/mappings/base/drain", Some(json!({"deadline_secs": u64::MAX})))
+        .await;
+    let (status, body) = answer.expect("an answer, not a dropped connection");
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["code"], "invalid", "{body}");
+    let error = body["error"].as_str().expect("error");
+    assert!(error.contains("deadline_secs") && error.contains(&max.to_string()), "{body}");
+    // In a batch: the whole batch is refused, the earlier add included.
+    let web = free_port();
+    let batch = json!({ "changes": [
+        {"op": "add", "name": "web", "listen": web.to_string(), "edge": "e1", "target": s.echo.to_string()},
+        {"op": "drain", "name": "base", "deadline_secs": max + 1},
+    ]});
+    let (status, body) = s.api.call("POST", "/v1/batch", Some(batch)).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["applied"], false);
+    assert_eq!(body["outcomes"][1]["ok"], false, "{body}");
+    assert!(body["outcomes"][1]["message"].as_str().expect("message").contains("deadline_secs"));
+    assert_eq!(mapping_names(&s.api).await, vec!["base".to_owned()]);
+    assert!(serves(s.cloud.mapping_addr("base").expect("base still active")).await);
+    // And the disk agrees with memory: after a restart base is still there.
+    let toml = s.toml.clone();
+    s.stop().await;
+    let cloud = Cloud::start(cloud_config(&toml)).await.expect("cloud restarts");
+    assert!(cloud.mapping_addr("base").is_some(), "base gone after a restart");
+    cloud.shutdown().await;
+}
+
+/// Whether the API says edge `id` is drained by an operator.
+async fn edge_drained(api: &Api, id: &str) -> bool {
+    let (status, edges) = api.call("GET", "/v1/edges", None).await;
+    assert_eq!(status, 200, "{edges}");
+    let edge = edges.as_array().expect("edges").iter().find(|e| e["id"] == id).cloned();
+    edge.unwrap_or_else(|| panic!("no edge {id}: {edges}"))["draining"].as_bool().expect("draining")
+}
+
+/// Restarts the cloud and the edge of `s` with the same config and state.
+async fn restart(s: Setup) -> Setup {
+    let (toml, echo) = (s.toml.clone(), s.echo);
+    s.stop().await;
+    let cloud = Cloud::start(cloud_config(&toml)).await.expect("cloud restarts");
+    let edge =
+        Edge::start(edge_config(&edge_toml(cloud.tunnel_addr(), &[echo.to_string()], TOKEN)))
+            .expect("edge starts");
+    let api = Api::new(cloud.control_addr().expect("control API on"), Some(ADMIN_TOKEN));
+    assert!(
+        eventually(Duration::from_secs(10), || async { cloud.live_tunnels("e1") == 2 }).await,
+        "edge never reconnected"
+    );
+    Setup { cloud, edge, api, echo, toml }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edge_drain_and_undrain_both_survive_a_restart() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let s = setup(&dir.path().join("state.json")).await;
+    let (status, body) = s.api.call("POST", "/v1/edges/e1/drain", None).await;
+    assert_eq!(status, 202, "{body}");
+    assert!(edge_drained(&s.api, "e1").await);
+    // `base` has only e1: new clients find no edge.
+    assert!(!serves(s.cloud.mapping_addr("base").expect("base")).await, "a drained edge served");
+
+    let s = restart(s).await;
+    assert!(edge_drained(&s.api, "e1").await, "edge drain lost on restart");
+    assert!(!serves(s.cloud.mapping_addr("base").expect("base")).await, "a drained edge served");
+
+    let (status, body) = s.api.call("POST", "/v1/edges/e1/undrain", None).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(!edge_drained(&s.api, "e1").await);
+    assert!(serves(s.cloud.mapping_addr("base").expect("base")).await, "undrained edge idle");
+    let (status, body) = s.api.call("POST", "/v1/edges/nobody/undrain", None).await;
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(body["code"], "not_found");
+
+    let s = restart(s).await;
+    assert!(!edge_drained(&s.api, "e1").await, "edge undrain lost on restart");
+    assert!(serves(s.cloud.mapping_addr("base").expect("base")).await);
+    s.stop().await;
+}
+
+/// A connection that sends `head` and then one more byte every 200 ms
+/// (never ending its headers, or its body) until the server closes it.
+/// Resolves when the server has closed it, with when that was seen and
+/// what the server sent.
+async fn drip(addr: SocketAddr, head: String) -> (tokio::time::Instant, Vec<u8>) {
+    let tcp = TcpStream::connect(addr).await.expect("connect");
+    let (mut r, mut w) = tcp.into_split();
+    w.write_all(head.as_bytes()).await.expect("head");
+    let writer = tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            if w.write_all(b"x").await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut got = Vec::new();
+    let _ = r.read_to_end(&mut got).await;
+    let closed = tokio::time::Instant::now();
+    writer.abort();
+    (closed, got)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_clients_are_cut_at_the_request_timeout_and_the_connection_cap_holds() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let s =
+        setup_with(&dir.path().join("state.json"), "request_timeout = \"1s\"\nmax_connections = 4")
+            .await;
+    let addr = s.cloud.control_addr().expect("control");
+    let bound = Duration::from_secs(10);
+    // Four slow-loris connections fill the cap: headers that never end.
+    let mut lorises = Vec::new();
+    for _ in 0..4 {
+        let head = "GET /v1/mappings HTTP/1.1\r\nHost: relay\r\nX-Slow: ".to_owned();
+        lorises.push(tokio::spawn(drip(addr, head)));
+        // In order, so that they are accepted before the client below.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A real client meanwhile waits for a place.
+    let client = tokio::spawn(async move {
+        let mut tcp = TcpStream::connect(addr).await.expect("connect");
+        tcp.write_all(b"GET /ready HTTP/1.1\r\nHost: relay\r\nConnection: close\r\n\r\n")
+            .await
+            .expect("request");
+        let mut answer = Vec::new();
+        tcp.read_to_end(&mut answer).await.expect("answer");
+        (tokio::time::Instant::now(), String::from_utf8_lossy(&answer).into_owned())
+    });
+    let mut first_cut = None;
+    for loris in lorises {
+        let got = tokio::time::timeout(bound, loris).await;
+        let (cut, got) = got.expect("a slow-loris connection was never cut").expect("drip task");
+        assert!(got.is_empty() || got.starts_with(b"HTTP/1.1 408"), "{got:?}");
+        first_cut = Some(first_cut.map_or(cut, |t: tokio::time::Instant| t.min(cut)));
+    }
+    let (answered, answer) =
+        tokio::time::timeout(bound, client).await.expect("client never answered").expect("task");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        first_cut.is_some_and(|cut| answered >= cut),
+        "the fifth connection was served while four held the cap of 4"
+    );
+    // A body that never ends is cut too, with a 408.
+    let head = format!(
+        "POST /v1/batch HTTP/1.1\r\nHost: relay\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\n\
+         Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n{{"
+    );
+    let (_, got) =
+        tokio::time::timeout(bound, drip(addr, head)).await.expect("slow body never cut");
+    let got = String::from_utf8_lossy(&got);
+    assert!(got.starts_with("HTTP/1.1 408"), "{got}");
+    assert!(got.contains("request_timeout"), "{got}");
+    // And the API serves as before.
+    assert_eq!(mapping_names(&s.api).await, vec!["base".to_owned()]);
     s.stop().await;
 }
 

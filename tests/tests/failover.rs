@@ -2,14 +2,22 @@
 //! SIGKILL; new connections go to the others with no error visible to
 //! clients beyond the connections that were on the lost edge.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use agent_cloud::Cloud;
+use agent_edge::Edge;
+use e2e_tests::fake_edge::{FAKE_TOKEN, encode, fake_edge, recv_frames};
 use e2e_tests::{
-    ADMIN_TOKEN, Agent, Api, cloud_config, echo_once, echo_server, eventually, serves,
+    ADMIN_TOKEN, Agent, Api, TOKEN, cloud_config, echo_once, echo_server, edge_config, eventually,
+    serves,
 };
+use futures_util::SinkExt;
+use proto::{Frame, OpenCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
 
 const EDGES: [(&str, &str); 3] = [
     ("site-a", "Aq1Ws2Ed3Rf4Tg5Yh6Uj7Ik8Ol9Pm0Nb"),
@@ -159,5 +167,71 @@ async fn a_group_survives_losing_one_of_three_edges() {
     for edge in &mut edges[1..] {
         edge.signal("TERM");
     }
+    cloud.shutdown().await;
+}
+
+/// A group whose first member answers every open with `Draining` (as an
+/// edge does in the moment between deciding to stop and its `Drain` frame
+/// reaching the cloud): every client is carried by the other member.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_that_answers_draining_is_skipped_for_another_member() {
+    let echo = echo_server().await;
+    let toml = format!(
+        "[tunnel]\nlisten = \"127.0.0.1:0\"\nheartbeat_interval = \"500ms\"\nheartbeat_timeout = \"2s\"\n\
+         [[edges]]\nid = \"e1\"\ntoken = \"{TOKEN}\"\n[[edges]]\nid = \"fake\"\ntoken = \"{FAKE_TOKEN}\"\n\
+         [[groups]]\nid = \"pool\"\nedges = [\"fake\", \"e1\"]\n\
+         [[mappings]]\nname = \"pooled\"\nlisten = \"127.0.0.1:0\"\nedge = \"pool\"\ntarget = \"{echo}\"\n"
+    );
+    let cloud = Cloud::start(cloud_config(&toml)).await.expect("cloud");
+    let edge =
+        Edge::start(edge_config(&edge_toml(cloud.tunnel_addr(), "e1", TOKEN, &echo.to_string())))
+            .expect("edge");
+    let mut ws = fake_edge(cloud.tunnel_addr()).await;
+    let opens = Arc::new(AtomicUsize::new(0));
+    let fake = {
+        let opens = Arc::clone(&opens);
+        tokio::spawn(async move {
+            while let Some(frames) = recv_frames(&mut ws).await {
+                for frame in frames {
+                    let answer = match frame {
+                        Frame::Ping { nonce } => Frame::Pong { nonce },
+                        Frame::Open { stream, .. } => {
+                            opens.fetch_add(1, Ordering::Relaxed);
+                            Frame::OpenResult {
+                                stream,
+                                code: OpenCode::Draining,
+                                window: 0,
+                                message: "edge is shutting down".into(),
+                            }
+                        }
+                        _ => continue,
+                    };
+                    if ws.send(Message::Binary(encode(&answer))).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        })
+    };
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            cloud.live_tunnels("fake") == 1 && cloud.live_tunnels("e1") == 2
+        })
+        .await,
+        "edges never connected"
+    );
+    let public = cloud.mapping_addr("pooled").expect("pooled listening");
+    let mut failures = 0;
+    for i in 0..10 {
+        let payload = format!("request {i}");
+        match echo_once(public, payload.as_bytes()).await {
+            Ok(back) if back == payload.as_bytes() => {}
+            _ => failures += 1,
+        }
+    }
+    assert!(opens.load(Ordering::Relaxed) > 0, "the draining member was never tried");
+    assert_eq!(failures, 0, "clients failed when a group member answered Draining");
+    fake.abort();
+    edge.shutdown().await;
     cloud.shutdown().await;
 }

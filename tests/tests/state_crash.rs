@@ -117,6 +117,10 @@ async fn sigkill_during_mapping_changes_leaves_a_valid_state() {
                 .unwrap_or_else(|e| panic!("round {round}: torn state file ({e}): {text:?}"));
             assert_eq!(parsed["version"], 1);
             assert!(parsed["added"].is_array() && parsed["removed"].is_array());
+            let mode = std::os::unix::fs::PermissionsExt::mode(
+                &std::fs::metadata(&state_file).expect("state metadata").permissions(),
+            );
+            assert_eq!(mode & 0o777, 0o600, "round {round}: state file mode {mode:o}");
         }
     }
     let l = ledger.lock().expect("ledger");

@@ -5,14 +5,17 @@
 //! - `routes`: the endpoints, thin wrappers over [`Mappings`] and
 //!   [`EdgeRegistry`].
 //! - `prometheus`: `/metrics` in Prometheus text format.
+//! - `server`: HTTP/1.1 with a header-read timeout and a connection cap.
 
 mod auth;
 mod prometheus;
 mod routes;
+mod server;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
+use std::time::Duration;
 
 use api::Snapshot;
 use tokio::net::TcpListener;
@@ -32,6 +35,10 @@ pub(crate) struct ControlState {
     pub(crate) snapshots: watch::Receiver<Arc<Snapshot>>,
     /// False once the agent starts shutting down (`/ready` says 503).
     pub(crate) ready: Arc<AtomicBool>,
+    /// Time a client has to send a request's headers, and then its body.
+    pub(crate) request_timeout: Duration,
+    /// Connections served at once.
+    pub(crate) max_connections: usize,
 }
 
 /// Serves the control API on `listener` until `stop` fires.
@@ -42,9 +49,9 @@ pub(crate) async fn serve(state: ControlState, listener: TcpListener, stop: Canc
             the admin token crosses the network in clear; keep it on 127.0.0.1 and use SSH");
     }
     info!(listen = ?addr, "control API listening");
-    let app = routes::router(Arc::new(state));
-    let result = axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned()).await;
-    if let Err(e) = result {
-        warn!(error = %e, "control API stopped");
-    }
+    let limits = server::Limits {
+        request_timeout: state.request_timeout,
+        max_connections: state.max_connections,
+    };
+    server::run(listener, routes::router(Arc::new(state)), limits, stop).await;
 }

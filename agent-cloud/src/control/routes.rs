@@ -30,13 +30,49 @@ pub(super) fn router(state: Shared) -> Router {
         .route("/v1/mappings/{name}/drain", post(drain_mapping))
         .route("/v1/edges", get(list_edges))
         .route("/v1/edges/{id}/drain", post(drain_edge))
+        .route("/v1/edges/{id}/undrain", post(undrain_edge))
         .route("/v1/batch", post(batch))
         .route_layer(middleware::from_fn_with_state(Arc::clone(&state), auth::require_token));
     Router::new()
         .route("/ready", get(ready))
         .merge(guarded)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+        .layer(middleware::from_fn_with_state(Arc::clone(&state), body_within_timeout))
         .with_state(state)
+}
+
+/// Reads the whole request body within `request_timeout` before any
+/// handler runs: a body dripped a byte at a time would otherwise hold its
+/// connection for as long as the client likes (the headers are bounded by
+/// the server's header-read timeout).
+async fn body_within_timeout(
+    State(state): State<Shared>,
+    request: axum::extract::Request,
+    next: middleware::Next,
+) -> Response {
+    let (parts, body) = request.into_parts();
+    let read = tokio::time::timeout(state.request_timeout, axum::body::to_bytes(body, MAX_BODY));
+    match read.await {
+        Ok(Ok(bytes)) => {
+            next.run(axum::extract::Request::from_parts(parts, axum::body::Body::from(bytes))).await
+        }
+        Ok(Err(_)) => error_response(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "invalid",
+            &format!("the request body is larger than {MAX_BODY} bytes, or was cut short"),
+        ),
+        Err(_) => {
+            let mut response = error_response(
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                &format!("the request body did not arrive within {:?}", state.request_timeout),
+            );
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, header::HeaderValue::from_static("close"));
+            response
+        }
+    }
 }
 
 pub(super) fn error_response(status: StatusCode, code: &str, error: &str) -> Response {
@@ -155,10 +191,16 @@ async fn list_edges(State(state): State<Shared>) -> Response {
 }
 
 async fn drain_edge(State(state): State<Shared>, Path(id): Path<String>) -> Response {
-    if state.edges.set_draining(&id, true) {
-        StatusCode::ACCEPTED.into_response()
-    } else {
-        error_response(StatusCode::NOT_FOUND, "not_found", &format!("no edge with id {id:?}"))
+    match state.mappings.set_edge_draining(&id, true).await {
+        Ok(()) => StatusCode::ACCEPTED.into_response(),
+        Err(e) => change_error(&e),
+    }
+}
+
+async fn undrain_edge(State(state): State<Shared>, Path(id): Path<String>) -> Response {
+    match state.mappings.set_edge_draining(&id, false).await {
+        Ok(()) => StatusCode::OK.into_response(),
+        Err(e) => change_error(&e),
     }
 }
 

@@ -63,6 +63,9 @@ pub(crate) enum Request {
     DrainEdge {
         id: String,
     },
+    UndrainEdge {
+        id: String,
+    },
     /// Fetch a snapshot now rather than at the next second.
     Refresh,
 }
@@ -75,6 +78,7 @@ impl Request {
             Request::Drain { name, .. } => format!("draining {name}…"),
             Request::Remove { name } => format!("removing {name}…"),
             Request::DrainEdge { id } => format!("draining edge {id}…"),
+            Request::UndrainEdge { id } => format!("undraining edge {id}…"),
             Request::Refresh => "refreshing…".to_owned(),
         }
     }
@@ -102,6 +106,10 @@ pub(crate) enum Confirm {
         open: u64,
     },
     DrainEdge {
+        id: String,
+        mappings: usize,
+    },
+    UndrainEdge {
         id: String,
         mappings: usize,
     },

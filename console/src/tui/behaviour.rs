@@ -168,6 +168,23 @@ fn shift_d_drains_the_selected_edge() {
 }
 
 #[test]
+fn shift_d_on_a_drained_edge_undrains_it() {
+    let mut app = fixtures::app();
+    app.snapshot.as_mut().expect("fixture snapshot").edges[1].draining = true;
+    tab(&mut app);
+    key(&mut app, 'j');
+    press(&mut app, KeyCode::Char('D'), KeyModifiers::SHIFT);
+    assert!(matches!(app.mode, Mode::Confirm(super::app::Confirm::UndrainEdge { .. })));
+    assert_eq!(key(&mut app, 'y'), Some(Request::UndrainEdge { id: "site-b".into() }));
+    app.update(Action::Finished {
+        request: Request::UndrainEdge { id: "site-b".into() },
+        result: Ok(None),
+    });
+    let status = app.status.clone().expect("status");
+    assert!(!status.error && status.text.contains("site-b takes new connections"), "{status:?}");
+}
+
+#[test]
 fn slash_filters_and_esc_clears() {
     let mut app = fixtures::app();
     key(&mut app, '/');

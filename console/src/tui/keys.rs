@@ -13,7 +13,7 @@ pub(crate) const HELP: &[(&str, &str)] = &[
     ("a", "add a mapping"),
     ("d", "drain the selected mapping (asks for a deadline)"),
     ("x  Delete", "remove the selected mapping now (asks first)"),
-    ("D", "drain the selected edge (edges focused; asks first)"),
+    ("D", "drain or undrain the selected edge (asks first)"),
     ("/", "filter mappings; Enter keeps it, Esc clears it"),
     ("Esc", "clear the filter and the status line"),
     ("?", "this help"),

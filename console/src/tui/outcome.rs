@@ -52,6 +52,7 @@ impl App {
             Request::Drain { name, .. } => format!("could not drain {name}"),
             Request::Remove { name } => format!("could not remove {name}"),
             Request::DrainEdge { id } => format!("could not drain edge {id}"),
+            Request::UndrainEdge { id } => format!("could not undrain edge {id}"),
             Request::Refresh => "could not refresh".to_owned(),
         };
         self.say(format!("{what}: {error}"), true);
@@ -101,6 +102,9 @@ impl App {
             }
             Request::DrainEdge { id } => {
                 self.say(format!("draining edge {id}: no new connections go to it"), false);
+            }
+            Request::UndrainEdge { id } => {
+                self.say(format!("edge {id} takes new connections again"), false);
             }
             Request::Refresh => {}
         }

@@ -68,9 +68,13 @@ impl App {
             Action::OpenDrain | Action::OpenRemove => self.open_mapping_confirm(&action),
             Action::OpenDrainEdge => match (self.focus, self.selected_edge()) {
                 (Focus::Edges, Some(edge)) => {
-                    let id = edge.id.clone();
+                    let (id, draining) = (edge.id.clone(), edge.draining);
                     let mappings = self.mappings_on(&id);
-                    self.mode = Mode::Confirm(Confirm::DrainEdge { id, mappings });
+                    self.mode = Mode::Confirm(if draining {
+                        Confirm::UndrainEdge { id, mappings }
+                    } else {
+                        Confirm::DrainEdge { id, mappings }
+                    });
                 }
                 (Focus::Edges, None) => self.say("no edge to drain", true),
                 _ => self.say("D drains an edge: press Tab to select one first", true),
@@ -224,6 +228,10 @@ impl App {
             (Action::Confirm, Confirm::DrainEdge { id, .. }) => {
                 let id = id.clone();
                 self.send(Request::DrainEdge { id })
+            }
+            (Action::Confirm, Confirm::UndrainEdge { id, .. }) => {
+                let id = id.clone();
+                self.send(Request::UndrainEdge { id })
             }
             (action, Confirm::Drain { deadline, error, .. }) => {
                 match action {

@@ -70,6 +70,7 @@ pub(crate) fn perform(
                 }
                 Request::Remove { name } => client.remove_mapping(name).map(|()| None),
                 Request::DrainEdge { id } => client.drain_edge(id).map(|()| None),
+                Request::UndrainEdge { id } => client.undrain_edge(id).map(|()| None),
                 Request::Refresh => Ok(None),
             };
             let _ = tx.send(Action::Finished { request, result });

@@ -172,6 +172,14 @@ fn confirm(frame: &mut Frame<'_>, theme: Theme, area: Rect, confirm: &Confirm) {
             ),
             "drain",
         ),
+        Confirm::UndrainEdge { id, mappings } => (
+            format!("Undrain edge {id}"),
+            format!(
+                "New connections go to edge {id} again ({mappings} mapping{} use it).",
+                if *mappings == 1 { "" } else { "s" }
+            ),
+            "undrain",
+        ),
     };
     let mut lines: Vec<Line<'_>> =
         format::wrap(&text, wrap_width).into_iter().map(Line::raw).collect();
