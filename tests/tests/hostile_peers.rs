@@ -90,6 +90,7 @@ async fn accept_opens(ws: &mut Ws, want: usize) -> Vec<(u32, u64)> {
 async fn one_byte_frame_floods_stay_within_the_memory_bound() {
     let mut cloud = start_cloud_with(&fake_cloud_toml(), &["fakemap"]).await;
     let mut ws = fake_edge(cloud.tunnel).await;
+    cloud.agent.wait_for_log(&["edge connected", "edge=fake"], Duration::from_secs(10)).await;
     let mut clients = Vec::new();
     for _ in 0..STREAMS {
         clients.push(stalled_client(cloud.mappings[0]).await);
@@ -173,6 +174,7 @@ async fn one_byte_frame_floods_stay_within_the_memory_bound() {
 async fn an_empty_frame_flood_is_cut_at_the_first_frame() {
     let mut cloud = start_cloud_with(&fake_cloud_toml(), &["fakemap"]).await;
     let mut ws = fake_edge(cloud.tunnel).await;
+    cloud.agent.wait_for_log(&["edge connected", "edge=fake"], Duration::from_secs(10)).await;
     let _client = stalled_client(cloud.mappings[0]).await;
     let streams = accept_opens(&mut ws, 1).await;
     let before = cloud.agent.rss_kib();

@@ -9,7 +9,7 @@ use std::time::Duration;
 use agent_cloud::Cloud;
 use bytes::Bytes;
 use e2e_tests::fake_edge::{FAKE_TOKEN, Ws, auth, challenge, encode, fake_edge, recv_frames};
-use e2e_tests::{cloud_config, echo_server};
+use e2e_tests::{cloud_config, echo_server, eventually};
 use futures_util::{SinkExt, StreamExt};
 use proto::{Frame, GoAwayCode, OpenCode, PROTOCOL_VERSION, RefuseCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -137,6 +137,8 @@ async fn websocket_pings_do_not_keep_a_tunnel_alive() {
 
 /// A client of `fakemap` and the `Open` the fake edge receives for it.
 async fn client_and_open(cloud: &Cloud, ws: &mut Ws) -> (TcpStream, u32, u32) {
+    // The fake edge's tunnel is registered just after its Welcome.
+    assert!(eventually(Duration::from_secs(10), || async { cloud.live_tunnels("fake") > 0 }).await);
     let client =
         TcpStream::connect(cloud.mapping_addr("fakemap").expect("mapping")).await.expect("client");
     loop {

@@ -15,6 +15,9 @@ use super::{ControlState, auth, prometheus};
 use crate::errors::ChangeError;
 use crate::mappings::BatchOutcome;
 
+/// How long one snapshot may take to reach a `/v1/stream` client.
+const SNAPSHOT_SEND_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 type Shared = Arc<ControlState>;
 
 /// Largest request body accepted: a batch of a few thousand changes.
@@ -128,7 +131,11 @@ async fn stream(State(state): State<Shared>, upgrade: WebSocketUpgrade) -> Respo
                 serde_json::to_string(&**snapshot)
             };
             let Ok(json) = json else { return };
-            if socket.send(Message::Text(json.into())).await.is_err() {
+            // A console that stopped reading must not hold this task and
+            // its socket: a snapshot it cannot take within the limit ends it.
+            let sent =
+                tokio::time::timeout(SNAPSHOT_SEND_LIMIT, socket.send(Message::Text(json.into())));
+            if !matches!(sent.await, Ok(Ok(()))) {
                 return;
             }
             if snapshots.changed().await.is_err() {

@@ -210,7 +210,7 @@ impl Rig {
         report(&format!("  detection: edge {edge_d:?}, cloud {cloud_d:?}"));
         for line in edge.iter().chain(&cloud) {
             report(&format!("    {line}"));
-            let timeout = line.contains("no frame from peer");
+            let timeout = line.contains("no answer to pings");
             assert!(timeout, "not a heartbeat timeout: {line}\n{}", self.logs());
         }
         let worst = edge_d.iter().chain(&cloud_d).max().copied().unwrap_or_default();

@@ -167,6 +167,11 @@ pub(crate) struct Shared {
     /// Nonce of the latest ping received: the queued pong answers it, not
     /// the one that queued it.
     pong_nonce: AtomicU64,
+    /// Resets in the stream queue. Each stream is reset at most once, but a
+    /// peer that stops reading while its streams keep failing could queue
+    /// one for every stream it ever opened: past [`Shared::max_queued_resets`]
+    /// the tunnel is closed instead.
+    resets_queued: AtomicUsize,
     /// Every stream id was used: the tunnel opens no more streams and is
     /// closed once its last stream ends (the edge redials).
     ids_exhausted: AtomicBool,
@@ -217,8 +222,18 @@ impl Shared {
     /// Queues a stream's reset behind its earlier frames, without waiting
     /// (callers reset a stream at most once: [`StreamShared::mark_reset`]).
     pub(crate) fn send_reset(&self, stream: u32, code: ResetCode, message: &str) {
+        if self.resets_queued.fetch_add(1, Ordering::Relaxed) >= self.max_queued_resets() {
+            self.go_away(GoAwayCode::Internal, "peer does not read: too many resets queued".into());
+            return;
+        }
         let frame = Frame::Reset { stream, code, message: message.to_owned() };
         let _ = self.stream_tx.send(Queued { frame, _room: None });
+    }
+
+    /// As many resets as streams may be open, plus one for each frame the
+    /// queue can hold: more means the peer stopped reading long ago.
+    fn max_queued_resets(&self) -> usize {
+        self.settings.max_streams as usize + self.settings.queue_frames
     }
 
     /// Queues a tunnel-level frame without waiting (see the module docs for
@@ -396,6 +411,7 @@ impl Tunnel {
             control_tx,
             pong_queued: AtomicBool::new(false),
             pong_nonce: AtomicU64::new(0),
+            resets_queued: AtomicUsize::new(0),
             ids_exhausted: AtomicBool::new(false),
             ping_queued: AtomicBool::new(false),
             report_queued: AtomicBool::new(false),

@@ -345,10 +345,15 @@ async fn a_peer_that_sends_but_never_answers_pings_times_out() {
         ..MuxSettings::default()
     };
     let (cloud, mut edge) = cloud_and_raw_edge(settings).await;
-    // Frames keep flowing (its own pings); pongs never come.
+    // Frames keep flowing (its own pings); pongs never come. Once the cloud
+    // has closed, sending fails: then only wait for the close to be seen.
     let chatter = async {
         for nonce in 1.. {
-            edge.send(vec![Frame::Ping { nonce }]).await;
+            let mut message = crate::ws::OutMessage::new(Side::Client);
+            message.push(Frame::Ping { nonce });
+            if edge.ws.writer.send(&mut message).await.is_err() {
+                break;
+            }
             while let Ok(Some(_)) =
                 tokio::time::timeout(std::time::Duration::from_millis(50), edge.recv(false)).await
             {
@@ -473,4 +478,21 @@ async fn a_peer_that_stops_reading_does_not_hold_the_writer_and_socket() {
     tokio::time::timeout(std::time::Duration::from_secs(10), released)
         .await
         .expect("the tunnel's socket is still held by a writer stuck on a peer that does not read");
+}
+
+#[tokio::test]
+async fn resets_piling_up_behind_a_peer_that_does_not_read_close_the_tunnel() {
+    let settings = MuxSettings { max_streams: 4, queue_frames: 4, ..quiet() };
+    let (cloud, _edge) = cloud_and_raw_edge(settings).await;
+    // One-thread runtime: the writer takes none of them meanwhile.
+    for stream in 1..=8 {
+        cloud.shared.send_reset(stream, ResetCode::Other, "x");
+    }
+    assert!(!cloud.shared.going_away.load(Ordering::Relaxed), "8 fit (4 streams + 4 frames)");
+    cloud.shared.send_reset(9, ResetCode::Other, "x");
+    tokio::time::timeout(std::time::Duration::from_secs(5), cloud.closed())
+        .await
+        .expect("the ninth reset closes the tunnel");
+    let reason = cloud.close_reason().unwrap_or_default();
+    assert!(reason.contains("too many resets queued"), "{reason}");
 }

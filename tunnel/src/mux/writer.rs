@@ -33,7 +33,7 @@ pub(super) async fn write_loop<S>(
             biased;
             () = shared.closed.cancelled() => break,
             Some(frame) = control_rx.recv() => take_control(&shared, frame, &mut message, &mut go_away, &data_rx),
-            Some(queued) = data_rx.recv() => push_data(queued, &mut message, &mut go_away),
+            Some(queued) = data_rx.recv() => push_data(&shared, queued, &mut message, &mut go_away),
             else => break,
         }
         // Batch whatever else is ready into the same message: fewer, larger
@@ -44,7 +44,7 @@ pub(super) async fn write_loop<S>(
             } else if go_away.as_ref().is_some_and(|(_, n)| *n == 0) {
                 break;
             } else if let Ok(queued) = data_rx.try_recv() {
-                push_data(queued, &mut message, &mut go_away);
+                push_data(&shared, queued, &mut message, &mut go_away);
             } else {
                 break;
             }
@@ -81,7 +81,15 @@ pub(super) async fn write_loop<S>(
     shared.stream_room.close();
 }
 
-fn push_data(queued: Queued, message: &mut OutMessage, go_away: &mut Option<(Frame, usize)>) {
+fn push_data(
+    shared: &Shared,
+    queued: Queued,
+    message: &mut OutMessage,
+    go_away: &mut Option<(Frame, usize)>,
+) {
+    if matches!(queued.frame, Frame::Reset { .. }) {
+        shared.resets_queued.fetch_sub(1, Ordering::Relaxed);
+    }
     // The queue's room is given back as the frame leaves it.
     message.push(queued.frame);
     if let Some((_, flush_first)) = go_away {
