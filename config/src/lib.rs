@@ -24,7 +24,7 @@
 //! - Counts lie in the ranges of [`defaults`]; `heartbeat_timeout >
 //!   heartbeat_interval`; `[reconnect] initial <= max`.
 //! - Tokens come from exactly one of `token` or `token_file` (whose trailing
-//!   whitespace is trimmed), are at least [`MIN_TOKEN_LEN`] bytes and do not
+//!   ASCII whitespace is trimmed; nothing else is, and nothing is decoded), are at least [`MIN_TOKEN_LEN`] bytes and do not
 //!   look like placeholders such as `changeme`. The same rules apply to
 //!   `[control]`'s `admin_token` / `admin_token_file`.
 //! - Cloud: at least one `[[edges]]`, unique edge ids, unique edge tokens

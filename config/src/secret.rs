@@ -144,7 +144,7 @@ impl TokenKeys<'_> {
                 let at = |m: String| doc.error_at(file.span(), format!("{}: {m}", key(in_file)));
                 let mut bytes = std::fs::read(&path)
                     .map_err(|e| at(format!("cannot read token file {:?}: {e}", path.display())))?;
-                bytes.truncate(bytes.trim_ascii_end().len());
+                token_file_key(&mut bytes);
                 check(&bytes, &format!("the token in {:?}", path.display())).map_err(at)?;
                 check_demo(&bytes, self.reach).map_err(at)?;
                 if let Some(mode) = file_mode(&path).filter(|m| m & OPEN_BITS != 0) {
@@ -254,9 +254,27 @@ fn check(token: &[u8], what: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The HMAC key a token file holds: its bytes with trailing ASCII whitespace
+/// removed (so a trailing newline does not matter), nothing else changed and
+/// nothing decoded (docs/protocol.md, "Handshake").
+fn token_file_key(bytes: &mut Vec<u8>) {
+    bytes.truncate(bytes.trim_ascii_end().len());
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_token_file_loses_trailing_ascii_whitespace_only() {
+        let mut bytes = " q7Zx3VbN8mK2pL9w\u{a0}\r\n\t \x0c".as_bytes().to_vec();
+        token_file_key(&mut bytes);
+        // Leading space and the no-break space (not ASCII) stay.
+        assert_eq!(bytes, " q7Zx3VbN8mK2pL9w\u{a0}".as_bytes());
+        let mut base64_like = b"cTdaeDNWYk44bUsycEw5dw==\n".to_vec();
+        token_file_key(&mut base64_like);
+        assert_eq!(base64_like, b"cTdaeDNWYk44bUsycEw5dw==", "not decoded");
+    }
 
     const TOKEN: &str = "q7Zx3VbN8mK2pL9wR4tY6uI1oA5sD0fG";
 

@@ -276,6 +276,10 @@ fn on_frame(
             // A duplicate, or one for a stream already gone, is ignored.
             let Some(entry) = table.map.get_mut(&stream) else { return Ok(()) };
             let Some(pending) = entry.pending_open.take() else { return Ok(()) };
+            if code == proto::OpenCode::Draining {
+                // It said so before its Drain frame arrived: open no more here.
+                shared.peer_draining.store(true, Ordering::Relaxed);
+            }
             if code == proto::OpenCode::Ok {
                 // Applied here, in frame order: a `Window` right behind it in
                 // the same message must find the grant in place.
