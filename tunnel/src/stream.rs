@@ -50,6 +50,9 @@ pub(crate) struct StreamInner {
     pub(crate) state: StreamState,
     /// What arrived and is not yet written on.
     pub(crate) inbox: Inbox,
+    /// The receiving half is parked in [`StreamReceiver::recv`]: data that
+    /// arrives now is taken at once, so it need not be copied.
+    pub(crate) reader_parked: bool,
     /// Why the stream was reset, once it was.
     pub(crate) reset: Option<ResetCause>,
 }
@@ -84,6 +87,7 @@ impl StreamShared {
                 recv,
                 state: StreamState::new(),
                 inbox: Inbox::default(),
+                reader_parked: false,
                 reset: None,
             }),
             credit: Notify::new(),
@@ -221,6 +225,9 @@ impl StreamSender {
     /// Sends `data`, which must fit in the credit last returned by
     /// [`credit`](Self::credit).
     ///
+    /// Not cancel-safe: the bytes count as sent before the frame is queued,
+    /// so a caller that drops this future must reset the stream.
+    ///
     /// # Errors
     /// [`StreamClosed`] if the stream was reset or the tunnel is gone.
     pub async fn send(&self, data: Bytes) -> Result<(), StreamClosed> {
@@ -285,15 +292,19 @@ impl StreamReceiver {
         }
     }
 
+    /// The next event, or None after marking the receiver parked (under
+    /// the same lock, so the reader sees it before it pushes more).
     fn next_event(&self) -> Option<Inbound> {
         let mut inner = self.stream.lock();
-        if let Some(cause) = &inner.reset {
-            return Some(Inbound::Reset { code: cause.code, message: cause.message.clone() });
-        }
-        if let Some(chunk) = inner.inbox.pop() {
-            return Some(Inbound::Data(chunk));
-        }
-        inner.inbox.take_fin().then_some(Inbound::Fin)
+        let event = if let Some(cause) = &inner.reset {
+            Some(Inbound::Reset { code: cause.code, message: cause.message.clone() })
+        } else if let Some(chunk) = inner.inbox.pop() {
+            Some(Inbound::Data(chunk))
+        } else {
+            inner.inbox.take_fin().then_some(Inbound::Fin)
+        };
+        inner.reader_parked = event.is_none();
+        event
     }
 
     /// Waits until the stream is reset (by either side, or because the

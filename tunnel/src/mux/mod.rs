@@ -145,6 +145,14 @@ pub(crate) struct Queued {
     _room: Option<OwnedSemaphorePermit>,
 }
 
+impl Queued {
+    /// Whether this is a stream's last frame, queued without room
+    /// ([`Shared::send_final`]).
+    pub(crate) fn is_final(&self) -> bool {
+        self._room.is_none()
+    }
+}
+
 #[derive(Debug, Default)]
 struct StreamTable {
     map: HashMap<u32, Entry>,
@@ -167,7 +175,8 @@ pub(crate) struct Shared {
     /// Nonce of the latest ping received: the queued pong answers it, not
     /// the one that queued it.
     pong_nonce: AtomicU64,
-    /// Resets in the stream queue. Each stream is reset at most once, but a
+    /// Resets (and refusing open results) in the stream queue. Each stream
+    /// has at most one, but a
     /// peer that stops reading while its streams keep failing could queue
     /// one for every stream it ever opened: past [`Shared::max_queued_resets`]
     /// the tunnel is closed instead.
@@ -177,6 +186,7 @@ pub(crate) struct Shared {
     ids_exhausted: AtomicBool,
     ping_queued: AtomicBool,
     report_queued: AtomicBool,
+    drain_queued: AtomicBool,
     going_away: AtomicBool,
     peer_draining: AtomicBool,
     rtt_micros: AtomicU64,
@@ -222,11 +232,17 @@ impl Shared {
     /// Queues a stream's reset behind its earlier frames, without waiting
     /// (callers reset a stream at most once: [`StreamShared::mark_reset`]).
     pub(crate) fn send_reset(&self, stream: u32, code: ResetCode, message: &str) {
+        self.send_final(Frame::Reset { stream, code, message: message.to_owned() });
+    }
+
+    /// Queues a stream's last frame (a reset, or a refusing open result)
+    /// without waiting for room: it must go even when the caller is
+    /// cancelled, and each stream has at most one.
+    fn send_final(&self, frame: Frame) {
         if self.resets_queued.fetch_add(1, Ordering::Relaxed) >= self.max_queued_resets() {
             self.go_away(GoAwayCode::Internal, "peer does not read: too many resets queued".into());
             return;
         }
-        let frame = Frame::Reset { stream, code, message: message.to_owned() };
         let _ = self.stream_tx.send(Queued { frame, _room: None });
     }
 
@@ -369,9 +385,11 @@ impl IncomingStream {
         let tunnel = Arc::clone(&self.stream.sender_tunnel());
         let id = self.stream.id();
         let frame = Frame::OpenResult { stream: id, code, window: 0, message: message.to_owned() };
-        // Mark closed first so dropping the stream sends no reset on top.
+        // Mark closed first so dropping the stream sends no reset on top;
+        // queued without waiting, so the answer goes even if this caller is
+        // cancelled right after (the cloud would wait 30 s for it).
         self.stream.mark_closed_quietly();
-        let _ = tunnel.send_frame(frame).await;
+        tunnel.send_final(frame);
         tunnel.remove_stream(id);
     }
 }
@@ -415,6 +433,7 @@ impl Tunnel {
             ids_exhausted: AtomicBool::new(false),
             ping_queued: AtomicBool::new(false),
             report_queued: AtomicBool::new(false),
+            drain_queued: AtomicBool::new(false),
             going_away: AtomicBool::new(false),
             peer_draining: AtomicBool::new(false),
             rtt_micros: AtomicU64::new(0),
@@ -507,7 +526,11 @@ impl Tunnel {
 
     /// Tells the peer to open no new streams towards this side.
     pub fn drain(&self) {
-        self.shared.send_control(Frame::Drain);
+        // One is enough, and repeated calls must not pile up behind a
+        // stalled writer.
+        if !self.shared.drain_queued.swap(true, Ordering::Relaxed) {
+            self.shared.send_control(Frame::Drain);
+        }
     }
 
     /// Closes the tunnel, telling the peer why. Open streams are reset.

@@ -1,10 +1,14 @@
 //! The reader task: decodes frames, applies them to streams, and runs the
 //! heartbeat. It never waits on the writer (see the parent module).
 //!
-//! Liveness is the peer answering pings: a peer that keeps sending frames
-//! (or WebSocket pings, or empty messages) but stops answering is as dead
-//! as a silent one, and a side whose own writer is stuck behind a peer that
-//! does not read gets no answers either.
+//! Liveness is the peer answering pings, or moving stream data: a `Data`
+//! frame, or a `Window` that raises a limit (it consumed what this side
+//! sent). A pong can queue behind seconds of bulk data on a slow link, and
+//! that data proves the peer alive just as well. Anything else (its own
+//! pings, reports, repeated windows, WebSocket pings) does not count: a
+//! peer that keeps sending those but stops answering is as dead as a silent
+//! one, and a side whose own writer is stuck behind a peer that does not
+//! read gets no answers and, once the credit it granted is used, no data.
 
 use std::fmt;
 use std::sync::Arc;
@@ -45,11 +49,18 @@ struct Heartbeat {
     /// Nonce of the newest ping answered, and when the answer came (the
     /// tunnel's start before any).
     answered: (u64, Instant),
+    /// When the peer last moved stream data.
+    progress: Instant,
 }
 
 impl Heartbeat {
     fn new(now: Instant) -> Self {
-        Self { sent: (0, now), answered: (0, now) }
+        Self { sent: (0, now), answered: (0, now), progress: now }
+    }
+
+    /// The last proof that the peer is alive.
+    fn alive_at(&self) -> Instant {
+        self.answered.1.max(self.progress)
     }
 
     /// Applies a pong. Returns the round trip when it answers the latest
@@ -84,12 +95,12 @@ pub(super) async fn read_loop<S>(
         tokio::select! {
             () = shared.closed.cancelled() => break None,
             () = &mut unanswered => {
-                let deadline = beat.answered.1 + settings.heartbeat_timeout;
+                let deadline = beat.alive_at() + settings.heartbeat_timeout;
                 if deadline > Instant::now() {
                     unanswered.as_mut().reset(deadline);
                     continue;
                 }
-                let why = format!("no answer to pings for {:?}", beat.answered.1.elapsed());
+                let why = format!("no answer to pings for {:?}", beat.alive_at().elapsed());
                 shared.go_away(GoAwayCode::Timeout, why.clone());
                 break Some(why);
             }
@@ -191,9 +202,10 @@ fn on_frame(
             {
                 let mut inner = entry.stream.lock();
                 inner.state.on_data().map_err(|e| format!("stream {stream}: {e}"))?;
-                // Behind earlier data, the payload waits for the local
-                // reader: the inbox copies it (see `crate::inbox`).
-                let waits = inner.recv.buffered() > 0;
+                // Unless the local reader is parked waiting for it, the
+                // payload waits (behind earlier data, or for a relay busy
+                // elsewhere): the inbox copies it (see `crate::inbox`).
+                let waits = !inner.reader_parked || inner.recv.buffered() > 0;
                 inner
                     .recv
                     .on_data(payload.len() as u64)
@@ -201,6 +213,7 @@ fn on_frame(
                 inner.inbox.push(payload, waits);
             }
             entry.stream.wake_receiver();
+            beat.progress = Instant::now();
         }
         Frame::Window { stream, limit } => {
             let table = shared.table();
@@ -213,6 +226,7 @@ fn on_frame(
                 .map_err(|e| format!("stream {stream}: {e}"))?;
             if grew {
                 entry.stream.wake_sender();
+                beat.progress = Instant::now();
             }
         }
         Frame::Fin { stream } => {
@@ -285,6 +299,10 @@ fn on_frame(
                 // the same message must find the grant in place.
                 entry.stream.lock().send.grant_initial(window);
                 entry.stream.wake_sender();
+            } else {
+                // A refused stream is gone: later frames for it are ignored.
+                table.map.remove(&stream);
+                shared.active.store(table.map.len(), Ordering::Relaxed);
             }
             let _ = pending.send((code, message));
         }

@@ -496,3 +496,57 @@ async fn resets_piling_up_behind_a_peer_that_does_not_read_close_the_tunnel() {
     let reason = cloud.close_reason().unwrap_or_default();
     assert!(reason.contains("too many resets queued"), "{reason}");
 }
+
+#[tokio::test]
+async fn data_moving_keeps_a_tunnel_alive_while_its_pong_is_stuck_behind_it() {
+    let settings = MuxSettings {
+        heartbeat_interval: std::time::Duration::from_millis(100),
+        heartbeat_timeout: std::time::Duration::from_millis(500),
+        ..MuxSettings::default()
+    };
+    let (cloud, mut edge) = cloud_and_raw_edge(settings).await;
+    let grant =
+        Frame::OpenResult { stream: 1, code: OpenCode::Ok, window: 1024, message: String::new() };
+    let (_sender, mut receiver) = open_raw(&cloud, &mut edge, vec![grant]).await.split();
+    // The edge uploads (never answering a ping, as if its pongs sat behind
+    // the data in its socket) for four heartbeat timeouts; the cloud
+    // consumes what arrives.
+    let consume = async {
+        loop {
+            match receiver.recv().await {
+                Inbound::Data(bytes) => receiver.consumed(bytes.len()).await.unwrap(),
+                _ => return,
+            }
+        }
+    };
+    let upload = async {
+        let until = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
+        let (mut sent, mut limit) = (0u64, u64::from(INITIAL_STREAM_WINDOW));
+        while tokio::time::Instant::now() < until {
+            if sent < limit {
+                let payload = Bytes::from(vec![3u8; 1000.min((limit - sent) as usize)]);
+                sent += payload.len() as u64;
+                edge.send(vec![Frame::Data { stream: 1, payload }]).await;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            while let Ok(Some(frames)) =
+                tokio::time::timeout(std::time::Duration::from_millis(1), edge.recv(false)).await
+            {
+                for frame in frames {
+                    if let Frame::Window { limit: l, .. } = frame {
+                        limit = limit.max(l);
+                    }
+                }
+            }
+        }
+    };
+    tokio::select! {
+        () = upload => {}
+        () = consume => panic!("the stream ended during the upload"),
+        () = cloud.closed() => panic!("closed while data moved: {:?}", cloud.close_reason()),
+    }
+    // Then silence: the heartbeat gives up.
+    tokio::time::timeout(std::time::Duration::from_secs(10), cloud.closed())
+        .await
+        .expect("no data and no pongs: the tunnel must close");
+}

@@ -87,7 +87,7 @@ fn push_data(
     message: &mut OutMessage,
     go_away: &mut Option<(Frame, usize)>,
 ) {
-    if matches!(queued.frame, Frame::Reset { .. }) {
+    if queued.is_final() {
         shared.resets_queued.fetch_sub(1, Ordering::Relaxed);
     }
     // The queue's room is given back as the frame leaves it.
