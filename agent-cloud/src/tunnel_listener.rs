@@ -179,9 +179,11 @@ async fn serve<S>(
     let (tunnel, _no_incoming) = Tunnel::spawn(ws, Role::Cloud, id, settings);
     let edge_id = admitted.admission.edge_id().to_owned();
     let epoch = admitted.admission.epoch();
-    this.edges.add(admitted.admission, tunnel.clone());
-    // Logged once streams can be opened on it (tests wait for this line).
-    info!(edge = %edge_id, epoch, version = %escaped(&admitted.agent_version), "edge connected");
+    // Logged once streams can be opened on it (tests wait for this line),
+    // and not for a tunnel a newer run superseded meanwhile.
+    if this.edges.add(admitted.admission, tunnel.clone()) {
+        info!(edge = %edge_id, epoch, version = %escaped(&admitted.agent_version), "edge connected");
+    }
     tunnel.closed().await;
     // The reason may be the edge's go-away message.
     info!(edge = %edge_id, reason = %escaped(tunnel.close_reason().unwrap_or_default()),

@@ -10,6 +10,7 @@ use proto::{OpenCode, ResetCode};
 use tokio::net::TcpStream;
 use tracing::{debug, info};
 use tunnel::IncomingStream;
+use tunnel::untrusted::escaped;
 
 use crate::edge::EdgeShared;
 
@@ -64,7 +65,7 @@ where
         found.into_iter().partition(|a| allow.iter().any(|entry| entry.admits_addr(*a)));
     if !dropped.is_empty() {
         let dropped: Vec<String> = dropped.iter().map(|a| a.ip().to_string()).collect();
-        info!(%host, port, outside = %dropped.join(", "),
+        info!(host = %escaped(&host), port, outside = %dropped.join(", "),
             "resolved addresses outside the allowlist's networks; not used");
     }
     if kept.is_empty() {
@@ -103,7 +104,7 @@ pub(crate) async fn serve(shared: Arc<EdgeShared>, stream: IncomingStream) {
     }
     if !allowed(&shared.config.allow, &host, port) {
         shared.denied.fetch_add(1, Ordering::Relaxed);
-        info!(%host, port, "destination not on the allowlist; refused");
+        info!(host = %escaped(&host), port, "destination not on the allowlist; refused");
         stream.reject(OpenCode::Denied, "destination not on the edge's allowlist").await;
         return;
     }
@@ -112,26 +113,26 @@ pub(crate) async fn serve(shared: Arc<EdgeShared>, stream: IncomingStream) {
         Ok(Ok(tcp)) => tcp,
         Ok(Err(NoConnect::Denied(why))) => {
             shared.denied.fetch_add(1, Ordering::Relaxed);
-            info!(%host, port, "{why}; refused");
+            info!(host = %escaped(&host), port, why = %escaped(&why), "refused");
             stream.reject(OpenCode::Denied, &why).await;
             return;
         }
         Ok(Err(NoConnect::Failed(e))) => {
             shared.connects_failed.fetch_add(1, Ordering::Relaxed);
-            info!(%host, port, error = %e, "destination connect failed");
+            info!(host = %escaped(&host), port, error = %e, "destination connect failed");
             stream.reject(open_code(&e), &e.to_string()).await;
             return;
         }
         Err(_) => {
             shared.connects_failed.fetch_add(1, Ordering::Relaxed);
-            info!(%host, port, ?timeout, "destination connect timed out");
+            info!(host = %escaped(&host), port, ?timeout, "destination connect timed out");
             stream.reject(OpenCode::Timeout, &format!("no answer within {timeout:?}")).await;
             return;
         }
     };
     shared.connects_ok.fetch_add(1, Ordering::Relaxed);
     let Ok(stream) = stream.accept().await else { return };
-    debug!(%host, port, "stream open");
+    debug!(host = %escaped(&host), port, "stream open");
     let outcome = tunnel::relay(
         tcp,
         stream,

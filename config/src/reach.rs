@@ -39,14 +39,16 @@ pub(crate) fn is_loopback_ip(ip: IpAddr) -> bool {
     ip.to_canonical().is_loopback()
 }
 
-/// A loopback IP address, `localhost` or a name under `.localhost`
-/// (RFC 6761). Any other name may resolve anywhere: it counts as beyond.
+/// A loopback IP address or exactly `localhost`. Any other name may
+/// resolve anywhere: it counts as beyond. Names under `.localhost` too,
+/// although RFC 6761 reserves them: a resolver without special handling
+/// asks DNS (and its search domains) for them.
 pub(crate) fn is_loopback_host(host: &str) -> bool {
     match host.parse::<IpAddr>() {
         Ok(ip) => is_loopback_ip(ip),
         Err(_) => {
             let host = host.to_ascii_lowercase();
-            host == "localhost" || host.ends_with(".localhost")
+            host == "localhost"
         }
     }
 }
@@ -57,12 +59,18 @@ mod tests {
 
     #[test]
     fn loopback_or_not() {
-        for host in
-            ["127.0.0.1", "127.9.9.9", "::1", "::ffff:127.0.0.1", "localhost", "a.localhost"]
+        for host in ["127.0.0.1", "127.9.9.9", "::1", "::ffff:127.0.0.1", "localhost", "LocalHost"]
         {
             assert!(is_loopback_host(host), "{host}");
         }
-        for host in ["0.0.0.0", "::", "10.0.0.1", "relay.example.com", "localhost.example.com"] {
+        for host in [
+            "0.0.0.0",
+            "::",
+            "10.0.0.1",
+            "relay.example.com",
+            "localhost.example.com",
+            "a.localhost",
+        ] {
             assert!(!is_loopback_host(host), "{host}");
         }
         let beyond = Reach::of_listener("tunnel.listen", "0.0.0.0:8443".parse().unwrap());

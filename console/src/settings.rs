@@ -92,7 +92,8 @@ fn read_token(path: &Path) -> anyhow::Result<AdminToken> {
     if let Some(warning) = open_file_warning(path) {
         eprintln!("relayctl: warning: {warning}");
     }
-    let token = text.trim().to_owned();
+    // The agents' rule for token files: trailing ASCII whitespace only.
+    let token = text.trim_ascii_end().to_owned();
     anyhow::ensure!(!token.is_empty(), "the token file {} is empty", path.display());
     Ok(AdminToken(token))
 }
@@ -149,7 +150,7 @@ fn resolve_with(
         .unwrap_or_else(|| DEFAULT_ENDPOINT.to_owned());
     let token = match (&args.token_file, env("RELAYCTL_TOKEN"), &file.token_file) {
         (Some(path), _, _) => Some(read_token(path)?),
-        (None, Some(token), _) => Some(AdminToken(token.trim().to_owned())),
+        (None, Some(token), _) => Some(AdminToken(token.trim_ascii_end().to_owned())),
         (None, None, Some(path)) => Some(read_token(path)?),
         (None, None, None) => None,
     };

@@ -376,8 +376,7 @@ async fn edge_drain_and_undrain_both_survive_a_restart() {
 /// (never ending its headers, or its body) until the server closes it.
 /// Resolves when the server has closed it, with when that was seen and
 /// what the server sent.
-async fn drip(addr: SocketAddr, head: String) -> (tokio::time::Instant, Vec<u8>) {
-    let tcp = TcpStream::connect(addr).await.expect("connect");
+async fn drip(tcp: TcpStream, head: String) -> (tokio::time::Instant, Vec<u8>) {
     let (mut r, mut w) = tcp.into_split();
     w.write_all(head.as_bytes()).await.expect("head");
     let writer = tokio::spawn(async move {
@@ -407,9 +406,10 @@ async fn slow_clients_are_cut_at_the_request_timeout_and_the_connection_cap_hold
     let mut lorises = Vec::new();
     for _ in 0..4 {
         let head = "GET /v1/mappings HTTP/1.1\r\nHost: relay\r\nX-Slow: ".to_owned();
-        lorises.push(tokio::spawn(drip(addr, head)));
-        // In order, so that they are accepted before the client below.
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        // Connected here, one after another: the server accepts in that
+        // order, so all four come before the client below.
+        let tcp = TcpStream::connect(addr).await.expect("connect");
+        lorises.push(tokio::spawn(drip(tcp, head)));
     }
     // A real client meanwhile waits for a place.
     let client = tokio::spawn(async move {
@@ -440,8 +440,11 @@ async fn slow_clients_are_cut_at_the_request_timeout_and_the_connection_cap_hold
         "POST /v1/batch HTTP/1.1\r\nHost: relay\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\n\
          Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n{{"
     );
-    let (_, got) =
-        tokio::time::timeout(bound, drip(addr, head)).await.expect("slow body never cut");
+    let (_, got) = tokio::time::timeout(bound, async {
+        drip(TcpStream::connect(addr).await.expect("connect"), head).await
+    })
+    .await
+    .expect("slow body never cut");
     let got = String::from_utf8_lossy(&got);
     assert!(got.starts_with("HTTP/1.1 408"), "{got}");
     assert!(got.contains("request_timeout"), "{got}");

@@ -35,12 +35,14 @@ pub(super) fn router(state: Shared) -> Router {
         .route("/v1/edges/{id}/drain", post(drain_edge))
         .route("/v1/edges/{id}/undrain", post(undrain_edge))
         .route("/v1/batch", post(batch))
+        // The body is read only once the token is checked: an anonymous
+        // client cannot make the agent buffer a body at all.
+        .route_layer(middleware::from_fn_with_state(Arc::clone(&state), body_within_timeout))
         .route_layer(middleware::from_fn_with_state(Arc::clone(&state), auth::require_token));
     Router::new()
         .route("/ready", get(ready))
         .merge(guarded)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
-        .layer(middleware::from_fn_with_state(Arc::clone(&state), body_within_timeout))
         .with_state(state)
 }
 
