@@ -359,6 +359,8 @@ async fn a_peer_that_sends_but_never_answers_pings_times_out() {
             {
             }
         }
+        // The cloud is gone: let the select see it close.
+        std::future::pending::<()>().await;
     };
     tokio::select! {
         () = cloud.closed() => {}
