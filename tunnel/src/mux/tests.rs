@@ -88,6 +88,14 @@ async fn a_bulk_stream_grows_its_window_to_the_maximum() {
     assert_eq!(edge.shared.recv_budget.left(), u64::MAX / 2);
 }
 
+/// Waits (5 s at most) for `tunnel` to end, then checks why; `what` says
+/// what was expected if it does not end.
+async fn closes_because(tunnel: &Tunnel, reason: &str, what: &str) {
+    tokio::time::timeout(std::time::Duration::from_secs(5), tunnel.closed()).await.expect(what);
+    let why = tunnel.close_reason().unwrap_or_default();
+    assert!(why.contains(reason), "closed for: {why}");
+}
+
 /// Waits (bounded) until neither end has a stream left: their state, and
 /// so the windows' debt to the budget, is gone.
 async fn all_streams_gone(cloud: &Tunnel, edge: &Tunnel) {
@@ -161,11 +169,7 @@ async fn a_go_away_after_a_full_batch_still_reaches_the_peer() {
         send(sender, INITIAL_STREAM_WINDOW as usize).await;
     }
     cloud.close(proto::GoAwayCode::Normal, "going away after a full batch");
-    tokio::time::timeout(std::time::Duration::from_secs(5), edge.closed())
-        .await
-        .expect("the edge's tunnel must end");
-    let reason = edge.close_reason().unwrap_or_default();
-    assert!(reason.contains("going away after a full batch"), "edge saw: {reason}");
+    closes_because(&edge, "going away after a full batch", "the edge's tunnel must end").await;
 }
 
 /// A cloud tunnel whose edge end is driven by hand: raw frames both ways.
@@ -385,11 +389,12 @@ async fn a_tunnel_out_of_stream_ids_takes_no_more_and_retires_when_idle() {
     assert!(matches!(cloud.open_stream("m", "127.0.0.1", 9).await, Err(OpenError::IdsExhausted)));
     assert!(!cloud.is_closed(), "its last stream still runs");
     drop((sender, receiver));
-    tokio::time::timeout(std::time::Duration::from_secs(5), cloud.closed())
-        .await
-        .expect("an idle tunnel without ids must close, so the edge redials");
-    let reason = cloud.close_reason().unwrap_or_default();
-    assert!(reason.contains("stream ids used up"), "{reason}");
+    closes_because(
+        &cloud,
+        "stream ids used up",
+        "an idle tunnel without ids must close, so the edge redials",
+    )
+    .await;
 }
 
 /// A socket whose drop is observable.
@@ -492,11 +497,7 @@ async fn resets_piling_up_behind_a_peer_that_does_not_read_close_the_tunnel() {
     }
     assert!(!cloud.shared.going_away.load(Ordering::Relaxed), "8 fit (4 streams + 4 frames)");
     cloud.shared.send_reset(9, ResetCode::Other, "x");
-    tokio::time::timeout(std::time::Duration::from_secs(5), cloud.closed())
-        .await
-        .expect("the ninth reset closes the tunnel");
-    let reason = cloud.close_reason().unwrap_or_default();
-    assert!(reason.contains("too many resets queued"), "{reason}");
+    closes_because(&cloud, "too many resets queued", "the ninth reset closes the tunnel").await;
 }
 
 #[tokio::test]
