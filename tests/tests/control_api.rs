@@ -183,16 +183,15 @@ async fn drain_refuses_new_connections_and_lets_open_ones_finish() {
     open.shutdown().await.expect("shutdown");
     let mut rest = Vec::new();
     open.read_to_end(&mut rest).await.expect("read to end");
-    let api = s.api.clone();
-    assert!(
-        eventually(Duration::from_secs(5), || {
-            let api = api.clone();
-            async move { api.call("GET", "/v1/mappings/base", None).await.0 == 404 }
-        })
-        .await,
-        "drained mapping still listed"
-    );
+    assert!(mapping_goes(&s.api, "base").await, "drained mapping still listed");
     s.stop().await;
+}
+
+/// Whether mapping `name` is gone from the API (404) within 5 s.
+async fn mapping_goes(api: &Api, name: &str) -> bool {
+    let path = format!("/v1/mappings/{name}");
+    eventually(Duration::from_secs(5), || async { api.call("GET", &path, None).await.0 == 404 })
+        .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -211,13 +210,8 @@ async fn drain_deadline_resets_connections_still_open() {
     assert!(matches!(ended, Ok(Ok(0) | Err(_))), "connection not ended at the deadline: {ended:?}");
     // The mapping goes once its connection tasks have ended, which is just
     // after the client sees the reset: wait for it (asking at once flaked).
-    let api = s.api.clone();
     assert!(
-        eventually(Duration::from_secs(5), || {
-            let api = api.clone();
-            async move { api.call("GET", "/v1/mappings/base", None).await.0 == 404 }
-        })
-        .await,
+        mapping_goes(&s.api, "base").await,
         "mapping still listed after its drain deadline reset its connections"
     );
     s.stop().await;

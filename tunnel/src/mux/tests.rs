@@ -235,6 +235,15 @@ async fn cloud_and_raw_edge(settings: MuxSettings) -> (Tunnel, RawEdge) {
     (cloud, RawEdge { ws: edge_ws })
 }
 
+/// Pings every 100 ms, gives up after 500 ms without an answer.
+fn fast_heartbeat() -> MuxSettings {
+    MuxSettings {
+        heartbeat_interval: std::time::Duration::from_millis(100),
+        heartbeat_timeout: std::time::Duration::from_millis(500),
+        ..MuxSettings::default()
+    }
+}
+
 fn quiet() -> MuxSettings {
     MuxSettings {
         heartbeat_interval: std::time::Duration::from_secs(30),
@@ -343,11 +352,7 @@ async fn a_pong_answers_the_latest_ping() {
 
 #[tokio::test]
 async fn a_peer_that_sends_but_never_answers_pings_times_out() {
-    let settings = MuxSettings {
-        heartbeat_interval: std::time::Duration::from_millis(100),
-        heartbeat_timeout: std::time::Duration::from_millis(500),
-        ..MuxSettings::default()
-    };
+    let settings = fast_heartbeat();
     let (cloud, mut edge) = cloud_and_raw_edge(settings).await;
     // Frames keep flowing (its own pings); pongs never come. Once the cloud
     // has closed, sending fails: then only wait for the close to be seen.
@@ -397,16 +402,10 @@ async fn a_tunnel_out_of_stream_ids_takes_no_more_and_retires_when_idle() {
     .await;
 }
 
-/// A socket whose drop is observable.
+/// A socket whose drop is observable: the receiver of `_dropped` wakes.
 struct Watched {
     tcp: TcpStream,
-    dropped: std::sync::Arc<std::sync::atomic::AtomicBool>,
-}
-
-impl Drop for Watched {
-    fn drop(&mut self) {
-        self.dropped.store(true, std::sync::atomic::Ordering::SeqCst);
-    }
+    _dropped: oneshot::Sender<()>,
 }
 
 impl AsyncRead for Watched {
@@ -454,14 +453,10 @@ async fn a_peer_that_stops_reading_does_not_hold_the_writer_and_socket() {
     let _peer = peer.unwrap(); // never reads, never writes: no pong ever
     let accepted = accepted.unwrap().0;
     socket2::SockRef::from(&accepted).set_send_buffer_size(4096).unwrap();
-    let dropped = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let watched = Watched { tcp: accepted, dropped: std::sync::Arc::clone(&dropped) };
+    let (dropped_tx, dropped) = oneshot::channel::<()>();
+    let watched = Watched { tcp: accepted, _dropped: dropped_tx };
     let limit = max_message_len(proto::DEFAULT_MAX_FRAME_PAYLOAD);
-    let settings = MuxSettings {
-        heartbeat_interval: std::time::Duration::from_millis(100),
-        heartbeat_timeout: std::time::Duration::from_millis(500),
-        ..MuxSettings::default()
-    };
+    let settings = fast_heartbeat();
     let (cloud, _) = Tunnel::spawn(
         WsConn::new(watched, Side::Server, limit, BytesMut::new()),
         Role::Cloud,
@@ -477,14 +472,11 @@ async fn a_peer_that_stops_reading_does_not_hold_the_writer_and_socket() {
     tokio::time::timeout(std::time::Duration::from_secs(10), cloud.closed())
         .await
         .expect("the heartbeat gives up on a peer that never answers");
-    let released = async {
-        while !dropped.load(std::sync::atomic::Ordering::SeqCst) {
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
-    };
-    tokio::time::timeout(std::time::Duration::from_secs(10), released)
+    // The sender is dropped with the socket: the receiver then wakes.
+    tokio::time::timeout(std::time::Duration::from_secs(10), dropped)
         .await
-        .expect("the tunnel's socket is still held by a writer stuck on a peer that does not read");
+        .expect("the tunnel's socket is still held by a writer stuck on a peer that does not read")
+        .expect_err("nothing is ever sent: the wake is the drop");
 }
 
 #[tokio::test]
@@ -502,11 +494,7 @@ async fn resets_piling_up_behind_a_peer_that_does_not_read_close_the_tunnel() {
 
 #[tokio::test]
 async fn data_moving_keeps_a_tunnel_alive_while_its_pong_is_stuck_behind_it() {
-    let settings = MuxSettings {
-        heartbeat_interval: std::time::Duration::from_millis(100),
-        heartbeat_timeout: std::time::Duration::from_millis(500),
-        ..MuxSettings::default()
-    };
+    let settings = fast_heartbeat();
     let (cloud, mut edge) = cloud_and_raw_edge(settings).await;
     let grant =
         Frame::OpenResult { stream: 1, code: OpenCode::Ok, window: 1024, message: String::new() };
