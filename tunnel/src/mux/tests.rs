@@ -10,23 +10,25 @@ use crate::ws::{Side, WsConn, max_message_len};
 
 const MAX_WINDOW: u32 = 256 * 1024;
 
-/// A cloud end and an edge end, the edge receiving with `settings`.
-async fn pair(
-    edge_settings: MuxSettings,
-) -> (Tunnel, Tunnel, mpsc::UnboundedReceiver<IncomingStream>) {
+/// The edge's and the cloud's WebSocket over one loopback TCP connection.
+async fn ws_pair() -> (WsConn<TcpStream>, WsConn<TcpStream>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let (client, accepted) =
         tokio::join!(TcpStream::connect(listener.local_addr().unwrap()), listener.accept());
     let limit = max_message_len(proto::DEFAULT_MAX_FRAME_PAYLOAD);
-    let edge_ws = WsConn::new(client.unwrap(), Side::Client, limit, BytesMut::new());
-    let cloud_ws = WsConn::new(accepted.unwrap().0, Side::Server, limit, BytesMut::new());
+    (
+        WsConn::new(client.unwrap(), Side::Client, limit, BytesMut::new()),
+        WsConn::new(accepted.unwrap().0, Side::Server, limit, BytesMut::new()),
+    )
+}
+
+/// A cloud end and an edge end, the edge receiving with `settings`.
+async fn pair(
+    edge_settings: MuxSettings,
+) -> (Tunnel, Tunnel, mpsc::UnboundedReceiver<IncomingStream>) {
+    let (edge_ws, cloud_ws) = ws_pair().await;
     // A slow heartbeat: no ping wakes the cloud's writer by chance.
-    let cloud_settings = MuxSettings {
-        heartbeat_interval: std::time::Duration::from_secs(30),
-        heartbeat_timeout: std::time::Duration::from_secs(90),
-        ..MuxSettings::default()
-    };
-    let (cloud, _) = Tunnel::spawn(cloud_ws, Role::Cloud, 1, cloud_settings);
+    let (cloud, _) = Tunnel::spawn(cloud_ws, Role::Cloud, 1, quiet());
     let (edge, incoming) = Tunnel::spawn(edge_ws, Role::Edge, 1, edge_settings);
     (cloud, edge, incoming)
 }
@@ -225,12 +227,7 @@ impl RawEdge {
 }
 
 async fn cloud_and_raw_edge(settings: MuxSettings) -> (Tunnel, RawEdge) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let (client, accepted) =
-        tokio::join!(TcpStream::connect(listener.local_addr().unwrap()), listener.accept());
-    let limit = max_message_len(proto::DEFAULT_MAX_FRAME_PAYLOAD);
-    let edge_ws = WsConn::new(client.unwrap(), Side::Client, limit, BytesMut::new());
-    let cloud_ws = WsConn::new(accepted.unwrap().0, Side::Server, limit, BytesMut::new());
+    let (edge_ws, cloud_ws) = ws_pair().await;
     let (cloud, _) = Tunnel::spawn(cloud_ws, Role::Cloud, 1, settings);
     (cloud, RawEdge { ws: edge_ws })
 }
