@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use config::EdgeConfig;
+use config::{CloudUrl, EdgeConfig};
 use proto::{Frame, NONCE_LEN, PROTOCOL_VERSION, RefuseCode};
 use ring::rand::{SecureRandom, SystemRandom};
 use rustls::pki_types::ServerName;
@@ -74,31 +74,44 @@ async fn step<T, E: std::fmt::Display>(
     }
 }
 
-/// Dials one tunnel.
+/// Dials one tunnel to `cloud` (the configured URL, or a node's), with
+/// the trust settings in `tls` for `wss://`.
 pub(crate) async fn dial(
     config: &EdgeConfig,
+    cloud: &CloudUrl,
     tls: Option<&Arc<rustls::ClientConfig>>,
     epoch: u64,
 ) -> Result<Dialled, DialError> {
-    let url = config.cloud_url.to_string();
-    let target = (config.cloud_url.host.as_str(), config.cloud_url.port);
+    let url = cloud.to_string();
+    let tls = match (cloud.tls, tls) {
+        (false, _) => None,
+        (true, Some(tls)) => Some(tls),
+        (true, None) => {
+            return Err(DialError::Connect {
+                url,
+                reason: "wss:// needs trust settings that did not load (see ca_file)".into(),
+            });
+        }
+    };
+    let target = (cloud.host.as_str(), cloud.port);
     let tcp = step(&url, "TCP connect", TcpStream::connect(target)).await?;
     let _ = tcp.set_nodelay(true);
     match tls {
         Some(tls) => {
-            let name = ServerName::try_from(config.cloud_url.host.clone()).map_err(|e| {
+            let name = ServerName::try_from(cloud.host.clone()).map_err(|e| {
                 DialError::Connect { url: url.clone(), reason: format!("bad TLS server name: {e}") }
             })?;
             let connector = tokio_rustls::TlsConnector::from(Arc::clone(tls));
             let stream = step(&url, "TLS", connector.connect(name, tcp)).await?;
-            upgrade(config, &url, stream, epoch).await
+            upgrade(config, cloud, &url, stream, epoch).await
         }
-        None => upgrade(config, &url, tcp, epoch).await,
+        None => upgrade(config, cloud, &url, tcp, epoch).await,
     }
 }
 
 async fn upgrade<S>(
     config: &EdgeConfig,
+    cloud: &CloudUrl,
     url: &str,
     stream: S,
     epoch: u64,
@@ -106,7 +119,6 @@ async fn upgrade<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let cloud = &config.cloud_url;
     let mut ws = step(
         url,
         "WebSocket upgrade",
@@ -127,6 +139,7 @@ where
         peer_max_frame_payload: welcome.max_frame_payload,
         stream_window: config.stream_window,
         window_budget: u64::from(config.window_budget),
+        version: welcome.version,
         ..MuxSettings::default()
     };
     let (tunnel, incoming) = Tunnel::spawn(ws, Role::Edge, welcome.tunnel_id, settings);
@@ -134,6 +147,7 @@ where
 }
 
 struct Welcome {
+    version: u16,
     tunnel_id: u64,
     heartbeat: Duration,
     max_streams: u32,
@@ -186,7 +200,12 @@ where
     wire::send_frame(ws, &auth).await?;
     match wire::recv_frame(ws, STEP_TIMEOUT).await? {
         Frame::Welcome {
-            tunnel_id, heartbeat_ms, max_streams, max_frame_payload, proof, ..
+            version,
+            tunnel_id,
+            heartbeat_ms,
+            max_streams,
+            max_frame_payload,
+            proof,
         } => {
             if !proto::verify_server_proof(token, &server_nonce, &edge_nonce, tunnel_id, &proof) {
                 return Err(DialError::BadServerProof);
@@ -201,6 +220,8 @@ where
                 .into());
             }
             Ok(Welcome {
+                // The cloud agrees to the version we sent; never more.
+                version: version.min(PROTOCOL_VERSION),
                 tunnel_id,
                 heartbeat: Duration::from_millis(u64::from(heartbeat_ms.max(100))),
                 max_streams,

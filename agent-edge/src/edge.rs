@@ -1,7 +1,8 @@
 //! Starting and stopping the edge agent.
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use config::EdgeConfig;
@@ -9,13 +10,16 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use crate::pool::{self, Slot};
-use crate::report;
+use crate::pool::{Pool, TunnelHandles};
+use crate::{fleet, report};
 
 /// State shared by the tunnel slots and stream tasks.
 #[derive(Debug)]
 pub(crate) struct EdgeShared {
     pub(crate) config: EdgeConfig,
+    /// For `wss://` URLs: the configured one's, or a node's (a plain
+    /// `cloud_url` may still be told `wss://` nodes; then this holds the
+    /// same trust settings if they load).
     pub(crate) tls: Option<Arc<rustls::ClientConfig>>,
     pub(crate) epoch: u64,
     /// Set on shutdown: new streams are refused.
@@ -36,19 +40,34 @@ pub(crate) struct EdgeShared {
     pub(crate) last_dial_error: std::sync::Mutex<Option<String>>,
     /// Woken when a tunnel comes up, so the cloud gets a report at once.
     pub(crate) tunnel_up: tokio::sync::Notify,
+    /// Woken when a tunnel comes up, goes down or brings a node list (see
+    /// `fleet`).
+    pub(crate) fleet_wake: tokio::sync::Notify,
+    /// A pool per node of the list, by node id (see `fleet`).
+    pub(crate) node_pools: Mutex<BTreeMap<String, Arc<Pool>>>,
+    /// Every live tunnel of every pool.
+    pub(crate) handles: TunnelHandles,
+    /// Every slot, the fleet and the report task.
+    pub(crate) tasks: TaskTracker,
+}
+
+impl EdgeShared {
+    pub(crate) fn lock_node_pools(&self) -> MutexGuard<'_, BTreeMap<String, Arc<Pool>>> {
+        self.node_pools.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 /// A running edge agent.
 #[derive(Debug)]
 pub struct Edge {
     shared: Arc<EdgeShared>,
-    slots: TaskTracker,
-    tunnel_handles: pool::TunnelHandles,
 }
 
 impl Edge {
     /// Starts the tunnel pool. Each slot dials at once and keeps redialling
     /// until [`shutdown`](Self::shutdown), whether or not the cloud is up.
+    /// In a cluster the edge follows the node list the cloud sends, with a
+    /// pool per node (`docs/reliability.md`, "Edges reach every node").
     ///
     /// # Errors
     /// If `ca_file` cannot be loaded for a `wss://` cloud.
@@ -60,7 +79,9 @@ impl Edge {
             Some(tunnel::tls::client_config(tunnel::tls::ClientTrust::of(&config))?)
         } else {
             warn!(url = %config.cloud_url, "dialling the cloud without TLS; use wss:// in production");
-            None
+            // Only for nodes the cloud lists with wss://; if the trust
+            // settings do not load, such a node's dials fail and say so.
+            tunnel::tls::client_config(tunnel::tls::ClientTrust::of(&config)).ok()
         };
         if config.allow.is_empty() {
             warn!("the allowlist is empty: every stream will be refused");
@@ -82,23 +103,29 @@ impl Edge {
             denied: AtomicU64::new(0),
             last_dial_error: std::sync::Mutex::new(None),
             tunnel_up: tokio::sync::Notify::new(),
+            fleet_wake: tokio::sync::Notify::new(),
+            node_pools: Mutex::new(BTreeMap::new()),
+            handles: TunnelHandles::default(),
+            tasks: TaskTracker::new(),
             config,
         });
-        let slots = TaskTracker::new();
-        let tunnel_handles = pool::TunnelHandles::default();
         info!(edge = %shared.config.edge_id, url = %shared.config.cloud_url,
             tunnels = shared.config.tunnels, "starting");
-        for index in 0..shared.config.tunnels {
-            let slot = Slot { index, shared: Arc::clone(&shared), handles: tunnel_handles.clone() };
-            slots.spawn(pool::run_slot(slot));
-        }
-        slots.spawn(report::run(Arc::clone(&shared), tunnel_handles.clone()));
-        Ok(Self { shared, slots, tunnel_handles })
+        shared.tasks.spawn(fleet::run(Arc::clone(&shared)));
+        shared.tasks.spawn(report::run(Arc::clone(&shared)));
+        Ok(Self { shared })
     }
 
-    /// Tunnels connected right now.
+    /// Tunnels connected right now, to every node together.
     pub fn live_tunnels(&self) -> usize {
         self.shared.live_tunnels.load(Ordering::Relaxed)
+    }
+
+    /// Tunnels connected right now by node id. A tunnel to the configured
+    /// URL counts under the node the cloud said it reached, or under the
+    /// URL while the cloud named none (it runs alone).
+    pub fn tunnels_by_node(&self) -> BTreeMap<String, usize> {
+        self.shared.handles.by_node()
     }
 
     /// Streams refused so far because the allowlist does not admit their
@@ -131,7 +158,7 @@ impl Edge {
         let grace: Duration = self.shared.config.shutdown_grace;
         self.shared.draining.store(true, Ordering::Relaxed);
         info!(?grace, open = self.shared.streams.len(), "shutting down: draining");
-        self.tunnel_handles.drain_all();
+        self.shared.handles.drain_all();
         self.shared.streams.close();
         if tokio::time::timeout(grace, self.shared.streams.wait()).await.is_err() {
             warn!(open = self.shared.streams.len(), "grace period over; resetting open streams");
@@ -139,8 +166,8 @@ impl Edge {
             self.shared.streams.wait().await;
         }
         self.shared.stop_tunnels.cancel();
-        self.slots.close();
-        self.slots.wait().await;
+        self.shared.tasks.close();
+        self.shared.tasks.wait().await;
         info!("stopped");
     }
 }

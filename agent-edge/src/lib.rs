@@ -10,7 +10,10 @@
 //!   gracefully.
 //! - `dial`: TCP, TLS for `wss://`, WebSocket, then the client side of the
 //!   handshake.
-//! - `pool`: one task per tunnel slot: dial, serve, back off, redial.
+//! - `fleet`: which URLs to dial: the configured one, and in a cluster each
+//!   node the cloud lists (followed as nodes join and leave).
+//! - `pool`: a pool per URL; one task per tunnel slot: dial, serve, back
+//!   off, redial; a retired pool's tunnels drain and close when idle.
 //! - `connector`: allowlist check, destination connect, relay.
 //! - `report`: host load (sysinfo) and counters, sent to the cloud every
 //!   few seconds.
@@ -20,6 +23,7 @@ pub mod backoff;
 mod connector;
 mod dial;
 mod edge;
+mod fleet;
 mod pool;
 mod report;
 

@@ -1,14 +1,23 @@
-//! The tunnel pool: each slot dials, serves until its tunnel ends, backs
-//! off, and dials again, forever.
+//! Tunnel pools: one per URL the edge dials (its configured `cloud_url`,
+//! and each cluster node it was told). Each pool runs `tunnels` slots; a
+//! slot dials, serves until its tunnel ends, backs off, and dials again,
+//! until the pool is retired or the edge stops.
+//!
+//! A retired pool dials no more; each of its tunnels sends `Drain` (the
+//! cloud opens nothing new on it) and closes once its open streams have
+//! finished, so no connection is cut.
 
-use std::sync::atomic::Ordering;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use proto::GoAwayCode;
+use config::CloudUrl;
+use proto::{GoAwayCode, NodeLink};
+use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};
-use tunnel::Tunnel;
 use tunnel::untrusted::escaped;
+use tunnel::{NodeList, Tunnel};
 
 use crate::backoff::Backoff;
 use crate::connector;
@@ -18,65 +27,163 @@ use crate::edge::EdgeShared;
 /// A refusal that needs an operator (wrong token, unknown id) is retried
 /// no faster than this, so a misconfigured edge does not flood the logs.
 const MIN_DELAY_AFTER_REFUSAL: Duration = Duration::from_secs(5);
+/// How often a retiring tunnel looks whether its last stream has ended.
+const IDLE_CHECK: Duration = Duration::from_millis(100);
 
-/// Live tunnels of the pool, so shutdown can send each a drain.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Live tunnels of every pool, with the pool each belongs to, so shutdown
+/// can send each a drain and reports reach every node.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct TunnelHandles(Arc<Mutex<Vec<Tunnel>>>);
+pub(crate) struct TunnelHandles(Arc<Mutex<Vec<PoolTunnel>>>);
+
+/// A live tunnel and the pool it belongs to.
+type PoolTunnel = (Tunnel, Arc<Pool>);
 
 impl TunnelHandles {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Tunnel>> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn add(&self, tunnel: Tunnel) {
-        let mut tunnels = self.lock();
-        tunnels.retain(|t| !t.is_closed());
-        tunnels.push(tunnel);
+    fn add(&self, tunnel: Tunnel, pool: Arc<Pool>) {
+        let mut tunnels = lock(&self.0);
+        tunnels.retain(|(t, _)| !t.is_closed());
+        tunnels.push((tunnel, pool));
     }
 
     pub(crate) fn drain_all(&self) {
-        for t in self.lock().iter() {
+        for (t, _) in lock(&self.0).iter() {
             t.drain();
         }
     }
 
     /// The tunnels still up.
     pub(crate) fn live(&self) -> Vec<Tunnel> {
-        let mut tunnels = self.lock();
-        tunnels.retain(|t| !t.is_closed());
-        tunnels.clone()
+        let mut tunnels = lock(&self.0);
+        tunnels.retain(|(t, _)| !t.is_closed());
+        tunnels.iter().map(|(t, _)| t.clone()).collect()
+    }
+
+    /// The latest node list of each live tunnel that has one.
+    pub(crate) fn node_lists(&self) -> Vec<NodeList> {
+        let mut tunnels = lock(&self.0);
+        tunnels.retain(|(t, _)| !t.is_closed());
+        tunnels.iter().filter_map(|(t, _)| t.nodes().borrow().clone()).collect()
+    }
+
+    /// Tunnels up by node: a node pool's tunnels under its node id; the
+    /// configured URL's under the node they reached (as its `Nodes` frame
+    /// says), or under the URL while the cloud named no node.
+    pub(crate) fn by_node(&self) -> BTreeMap<String, usize> {
+        let mut tunnels = lock(&self.0);
+        tunnels.retain(|(t, _)| !t.is_closed());
+        let mut counts = BTreeMap::new();
+        for (t, pool) in tunnels.iter() {
+            let told = t.nodes().borrow().as_ref().map(|list| list.this_node.clone());
+            let node = pool.node.clone().or(told).unwrap_or_else(|| pool.url.to_string());
+            *counts.entry(node).or_insert(0) += 1;
+        }
+        counts
+    }
+}
+
+/// The slots dialling one URL.
+#[derive(Debug)]
+pub(crate) struct Pool {
+    /// The node this pool reaches directly; `None` for the configured URL
+    /// (behind it may be any node, or a load balancer).
+    pub(crate) node: Option<String>,
+    pub(crate) url: CloudUrl,
+    /// Cancelled when the pool is no longer wanted.
+    retire: CancellationToken,
+    /// Tunnels up now.
+    up: AtomicUsize,
+    /// Why the last dial failed.
+    last_error: Mutex<Option<String>>,
+}
+
+impl Pool {
+    /// Starts `tunnels` slots dialling `url` on the edge's task tracker.
+    pub(crate) fn start(
+        shared: &Arc<EdgeShared>,
+        node: Option<String>,
+        url: CloudUrl,
+    ) -> Arc<Pool> {
+        let pool = Arc::new(Pool {
+            node,
+            url,
+            retire: CancellationToken::new(),
+            up: AtomicUsize::new(0),
+            last_error: Mutex::new(None),
+        });
+        for index in 0..shared.config.tunnels {
+            let slot = Slot { index, shared: Arc::clone(shared), pool: Arc::clone(&pool) };
+            shared.tasks.spawn(run_slot(slot));
+        }
+        pool
+    }
+
+    /// Stops redialling; the tunnels drain and close once idle.
+    pub(crate) fn retire(&self) {
+        self.retire.cancel();
+    }
+
+    /// Tunnels of this pool up now.
+    pub(crate) fn tunnels_up(&self) -> usize {
+        self.up.load(Ordering::Relaxed)
+    }
+
+    /// The node id, or the URL for the configured URL's pool (for logs).
+    pub(crate) fn label(&self) -> String {
+        self.node.clone().unwrap_or_else(|| self.url.to_string())
+    }
+
+    /// What the cloud is told of this node: tunnels up, and why the last
+    /// dial failed while none is.
+    pub(crate) fn link(&self) -> NodeLink {
+        let up = self.tunnels_up();
+        let error = if up == 0 { lock(&self.last_error).clone() } else { None };
+        NodeLink {
+            node: self.label(),
+            tunnels_up: u16::try_from(up).unwrap_or(u16::MAX),
+            error: error.unwrap_or_default(),
+        }
     }
 }
 
 #[derive(Debug)]
-pub(crate) struct Slot {
-    pub(crate) index: u32,
-    pub(crate) shared: Arc<EdgeShared>,
-    pub(crate) handles: TunnelHandles,
+struct Slot {
+    index: u32,
+    shared: Arc<EdgeShared>,
+    pool: Arc<Pool>,
 }
 
-pub(crate) async fn run_slot(slot: Slot) {
+async fn run_slot(slot: Slot) {
     let shared = &slot.shared;
+    let pool = &slot.pool;
     let reconnect = &shared.config.reconnect;
     let mut backoff = Backoff::new(reconnect.initial, reconnect.max);
     let span = info_span!("slot", slot = slot.index);
+    let node = escaped(pool.label()).to_string();
     loop {
         let dialled = tokio::select! {
             () = shared.stop_tunnels.cancelled() => return,
-            d = dial::dial(&shared.config, shared.tls.as_ref(), shared.epoch).instrument(span.clone()) => d,
+            () = pool.retire.cancelled() => return,
+            d = dial::dial(&shared.config, &pool.url, shared.tls.as_ref(), shared.epoch)
+                .instrument(span.clone()) => d,
         };
         let delay = match dialled {
             Ok(dialled) => {
                 backoff.reset();
                 let (tunnel, reason) = serve(&slot, dialled).instrument(span.clone()).await;
-                if shared.stop_tunnels.is_cancelled() {
-                    span.in_scope(|| info!(tunnel, reason = %reason, "tunnel down"));
+                if shared.stop_tunnels.is_cancelled() || pool.retire.is_cancelled() {
+                    span.in_scope(|| info!(tunnel, %node, reason = %reason, "tunnel down"));
                     return;
                 }
                 // The first delay is logged too, so the whole schedule can
                 // be checked from the log.
                 let delay = backoff.next_delay(fastrand::f64());
-                span.in_scope(|| info!(tunnel, reason = %reason, retry_in = ?delay, "tunnel down"));
+                span.in_scope(|| {
+                    info!(tunnel, %node, reason = %reason, retry_in = ?delay, "tunnel down");
+                });
                 delay
             }
             Err(e) => {
@@ -86,15 +193,16 @@ pub(crate) async fn run_slot(slot: Slot) {
                 }
                 // The error may carry the cloud's refusal message.
                 span.in_scope(|| {
-                    warn!(error = %escaped(&e), retry_in = ?delay, "tunnel not established");
+                    warn!(%node, error = %escaped(&e), retry_in = ?delay, "tunnel not established");
                 });
-                *shared.last_dial_error.lock().unwrap_or_else(|p| p.into_inner()) =
-                    Some(e.to_string());
+                *lock(&pool.last_error) = Some(e.to_string());
+                *lock(&shared.last_dial_error) = Some(e.to_string());
                 delay
             }
         };
         tokio::select! {
             () = shared.stop_tunnels.cancelled() => return,
+            () = pool.retire.cancelled() => return,
             () = tokio::time::sleep(delay) => {}
         }
     }
@@ -104,13 +212,24 @@ pub(crate) async fn run_slot(slot: Slot) {
 async fn serve(slot: &Slot, dialled: Dialled) -> (u64, String) {
     let Dialled { tunnel, mut incoming } = dialled;
     let shared = &slot.shared;
-    info!(tunnel = tunnel.id(), "tunnel up");
+    let pool = &slot.pool;
+    info!(tunnel = tunnel.id(), node = %escaped(pool.label()), "tunnel up");
     shared.live_tunnels.fetch_add(1, Ordering::Relaxed);
-    slot.handles.add(tunnel.clone());
+    pool.up.fetch_add(1, Ordering::Relaxed);
+    shared.handles.add(tunnel.clone(), Arc::clone(pool));
     shared.tunnel_up.notify_one();
+    shared.fleet_wake.notify_one();
     if shared.draining.load(Ordering::Relaxed) {
         tunnel.drain();
     }
+    // The fleet reads each live tunnel's latest list; it is told when one
+    // changes (one that arrived before this subscribed counts too).
+    let mut nodes = tunnel.nodes();
+    if nodes.borrow_and_update().is_some() {
+        shared.fleet_wake.notify_one();
+    }
+    let mut retiring = false;
+    let mut idle_check = tokio::time::interval(IDLE_CHECK);
     loop {
         tokio::select! {
             () = tunnel.closed() => break,
@@ -119,6 +238,19 @@ async fn serve(slot: &Slot, dialled: Dialled) -> (u64, String) {
                 tunnel.closed().await;
                 break;
             }
+            () = pool.retire.cancelled(), if !retiring => {
+                retiring = true;
+                tunnel.drain();
+            }
+            _ = idle_check.tick(), if retiring => {
+                if tunnel.active_streams() == 0 {
+                    tunnel.close(GoAwayCode::Normal, "the edge no longer needs this tunnel");
+                }
+            }
+            Ok(()) = nodes.changed() => {
+                nodes.borrow_and_update();
+                shared.fleet_wake.notify_one();
+            }
             Some(stream) = incoming.recv() => {
                 let span = info_span!("stream", tunnel = tunnel.id(), stream = stream.id(),
                     mapping = %escaped(&stream.mapping));
@@ -126,7 +258,9 @@ async fn serve(slot: &Slot, dialled: Dialled) -> (u64, String) {
             }
         }
     }
+    pool.up.fetch_sub(1, Ordering::Relaxed);
     shared.live_tunnels.fetch_sub(1, Ordering::Relaxed);
+    shared.fleet_wake.notify_one();
     // The reason may be the cloud's go-away message.
     (tunnel.id(), escaped(tunnel.close_reason().unwrap_or_default()).to_string())
 }

@@ -1,4 +1,5 @@
-//! Every few seconds, tell the cloud how this edge and its host are doing.
+//! Every few seconds, tell the cloud how this edge and its host are doing,
+//! and in a cluster its tunnels to each node (`NodeLinks`).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -8,12 +9,11 @@ use proto::EdgeReport;
 use sysinfo::{MemoryRefreshKind, RefreshKind, System};
 
 use crate::edge::EdgeShared;
-use crate::pool::TunnelHandles;
 
 /// How often reports go out. CPU use is averaged over this interval.
 const REPORT_INTERVAL: Duration = Duration::from_secs(2);
 
-pub(crate) async fn run(shared: Arc<EdgeShared>, tunnels: TunnelHandles) {
+pub(crate) async fn run(shared: Arc<EdgeShared>) {
     let mut system = System::new_with_specifics(
         RefreshKind::nothing()
             .with_cpu(sysinfo::CpuRefreshKind::nothing().with_cpu_usage())
@@ -38,8 +38,14 @@ pub(crate) async fn run(shared: Arc<EdgeShared>, tunnels: TunnelHandles) {
             connects_failed: shared.connects_failed.load(Ordering::Relaxed),
             agent_version: env!("CARGO_PKG_VERSION").to_owned(),
         };
-        for tunnel in tunnels.live() {
+        // In a cluster every node learns which nodes this edge reaches.
+        let links: Vec<proto::NodeLink> =
+            shared.lock_node_pools().values().map(|pool| pool.link()).collect();
+        for tunnel in shared.handles.live() {
             tunnel.send_report(report.clone());
+            if !links.is_empty() {
+                tunnel.send_node_links(links.clone());
+            }
         }
     }
 }

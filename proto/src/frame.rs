@@ -13,6 +13,7 @@ use bytes::{Buf, BufMut, Bytes};
 use thiserror::Error;
 
 use crate::handshake::{AUTH_PROOF_LEN, NONCE_LEN, RefuseCode};
+use crate::nodes::{self, NodeAddr, NodeLink};
 
 /// Length of the fixed frame header.
 pub const HEADER_LEN: usize = 9;
@@ -32,6 +33,8 @@ mod kind {
     pub(super) const DRAIN: u8 = 0x09;
     pub(super) const GO_AWAY: u8 = 0x0A;
     pub(super) const REPORT: u8 = 0x0B;
+    pub(super) const NODES: u8 = 0x0C;
+    pub(super) const NODE_LINKS: u8 = 0x0D;
     pub(super) const CHALLENGE: u8 = 0x10;
     pub(super) const AUTH: u8 = 0x11;
     pub(super) const WELCOME: u8 = 0x12;
@@ -67,6 +70,13 @@ pub enum Frame {
     GoAway { code: GoAwayCode, message: String },
     /// Edge to cloud, every few seconds: the edge's own figures.
     Report(EdgeReport),
+    /// Cloud to edge (version 4, in a cluster): the cluster's nodes, right
+    /// after the `Welcome` and again whenever the list changes. Bounded as
+    /// [`crate::nodes`] says.
+    Nodes { this_node: String, nodes: Vec<NodeAddr> },
+    /// Edge to cloud (version 4), with each report while the edge knows a
+    /// node list: its tunnels to each node, and why it cannot reach one.
+    NodeLinks { links: Vec<NodeLink> },
     /// Handshake step 1, cloud to edge: supported versions and a fresh nonce.
     Challenge { min_version: u16, max_version: u16, nonce: [u8; NONCE_LEN] },
     /// Handshake step 2, edge to cloud: who it is and proof of its token.
@@ -268,6 +278,8 @@ fn decode_payload(kind: u8, stream: u32, mut p: Bytes) -> Result<Frame, DecodeEr
                 | kind::DRAIN
                 | kind::GO_AWAY
                 | kind::REPORT
+                | kind::NODES
+                | kind::NODE_LINKS
                 | kind::CHALLENGE
                 | kind::AUTH
                 | kind::WELCOME
@@ -357,6 +369,18 @@ fn decode_payload(kind: u8, stream: u32, mut p: Bytes) -> Result<Frame, DecodeEr
             r.finish()?;
             Frame::Report(report)
         }
+        kind::NODES => {
+            let mut r = Reader::new("nodes", &mut p);
+            let (this_node, nodes) = nodes::read_nodes(&mut r)?;
+            r.finish()?;
+            Frame::Nodes { this_node, nodes }
+        }
+        kind::NODE_LINKS => {
+            let mut r = Reader::new("node links", &mut p);
+            let links = nodes::read_links(&mut r)?;
+            r.finish()?;
+            Frame::NodeLinks { links }
+        }
         kind::CHALLENGE => {
             let mut r = Reader::new("challenge", &mut p);
             let min_version = r.u16()?;
@@ -408,7 +432,7 @@ fn decode_payload(kind: u8, stream: u32, mut p: Bytes) -> Result<Frame, DecodeEr
 }
 
 /// Reads fixed fields from a payload, failing with the frame's name.
-struct Reader<'a> {
+pub(crate) struct Reader<'a> {
     kind: &'static str,
     buf: &'a mut Bytes,
 }
@@ -416,6 +440,10 @@ struct Reader<'a> {
 impl<'a> Reader<'a> {
     fn new(kind: &'static str, buf: &'a mut Bytes) -> Self {
         Self { kind, buf }
+    }
+
+    pub(crate) fn malformed(&self, reason: &'static str) -> DecodeError {
+        DecodeError::malformed(self.kind, reason)
     }
 
     fn need(&self, n: usize) -> Result<(), DecodeError> {
@@ -426,12 +454,12 @@ impl<'a> Reader<'a> {
         }
     }
 
-    fn u8(&mut self) -> Result<u8, DecodeError> {
+    pub(crate) fn u8(&mut self) -> Result<u8, DecodeError> {
         self.need(1)?;
         Ok(self.buf.get_u8())
     }
 
-    fn u16(&mut self) -> Result<u16, DecodeError> {
+    pub(crate) fn u16(&mut self) -> Result<u16, DecodeError> {
         self.need(2)?;
         Ok(self.buf.get_u16())
     }
@@ -454,8 +482,18 @@ impl<'a> Reader<'a> {
     }
 
     /// A length-prefixed (u8) UTF-8 string.
-    fn text(&mut self) -> Result<String, DecodeError> {
+    pub(crate) fn text(&mut self) -> Result<String, DecodeError> {
         let len = usize::from(self.u8()?);
+        self.utf8(len)
+    }
+
+    /// A long text: length-prefixed (u16) UTF-8 (version 4).
+    pub(crate) fn long_text(&mut self) -> Result<String, DecodeError> {
+        let len = usize::from(self.u16()?);
+        self.utf8(len)
+    }
+
+    fn utf8(&mut self, len: usize) -> Result<String, DecodeError> {
         self.need(len)?;
         let raw = self.buf.split_to(len);
         String::from_utf8(raw.to_vec())
@@ -474,14 +512,7 @@ impl<'a> Reader<'a> {
 /// Truncates `s` to at most [`MAX_TEXT_LEN`] bytes on a character boundary,
 /// so long reasons degrade instead of failing to encode.
 fn clip(s: &str) -> &str {
-    if s.len() <= MAX_TEXT_LEN {
-        return s;
-    }
-    let mut end = MAX_TEXT_LEN;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
+    nodes::clip_to(s, MAX_TEXT_LEN)
 }
 
 fn put_text(out: &mut impl BufMut, s: &str) {
@@ -521,6 +552,8 @@ impl Frame {
             Frame::Drain => kind::DRAIN,
             Frame::GoAway { .. } => kind::GO_AWAY,
             Frame::Report(_) => kind::REPORT,
+            Frame::Nodes { .. } => kind::NODES,
+            Frame::NodeLinks { .. } => kind::NODE_LINKS,
             Frame::Challenge { .. } => kind::CHALLENGE,
             Frame::Auth { .. } => kind::AUTH,
             Frame::Welcome { .. } => kind::WELCOME,
@@ -539,6 +572,8 @@ impl Frame {
             | Frame::GoAway { message, .. }
             | Frame::Refuse { message, .. } => 1 + text_len(message),
             Frame::Report(r) => 2 + 2 + 8 * 4 + text_len(&r.agent_version),
+            Frame::Nodes { this_node, nodes } => nodes::nodes_len(this_node, nodes),
+            Frame::NodeLinks { links } => nodes::links_len(links),
             Frame::Challenge { .. } => 2 + 2 + NONCE_LEN,
             Frame::Auth { edge_id, agent_version, .. } => {
                 2 + 8 + NONCE_LEN + AUTH_PROOF_LEN + text_len(edge_id) + text_len(agent_version)
@@ -591,6 +626,8 @@ impl Frame {
                 out.put_u64(r.connects_failed);
                 put_text(out, &r.agent_version);
             }
+            Frame::Nodes { this_node, nodes } => nodes::put_nodes(out, this_node, nodes),
+            Frame::NodeLinks { links } => nodes::put_links(out, links),
             Frame::Challenge { min_version, max_version, nonce } => {
                 out.put_u16(*min_version);
                 out.put_u16(*max_version);

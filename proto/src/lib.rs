@@ -11,6 +11,7 @@
 //! # Layout
 //! - [`frame`]: the [`Frame`] enum, [`encode`](Frame::encode) and [`decode`].
 //! - [`handshake`]: HMAC-SHA256 challenge-response proofs and refusal reasons.
+//! - [`nodes`]: the cluster frames' entries (version 4) and their bounds.
 //! - [`flow`]: [`SendWindow`] and [`RecvWindow`], credit accounting in
 //!   cumulative byte offsets, with receive windows tuned per stream out of a
 //!   per-tunnel [`RecvBudget`].
@@ -22,6 +23,7 @@
 pub mod flow;
 pub mod frame;
 pub mod handshake;
+pub mod nodes;
 pub mod stream;
 
 pub use flow::{FlowError, INITIAL_STREAM_WINDOW, RecvBudget, RecvWindow, SendWindow};
@@ -32,15 +34,20 @@ pub use handshake::{
     AUTH_PROOF_LEN, NONCE_LEN, RefuseCode, auth_proof, server_proof, verify_auth_proof,
     verify_server_proof,
 };
+pub use nodes::{MAX_NODES, NodeAddr, NodeLink};
 pub use stream::{StreamError, StreamIds, StreamState};
 
 /// The protocol version this build speaks. Bumped on any incompatible change.
-pub const PROTOCOL_VERSION: u16 = 3;
+pub const PROTOCOL_VERSION: u16 = 4;
 /// The oldest protocol version this build still accepts. Version 1's
 /// window updates carried a consumed offset, version 2's a limit; version 3
-/// refuses empty `Data` frames and answers the latest ping (docs/protocol.md,
+/// refuses empty `Data` frames and answers the latest ping; version 4 adds
+/// the cluster frames (`Nodes`, `NodeLinks`) and nothing else, so a cloud
+/// serves version 3 edges as before, without them (docs/protocol.md,
 /// "Versions").
 pub const MIN_PROTOCOL_VERSION: u16 = 3;
+/// The first version whose tunnels may carry the cluster frames.
+pub const NODES_VERSION: u16 = 4;
 
 /// Largest frame payload a peer may send unless the handshake lowers it.
 /// Checked on the length field, before any allocation.

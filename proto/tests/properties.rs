@@ -6,7 +6,8 @@ use proptest::prelude::*;
 use std::time::{Duration, Instant};
 
 use proto::{
-    Frame, GoAwayCode, OpenCode, RecvBudget, RecvWindow, RefuseCode, ResetCode, SendWindow, decode,
+    Frame, GoAwayCode, NodeAddr, NodeLink, OpenCode, RecvBudget, RecvWindow, RefuseCode, ResetCode,
+    SendWindow, decode,
 };
 
 fn text() -> impl Strategy<Value = String> {
@@ -125,7 +126,26 @@ fn frame() -> impl Strategy<Value = Frame> {
                 }
             ),
         (refuse_code, text()).prop_map(|(code, message)| Frame::Refuse { code, message }),
+        (node_id(), prop::collection::btree_map(node_id(), "[a-z0-9:/.é]{1,80}", 0..8)).prop_map(
+            |(this_node, nodes)| Frame::Nodes {
+                this_node,
+                nodes: nodes.into_iter().map(|(id, url)| NodeAddr { id, url }).collect(),
+            }
+        ),
+        prop::collection::btree_map(node_id(), (any::<u16>(), text()), 0..8).prop_map(|links| {
+            Frame::NodeLinks {
+                links: links
+                    .into_iter()
+                    .map(|(node, (tunnels_up, error))| NodeLink { node, tunnels_up, error })
+                    .collect(),
+            }
+        }),
     ]
+}
+
+/// A node id within the bounds of the cluster frames (1..=64 bytes).
+fn node_id() -> impl Strategy<Value = String> {
+    "[a-z0-9é-]{1,32}"
 }
 
 proptest! {

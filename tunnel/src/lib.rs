@@ -35,6 +35,8 @@ pub mod untrusted;
 pub mod wire;
 pub mod ws;
 
-pub use mux::{IncomingStream, MuxSettings, OpenError, Role, Tunnel, TunnelClosed, WindowBudget};
+pub use mux::{
+    IncomingStream, MuxSettings, NodeList, OpenError, Role, Tunnel, TunnelClosed, WindowBudget,
+};
 pub use relay::{ByteCounters, RelayEnd, RelayOutcome, relay};
 pub use stream::{Inbound, MuxStream, StreamClosed};

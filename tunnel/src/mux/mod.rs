@@ -14,7 +14,8 @@
 //! through a separate one whose length is bounded by construction: one
 //! ping, one pong and one report outstanding (a peer that stops reading
 //! stalls the writer, and the heartbeat must not pile up behind it), one
-//! drain, one go-away. This is what keeps two peers that are both busy
+//! drain, one go-away, and one cluster frame (the cloud's node list or the
+//! edge's node links; a newer one replaces the one waiting). This is what keeps two peers that are both busy
 //! writing from deadlocking each other.
 
 use std::collections::HashMap;
@@ -25,12 +26,12 @@ use std::time::Duration;
 
 use proto::{
     DEFAULT_MAX_FRAME_PAYLOAD, DEFAULT_MAX_STREAMS, DEFAULT_STREAM_WINDOW,
-    DEFAULT_TUNNEL_WINDOW_BUDGET, Frame, GoAwayCode, INITIAL_STREAM_WINDOW, OpenCode, RecvBudget,
-    ResetCode, StreamIds,
+    DEFAULT_TUNNEL_WINDOW_BUDGET, Frame, GoAwayCode, INITIAL_STREAM_WINDOW, NODES_VERSION,
+    NodeAddr, NodeLink, OpenCode, PROTOCOL_VERSION, RecvBudget, ResetCode, StreamIds,
 };
 use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info_span};
 
@@ -73,6 +74,10 @@ pub struct MuxSettings {
     pub window_budget: u64,
     /// Frames that may wait in the stream queue (resets aside).
     pub queue_frames: usize,
+    /// The protocol version the handshake agreed. The cluster frames
+    /// (`Nodes`, `NodeLinks`) need [`proto::NODES_VERSION`]: on an older
+    /// tunnel they are never sent, and receiving one is a violation.
+    pub version: u16,
 }
 
 impl Default for MuxSettings {
@@ -86,6 +91,7 @@ impl Default for MuxSettings {
             stream_window: DEFAULT_STREAM_WINDOW,
             window_budget: DEFAULT_TUNNEL_WINDOW_BUDGET,
             queue_frames: 256,
+            version: PROTOCOL_VERSION,
         }
     }
 }
@@ -102,6 +108,15 @@ pub struct WindowBudget {
     pub total: u64,
     /// Times a window that would have grown did not, for lack of budget.
     pub refused: u64,
+}
+
+/// The cluster's nodes as the cloud last listed them on a tunnel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeList {
+    /// The node this tunnel reached.
+    pub this_node: String,
+    /// Every node, with the URL edges dial to reach it.
+    pub nodes: Vec<NodeAddr>,
 }
 
 /// The tunnel is closed; streams can no longer be opened on it.
@@ -196,6 +211,15 @@ pub(crate) struct Shared {
     last_heard_ms: AtomicU64,
     /// The edge's latest report (cloud side).
     last_report: Mutex<Option<proto::EdgeReport>>,
+    /// The cluster frame waiting to be written (`Nodes` from the cloud,
+    /// `NodeLinks` from the edge): a newer one replaces it, so one at most
+    /// is queued however often the list changes.
+    cluster_out: Mutex<Option<Frame>>,
+    cluster_queued: AtomicBool,
+    /// Edge side: the cloud's latest node list.
+    nodes_in: watch::Sender<Option<NodeList>>,
+    /// Cloud side: the edge's latest links to the nodes.
+    node_links_in: Mutex<Option<Vec<NodeLink>>>,
     close_reason: Mutex<Option<String>>,
     closed: CancellationToken,
 }
@@ -256,6 +280,27 @@ impl Shared {
     /// why this queue stays bounded).
     pub(crate) fn send_control(&self, frame: Frame) {
         let _ = self.control_tx.send(frame);
+    }
+
+    /// Queues `frame` as the cluster frame to send, replacing one not yet
+    /// written; nothing on a tunnel whose version predates them.
+    fn send_cluster(&self, frame: Frame) {
+        if self.settings.version < NODES_VERSION {
+            return;
+        }
+        *self.cluster_out.lock().unwrap_or_else(|p| p.into_inner()) = Some(frame);
+        if !self.cluster_queued.swap(true, Ordering::SeqCst) {
+            // A marker: the writer sends what the slot holds when it gets here.
+            self.send_control(Frame::NodeLinks { links: Vec::new() });
+        }
+    }
+
+    /// The cluster frame to write now (the writer got the marker).
+    pub(crate) fn take_cluster(&self) -> Option<Frame> {
+        // Cleared before taking: a frame stored after this queues a marker
+        // of its own.
+        self.cluster_queued.store(false, Ordering::SeqCst);
+        self.cluster_out.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 
     /// The receive window every stream starts with.
@@ -440,6 +485,10 @@ impl Tunnel {
             recv_budget,
             last_heard_ms: AtomicU64::new(unix_ms()),
             last_report: Mutex::new(None),
+            cluster_out: Mutex::new(None),
+            cluster_queued: AtomicBool::new(false),
+            nodes_in: watch::channel(None).0,
+            node_links_in: Mutex::new(None),
             close_reason: Mutex::new(None),
             closed: CancellationToken::new(),
         });
@@ -522,6 +571,41 @@ impl Tunnel {
         if !self.shared.report_queued.swap(true, Ordering::Relaxed) {
             self.shared.send_control(Frame::Report(report));
         }
+    }
+
+    /// The protocol version agreed for this tunnel.
+    pub fn version(&self) -> u16 {
+        self.shared.settings.version
+    }
+
+    /// Whether this tunnel carries the cluster frames (version 4 on).
+    pub fn carries_nodes(&self) -> bool {
+        self.version() >= NODES_VERSION
+    }
+
+    /// Cloud side: tells the edge the cluster's nodes. A list not yet
+    /// written is replaced, never queued behind; on a version 3 tunnel
+    /// nothing is sent.
+    pub fn send_nodes(&self, this_node: &str, nodes: &[NodeAddr]) {
+        self.shared
+            .send_cluster(Frame::Nodes { this_node: this_node.to_owned(), nodes: nodes.to_vec() });
+    }
+
+    /// Edge side: the cloud's node list as it last arrived on this tunnel
+    /// (`None` until one does; a cloud that runs alone never sends one).
+    pub fn nodes(&self) -> watch::Receiver<Option<NodeList>> {
+        self.shared.nodes_in.subscribe()
+    }
+
+    /// Edge side: tells the cloud the edge's links to each node. Links not
+    /// yet written are replaced; on a version 3 tunnel nothing is sent.
+    pub fn send_node_links(&self, links: Vec<NodeLink>) {
+        self.shared.send_cluster(Frame::NodeLinks { links });
+    }
+
+    /// Cloud side: the edge's latest node links on this tunnel.
+    pub fn last_node_links(&self) -> Option<Vec<NodeLink>> {
+        self.shared.node_links_in.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Tells the peer to open no new streams towards this side.

@@ -327,12 +327,34 @@ fn on_frame(
             }
             *shared.last_report.lock().unwrap_or_else(|p| p.into_inner()) = Some(report);
         }
+        Frame::Nodes { this_node, nodes } => {
+            cluster_frame_allowed(shared, "nodes", Role::Edge)?;
+            shared.nodes_in.send_replace(Some(super::NodeList { this_node, nodes }));
+        }
+        Frame::NodeLinks { links } => {
+            cluster_frame_allowed(shared, "node links", Role::Cloud)?;
+            *shared.node_links_in.lock().unwrap_or_else(|p| p.into_inner()) = Some(links);
+        }
         Frame::GoAway { code, message } => {
             return Err(Stop::PeerGoAway(format!("peer closed the tunnel ({code:?}): {message}")));
         }
         other => {
             return Err(Stop::Violation(format!("unexpected frame after handshake: {other:?}")));
         }
+    }
+    Ok(())
+}
+
+/// A cluster frame needs a version 4 tunnel and the right direction.
+fn cluster_frame_allowed(shared: &Shared, kind: &str, receiver: Role) -> Result<(), Stop> {
+    if shared.settings.version < proto::NODES_VERSION {
+        return Err(Stop::Violation(format!(
+            "{kind} frame on a version {} tunnel",
+            shared.settings.version
+        )));
+    }
+    if shared.role != receiver {
+        return Err(Stop::Violation(format!("{kind} frame sent the wrong way")));
     }
     Ok(())
 }

@@ -538,3 +538,57 @@ async fn data_moving_keeps_a_tunnel_alive_while_its_pong_is_stuck_behind_it() {
         .await
         .expect("no data and no pongs: the tunnel must close");
 }
+
+fn node(id: &str) -> NodeAddr {
+    NodeAddr { id: id.into(), url: format!("ws://{id}.test/tunnel") }
+}
+
+#[tokio::test]
+async fn node_lists_reach_the_edge_and_node_links_the_cloud() {
+    let (cloud, edge, _incoming) = pair(quiet()).await;
+    let mut nodes = edge.nodes();
+    assert!(nodes.borrow().is_none());
+    // Written in one go on this one-thread runtime: the second list
+    // replaces the first in the slot, and only it goes out.
+    cloud.send_nodes("a", &[node("a"), node("b")]);
+    cloud.send_nodes("a", &[node("a"), node("b"), node("c")]);
+    tokio::time::timeout(std::time::Duration::from_secs(5), nodes.changed())
+        .await
+        .unwrap()
+        .unwrap();
+    let list = nodes.borrow_and_update().clone().unwrap();
+    assert_eq!(list.this_node, "a");
+    assert_eq!(list.nodes, [node("a"), node("b"), node("c")]);
+
+    let link = NodeLink { node: "c".into(), tunnels_up: 0, error: "refused".into() };
+    edge.send_node_links(vec![link.clone()]);
+    let arrived = async {
+        while cloud.last_node_links().is_none() {
+            tokio::task::yield_now().await;
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(5), arrived).await.unwrap();
+    assert_eq!(cloud.last_node_links(), Some(vec![link]));
+    assert!(!cloud.is_closed() && !edge.is_closed());
+}
+
+#[tokio::test]
+async fn a_version_3_tunnel_sends_no_cluster_frame_and_refuses_one() {
+    let v3 = MuxSettings { version: 3, ..quiet() };
+    let (cloud, mut edge) = cloud_and_raw_edge(v3.clone()).await;
+    assert!(!cloud.carries_nodes());
+    cloud.send_nodes("a", &[node("a")]);
+    cloud.drain(); // a frame that does go, behind where the list would be
+    let frames = edge.recv(true).await.unwrap();
+    assert_eq!(frames, [Frame::Drain], "only the drain was sent");
+    edge.send(vec![Frame::NodeLinks { links: Vec::new() }]).await;
+    closes_because(&cloud, "node links frame on a version 3 tunnel", "v3 cloud kept the tunnel")
+        .await;
+}
+
+#[tokio::test]
+async fn a_cluster_frame_the_wrong_way_closes_the_tunnel() {
+    let (cloud, mut edge) = cloud_and_raw_edge(quiet()).await;
+    edge.send(vec![Frame::Nodes { this_node: "a".into(), nodes: vec![node("a")] }]).await;
+    closes_because(&cloud, "nodes frame sent the wrong way", "cloud took a node list").await;
+}

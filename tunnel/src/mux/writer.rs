@@ -124,6 +124,12 @@ fn take_control(
             shared.report_queued.store(false, Ordering::Relaxed);
             message.push(frame);
         }
+        // The marker of a cluster frame: the latest one goes.
+        Frame::Nodes { .. } | Frame::NodeLinks { .. } => {
+            if let Some(latest) = shared.take_cluster() {
+                message.push(latest);
+            }
+        }
         _ => message.push(frame),
     }
 }
