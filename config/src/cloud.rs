@@ -8,12 +8,14 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::cluster::{ClusterConfig, RawCluster};
 use crate::control::{ControlConfig, RawControl};
 use crate::defaults::{DEFAULT_CLOUD_LOG_FILE_PREFIX, serde_fns};
 use crate::error::{ConfigError, Doc, line_col};
 use crate::load;
 use crate::log::{LogConfig, RawLog};
 use crate::mapping::{MappingConfig, RawMapping};
+use crate::proxy_protocol::{ProxyProtocolConfig, RawProxyProtocol};
 use crate::reach::Reach;
 use crate::secret::{EDGE_TOKEN_KEYS, GENERATE_HINT, Secret, TokenKeys};
 use crate::tunnel::{RawTunnel, TunnelListenConfig};
@@ -38,6 +40,12 @@ pub struct CloudConfig {
     pub control: Option<ControlConfig>,
     /// `[log]`: log files; `None` logs to standard error only.
     pub log: Option<LogConfig>,
+    /// `[cluster]`: this agent is one node of a cluster whose state lives
+    /// in etcd; `None` runs alone with the state file.
+    pub cluster: Option<ClusterConfig>,
+    /// `[proxy_protocol]`: the load balancers whose PROXY header every
+    /// mapping listener expects; `None` takes clients directly.
+    pub proxy_protocol: Option<ProxyProtocolConfig>,
     /// Problems accepted because the secret at fault is used on loopback
     /// only (a token file open to other users), each as
     /// `<file>:<line>:<col>: <key>: <problem>`; the agent logs them.
@@ -122,6 +130,8 @@ struct RawCloud {
     shutdown_grace: Spanned<Dur>,
     control: Option<Spanned<RawControl>>,
     log: Option<RawLog>,
+    cluster: Option<Spanned<RawCluster>>,
+    proxy_protocol: Option<RawProxyProtocol>,
 }
 
 #[derive(Deserialize)]
@@ -221,6 +231,14 @@ impl RawCloud {
             let members = raw.edges.into_inner().into_iter().map(Spanned::into_inner).collect();
             groups.push(EdgeGroup { id, edges: members });
         }
+        if let (Some(_), Some(first)) = (&self.cluster, self.mappings.first()) {
+            return Err(doc.error_at(
+                first.name.span(),
+                "mappings[0]: in a cluster ([cluster]) mappings live in etcd, shared by every \
+                 node: remove [[mappings]] from the file and add them with `relayctl batch` or \
+                 `relayctl add`",
+            ));
+        }
         let mut mappings = Vec::with_capacity(self.mappings.len());
         let mut names = HashMap::new();
         for (i, raw) in self.mappings.into_iter().enumerate() {
@@ -242,8 +260,27 @@ impl RawCloud {
             Some(raw) => Some(raw.validate(doc, DEFAULT_CLOUD_LOG_FILE_PREFIX)?),
             None => None,
         };
+        let cluster = match self.cluster {
+            Some(raw) => {
+                let span = raw.span();
+                Some(raw.into_inner().validate(doc, span, control.as_ref())?)
+            }
+            None => None,
+        };
+        let proxy_protocol = self.proxy_protocol.map(|raw| raw.validate(doc)).transpose()?;
         let shutdown_grace = self.shutdown_grace.into_inner().0;
-        Ok(CloudConfig { tunnel, edges, groups, mappings, shutdown_grace, control, log, warnings })
+        Ok(CloudConfig {
+            tunnel,
+            edges,
+            groups,
+            mappings,
+            shutdown_grace,
+            control,
+            log,
+            cluster,
+            proxy_protocol,
+            warnings,
+        })
     }
 }
 

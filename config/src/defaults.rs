@@ -84,6 +84,13 @@ pub const DEFAULT_LOG_ROTATION: LogRotation = LogRotation::Daily;
 /// Allowed `[log] max_files` (when set; unset keeps every file).
 pub const LOG_MAX_FILES_RANGE: RangeInclusive<u32> = 1..=u32::MAX;
 
+/// Default `[proxy_protocol] timeout`: time a load balancer has to send
+/// the whole PROXY protocol header.
+pub const DEFAULT_PROXY_PROTOCOL_TIMEOUT: Duration = Duration::from_secs(5);
+/// Allowed `[proxy_protocol] timeout`.
+pub const PROXY_PROTOCOL_TIMEOUT_RANGE: RangeInclusive<Duration> =
+    Duration::from_millis(1)..=Duration::from_secs(60);
+
 /// Shortest accepted token, in bytes.
 pub const MIN_TOKEN_LEN: usize = 16;
 /// Longest accepted mapping name or edge id, in characters.
@@ -147,6 +154,9 @@ pub(crate) mod serde_fns {
     }
     pub(crate) fn control_max_connections() -> Spanned<u32> {
         unplaced(DEFAULT_CONTROL_MAX_CONNECTIONS)
+    }
+    pub(crate) fn proxy_protocol_timeout() -> Spanned<Dur> {
+        unplaced(Dur(DEFAULT_PROXY_PROTOCOL_TIMEOUT))
     }
     pub(crate) fn log_rotation() -> LogRotation {
         DEFAULT_LOG_ROTATION

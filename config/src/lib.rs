@@ -55,6 +55,9 @@
 //! - `[log]`: `dir` is required; `file_prefix` follows the name rules;
 //!   `rotation` is one of `"minutely"`, `"hourly"`, `"daily"`, `"never"`
 //!   ([`LogRotation`]); `max_files`, when set, is at least 1.
+//! - `[proxy_protocol]` ([`ProxyProtocolConfig`]): `from` holds at least one
+//!   IP address or CIDR network; `timeout` lies in
+//!   [`PROXY_PROTOCOL_TIMEOUT_RANGE`].
 //! - Relative paths (`token_file`, `admin_token_file`, `[tunnel.tls]`,
 //!   `ca_file`, `state_file`, `[log] dir`) are resolved against the config
 //!   file's directory. Only token files are read here; certificates, the
@@ -68,6 +71,7 @@
 mod allow;
 mod cloud;
 mod cloud_url;
+mod cluster;
 mod control;
 pub mod defaults;
 mod edge;
@@ -76,7 +80,9 @@ mod hostport;
 mod load;
 mod log;
 mod mapping;
+mod node_url;
 mod parse_error;
+mod proxy_protocol;
 mod reach;
 mod secret;
 mod tunnel;
@@ -85,6 +91,10 @@ mod values;
 pub use allow::AllowEntry;
 pub use cloud::{CloudConfig, EdgeEntry, EdgeGroup};
 pub use cloud_url::CloudUrl;
+pub use cluster::{
+    ClusterConfig, DEFAULT_CLUSTER_APPLY_WAIT, DEFAULT_CLUSTER_LEASE_TTL,
+    DEFAULT_CLUSTER_LOCAL_COPY, DEFAULT_CLUSTER_PREFIX,
+};
 pub use control::ControlConfig;
 pub use defaults::*;
 pub use edge::{BackoffConfig, EdgeConfig};
@@ -92,5 +102,7 @@ pub use error::{ConfigError, FieldError};
 pub use hostport::{HostPort, ParseError};
 pub use log::{LogConfig, LogRotation};
 pub use mapping::MappingConfig;
+pub use node_url::NodeUrlError;
+pub use proxy_protocol::ProxyProtocolConfig;
 pub use secret::{Secret, is_demo_token};
 pub use tunnel::{TlsFiles, TunnelListenConfig};

@@ -1,10 +1,10 @@
 //! The shipped `examples/cloud.toml` and `examples/edge.toml` load and
-//! describe the loopback demo, and their commented-out `[log]` tables are
-//! valid once switched on.
+//! describe the loopback demo, and their commented-out `[log]` tables (and
+//! the cloud's `[proxy_protocol]`) are valid once switched on.
 
 use std::path::{Path, PathBuf};
 
-use config::{CloudConfig, DEFAULT_LOG_ROTATION, EdgeConfig};
+use config::{CloudConfig, DEFAULT_LOG_ROTATION, DEFAULT_PROXY_PROTOCOL_TIMEOUT, EdgeConfig};
 
 fn example(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples").join(name)
@@ -43,6 +43,7 @@ fn examples_load_and_agree() {
 
     // [log] is only shown, commented out.
     assert!(cloud.log.is_none() && edge.log.is_none());
+    assert!(cloud.proxy_protocol.is_none());
 }
 
 /// The example file with its commented-out `[log]` table switched on: the
@@ -115,4 +116,35 @@ fn the_examples_refuse_their_demo_tokens_beyond_loopback() {
     assert_ne!(exposed, text, "examples/edge.toml no longer dials ws://127.0.0.1:7000");
     let err = EdgeConfig::from_toml(&exposed, &example("edge.toml")).expect_err("demo token");
     assert!(err.message().starts_with("token_file: this is the repository's demo token"), "{err}");
+}
+
+/// The commented-out `[proxy_protocol]` table of the cloud example, switched
+/// on: from its `# [proxy_protocol]` line to the next blank line, `# key`
+/// lines lose their `# `.
+#[test]
+fn commented_proxy_protocol_example_is_valid() {
+    let text = std::fs::read_to_string(example("cloud.toml")).unwrap();
+    let mut in_table = false;
+    let mut found = false;
+    let mut out = String::new();
+    for line in text.lines() {
+        if line == "# [proxy_protocol]" {
+            (in_table, found) = (true, true);
+        } else if line.is_empty() {
+            in_table = false;
+        }
+        let line = match line.strip_prefix("# ") {
+            Some(rest) if in_table && !rest.starts_with('#') => rest,
+            _ => line,
+        };
+        out.push_str(line);
+        out.push('\n');
+    }
+    assert!(found, "cloud.toml has no commented-out [proxy_protocol] table");
+    let cloud =
+        CloudConfig::from_toml(&out, &example("cloud.toml")).unwrap_or_else(|e| panic!("{e}"));
+    let p = cloud.proxy_protocol.expect("[proxy_protocol] enabled");
+    let from: Vec<String> = p.from.iter().map(ToString::to_string).collect();
+    assert_eq!(from, ["10.0.0.5/32", "10.0.1.0/24"]);
+    assert_eq!(p.timeout, DEFAULT_PROXY_PROTOCOL_TIMEOUT);
 }

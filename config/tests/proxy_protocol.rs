@@ -1,0 +1,60 @@
+//! `[proxy_protocol]` through the public API: the fixture's values, the
+//! default timeout, and the range's ends.
+
+use std::path::Path;
+use std::time::Duration;
+
+use config::*;
+
+mod common;
+use common::fixture;
+
+const TOKEN: &str = "q7Zx3VbN8mK2pL9wR4tY6uI1oA5sD0fG";
+
+fn cloud(extra: &str) -> Result<CloudConfig, ConfigError> {
+    let text = format!(
+        "[tunnel]\nlisten = \"127.0.0.1:1\"\n[[edges]]\nid = \"e\"\ntoken = \"{TOKEN}\"\n{extra}"
+    );
+    CloudConfig::from_toml(&text, Path::new("/etc/relay/cloud.toml"))
+}
+
+#[test]
+fn fixture_values() {
+    let c = CloudConfig::load(&fixture("cloud/valid/proxy-protocol.toml"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let p = c.proxy_protocol.unwrap();
+    let from: Vec<String> = p.from.iter().map(ToString::to_string).collect();
+    assert_eq!(from, ["10.0.0.5/32", "10.0.1.0/24", "fd00::/64"]);
+    assert_eq!(p.timeout, Duration::from_secs(2));
+    assert!(p.trusts("10.0.1.200".parse().unwrap()) && !p.trusts("10.0.0.6".parse().unwrap()));
+}
+
+#[test]
+fn optional_with_a_default_timeout() {
+    assert_eq!(cloud("").unwrap().proxy_protocol, None);
+    let p = cloud("[proxy_protocol]\nfrom = [\"::1\"]\n").unwrap().proxy_protocol.unwrap();
+    assert_eq!(p.timeout, DEFAULT_PROXY_PROTOCOL_TIMEOUT);
+    assert_eq!(DEFAULT_PROXY_PROTOCOL_TIMEOUT, Duration::from_secs(5));
+}
+
+#[test]
+fn timeout_range_ends() {
+    for (written, ok) in [("1ms", true), ("60s", true), ("0s", false), ("60001ms", false)] {
+        let got = cloud(&format!("[proxy_protocol]\nfrom = [\"::1\"]\ntimeout = \"{written}\"\n"));
+        match (got, ok) {
+            (Ok(c), true) => {
+                let t = c.proxy_protocol.unwrap().timeout;
+                assert!(PROXY_PROTOCOL_TIMEOUT_RANGE.contains(&t), "{written}");
+            }
+            (Err(e), false) => {
+                let shown = e.to_string();
+                assert!(
+                    shown.starts_with("/etc/relay/cloud.toml:8:11: proxy_protocol.timeout: ")
+                        && shown.contains(&format!("\"{written}\" is out of range")),
+                    "{shown}"
+                );
+            }
+            (got, _) => panic!("{written}: {got:?}"),
+        }
+    }
+}
