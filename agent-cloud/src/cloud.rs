@@ -14,7 +14,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
+use crate::cluster::Cluster;
 use crate::control::{self, ControlState};
+use crate::directory::NodeDirectory;
 use crate::edges::EdgeRegistry;
 use crate::mappings::Mappings;
 use crate::sampler;
@@ -40,6 +42,9 @@ pub enum StartError {
     /// not writable (every change through the API would fail).
     #[error("{0}")]
     State(String),
+    /// `[cluster]` cannot be used (an etcd endpoint or TLS file).
+    #[error("cluster: {0}")]
+    Cluster(String),
 }
 
 /// Where a mapping stands.
@@ -66,6 +71,9 @@ pub struct Cloud {
     background: TaskTracker,
     ready: Arc<AtomicBool>,
     grace: Duration,
+    cluster: Option<Arc<Cluster>>,
+    /// The cluster's nodes, as every version 4 tunnel tells its edge.
+    directory: watch::Sender<Arc<NodeDirectory>>,
 }
 
 impl Cloud {
@@ -115,7 +123,12 @@ impl Cloud {
         if let Some(c) = &config.control {
             crate::state_check::check_writable(&c.state_file).map_err(StartError::State)?;
         }
-        let store = config.control.as_ref().map(|c| Store::new(c.state_file.clone()));
+        // A cluster node keeps its state in etcd; the state file is for a
+        // node alone.
+        let store = match (&config.control, &config.cluster) {
+            (Some(c), None) => Some(Store::new(c.state_file.clone())),
+            _ => None,
+        };
         let persisted = match &store {
             Some(store) => store.load().map_err(|e| StartError::State(e.to_string()))?,
             None => crate::store::PersistedState::new(),
@@ -131,7 +144,10 @@ impl Cloud {
         }
         let runtime_specs = persisted.added.clone();
         let removed = persisted.removed.clone();
-        let mappings = Mappings::new(store, persisted, Arc::clone(&edges), reserved);
+        let bind_ip = config.cluster.as_ref().and_then(|c| c.public_ip);
+        let proxy_protocol = config.proxy_protocol.clone();
+        let mappings =
+            Mappings::new(store, persisted, Arc::clone(&edges), reserved, bind_ip, proxy_protocol);
         for m in &config.mappings {
             if removed.contains(&m.name) {
                 info!(mapping = %m.name, "not started: drained or removed at run time (see the state file)");
@@ -153,17 +169,37 @@ impl Cloud {
             }
         }
 
+        let cluster = match &config.cluster {
+            Some(c) => {
+                let cluster = Cluster::start(c.clone(), &mappings, Arc::clone(&edges))
+                    .await
+                    .map_err(StartError::Cluster)?;
+                let _ = mappings.cluster.set(Arc::clone(&cluster));
+                Some(cluster)
+            }
+            None => None,
+        };
+
         let stop_accepting = CancellationToken::new();
         let stop_control = CancellationToken::new();
         let background = TaskTracker::new();
         let ready = Arc::new(AtomicBool::new(true));
+        let (directory, directory_rx) = watch::channel(Arc::new(NodeDirectory::default()));
         let tunnels = TunnelListener {
             config: Arc::clone(&config),
             tls,
             edges: Arc::clone(&edges),
+            directory: directory_rx,
             stop: stop_accepting.clone(),
         };
         background.spawn(tunnel_listener::run(tunnels, listener));
+        if let Some(cluster) = &cluster {
+            background.spawn(follow_nodes(
+                Arc::clone(cluster),
+                directory.clone(),
+                stop_accepting.clone(),
+            ));
+        }
         info!(listen = %tunnel_addr, tls = config.tunnel.tls.is_some(), "listening for edge tunnels");
 
         let (snapshots_tx, snapshots) = watch::channel(Arc::new(Snapshot::default()));
@@ -180,6 +216,7 @@ impl Cloud {
                 admin_token: control.admin_token.clone(),
                 snapshots,
                 ready: Arc::clone(&ready),
+                cluster: cluster.clone(),
                 request_timeout: control.request_timeout,
                 max_connections: control.max_connections as usize,
             };
@@ -196,6 +233,8 @@ impl Cloud {
             background,
             ready,
             grace: config.shutdown_grace,
+            cluster,
+            directory,
         })
     }
 
@@ -233,6 +272,22 @@ impl Cloud {
         }
     }
 
+    /// Tells every edge (on version 4 tunnels) the cluster's nodes: `nodes`
+    /// as `(id, advertise URL)`, this node being `this_node`. For tests,
+    /// until the cluster module feeds the same channel.
+    #[doc(hidden)]
+    pub fn announce_nodes(&self, this_node: &str, nodes: Vec<(String, String)>) {
+        self.directory.send_replace(Arc::new(NodeDirectory::new(this_node, nodes)));
+    }
+
+    /// Every edge as the control API shows it (for tests without
+    /// `[control]`).
+    #[doc(hidden)]
+    pub fn edge_views(&self) -> Vec<api::EdgeView> {
+        let now = crate::clock::unix_ms();
+        self.edges.views(now / 1000, now)
+    }
+
     /// Live tunnels of `edge_id` right now.
     pub fn live_tunnels(&self, edge_id: &str) -> usize {
         self.edges.live_tunnels(edge_id)
@@ -245,6 +300,10 @@ impl Cloud {
         let connections = &self.mappings.all_connections;
         info!(grace = ?self.grace, open = connections.len(), "shutting down: no new connections");
         self.ready.store(false, Ordering::Relaxed);
+        if let Some(cluster) = &self.cluster {
+            // Peers and edges stop counting on this node at once.
+            cluster.stop().await;
+        }
         self.stop_accepting.cancel();
         self.mappings.stop_listeners();
         connections.close();
@@ -258,5 +317,23 @@ impl Cloud {
         self.background.close();
         self.background.wait().await;
         info!("stopped");
+    }
+}
+
+/// Tells the edges (through the directory every tunnel follows) the live
+/// nodes of the cluster, as they change.
+async fn follow_nodes(
+    cluster: Arc<Cluster>,
+    directory: watch::Sender<Arc<NodeDirectory>>,
+    stop: CancellationToken,
+) {
+    let mut nodes = cluster.node_list();
+    loop {
+        let list = nodes.borrow_and_update().to_vec();
+        directory.send_replace(Arc::new(NodeDirectory::new(cluster.node_id(), list)));
+        tokio::select! {
+            () = stop.cancelled() => return,
+            changed = nodes.changed() => if changed.is_err() { return },
+        }
     }
 }

@@ -17,16 +17,22 @@
 //! exceed the limit nor let an older run in beside a newer one. A newer run
 //! admitted meanwhile voids the older run's admissions: their tunnels are
 //! closed as superseded when they arrive.
+//!
+//! In a cluster every node keeps its own registry: an edge with tunnels to
+//! three nodes is three independent entries, each fenced on its own (the
+//! edge's epoch is the same on all of them). What the edge says of its
+//! links to every node arrives on each tunnel (`NodeLinks`) and is shown
+//! as [`EdgeView::node_links`].
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use api::{EdgeHealth, EdgeView, TunnelView};
+use api::{EdgeHealth, EdgeNodeLink, EdgeView, TunnelView};
 use proto::{GoAwayCode, RefuseCode};
 use tracing::{info, warn};
 use tunnel::Tunnel;
 
-use crate::metrics::Window;
+use crate::metrics::{HistogramCounts, LatencyHistogram, Window};
 
 /// An edge that was connected this recently counts as reconnecting, not
 /// down, while it has no tunnel.
@@ -45,7 +51,11 @@ struct EdgeState {
     draining: bool,
     last_seen_ms: Option<u64>,
     last_report: Option<proto::EdgeReport>,
+    /// The edge's latest links to the cluster's nodes.
+    node_links: Vec<proto::NodeLink>,
     rtt_us: Window,
+    /// The same round trips since the agent started, for `/metrics`.
+    rtt: LatencyHistogram,
 }
 
 impl Default for EdgeState {
@@ -58,7 +68,9 @@ impl Default for EdgeState {
             draining: false,
             last_seen_ms: None,
             last_report: None,
+            node_links: Vec::new(),
             rtt_us: Window::new(60_000_000),
+            rtt: LatencyHistogram::default(),
         }
     }
 }
@@ -69,6 +81,13 @@ impl EdgeState {
             self.last_seen_ms = self.last_seen_ms.max(Some(t.last_heard_unix_ms()));
         }
         self.tunnels.retain(|t| !t.is_closed());
+    }
+
+    /// Takes the newest node links any live tunnel carried.
+    fn refresh_links(&mut self) {
+        if let Some(links) = self.tunnels.iter().rev().find_map(Tunnel::last_node_links) {
+            self.node_links = links;
+        }
     }
 }
 
@@ -249,6 +268,19 @@ impl EdgeRegistry {
         })
     }
 
+    /// Edges with at least one live tunnel.
+    pub(crate) fn connected_edges(&self) -> usize {
+        let mut edges = self.lock();
+        edges
+            .values_mut()
+            .map(|s| {
+                s.prune();
+                !s.tunnels.is_empty()
+            })
+            .filter(|up| *up)
+            .count()
+    }
+
     /// Whether `id` names a configured edge (not a group).
     pub(crate) fn is_edge(&self, id: &str) -> bool {
         self.lock().contains_key(id)
@@ -273,16 +305,23 @@ impl EdgeRegistry {
             state.prune();
             for t in &state.tunnels {
                 if let Some(rtt) = t.rtt() {
-                    state
-                        .rtt_us
-                        .record(u64::try_from(rtt.as_micros()).unwrap_or(u64::MAX), now_secs);
+                    let micros = u64::try_from(rtt.as_micros()).unwrap_or(u64::MAX);
+                    state.rtt_us.record(micros, now_secs);
+                    state.rtt.record(micros);
                 }
                 state.last_seen_ms = state.last_seen_ms.max(Some(t.last_heard_unix_ms()));
                 if let Some(report) = t.last_report() {
                     state.last_report = Some(report);
                 }
             }
+            state.refresh_links();
         }
+    }
+
+    /// Each edge's tunnel round trips since the agent started (one value
+    /// per tunnel per second), for `/metrics`.
+    pub(crate) fn rtt_histograms(&self) -> Vec<(String, HistogramCounts)> {
+        self.lock().iter().map(|(id, state)| (id.clone(), state.rtt.read())).collect()
     }
 
     /// Every edge as the API shows it.
@@ -292,6 +331,7 @@ impl EdgeRegistry {
             .iter_mut()
             .map(|(id, state)| {
                 state.prune();
+                state.refresh_links();
                 let up = u32::try_from(state.tunnels.len()).unwrap_or(u32::MAX);
                 let report = state.last_report.as_ref();
                 let configured = report.map_or(0, |r| u32::from(r.tunnels_configured));
@@ -337,6 +377,15 @@ impl EdgeRegistry {
                     memory_used_bytes: report.map(|r| r.memory_used),
                     memory_total_bytes: report.map(|r| r.memory_total),
                     connect_failures: report.map_or(0, |r| r.connects_failed),
+                    node_links: state
+                        .node_links
+                        .iter()
+                        .map(|l| EdgeNodeLink {
+                            node: l.node.clone(),
+                            tunnels_up: u32::from(l.tunnels_up),
+                            error: (!l.error.is_empty()).then(|| l.error.clone()),
+                        })
+                        .collect(),
                 }
             })
             .collect()

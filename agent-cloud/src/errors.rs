@@ -18,6 +18,9 @@ pub(crate) enum ErrorKind {
     BindFailed,
     /// The agent failed (500 `internal`), e.g. the state file cannot be written.
     Internal,
+    /// In a cluster: etcd cannot be reached, so nothing can change (503
+    /// `store_unavailable`); the node keeps serving what it applied.
+    StoreUnavailable,
 }
 
 impl ErrorKind {
@@ -28,6 +31,7 @@ impl ErrorKind {
             ErrorKind::Conflict | ErrorKind::BindFailed => 409,
             ErrorKind::UnknownEdge => 422,
             ErrorKind::Internal => 500,
+            ErrorKind::StoreUnavailable => 503,
         }
     }
 
@@ -39,6 +43,7 @@ impl ErrorKind {
             ErrorKind::UnknownEdge => "unknown_edge",
             ErrorKind::BindFailed => "bind_failed",
             ErrorKind::Internal => "internal",
+            ErrorKind::StoreUnavailable => "store_unavailable",
         }
     }
 }

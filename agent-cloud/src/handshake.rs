@@ -22,6 +22,8 @@ pub(crate) struct Admitted {
     pub(crate) admission: Admission,
     /// As the edge reported it: untrusted text.
     pub(crate) agent_version: String,
+    /// The protocol version agreed (3 or 4).
+    pub(crate) version: u16,
 }
 
 /// Why a handshake did not produce a tunnel.
@@ -103,7 +105,7 @@ where
         proof: proto::server_proof(token, &server_nonce, &nonce, tunnel_id),
     };
     wire::send_frame(ws, &welcome).await?;
-    Ok(Admitted { admission, agent_version })
+    Ok(Admitted { admission, agent_version, version })
 }
 
 async fn refuse<S>(

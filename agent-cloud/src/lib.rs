@@ -11,10 +11,14 @@
 //!   fencing; picks the least loaded tunnel for a new stream.
 //! - `handshake`: the server side of the tunnel handshake.
 //! - `tunnel_listener`: accepts WebSocket (optionally TLS) connections.
+//! - `directory`: the cluster's nodes as edges are told them (version 4
+//!   tunnels follow it); empty when the agent runs alone.
 //! - `gate`: bounds unauthenticated handshakes, overall and per source.
 //! - `log_limit`: bounds what repeated refusals log.
 //! - `mapping`: one mapping at run time: accept loop, client allowlist,
 //!   relay, figures.
+//! - `proxy_header`: the PROXY protocol header a load balancer in
+//!   `[proxy_protocol] from` sends first, read exactly and bounded.
 //! - `mappings`: the mapping table; add, drain, remove and atomic batches.
 //! - `store`: the state file that makes run-time changes survive restarts.
 //! - `metrics`, `sampler`: live figures with bounded memory, sampled once a
@@ -23,7 +27,9 @@
 
 mod clock;
 mod cloud;
+mod cluster;
 mod control;
+mod directory;
 mod edges;
 mod errors;
 mod gate;
@@ -33,12 +39,14 @@ mod mapping;
 mod mappings;
 mod metrics;
 mod net;
+mod proxy_header;
 mod sampler;
 mod state_check;
 mod store;
 mod tunnel_listener;
 
 pub use cloud::{Cloud, MappingStatus, StartError};
+pub use directory::NodeDirectory;
 
 /// Entry points for the fuzz targets in `fuzz/`; not a stable API.
 #[doc(hidden)]
@@ -52,6 +60,16 @@ pub mod fuzzing {
     /// bug; this is what the fuzz target looks for).
     pub fn plan(changes: &[api::Change]) -> usize {
         crate::mappings::fuzz_plan(changes)
+    }
+
+    /// Reads a PROXY protocol header from `data` as a mapping listener
+    /// would (without the timeout). Returns how many bytes it took.
+    ///
+    /// # Panics
+    /// When the read takes a byte past the header's limits, or a v1 header
+    /// it accepts does not end in CRLF (a bug).
+    pub fn proxy_header(data: &[u8]) -> usize {
+        crate::proxy_header::fuzz_read(data)
     }
 }
 

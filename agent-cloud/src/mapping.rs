@@ -1,5 +1,6 @@
-//! One mapping at run time: its listener's accept loop, client allowlist,
-//! stream open and relay, and its live figures.
+//! One mapping at run time: its listener's accept loop, client allowlist
+//! (of the peer, or of the client a trusted load balancer's PROXY header
+//! names), stream open and relay, and its live figures.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -7,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use api::{MappingSource, MappingState};
-use config::MappingConfig;
+use config::{MappingConfig, ProxyProtocolConfig};
 use proto::{OpenCode, ResetCode};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
@@ -19,6 +20,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use crate::edges::EdgeRegistry;
 use crate::log_limit::{self, LogLimit};
 use crate::metrics::{ActiveGuard, MappingMetrics};
+use crate::proxy_header::{self, Header};
 
 /// How long the edge may take to answer an open (its own connect timeout
 /// is shorter; this only guards against a stuck edge).
@@ -179,16 +181,25 @@ async fn open_stream(
 /// Closes a client connection with an RST, as a refused or failed direct
 /// connection would look.
 fn reset(tcp: TcpStream) {
-    let _ = socket2::SockRef::from(&tcp).set_linger(Some(Duration::ZERO));
+    reset_on_close(&tcp);
+}
+
+/// Makes closing `tcp` send an RST (see [`reset`]).
+fn reset_on_close(tcp: &TcpStream) {
+    let _ = socket2::SockRef::from(tcp).set_linger(Some(Duration::ZERO));
 }
 
 /// Accepts clients until the mapping's listener is stopped. Connections
-/// are tracked both by the mapping (drain) and by `all` (shutdown).
+/// are tracked both by the mapping (drain) and by `all` (shutdown). With
+/// `proxy`, only its load balancers may connect, and each connection's
+/// client is the one its PROXY header names (read in the connection's own
+/// task, holding one of the mapping's connection slots).
 pub(crate) async fn run(
     entry: Arc<MappingEntry>,
     listener: TcpListener,
     edges: Arc<EdgeRegistry>,
     all: TaskTracker,
+    proxy: Option<Arc<ProxyProtocolConfig>>,
 ) {
     let name = entry.spec.name.clone();
     let mut flush = tokio::time::interval(log_limit::FLUSH_EVERY);
@@ -208,12 +219,25 @@ pub(crate) async fn run(
                 }
             },
         };
-        if !entry.client_allowed(peer) {
-            if entry.refusals.allow() {
-                info!(mapping = %name, %peer, "client not in the mapping's allowlist; closed");
+        match &proxy {
+            // Whatever it would send is not believed: refused unread.
+            Some(proxy) if !proxy.trusts(peer.ip()) => {
+                if entry.refusals.allow() {
+                    info!(mapping = %name, %peer,
+                        "not a configured load balancer ([proxy_protocol] from); closed");
+                }
+                reset(tcp);
+                continue;
             }
-            reset(tcp);
-            continue;
+            Some(_) => {}
+            None if !entry.client_allowed(peer) => {
+                if entry.refusals.allow() {
+                    info!(mapping = %name, %peer, "client not in the mapping's allowlist; closed");
+                }
+                reset(tcp);
+                continue;
+            }
+            None => {}
         }
         let permit = match &entry.slots {
             Some(slots) => match Arc::clone(slots).try_acquire_owned() {
@@ -228,20 +252,75 @@ pub(crate) async fn run(
             },
             None => None,
         };
-        let span = info_span!("conn", mapping = %name, %peer);
         let conn_entry = Arc::clone(&entry);
         let edges = Arc::clone(&edges);
-        let conn = entry.connections.track_future(
-            async move {
-                serve_client(&conn_entry, &edges, tcp).await;
-                drop(permit);
-            }
-            .instrument(span),
-        );
+        let proxy = proxy.clone();
+        let conn = entry.connections.track_future(async move {
+            let mut tcp = tcp;
+            let span = match &proxy {
+                None => info_span!("conn", mapping = %conn_entry.spec.name, %peer),
+                Some(proxy) => {
+                    let Some(client) = proxied_client(&conn_entry, proxy, &mut tcp, peer).await
+                    else {
+                        return;
+                    };
+                    info_span!("conn", mapping = %conn_entry.spec.name, peer = %client, lb = %peer)
+                }
+            };
+            serve_client(&conn_entry, &edges, tcp).instrument(span).await;
+            drop(permit);
+        });
         all.spawn(conn);
     }
     drop(listener);
     info!(mapping = %name, "listener closed");
+}
+
+/// The client a load balancer's connection carries, from its PROXY
+/// header, if the mapping admits it. `None` when the connection is to be
+/// closed: with an RST after a bad or late header (logged, counted as
+/// failed) or for a client outside the allowlist (logged, as a direct
+/// client would be); quietly for a health check; or because the mapping
+/// resets its connections.
+async fn proxied_client(
+    entry: &MappingEntry,
+    proxy: &ProxyProtocolConfig,
+    tcp: &mut TcpStream,
+    lb: SocketAddr,
+) -> Option<SocketAddr> {
+    let name = &entry.spec.name;
+    let header = tokio::select! {
+        () = entry.reset_connections.cancelled() => {
+            reset_on_close(tcp);
+            return None;
+        }
+        header = proxy_header::read(tcp, lb, proxy.timeout) => header,
+    };
+    match header {
+        Ok(Header::Client(client)) if entry.client_allowed(client) => Some(client),
+        Ok(Header::Client(client)) => {
+            reset_on_close(tcp);
+            if entry.refusals.allow() {
+                info!(mapping = %name, peer = %client, %lb,
+                    "client not in the mapping's allowlist; closed");
+            }
+            None
+        }
+        Ok(Header::Check(kind)) => {
+            debug!(mapping = %name, %lb, kind, "load balancer health check; closed");
+            None
+        }
+        Err(e) => {
+            reset_on_close(tcp);
+            let counters = &entry.metrics.counters;
+            counters.total.fetch_add(1, Ordering::Relaxed);
+            counters.failed.fetch_add(1, Ordering::Relaxed);
+            if entry.refusals.allow() {
+                info!(mapping = %name, %lb, error = %e, "bad PROXY protocol header; closed");
+            }
+            None
+        }
+    }
 }
 
 async fn serve_client(entry: &MappingEntry, edges: &EdgeRegistry, tcp: TcpStream) {

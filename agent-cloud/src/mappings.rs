@@ -36,7 +36,7 @@ pub(crate) const DEFAULT_DRAIN_DEADLINE: Duration = Duration::from_secs(30);
 
 /// A change that passed planning.
 #[derive(Debug)]
-enum Planned {
+pub(crate) enum Planned {
     Add(MappingConfig),
     Drain { name: String, deadline: Duration },
     Remove { name: String },
@@ -49,7 +49,21 @@ pub(crate) struct BatchOutcome {
     pub(crate) outcomes: Vec<ChangeOutcome>,
     /// The first failure, for the HTTP status.
     pub(crate) failure: Option<ChangeError>,
+    /// In a cluster: the revision the batch was committed at.
+    pub(crate) revision: Option<i64>,
+    /// In a cluster: what each live node did with it.
+    pub(crate) nodes: Vec<api::NodeApply>,
 }
+
+impl BatchOutcome {
+    pub(crate) fn refused(outcomes: Vec<ChangeOutcome>, failure: Option<ChangeError>) -> Self {
+        Self { applied: false, outcomes, failure, revision: None, nodes: Vec::new() }
+    }
+}
+
+/// The table as planning sees it: every name with its phase, and the
+/// listen address of every active mapping.
+pub(crate) type PlanTable = (BTreeMap<String, Phase>, BTreeMap<String, SocketAddr>);
 
 /// Every mapping the cloud agent knows, and the machinery to change them.
 #[derive(Debug)]
@@ -63,6 +77,14 @@ pub(crate) struct Mappings {
     reserved: Vec<SocketAddr>,
     pub(crate) all_connections: TaskTracker,
     pub(crate) abort_all: CancellationToken,
+    /// Set when the agent is a cluster node: changes go to etcd, and the
+    /// table follows what etcd says.
+    pub(crate) cluster: std::sync::OnceLock<Arc<crate::cluster::Cluster>>,
+    /// `[cluster] public_ip`: the address mappings bind on, whatever their
+    /// `listen` says.
+    pub(crate) bind_ip: Option<std::net::IpAddr>,
+    /// `[proxy_protocol]`, for every listener, run-time mappings' too.
+    pub(crate) proxy_protocol: Option<Arc<config::ProxyProtocolConfig>>,
 }
 
 fn clash(a: SocketAddr, b: SocketAddr) -> bool {
@@ -77,6 +99,8 @@ impl Mappings {
         persisted: PersistedState,
         edges: Arc<EdgeRegistry>,
         reserved: Vec<SocketAddr>,
+        bind_ip: Option<std::net::IpAddr>,
+        proxy_protocol: Option<config::ProxyProtocolConfig>,
     ) -> Arc<Self> {
         Arc::new(Self {
             table: Mutex::new(BTreeMap::new()),
@@ -86,6 +110,9 @@ impl Mappings {
             reserved,
             all_connections: TaskTracker::new(),
             abort_all: CancellationToken::new(),
+            cluster: std::sync::OnceLock::new(),
+            bind_ip,
+            proxy_protocol: proxy_protocol.map(Arc::new),
         })
     }
 
@@ -97,9 +124,10 @@ impl Mappings {
     /// start-up. A bind failure leaves it in the table as failed.
     pub(crate) async fn start_one(self: &Arc<Self>, spec: MappingConfig, source: MappingSource) {
         let bound = if self.edges.knows(&spec.edge) {
-            match crate::net::listen(spec.listen) {
+            let addr = self.bind_addr(spec.listen);
+            match crate::net::listen(addr) {
                 Ok(listener) => Ok(listener),
-                Err(e) => Err(format!("cannot listen on {}: {e}", spec.listen)),
+                Err(e) => Err(format!("cannot listen on {addr}: {e}")),
             }
         } else {
             Err(format!("edge or group {:?} is not configured", spec.edge))
@@ -111,6 +139,14 @@ impl Mappings {
                 let entry = MappingEntry::new(spec, source, Err(reason), &self.abort_all);
                 self.table().insert(entry.spec.name.clone(), Arc::new(entry));
             }
+        }
+    }
+
+    /// Where a mapping that asks for `listen` binds on this node.
+    fn bind_addr(&self, listen: SocketAddr) -> SocketAddr {
+        match self.bind_ip {
+            Some(ip) => SocketAddr::new(ip, listen.port()),
+            None => listen,
         }
     }
 
@@ -129,6 +165,7 @@ impl Mappings {
             listener,
             Arc::clone(&self.edges),
             self.all_connections.clone(),
+            self.proxy_protocol.clone(),
         ));
     }
 
@@ -144,7 +181,29 @@ impl Mappings {
 
     /// Every mapping as the API shows it.
     pub(crate) fn views(&self) -> Vec<MappingView> {
-        self.entries().iter().map(|e| view(e)).collect()
+        let Some(cluster) = self.cluster.get() else {
+            return self.entries().iter().map(|e| view(e)).collect();
+        };
+        // The nodes once, not once per mapping.
+        let nodes = cluster.nodes();
+        self.entries()
+            .iter()
+            .map(|e| {
+                let mut v = view(e);
+                v.nodes = cluster.mapping_on(&nodes, &e.spec.name);
+                v
+            })
+            .collect()
+    }
+
+    /// The API view of `entry`; in a cluster, with where it stands on each
+    /// node.
+    pub(crate) fn view_of(&self, entry: &MappingEntry) -> MappingView {
+        let mut v = view(entry);
+        if let Some(cluster) = self.cluster.get() {
+            v.nodes = cluster.mapping_on_nodes(&entry.spec.name);
+        }
+        v
     }
 
     /// Stops every listener (shutdown).
@@ -156,21 +215,14 @@ impl Mappings {
 
     /// Plans, prepares and commits `changes` (see the module docs).
     pub(crate) async fn apply(self: &Arc<Self>, changes: &[Change], dry_run: bool) -> BatchOutcome {
-        let mut persisted = self.persisted.lock().await;
-        let planned = self.plan(changes);
-        let mut outcomes: Vec<ChangeOutcome> = planned
-            .iter()
-            .enumerate()
-            .map(|(index, p)| match p {
-                Ok(p) => ChangeOutcome { index, ok: true, message: describe(p) },
-                Err(e) => ChangeOutcome { index, ok: false, message: e.to_string() },
-            })
-            .collect();
-        let failure = planned.iter().find_map(|p| p.as_ref().err().cloned());
-        if failure.is_some() || dry_run {
-            return BatchOutcome { applied: false, outcomes, failure };
+        if let Some(cluster) = self.cluster.get() {
+            return cluster.apply(self, changes, dry_run).await;
         }
-        let planned: Vec<Planned> = planned.into_iter().filter_map(Result::ok).collect();
+        let mut persisted = self.persisted.lock().await;
+        let (planned, mut outcomes) = match passed(self.plan(changes, self.plan_table()), dry_run) {
+            Ok(passed) => passed,
+            Err(refused) => return refused,
+        };
 
         // Prepare: bind every new listener before changing anything.
         let mut listeners = Vec::new();
@@ -192,7 +244,7 @@ impl Mappings {
                             *o =
                                 ChangeOutcome { index: i, ok: true, message: "rolled back".into() };
                         }
-                        return BatchOutcome { applied: false, outcomes, failure: Some(err) };
+                        return BatchOutcome::refused(outcomes, Some(err));
                     }
                 }
             }
@@ -211,7 +263,7 @@ impl Mappings {
             }
         }
         if let Err(err) = self.persist(&next) {
-            return BatchOutcome { applied: false, outcomes, failure: Some(err) };
+            return BatchOutcome::refused(outcomes, Some(err));
         }
         *persisted = next;
         let mut listeners = listeners.into_iter();
@@ -226,7 +278,7 @@ impl Mappings {
                 Planned::Remove { name } => self.remove_now(&name),
             }
         }
-        BatchOutcome { applied: true, outcomes, failure: None }
+        BatchOutcome { applied: true, outcomes, failure: None, revision: None, nodes: Vec::new() }
     }
 
     /// Drains edge `id` (no new streams go to it; open ones continue) or
@@ -241,10 +293,13 @@ impl Mappings {
         id: &str,
         draining: bool,
     ) -> Result<(), ChangeError> {
-        let mut persisted = self.persisted.lock().await;
         if !self.edges.is_edge(id) {
             return Err(ChangeError::new(ErrorKind::NotFound, format!("no edge with id {id:?}")));
         }
+        if let Some(cluster) = self.cluster.get() {
+            return cluster.set_edge_draining(id, draining).await;
+        }
+        let mut persisted = self.persisted.lock().await;
         let mut next = persisted.clone();
         next.set_edge_drained(id, draining);
         if next != *persisted {
@@ -278,17 +333,25 @@ impl Mappings {
         }
     }
 
-    fn plan(&self, changes: &[Change]) -> Vec<Result<Planned, ChangeError>> {
-        // The table as the batch so far would leave it.
+    /// The local table, as planning sees it.
+    fn plan_table(&self) -> PlanTable {
         let table = self.table();
-        let mut names: BTreeMap<String, Phase> =
-            table.iter().map(|(n, e)| (n.clone(), e.phase())).collect();
-        let mut listening: BTreeMap<String, SocketAddr> = table
+        let names = table.iter().map(|(n, e)| (n.clone(), e.phase())).collect();
+        let listening = table
             .iter()
             .filter(|(_, e)| e.phase() == Phase::Active)
             .map(|(n, e)| (n.clone(), e.spec.listen))
             .collect();
-        drop(table);
+        (names, listening)
+    }
+
+    /// Plans `changes` against `table`, each as the earlier ones leave it.
+    pub(crate) fn plan(
+        &self,
+        changes: &[Change],
+        table: PlanTable,
+    ) -> Vec<Result<Planned, ChangeError>> {
+        let (mut names, mut listening) = table;
         changes
             .iter()
             .map(|change| match change {
@@ -365,11 +428,21 @@ impl Mappings {
     }
 
     fn start_drain(self: &Arc<Self>, name: &str, deadline: Duration) {
-        let Some(entry) = self.get(name) else { return };
         // Planning bounded `deadline`; the cap here only makes that visible.
         let now = Instant::now();
         let deadline = deadline.min(Duration::from_secs(api::MAX_DRAIN_DEADLINE_SECS));
-        let until = now.checked_add(deadline).unwrap_or(now);
+        self.start_drain_until(name, now.checked_add(deadline).unwrap_or(now));
+    }
+
+    /// Drains mapping `name` (if it is not draining already): closes its
+    /// listener, lets open connections finish until `until`, then resets
+    /// them and removes the entry.
+    pub(crate) fn start_drain_until(self: &Arc<Self>, name: &str, until: Instant) {
+        let Some(entry) = self.get(name) else { return };
+        if matches!(entry.phase(), Phase::Draining { .. }) {
+            return;
+        }
+        let deadline = until.saturating_duration_since(Instant::now());
         entry.set_phase(Phase::Draining { until });
         entry.stop_listener.cancel();
         info!(mapping = %name, ?deadline, open = entry.connections.len(), "draining");
@@ -390,7 +463,7 @@ impl Mappings {
         });
     }
 
-    fn remove_now(&self, name: &str) {
+    pub(crate) fn remove_now(&self, name: &str) {
         if let Some(entry) = self.table().remove(name) {
             entry.stop_listener.cancel();
             entry.reset_connections.cancel();
@@ -399,10 +472,31 @@ impl Mappings {
     }
 }
 
+/// What planning said of each change; the changes themselves when every
+/// one passed and this is not a dry run, else the refusal to answer.
+pub(crate) fn passed(
+    planned: Vec<Result<Planned, ChangeError>>,
+    dry_run: bool,
+) -> Result<(Vec<Planned>, Vec<ChangeOutcome>), BatchOutcome> {
+    let outcomes: Vec<ChangeOutcome> = planned
+        .iter()
+        .enumerate()
+        .map(|(index, p)| match p {
+            Ok(p) => ChangeOutcome { index, ok: true, message: describe(p) },
+            Err(e) => ChangeOutcome { index, ok: false, message: e.to_string() },
+        })
+        .collect();
+    let failure = planned.iter().find_map(|p| p.as_ref().err().cloned());
+    if failure.is_some() || dry_run {
+        return Err(BatchOutcome::refused(outcomes, failure));
+    }
+    Ok((planned.into_iter().filter_map(Result::ok).collect(), outcomes))
+}
+
 /// The drain deadline a change asks for, checked: at most
 /// [`api::MAX_DRAIN_DEADLINE_SECS`], so that adding it to the clock at
 /// commit time cannot overflow.
-fn drain_deadline(secs: Option<u64>) -> Result<Duration, ChangeError> {
+pub(crate) fn drain_deadline(secs: Option<u64>) -> Result<Duration, ChangeError> {
     const MAX: u64 = api::MAX_DRAIN_DEADLINE_SECS;
     match secs {
         None => Ok(DEFAULT_DRAIN_DEADLINE),
@@ -427,7 +521,7 @@ pub(crate) fn fuzz_plan(changes: &[Change]) -> usize {
     let mappings = TABLE.get_or_init(|| {
         let group = config::EdgeGroup { id: "pool".into(), edges: vec!["e1".into()] };
         let edges = Arc::new(EdgeRegistry::new(8, ["e1"].into_iter(), &[group]));
-        let mappings = Mappings::new(None, PersistedState::new(), edges, vec![]);
+        let mappings = Mappings::new(None, PersistedState::new(), edges, vec![], None, None);
         let web = SocketAddr::from(([127, 0, 0, 1], 8080));
         for (name, bound) in [("web", Ok(web)), ("db", Err("not bound".to_owned()))] {
             let spec = MappingSpec {
@@ -447,7 +541,7 @@ pub(crate) fn fuzz_plan(changes: &[Change]) -> usize {
     });
     let now = Instant::now();
     let mut ok = 0;
-    for planned in mappings.plan(changes).into_iter().flatten() {
+    for planned in mappings.plan(changes, mappings.plan_table()).into_iter().flatten() {
         if let Planned::Drain { deadline, .. } = &planned {
             assert!(
                 deadline.as_secs() <= api::MAX_DRAIN_DEADLINE_SECS
@@ -461,7 +555,7 @@ pub(crate) fn fuzz_plan(changes: &[Change]) -> usize {
     ok
 }
 
-fn spec_of(m: &MappingConfig) -> MappingSpec {
+pub(crate) fn spec_of(m: &MappingConfig) -> MappingSpec {
     MappingSpec {
         name: m.name.clone(),
         listen: m.listen.to_string(),
@@ -472,7 +566,7 @@ fn spec_of(m: &MappingConfig) -> MappingSpec {
     }
 }
 
-fn describe(p: &Planned) -> String {
+pub(crate) fn describe(p: &Planned) -> String {
     match p {
         Planned::Add(m) => {
             format!("add {} on {} via edge {} to {}", m.name, m.listen, m.edge, m.target)
@@ -508,6 +602,7 @@ pub(crate) fn view(e: &MappingEntry) -> MappingView {
         bytes_out: c.bytes.received(),
         throughput_in_bps,
         throughput_out_bps,
+        nodes: Vec::new(),
     }
 }
 
@@ -537,7 +632,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.json");
         let store = Store::with_failing_dir_sync(path.clone());
-        let mappings = Mappings::new(Some(store), PersistedState::new(), registry(), vec![]);
+        let mappings =
+            Mappings::new(Some(store), PersistedState::new(), registry(), vec![], None, None);
         let outcome = mappings.apply(&[add("a")], false).await;
         let on_disk = Store::new(path).load().unwrap();
         assert_eq!(on_disk.added.len(), 1, "the rename happened: the disk holds the change");
@@ -549,7 +645,8 @@ mod tests {
     async fn a_drain_deadline_out_of_range_is_refused_at_planning_and_changes_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::new(dir.path().join("state.json"));
-        let mappings = Mappings::new(Some(store), PersistedState::new(), registry(), vec![]);
+        let mappings =
+            Mappings::new(Some(store), PersistedState::new(), registry(), vec![], None, None);
         for secs in [api::MAX_DRAIN_DEADLINE_SECS + 1, u64::MAX] {
             let batch = [add("a"), Change::Drain { name: "a".into(), deadline_secs: Some(secs) }];
             let outcome = mappings.apply(&batch, false).await;

@@ -6,6 +6,11 @@
 //! round trips into [`Window`]s: sliding-window histograms made of a few
 //! hdrhistogram slots. Memory depends on the number of mappings and edges,
 //! never on the number of connections.
+//!
+//! Beside the windows, which the console reads, the same latencies go into
+//! [`LatencyHistogram`]s for `/metrics`: counts since the agent started in
+//! fixed buckets that every node shares, so Prometheus can add the nodes of
+//! a cluster together (percentiles of different nodes cannot be added).
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -82,6 +87,59 @@ impl Window {
     }
 }
 
+/// Upper bounds, in microseconds, of the buckets of every latency
+/// histogram on `/metrics`: 0.1 ms (a connect on one LAN) to 10 s in a
+/// 1-2.5-5 series. Fixed, so every node of a cluster has the same buckets.
+pub(crate) const LATENCY_BUCKETS_US: [u64; 16] = [
+    100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
+    1_000_000, 2_500_000, 5_000_000, 10_000_000,
+];
+
+/// A Prometheus histogram of latencies since the agent started: one atomic
+/// count per bucket of [`LATENCY_BUCKETS_US`] plus one for larger values,
+/// and the sum. Fixed size, whatever the number of values.
+#[derive(Debug, Default)]
+pub(crate) struct LatencyHistogram {
+    /// `counts[i]`: values in `(bound[i-1], bound[i]]`; the last: above every bound.
+    counts: [AtomicU64; LATENCY_BUCKETS_US.len() + 1],
+    sum_us: AtomicU64,
+}
+
+/// A [`LatencyHistogram`] read at one moment, as Prometheus exposes it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct HistogramCounts {
+    /// Values at or below each bound of [`LATENCY_BUCKETS_US`] (cumulative).
+    pub(crate) at_or_below: [u64; LATENCY_BUCKETS_US.len()],
+    /// Every value (the `+Inf` bucket and `_count`).
+    pub(crate) count: u64,
+    /// The sum of the values, in microseconds.
+    pub(crate) sum_us: u64,
+}
+
+impl LatencyHistogram {
+    pub(crate) fn record(&self, micros: u64) {
+        let bucket = LATENCY_BUCKETS_US.partition_point(|&bound| bound < micros);
+        self.counts[bucket].fetch_add(1, Ordering::Relaxed);
+        self.sum_us.fetch_add(micros, Ordering::Relaxed);
+    }
+
+    /// The cumulative counts. `count` is the total of the buckets as read,
+    /// so the `+Inf` bucket and `_count` always agree.
+    pub(crate) fn read(&self) -> HistogramCounts {
+        let mut out =
+            HistogramCounts { sum_us: self.sum_us.load(Ordering::Relaxed), ..Default::default() };
+        let mut running = 0u64;
+        for (i, count) in self.counts.iter().enumerate() {
+            running += count.load(Ordering::Relaxed);
+            if let Some(slot) = out.at_or_below.get_mut(i) {
+                *slot = running;
+            }
+        }
+        out.count = running;
+        out
+    }
+}
+
 /// Counters of one mapping, bumped by its connections.
 #[derive(Debug, Default)]
 pub(crate) struct MappingCounters {
@@ -150,6 +208,8 @@ impl MappingSamples {
 pub(crate) struct MappingMetrics {
     pub(crate) counters: MappingCounters,
     pub(crate) samples: Mutex<MappingSamples>,
+    /// Connect latencies since the agent started, for `/metrics`.
+    pub(crate) connect_latency: LatencyHistogram,
 }
 
 impl MappingMetrics {
@@ -159,6 +219,7 @@ impl MappingMetrics {
 
     pub(crate) fn record_connect(&self, micros: u64, now_secs: u64) {
         self.samples().connect_latency_us.record(micros, now_secs);
+        self.connect_latency.record(micros);
     }
 }
 
@@ -209,6 +270,36 @@ mod tests {
         assert_eq!(d.count, SLOTS as u64);
         // Much later, nothing is left in the window.
         assert_eq!(w.distribution(1_000 * SLOT_SECS).count, 0);
+    }
+
+    #[test]
+    fn histogram_buckets_count_values_at_or_below_each_bound_cumulatively() {
+        let h = LatencyHistogram::default();
+        // On a bound counts in that bucket (Prometheus: le means <=).
+        let values = [0, 100, 101, 500, 7_000, 10_000_000, 10_000_001, u64::from(u32::MAX)];
+        for micros in values {
+            h.record(micros);
+        }
+        let c = h.read();
+        assert_eq!(c.count, 8);
+        assert_eq!(c.at_or_below[0], 2, "0 and 100 at or below 0.1 ms: {c:?}");
+        assert_eq!(c.at_or_below[1], 3, "101 by 0.25 ms: {c:?}");
+        assert_eq!(c.at_or_below[2], 4, "500 by 0.5 ms: {c:?}");
+        assert_eq!(c.at_or_below[5], 4, "nothing in (2.5 ms, 5 ms]: {c:?}");
+        assert_eq!(c.at_or_below[6], 5, "7 ms by 10 ms: {c:?}");
+        assert_eq!(c.at_or_below[LATENCY_BUCKETS_US.len() - 1], 6, "10 s by 10 s: {c:?}");
+        assert!(c.at_or_below.windows(2).all(|w| w[0] <= w[1]), "{c:?}");
+        assert_eq!(c.sum_us, values.iter().sum::<u64>());
+    }
+
+    #[test]
+    fn mapping_connects_go_to_the_window_and_the_histogram() {
+        let metrics = MappingMetrics::default();
+        metrics.record_connect(1_200, 0);
+        metrics.record_connect(30_000, 0);
+        assert_eq!(metrics.samples().connect_latency_us.distribution(0).count, 2);
+        let c = metrics.connect_latency.read();
+        assert_eq!((c.count, c.at_or_below[3], c.at_or_below[4], c.sum_us), (2, 0, 1, 31_200));
     }
 
     #[test]

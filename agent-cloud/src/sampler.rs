@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clock;
 use crate::edges::EdgeRegistry;
-use crate::mappings::{self, Mappings};
+use crate::mappings::Mappings;
 use crate::metrics::WINDOW_SECS;
 
 pub(crate) async fn run(
@@ -55,8 +55,10 @@ pub(crate) fn snapshot(mappings: &Mappings, edges: &EdgeRegistry, now: u64) -> S
         at_unix_ms: clock::unix_ms(),
         version: env!("CARGO_PKG_VERSION").to_owned(),
         edges: edges.views(now, clock::unix_ms()),
-        mappings: entries.iter().map(|e| mappings::view(e)).collect(),
+        mappings: mappings.views(),
         series,
         window_secs: WINDOW_SECS,
+        nodes: mappings.cluster.get().map(|c| c.nodes()).unwrap_or_default(),
+        ..Snapshot::default()
     }
 }

@@ -133,6 +133,15 @@ impl Store {
     pub(crate) fn save(&self, state: &PersistedState) -> Result<Saved, StoreError> {
         let mut json = serde_json::to_vec_pretty(state).map_err(|e| self.error(e))?;
         json.push(b'\n');
+        self.save_bytes(&json)
+    }
+
+    /// Replaces the file's contents with `json` as [`save`](Self::save)
+    /// does.
+    ///
+    /// # Errors
+    /// As for [`save`](Self::save).
+    pub(crate) fn save_bytes(&self, json: &[u8]) -> Result<Saved, StoreError> {
         let dir =
             self.path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
         let tmp = dir.join(format!(
@@ -148,7 +157,7 @@ impl Store {
         }
         let write = || -> std::io::Result<()> {
             let mut file = private_new_file(&tmp)?;
-            file.write_all(&json)?;
+            file.write_all(json)?;
             file.sync_all()?;
             fs::rename(&tmp, &self.path)
         };

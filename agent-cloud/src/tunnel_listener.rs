@@ -12,12 +12,14 @@ use config::CloudConfig;
 use proto::RefuseCode;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 use tunnel::untrusted::escaped;
 use tunnel::ws::WsConn;
 use tunnel::{MuxSettings, Role, Tunnel};
 
+use crate::directory::{self, NodeDirectory};
 use crate::edges::EdgeRegistry;
 use crate::gate::{self, Gate, Refusal, Ticket};
 use crate::handshake::{self, HandshakeError};
@@ -37,6 +39,8 @@ pub(crate) struct TunnelListener {
     pub(crate) config: Arc<CloudConfig>,
     pub(crate) tls: Option<Arc<rustls::ServerConfig>>,
     pub(crate) edges: Arc<EdgeRegistry>,
+    /// The cluster's nodes, told to every version 4 tunnel.
+    pub(crate) directory: watch::Receiver<Arc<NodeDirectory>>,
     pub(crate) stop: CancellationToken,
 }
 
@@ -174,15 +178,19 @@ async fn serve<S>(
         max_streams: tunnel_config.max_streams_per_tunnel,
         stream_window: tunnel_config.stream_window,
         window_budget: u64::from(tunnel_config.window_budget),
+        version: admitted.version,
         ..MuxSettings::default()
     };
     let (tunnel, _no_incoming) = Tunnel::spawn(ws, Role::Cloud, id, settings);
+    // The node list goes right behind the welcome, and on every change.
+    tokio::spawn(directory::follow(tunnel.clone(), this.directory.clone()).in_current_span());
     let edge_id = admitted.admission.edge_id().to_owned();
     let epoch = admitted.admission.epoch();
     // Logged once streams can be opened on it (tests wait for this line),
     // and not for a tunnel a newer run superseded meanwhile.
     if this.edges.add(admitted.admission, tunnel.clone()) {
-        info!(edge = %edge_id, epoch, version = %escaped(&admitted.agent_version), "edge connected");
+        info!(edge = %edge_id, epoch, version = %escaped(&admitted.agent_version),
+            protocol = admitted.version, "edge connected");
     }
     tunnel.closed().await;
     // The reason may be the edge's go-away message.

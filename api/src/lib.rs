@@ -6,6 +6,14 @@
 
 use serde::{Deserialize, Serialize};
 
+mod cluster;
+mod merge;
+
+pub use cluster::{
+    EdgeNodeLink, MappingFailure, MappingOnNode, NodeApply, NodeMappingState, NodeView, PeerAnswer,
+};
+pub use merge::{cluster_snapshot, sum_distributions};
+
 /// A mapping as an operator writes it: `POST /v1/mappings`, batch `add`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -88,7 +96,8 @@ pub struct MappingView {
     pub active_connections: u64,
     /// Client connections accepted since the agent started.
     pub total_connections: u64,
-    /// Connections that could not be carried (no tunnel, edge refused).
+    /// Connections that could not be carried (no tunnel, edge refused, a
+    /// bad or late PROXY protocol header).
     pub failed_connections: u64,
     /// Bytes from clients to the service.
     pub bytes_in: u64,
@@ -98,6 +107,10 @@ pub struct MappingView {
     pub throughput_in_bps: u64,
     /// Bytes per second to clients, over the last second.
     pub throughput_out_bps: u64,
+    /// In a cluster: where the mapping stands on each live node. Empty when
+    /// the agent runs alone.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<MappingOnNode>,
 }
 
 /// How an edge is doing.
@@ -165,6 +178,10 @@ pub struct EdgeView {
     pub memory_total_bytes: Option<u64>,
     /// Destination connects that failed, as the edge counts them.
     pub connect_failures: u64,
+    /// In a cluster: the edge's tunnels to each node, and why it cannot
+    /// reach one, from its reports. Empty when the agent runs alone.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub node_links: Vec<EdgeNodeLink>,
 }
 
 /// Percentiles of a histogram, plus its buckets for drawing.
@@ -227,6 +244,13 @@ pub struct Snapshot {
     pub series: Vec<MappingSeries>,
     /// Width of the percentile window, seconds.
     pub window_secs: u64,
+    /// In a cluster: every live node. Empty when the agent runs alone.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<NodeView>,
+    /// For `scope=cluster`: which peers' figures are summed in, and which
+    /// did not answer in time. Empty otherwise.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub peers: Vec<PeerAnswer>,
 }
 
 /// Longest drain deadline a request may ask for, in seconds (7 days).
@@ -300,6 +324,17 @@ pub struct BatchResponse {
     pub dry_run: bool,
     /// One per change, in order.
     pub outcomes: Vec<ChangeOutcome>,
+    /// In a cluster: the store revision the batch was committed at.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<i64>,
+    /// In a cluster: what each live node did with it within the wait.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<NodeApply>,
+    /// Why the batch was not applied, with the same code as the status's
+    /// error body would carry (`conflict`, `store_unavailable`, ...);
+    /// absent when it was applied or is a dry run that passed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ApiError>,
 }
 
 /// Every error response: a stable machine code and a sentence for people.

@@ -8,6 +8,7 @@
 //! - `server`: HTTP/1.1 with a header-read timeout and a connection cap.
 
 mod auth;
+mod peers;
 mod prometheus;
 mod routes;
 mod server;
@@ -35,6 +36,8 @@ pub(crate) struct ControlState {
     pub(crate) snapshots: watch::Receiver<Arc<Snapshot>>,
     /// False once the agent starts shutting down (`/ready` says 503).
     pub(crate) ready: Arc<AtomicBool>,
+    /// Set when the agent is a cluster node.
+    pub(crate) cluster: Option<Arc<crate::cluster::Cluster>>,
     /// Time a client has to send a request's headers, and then its body.
     pub(crate) request_timeout: Duration,
     /// Connections served at once.

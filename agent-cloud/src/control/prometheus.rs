@@ -1,8 +1,16 @@
 //! `/metrics` in the Prometheus text exposition format.
+//!
+//! Latencies are histograms with fixed buckets ([`LATENCY_BUCKETS_US`]) and
+//! counts since the agent started, so the nodes of a cluster add up:
+//! `histogram_quantile(0.99, sum by (le) (rate(..._bucket[5m])))`.
 
 use std::fmt::Write;
 
 use api::{EdgeHealth, MappingState, Snapshot};
+
+use crate::edges::EdgeRegistry;
+use crate::mappings::Mappings;
+use crate::metrics::{HistogramCounts, LATENCY_BUCKETS_US};
 
 /// Name, type, help, and how to read the value from a mapping.
 type MappingFamily = (&'static str, &'static str, &'static str, fn(&api::MappingView) -> u64);
@@ -12,9 +20,22 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# TYPE {name} {kind}");
 }
 
-/// Renders a snapshot. Mapping names and edge ids are limited to
-/// `[A-Za-z0-9._-]`, so label values need no escaping.
-pub(super) fn render(s: &Snapshot) -> String {
+/// The samples of histogram `name` for one series labelled
+/// `label="value"`: cumulative `_bucket`s up to `+Inf`, `_sum`, `_count`.
+fn histogram(out: &mut String, name: &str, label: &str, value: &str, h: &HistogramCounts) {
+    for (bound, count) in LATENCY_BUCKETS_US.iter().zip(h.at_or_below) {
+        let le = *bound as f64 / 1e6;
+        let _ = writeln!(out, "{name}_bucket{{{label}=\"{value}\",le=\"{le}\"}} {count}");
+    }
+    let _ = writeln!(out, "{name}_bucket{{{label}=\"{value}\",le=\"+Inf\"}} {}", h.count);
+    let _ = writeln!(out, "{name}_sum{{{label}=\"{value}\"}} {}", h.sum_us as f64 / 1e6);
+    let _ = writeln!(out, "{name}_count{{{label}=\"{value}\"}} {}", h.count);
+}
+
+/// Renders a snapshot, and the latency histograms of `mappings` and
+/// `edges`. Mapping names and edge ids are limited to `[A-Za-z0-9._-]`, so
+/// label values need no escaping.
+pub(super) fn render(s: &Snapshot, mappings: &Mappings, edges: &EdgeRegistry) -> String {
     let mut out = String::new();
     family(&mut out, "relay_mapping_up", "gauge", "1 if the mapping is listening and serving.");
     for m in &s.mappings {
@@ -50,23 +71,17 @@ pub(super) fn render(s: &Snapshot) -> String {
     family(
         &mut out,
         "relay_mapping_connect_latency_seconds",
-        "summary",
-        "Time to open a stream to the destination, over the last minutes.",
+        "histogram",
+        "Time to open a stream to the destination, since the agent started.",
     );
-    for series in &s.series {
-        let d = &series.connect_latency_us;
-        for (q, v) in [("0.5", d.p50), ("0.9", d.p90), ("0.99", d.p99)] {
-            let _ = writeln!(
-                out,
-                "relay_mapping_connect_latency_seconds{{mapping=\"{}\",quantile=\"{q}\"}} {}",
-                series.name,
-                v as f64 / 1e6
-            );
-        }
-        let _ = writeln!(
-            out,
-            "relay_mapping_connect_latency_seconds_count{{mapping=\"{}\"}} {}",
-            series.name, d.count
+    for entry in mappings.entries() {
+        let h = entry.metrics.connect_latency.read();
+        histogram(
+            &mut out,
+            "relay_mapping_connect_latency_seconds",
+            "mapping",
+            &entry.spec.name,
+            &h,
         );
     }
     family(&mut out, "relay_edge_up", "gauge", "1 if the edge has all its tunnels up.");
@@ -88,18 +103,14 @@ pub(super) fn render(s: &Snapshot) -> String {
         let used: u64 = e.tunnels.iter().map(|t| t.window_budget_used_bytes).sum();
         let _ = writeln!(out, "relay_edge_window_budget_used_bytes{{edge=\"{}\"}} {used}", e.id);
     }
-    family(&mut out, "relay_edge_rtt_seconds", "gauge", "Tunnel round-trip time percentiles.");
-    for e in &s.edges {
-        for (q, v) in [("0.5", e.rtt_p50_us), ("0.99", e.rtt_p99_us)] {
-            if let Some(v) = v {
-                let _ = writeln!(
-                    out,
-                    "relay_edge_rtt_seconds{{edge=\"{}\",quantile=\"{q}\"}} {}",
-                    e.id,
-                    v as f64 / 1e6
-                );
-            }
-        }
+    family(
+        &mut out,
+        "relay_edge_rtt_seconds",
+        "histogram",
+        "Tunnel round-trip times, one per tunnel per second, since the agent started.",
+    );
+    for (id, h) in edges.rtt_histograms() {
+        histogram(&mut out, "relay_edge_rtt_seconds", "edge", &id, &h);
     }
     family(
         &mut out,

@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 
 use api::{ApiError, BatchRequest, BatchResponse, Change, DrainRequest, MappingSpec};
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -35,12 +35,16 @@ pub(super) fn router(state: Shared) -> Router {
         .route("/v1/edges/{id}/drain", post(drain_edge))
         .route("/v1/edges/{id}/undrain", post(undrain_edge))
         .route("/v1/batch", post(batch))
+        .route("/v1/nodes", get(list_nodes))
+        .route("/v1/nodes/{id}/drain", post(drain_node))
+        .route("/v1/nodes/{id}/undrain", post(undrain_node))
         // The body is read only once the token is checked: an anonymous
         // client cannot make the agent buffer a body at all.
         .route_layer(middleware::from_fn_with_state(Arc::clone(&state), body_within_timeout))
         .route_layer(middleware::from_fn_with_state(Arc::clone(&state), auth::require_token));
     Router::new()
         .route("/ready", get(ready))
+        .route("/ready/{mapping}", get(ready_for_mapping))
         .merge(guarded)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
@@ -98,11 +102,26 @@ fn single(outcome: BatchOutcome, ok_status: StatusCode, body: impl IntoResponse)
 }
 
 async fn ready(State(state): State<Shared>) -> StatusCode {
-    if state.ready.load(Ordering::Relaxed) {
+    let cluster_ready = state.cluster.as_ref().is_none_or(|c| c.ready());
+    if state.ready.load(Ordering::Relaxed) && cluster_ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     }
+}
+
+/// Whether this node can serve mapping `name` now: it is ready, the
+/// mapping listens here, and a tunnel to its edge (or a member of its
+/// group) is up. A load balancer that checks this per mapping sends a
+/// mapping's clients only to the nodes that can carry them.
+async fn ready_for_mapping(State(state): State<Shared>, Path(name): Path<String>) -> StatusCode {
+    if ready(State(Arc::clone(&state))).await != StatusCode::OK {
+        return StatusCode::SERVICE_UNAVAILABLE;
+    }
+    let Some(entry) = state.mappings.get(&name) else { return StatusCode::NOT_FOUND };
+    let can_carry = entry.phase() == crate::mapping::Phase::Active
+        && state.edges.pick(&entry.spec.edge, &[]).is_some();
+    if can_carry { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }
 }
 
 /// A snapshot as of now (the stream's are up to a second old).
@@ -114,24 +133,50 @@ async fn metrics(State(state): State<Shared>) -> Response {
     let snapshot = fresh_snapshot(&state);
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
-        prometheus::render(&snapshot),
+        prometheus::render(&snapshot, &state.mappings, &state.edges),
     )
         .into_response()
 }
 
-async fn snapshot(State(state): State<Shared>) -> Response {
-    Json(fresh_snapshot(&state)).into_response()
+/// `?scope=cluster`: figures summed over the cluster's nodes.
+#[derive(Debug, Default, serde::Deserialize)]
+struct Scope {
+    scope: Option<String>,
+}
+
+impl Scope {
+    fn cluster<'a>(&self, state: &'a ControlState) -> Option<&'a Arc<crate::cluster::Cluster>> {
+        state.cluster.as_ref().filter(|_| self.scope.as_deref() == Some("cluster"))
+    }
+}
+
+async fn snapshot(State(state): State<Shared>, Query(scope): Query<Scope>) -> Response {
+    let local = fresh_snapshot(&state);
+    match scope.cluster(&state) {
+        Some(cluster) => {
+            Json(super::peers::cluster_snapshot(cluster, &state.admin_token, local).await)
+                .into_response()
+        }
+        None => Json(local).into_response(),
+    }
 }
 
 /// A WebSocket that receives a JSON snapshot about once a second.
-async fn stream(State(state): State<Shared>, upgrade: WebSocketUpgrade) -> Response {
+async fn stream(
+    State(state): State<Shared>,
+    Query(scope): Query<Scope>,
+    upgrade: WebSocketUpgrade,
+) -> Response {
     let mut snapshots = state.snapshots.clone();
+    let cluster = scope.cluster(&state).cloned();
     upgrade.on_upgrade(move |mut socket: WebSocket| async move {
         loop {
-            let json = {
-                let snapshot = snapshots.borrow_and_update();
-                serde_json::to_string(&**snapshot)
+            let local = (**snapshots.borrow_and_update()).clone();
+            let snapshot = match &cluster {
+                Some(c) => super::peers::cluster_snapshot(c, &state.admin_token, local).await,
+                None => local,
             };
+            let json = serde_json::to_string(&snapshot);
             let Ok(json) = json else { return };
             // A console that stopped reading must not hold this task and
             // its socket: a snapshot it cannot take within the limit ends it.
@@ -154,7 +199,7 @@ async fn list_mappings(State(state): State<Shared>) -> Response {
 
 async fn get_mapping(State(state): State<Shared>, Path(name): Path<String>) -> Response {
     match state.mappings.get(&name) {
-        Some(entry) => Json(crate::mappings::view(&entry)).into_response(),
+        Some(entry) => Json(state.mappings.view_of(&entry)).into_response(),
         None => change_error(&ChangeError::not_found(&name)),
     }
 }
@@ -174,7 +219,7 @@ async fn add_mapping(
     };
     let name = spec.name.clone();
     let outcome = state.mappings.apply(&[Change::Add { spec }], false).await;
-    let view = state.mappings.get(&name).map(|e| crate::mappings::view(&e));
+    let view = state.mappings.get(&name).map(|e| state.mappings.view_of(&e));
     single(outcome, StatusCode::CREATED, Json(view))
 }
 
@@ -186,7 +231,7 @@ async fn drain_mapping(
     let deadline_secs = body.and_then(|Json(b)| b.deadline_secs);
     let outcome =
         state.mappings.apply(&[Change::Drain { name: name.clone(), deadline_secs }], false).await;
-    let view = state.mappings.get(&name).map(|e| crate::mappings::view(&e));
+    let view = state.mappings.get(&name).map(|e| state.mappings.view_of(&e));
     single(outcome, StatusCode::ACCEPTED, Json(view))
 }
 
@@ -232,6 +277,52 @@ async fn batch(
         applied: outcome.applied,
         dry_run: request.dry_run,
         outcomes: outcome.outcomes,
+        revision: outcome.revision,
+        nodes: outcome.nodes,
+        error: outcome
+            .failure
+            .as_ref()
+            .map(|e| ApiError { code: e.kind.code().to_owned(), error: e.message.clone() }),
     };
     (status, Json(body)).into_response()
+}
+
+/// The answer for an agent that runs alone.
+fn not_a_cluster() -> Response {
+    error_response(
+        StatusCode::NOT_FOUND,
+        "not_a_cluster",
+        "this cloud agent runs alone: its config has no [cluster] section",
+    )
+}
+
+async fn list_nodes(State(state): State<Shared>) -> Response {
+    match &state.cluster {
+        Some(cluster) => Json(cluster.nodes()).into_response(),
+        None => not_a_cluster(),
+    }
+}
+
+async fn drain_node(
+    State(state): State<Shared>,
+    Path(id): Path<String>,
+    body: Option<Json<DrainRequest>>,
+) -> Response {
+    let Some(cluster) = &state.cluster else { return not_a_cluster() };
+    let deadline = match crate::mappings::drain_deadline(body.and_then(|Json(b)| b.deadline_secs)) {
+        Ok(d) => d,
+        Err(e) => return change_error(&e),
+    };
+    match cluster.set_node_drain(&id, Some(deadline)).await {
+        Ok(node) => (StatusCode::ACCEPTED, Json(node)).into_response(),
+        Err(e) => change_error(&e),
+    }
+}
+
+async fn undrain_node(State(state): State<Shared>, Path(id): Path<String>) -> Response {
+    let Some(cluster) = &state.cluster else { return not_a_cluster() };
+    match cluster.set_node_drain(&id, None).await {
+        Ok(node) => Json(node).into_response(),
+        Err(e) => change_error(&e),
+    }
 }
