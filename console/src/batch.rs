@@ -80,6 +80,12 @@ struct BatchReport {
     applied: bool,
     dry_run: bool,
     lines: Vec<LineOutcome>,
+    /// In a cluster: the store revision the batch was committed at.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    revision: Option<i64>,
+    /// In a cluster: what each live node did with it.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    nodes: Vec<api::NodeApply>,
 }
 
 fn read(file: &Path) -> std::io::Result<String> {
@@ -116,7 +122,7 @@ pub(crate) fn run(client: &ControlClient, file: &Path, dry_run: bool, output: Ou
     }
     let lines: Vec<usize> = changes.iter().map(|(line, _)| *line).collect();
     let request = BatchRequest { changes: changes.into_iter().map(|(_, c)| c).collect(), dry_run };
-    let answer = match client.batch(&request) {
+    let (answer, refusal) = match client.batch(&request) {
         Ok(answer) => answer,
         Err(e) => {
             eprintln!("relayctl: {e}");
@@ -135,6 +141,8 @@ pub(crate) fn run(client: &ControlClient, file: &Path, dry_run: bool, output: Ou
                 message: o.message.clone(),
             })
             .collect(),
+        revision: answer.revision,
+        nodes: answer.nodes,
     };
     let all_ok = report.lines.iter().all(|l| l.ok);
     match output {
@@ -154,13 +162,21 @@ pub(crate) fn run(client: &ControlClient, file: &Path, dry_run: bool, output: Ou
                 (false, true, _) => println!("applied {} change(s)", report.lines.len()),
                 (false, false, _) => println!("refused: nothing was applied"),
             }
+            for line in crate::cluster::change_outcomes(report.revision, &report.nodes) {
+                println!("{line}");
+            }
         }
     }
     if (dry_run && all_ok) || report.applied {
         ExitCode::SUCCESS
     } else {
-        if !matches!(output, Output::Table) {
-            eprintln!("relayctl: {name}: batch refused; nothing was applied");
+        match refusal {
+            // The batch as a whole, e.g. 409 conflict or 503 store_unavailable.
+            Some(e) => eprintln!("relayctl: {name}: {e}; nothing was applied"),
+            None if !matches!(output, Output::Table) => {
+                eprintln!("relayctl: {name}: batch refused; nothing was applied");
+            }
+            None => {}
         }
         ExitCode::from(4)
     }

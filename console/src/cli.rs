@@ -8,11 +8,12 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// The operator's console for hybrid relay.
 ///
-/// With no command on a terminal it opens the TUI. The endpoint and admin
-/// token come from --endpoint / --token-file, else RELAYCTL_ENDPOINT /
-/// RELAYCTL_TOKEN, else the config file (RELAYCTL_CONFIG, or
-/// ~/.config/relayctl/config.toml with `endpoint` and `token_file`), else
-/// the default http://127.0.0.1:7070.
+/// With no command on a terminal it opens the TUI. The endpoint(s) and
+/// admin token come from --endpoint / --token-file, else RELAYCTL_ENDPOINT
+/// (comma-separated) / RELAYCTL_TOKEN, else the config file
+/// (RELAYCTL_CONFIG, or ~/.config/relayctl/config.toml with `endpoint`, a
+/// URL or a list of them, and `token_file`), else the default
+/// http://127.0.0.1:7070.
 #[derive(Debug, Parser)]
 #[command(name = "relayctl", version, propagate_version = true)]
 pub(crate) struct Cli {
@@ -25,15 +26,30 @@ pub(crate) struct Cli {
 /// Options every command takes.
 #[derive(Debug, Args)]
 pub(crate) struct GlobalArgs {
-    /// Control API of the cloud agent, e.g. http://127.0.0.1:7070.
-    #[arg(long, global = true, value_name = "URL")]
-    pub(crate) endpoint: Option<String>,
+    /// Control API of the cloud agent, e.g. http://127.0.0.1:7070. For a
+    /// cluster, several (repeat it, or separate them with commas): each
+    /// command uses the first that answers.
+    #[arg(long, visible_alias = "url", global = true, value_name = "URL", value_delimiter = ',')]
+    pub(crate) endpoint: Vec<String>,
+    /// Say on stderr which endpoint answered, and why others did not.
+    #[arg(long, short = 'v', global = true)]
+    pub(crate) verbose: bool,
     /// File holding the admin token.
     #[arg(long, global = true, value_name = "FILE")]
     pub(crate) token_file: Option<PathBuf>,
     /// Output format.
     #[arg(long, short = 'o', global = true, value_enum, default_value_t = Output::Table)]
     pub(crate) output: Output,
+    /// The same as `-o json`.
+    #[arg(long, global = true)]
+    pub(crate) json: bool,
+}
+
+impl GlobalArgs {
+    /// The output format asked for, `--json` winning.
+    pub(crate) fn output(&self) -> Output {
+        if self.json { Output::Json } else { self.output }
+    }
 }
 
 /// How results are printed.
@@ -57,6 +73,9 @@ pub(crate) enum Command {
     /// List, add, drain or remove mappings.
     #[command(subcommand)]
     Mappings(MappingsCommand),
+    /// List, drain or undrain the nodes of a cluster.
+    #[command(subcommand)]
+    Nodes(NodesCommand),
     /// Apply a file of `mappings ...` lines atomically (`-` reads stdin).
     Batch {
         /// The batch file: one mapping command per line, `#` comments.
@@ -84,6 +103,28 @@ pub(crate) enum EdgesCommand {
     Undrain {
         /// The edge id.
         id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum NodesCommand {
+    /// List the nodes: ready, draining, store reachable, the revision each
+    /// has applied, connections, edges, mappings it could not serve.
+    List,
+    /// Make a node report not-ready, so that the load balancer stops
+    /// sending to it; its open connections may finish until the deadline.
+    Drain {
+        /// The node id.
+        node: String,
+        /// How long open connections may continue (e.g. 30s, 5m); the
+        /// agent's default is 30s.
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        deadline: Option<Duration>,
+    },
+    /// Make a drained node ready again.
+    Undrain {
+        /// The node id.
+        node: String,
     },
 }
 

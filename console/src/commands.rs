@@ -4,7 +4,7 @@
 
 use std::process::ExitCode;
 
-use api::{EdgeHealth, EdgeView, MappingSpec, MappingState, MappingView};
+use api::{EdgeHealth, EdgeView, MappingSpec, MappingState, MappingView, NodeView, PeerAnswer};
 use serde::Serialize;
 
 use crate::cli::{Command, EdgesCommand, MappingsCommand, Output};
@@ -33,21 +33,24 @@ pub(crate) fn run(client: &ControlClient, command: Command, output: Output) -> E
         Command::Edges(EdgesCommand::List) => {
             client.edges().map(|e| print(output, &e, |e| edges_table(e)))
         }
-        Command::Edges(EdgesCommand::Drain { id }) => client.drain_edge(&id).map(|()| {
-            done(
+        Command::Edges(EdgesCommand::Drain { id }) => client.drain_edge(&id).map(|c| {
+            changed(
                 output,
+                &c,
                 &serde_json::json!({"edge": id, "draining": true}),
                 &format!("edge {id} draining"),
             );
         }),
-        Command::Edges(EdgesCommand::Undrain { id }) => client.undrain_edge(&id).map(|()| {
-            done(
+        Command::Edges(EdgesCommand::Undrain { id }) => client.undrain_edge(&id).map(|c| {
+            changed(
                 output,
+                &c,
                 &serde_json::json!({"edge": id, "draining": false}),
                 &format!("edge {id} takes new connections again"),
             );
         }),
         Command::Mappings(m) => mappings(client, m, output),
+        Command::Nodes(n) => crate::cluster::run(client, n, output),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -69,28 +72,35 @@ fn mappings(
         }
         MappingsCommand::Add { name, listen, edge, target, allow, max_connections } => {
             let spec = MappingSpec { name, listen, edge, target, allow, max_connections };
-            let view = client.add_mapping(&spec)?;
+            let c = client.add_mapping(&spec)?;
+            let view = &c.value;
             let bound = view.bound.clone().unwrap_or_else(|| view.spec.listen.clone());
-            done(
-                output,
-                &view,
-                &format!(
-                    "added {} on {bound} via edge {} to {}",
-                    view.spec.name, view.spec.edge, view.spec.target
-                ),
+            let mut sentence = format!(
+                "added {} on {bound} via edge {} to {}",
+                view.spec.name, view.spec.edge, view.spec.target
             );
+            if let Some(nodes) = crate::cluster::mapping_on_nodes(view) {
+                sentence = format!("{sentence}: {}", tunnel::untrusted::escape(&nodes));
+            }
+            changed(output, &c, view, &sentence);
             Ok(())
         }
         MappingsCommand::Drain { name, deadline } => {
-            let view = client.drain_mapping(&name, deadline.map(|d| d.as_secs()))?;
+            let c = client.drain_mapping(&name, deadline.map(|d| d.as_secs()))?;
+            let view = &c.value;
             let open = view.as_ref().map_or(0, |v| v.active_connections);
-            done(output, &view, &format!("draining {name}: {open} connection(s) open"));
+            let mut sentence = format!("draining {name}: {open} connection(s) open");
+            if let Some(nodes) = view.as_ref().and_then(crate::cluster::mapping_on_nodes) {
+                sentence = format!("{sentence}; {}", tunnel::untrusted::escape(&nodes));
+            }
+            changed(output, &c, view, &sentence);
             Ok(())
         }
         MappingsCommand::Remove { name } => {
-            client.remove_mapping(&name)?;
-            done(
+            let c = client.remove_mapping(&name)?;
+            changed(
                 output,
+                &c,
                 &serde_json::json!({"name": name, "removed": true}),
                 &format!("removed {name}"),
             );
@@ -99,17 +109,38 @@ fn mappings(
     }
 }
 
-fn print<T: Serialize>(output: Output, value: &T, table: impl Fn(&T) -> String) {
+pub(crate) fn print<T: Serialize>(output: Output, value: &T, table: impl Fn(&T) -> String) {
     match output {
         Output::Json => println!("{}", serde_json::to_string_pretty(value).unwrap_or_default()),
         Output::Table => print!("{}", table(value)),
     }
 }
 
-fn done<T: Serialize>(output: Output, value: &T, sentence: &str) {
+pub(crate) fn done<T: Serialize>(output: Output, value: &T, sentence: &str) {
     match output {
         Output::Json => println!("{}", serde_json::to_string_pretty(value).unwrap_or_default()),
         Output::Table => println!("{sentence}"),
+    }
+}
+
+/// Prints a change's outcome: with `-o json` the answer's body as it came
+/// (`fallback` when it had none); for people the sentence, then the
+/// revision and what each node did, in a cluster.
+fn changed<T, F: Serialize>(
+    output: Output,
+    c: &crate::client::Changed<T>,
+    fallback: &F,
+    sentence: &str,
+) {
+    match (&c.body, output) {
+        (Some(body), Output::Json) => done(output, body, sentence),
+        (None, Output::Json) => done(output, fallback, sentence),
+        (_, Output::Table) => {
+            println!("{sentence}");
+            for line in crate::cluster::change_outcomes(c.applied.revision, &c.applied.nodes) {
+                println!("{line}");
+            }
+        }
     }
 }
 
@@ -122,10 +153,16 @@ struct Status {
     mappings_total: usize,
     edges: Vec<EdgeView>,
     mappings: Vec<MappingView>,
+    /// In a cluster: its nodes (the figures above are summed over them).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    nodes: Vec<NodeView>,
+    /// In a cluster: which peers' figures are in the sums.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    peers: Vec<PeerAnswer>,
 }
 
 fn status(client: &ControlClient, output: Output) -> Result<(), ClientError> {
-    let s = client.snapshot()?;
+    let s = client.cluster_snapshot()?;
     let status = Status {
         version: s.version,
         edges_connected: s.edges.iter().filter(|e| e.health == EdgeHealth::Connected).count(),
@@ -134,21 +171,40 @@ fn status(client: &ControlClient, output: Output) -> Result<(), ClientError> {
         mappings_total: s.mappings.len(),
         edges: s.edges,
         mappings: s.mappings,
+        nodes: s.nodes,
+        peers: s.peers,
     };
     print(output, &status, |s| {
-        format!(
-            "relay-cloud {} at {}: {}/{} edges connected, {}/{} mappings active\n\n{}\n{}",
+        let mut head = format!(
+            "relay-cloud {} at {}: {}/{} edges connected, {}/{} mappings active",
             tunnel::untrusted::escape(&s.version),
             client.endpoint(),
             s.edges_connected,
             s.edges_total,
             s.mappings_active,
             s.mappings_total,
-            edges_table(&s.edges),
-            mappings_table(&s.mappings)
-        )
+        );
+        let mut nodes = String::new();
+        if !s.nodes.is_empty() {
+            let ready = s.nodes.iter().filter(|n| n.ready).count();
+            head.push_str(&format!(
+                "; cluster of {} nodes, {ready} ready, figures summed over the nodes",
+                s.nodes.len()
+            ));
+            if let Some(missing) = crate::cluster::missing_peers(&s.peers) {
+                head.push_str(&format!("\n{missing}"));
+            }
+            nodes = format!("{}\n", crate::cluster::nodes_table(&s.nodes, now_ms()));
+        }
+        format!("{head}\n\n{nodes}{}\n{}", edges_table(&s.edges), mappings_table(&s.mappings))
     });
     Ok(())
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn health(h: EdgeHealth) -> &'static str {
@@ -185,6 +241,11 @@ fn mappings_table(mappings: &[MappingView]) -> String {
             }
             MappingState::Failed => format!("failed: {}", m.error.clone().unwrap_or_default()),
         };
+        let state = match (m.state, crate::cluster::mapping_on_nodes_brief(m)) {
+            (MappingState::Draining, Some(nodes)) => format!("{state}; {nodes}"),
+            (_, Some(nodes)) => nodes,
+            (_, None) => state,
+        };
         t.row(vec![
             m.spec.name.clone(),
             state,
@@ -196,7 +257,12 @@ fn mappings_table(mappings: &[MappingView]) -> String {
             format::rate(m.throughput_out_bps),
         ]);
     }
-    t.render()
+    let mut out = t.render();
+    for line in mappings.iter().flat_map(crate::cluster::node_errors) {
+        out.push_str(&line);
+        out.push('\n');
+    }
+    out
 }
 
 #[cfg(test)]
@@ -221,7 +287,21 @@ mod tests {
             memory_used_bytes: None,
             memory_total_bytes: None,
             connect_failures: 0,
+            node_links: Vec::new(),
         }
+    }
+
+    #[test]
+    fn a_mapping_failed_on_one_node_names_it_below_the_table() {
+        let mut m = crate::tui::fixtures::cluster_snapshot().mappings.pop().expect("web");
+        m.spec.name = "web".into();
+        let out = mappings_table(&[m]);
+        let lines: Vec<&str> = out.lines().collect();
+        assert!(lines[1].contains(" active on 2/3; failed on c "), "{out}");
+        assert_eq!(
+            lines[2],
+            "web: failed on c: cannot listen on 0.0.0.0:8080: Address already in use (os error 98)"
+        );
     }
 
     #[test]

@@ -55,7 +55,7 @@ fn demo() -> anyhow::Result<()> {
     let result = runtime.block_on(start(dir.clone())).and_then(|running| {
         let outcome = if interactive {
             let client = ControlClient::new(
-                &format!("http://{}", running.control),
+                &[format!("http://{}", running.control)],
                 Some(running.admin_token.as_str().into()),
             );
             let hint = format!(

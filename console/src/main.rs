@@ -4,7 +4,8 @@
 //! - `cli`: the command line (clap), shared with batch files.
 //! - `settings`: where the endpoint and token come from.
 //! - `client`: a blocking client of the cloud agent's control API.
-//! - `commands`: the subcommands and their table / JSON output.
+//! - `commands`: the subcommands and their table / JSON output;
+//!   `cluster`: the nodes commands and the per-node figures of a cluster.
 //! - `format`, `table`: human units and aligned tables, shared by the
 //!   subcommands and the TUI.
 //! - `batch`: `relayctl batch FILE`: parse all, then apply atomically.
@@ -14,6 +15,7 @@
 mod batch;
 mod cli;
 mod client;
+mod cluster;
 mod commands;
 mod demo;
 mod format;
@@ -50,6 +52,7 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let client = client::ControlClient::new(&settings.endpoint, settings.token);
-    commands::run(&client, command, cli.global.output)
+    let verbose = cli.global.verbose && !matches!(command, Command::Tui);
+    let client = client::ControlClient::new(&settings.endpoints, settings.token).verbose(verbose);
+    commands::run(&client, command, cli.global.output())
 }

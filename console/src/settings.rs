@@ -1,10 +1,11 @@
-//! Where the endpoint and the admin token come from, first match wins:
-//! 1. `--endpoint URL` / `--token-file FILE`;
-//! 2. `RELAYCTL_ENDPOINT` / `RELAYCTL_TOKEN` (the token itself);
+//! Where the endpoints and the admin token come from, first match wins:
+//! 1. `--endpoint URL` (repeated, or comma-separated) / `--token-file FILE`;
+//! 2. `RELAYCTL_ENDPOINT` (comma-separated) / `RELAYCTL_TOKEN` (the token
+//!    itself);
 //! 3. the config file: `$RELAYCTL_CONFIG`, else
 //!    `$XDG_CONFIG_HOME/relayctl/config.toml`, else
-//!    `~/.config/relayctl/config.toml`, with keys `endpoint` and
-//!    `token_file`;
+//!    `~/.config/relayctl/config.toml`, with keys `endpoint` (a URL, a
+//!    comma-separated string of them, or a list) and `token_file`;
 //! 4. the cloud agent's default control address, `http://127.0.0.1:7070`,
 //!    and no token.
 
@@ -22,7 +23,8 @@ pub(crate) const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:7070";
 /// Resolved connection settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Settings {
-    pub(crate) endpoint: String,
+    /// In the order to try them; never empty.
+    pub(crate) endpoints: Vec<String>,
     pub(crate) token: Option<AdminToken>,
 }
 
@@ -59,8 +61,31 @@ impl fmt::Debug for AdminToken {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileSettings {
-    endpoint: Option<String>,
+    endpoint: Option<Endpoints>,
     token_file: Option<PathBuf>,
+}
+
+/// `endpoint = "http://a:7070"`, `"http://a:7070,http://b:7070"` or
+/// `["http://a:7070", "http://b:7070"]`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Endpoints {
+    One(String),
+    List(Vec<String>),
+}
+
+impl Endpoints {
+    fn into_vec(self) -> Vec<String> {
+        match self {
+            Endpoints::One(text) => split(&text),
+            Endpoints::List(list) => list.iter().flat_map(|e| split(e)).collect(),
+        }
+    }
+}
+
+/// A comma-separated list of endpoints, blanks dropped.
+fn split(text: &str) -> Vec<String> {
+    text.split(',').map(str::trim).filter(|e| !e.is_empty()).map(str::to_owned).collect()
 }
 
 /// A warning for a token file that group or others may read or write, as
@@ -142,19 +167,19 @@ fn resolve_with(
         Some(path) => read_file_settings(&path, env("RELAYCTL_CONFIG").is_some())?,
         None => FileSettings::default(),
     };
-    let endpoint = args
-        .endpoint
-        .clone()
-        .or_else(|| env("RELAYCTL_ENDPOINT"))
-        .or(file.endpoint)
-        .unwrap_or_else(|| DEFAULT_ENDPOINT.to_owned());
+    let flags: Vec<String> = args.endpoint.iter().flat_map(|e| split(e)).collect();
+    let endpoints = Some(flags)
+        .filter(|e| !e.is_empty())
+        .or_else(|| env("RELAYCTL_ENDPOINT").map(|e| split(&e)).filter(|e| !e.is_empty()))
+        .or_else(|| file.endpoint.map(Endpoints::into_vec).filter(|e| !e.is_empty()))
+        .unwrap_or_else(|| vec![DEFAULT_ENDPOINT.to_owned()]);
     let token = match (&args.token_file, env("RELAYCTL_TOKEN"), &file.token_file) {
         (Some(path), _, _) => Some(read_token(path)?),
         (None, Some(token), _) => Some(AdminToken(token.trim_ascii_end().to_owned())),
         (None, None, Some(path)) => Some(read_token(path)?),
         (None, None, None) => None,
     };
-    Ok(Settings { endpoint, token })
+    Ok(Settings { endpoints, token })
 }
 
 #[cfg(test)]
@@ -166,9 +191,11 @@ mod tests {
 
     fn args(endpoint: Option<&str>, token_file: Option<&Path>) -> GlobalArgs {
         GlobalArgs {
-            endpoint: endpoint.map(str::to_owned),
+            endpoint: endpoint.map(str::to_owned).into_iter().collect(),
+            verbose: false,
             token_file: token_file.map(Path::to_path_buf),
             output: Output::Table,
+            json: false,
         }
     }
 
@@ -192,25 +219,55 @@ mod tests {
         let s = resolve_with(&args(None, None), &env_of(&vars)).unwrap();
         assert_eq!(
             s,
-            Settings { endpoint: "http://file:1".into(), token: Some("from-file".into()) }
+            Settings { endpoints: vec!["http://file:1".into()], token: Some("from-file".into()) }
         );
 
         vars.insert("RELAYCTL_ENDPOINT", "http://env:2".into());
         vars.insert("RELAYCTL_TOKEN", "from-env".into());
         let s = resolve_with(&args(None, None), &env_of(&vars)).unwrap();
-        assert_eq!(s, Settings { endpoint: "http://env:2".into(), token: Some("from-env".into()) });
+        assert_eq!(
+            s,
+            Settings { endpoints: vec!["http://env:2".into()], token: Some("from-env".into()) }
+        );
 
         let flag_token = dir.path().join("flag.token");
         let s =
             resolve_with(&args(Some("http://flag:3"), Some(&flag_token)), &env_of(&vars)).unwrap();
         assert_eq!(
             s,
-            Settings { endpoint: "http://flag:3".into(), token: Some("from-flag".into()) }
+            Settings { endpoints: vec!["http://flag:3".into()], token: Some("from-flag".into()) }
         );
 
         let none = HashMap::from([("HOME", "/nonexistent-home".to_owned())]);
         let s = resolve_with(&args(None, None), &env_of(&none)).unwrap();
-        assert_eq!(s, Settings { endpoint: DEFAULT_ENDPOINT.into(), token: None });
+        assert_eq!(s, Settings { endpoints: vec![DEFAULT_ENDPOINT.into()], token: None });
+    }
+
+    #[test]
+    fn several_endpoints_from_flags_environment_and_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("config.toml");
+        let config_s = config.display().to_string();
+        let ab = vec!["http://a:1".to_owned(), "http://b:2".to_owned()];
+        for text in [
+            "endpoint = \"http://a:1, http://b:2\"\n",
+            "endpoint = [\"http://a:1\", \"http://b:2\"]\n",
+        ] {
+            std::fs::write(&config, text).unwrap();
+            let env = |k: &str| (k == "RELAYCTL_CONFIG").then(|| config_s.clone());
+            assert_eq!(resolve_with(&args(None, None), &env).unwrap().endpoints, ab, "{text}");
+        }
+        let env = |k: &str| match k {
+            "RELAYCTL_CONFIG" => Some(config_s.clone()),
+            "RELAYCTL_ENDPOINT" => Some("http://c:3,,http://d:4".to_owned()),
+            _ => None,
+        };
+        let s = resolve_with(&args(None, None), &env).unwrap();
+        assert_eq!(s.endpoints, ["http://c:3", "http://d:4"]);
+        let mut flags = args(Some("http://e:5,http://f:6"), None);
+        flags.endpoint.push("http://g:7".into());
+        let s = resolve_with(&flags, &env).unwrap();
+        assert_eq!(s.endpoints, ["http://e:5", "http://f:6", "http://g:7"]);
     }
 
     #[test]
@@ -224,11 +281,12 @@ mod tests {
     #[test]
     fn debug_masks_the_token() {
         let token = "q3Zt8VwKx1pL0eYb7NsR4uHc9JmA2fGd";
-        let s = Settings { endpoint: "http://127.0.0.1:7070".into(), token: Some(token.into()) };
+        let s =
+            Settings { endpoints: vec!["http://127.0.0.1:7070".into()], token: Some(token.into()) };
         let shown = format!("{s:?}");
         assert!(!shown.contains(token), "token in clear: {shown}");
         assert!(shown.contains("http://127.0.0.1:7070") && shown.contains("****"), "{shown}");
-        let none = Settings { endpoint: "http://h:1".into(), token: None };
+        let none = Settings { endpoints: vec!["http://h:1".into()], token: None };
         assert!(format!("{none:?}").contains("None"), "{none:?}");
     }
 

@@ -254,3 +254,35 @@ async fn unreachable_endpoint_and_wrong_token_fail_with_one_line_and_distinct_co
     assert_eq!(out.status.code(), Some(3));
     a.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_endpoints_the_first_that_answers_is_used() {
+    let a = agents().await;
+    let nobody = format!("http://{}", free_port());
+    let both = format!("{nobody},{}", a.endpoint);
+    let token = Some(a.token_file.path());
+    let out = relayctl_with(&both, token, &["-v", "mappings", "list", "--json"]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout_json(&out)[0]["name"], "base");
+    let err = stderr(&out);
+    assert!(err.contains(&format!("{nobody} did not answer")), "{err}");
+    assert!(err.contains(&format!("{} answered", a.endpoint)), "{err}");
+
+    // A change goes to the one that answers, and status says which it is.
+    let out = relayctl_with(&both, token, &["edges", "drain", "e1"]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = relayctl_with(&both, token, &["status"]).await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(&format!(" at {}: ", a.endpoint)), "{text}");
+    assert!(!text.contains("cluster"), "alone: no cluster line: {text}");
+
+    // An agent without [cluster] has no nodes: one line, non-zero.
+    let out = relayctl_with(&both, token, &["nodes", "list"]).await;
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("runs alone: no [cluster] section"), "{err}");
+    let out = relayctl_with(&a.endpoint, token, &["nodes", "drain", "b", "--deadline", "5s"]).await;
+    assert!(stderr(&out).contains("runs alone"), "{}", stderr(&out));
+    a.stop().await;
+}

@@ -1,7 +1,7 @@
 //! The console's state and what it asks the outside world to do. Drawing
 //! is in `view`, changes in `update`.
 
-use api::{EdgeView, MappingSpec, MappingView, Snapshot};
+use api::{EdgeView, MappingSpec, MappingView, NodeView, PeerAnswer, Snapshot};
 
 use super::form::AddForm;
 use super::theme::Theme;
@@ -18,7 +18,8 @@ pub(crate) enum Action {
     OpenAdd,
     OpenDrain,
     OpenRemove,
-    OpenDrainEdge,
+    /// `D`: drain or undrain the selected edge, or node.
+    OpenDrainEdgeOrNode,
     OpenFilter,
     OpenHelp,
     /// Esc: close what is open, clear the filter.
@@ -42,6 +43,8 @@ pub(crate) enum Action {
         result: Result<Snapshot, ClientError>,
         now_ms: u64,
     },
+    /// The control API answered at this endpoint (one of several).
+    Endpoint(String),
     /// A change sent to the cloud agent got its answer.
     Finished {
         request: Request,
@@ -66,6 +69,13 @@ pub(crate) enum Request {
     UndrainEdge {
         id: String,
     },
+    DrainNode {
+        id: String,
+        deadline_secs: u64,
+    },
+    UndrainNode {
+        id: String,
+    },
     /// Fetch a snapshot now rather than at the next second.
     Refresh,
 }
@@ -79,6 +89,8 @@ impl Request {
             Request::Remove { name } => format!("removing {name}…"),
             Request::DrainEdge { id } => format!("draining edge {id}…"),
             Request::UndrainEdge { id } => format!("undraining edge {id}…"),
+            Request::DrainNode { id, .. } => format!("draining node {id}…"),
+            Request::UndrainNode { id } => format!("undraining node {id}…"),
             Request::Refresh => "refreshing…".to_owned(),
         }
     }
@@ -89,6 +101,8 @@ impl Request {
 pub(crate) enum Focus {
     Mappings,
     Edges,
+    /// The nodes of a cluster (only when there are some).
+    Nodes,
 }
 
 /// A question before a change that hurts if it is a mistake.
@@ -112,6 +126,16 @@ pub(crate) enum Confirm {
     UndrainEdge {
         id: String,
         mappings: usize,
+    },
+    /// Drain a node of a cluster; `deadline` is the text typed.
+    DrainNode {
+        id: String,
+        open: u64,
+        deadline: String,
+        error: Option<String>,
+    },
+    UndrainNode {
+        id: String,
     },
 }
 
@@ -157,6 +181,7 @@ pub(crate) struct App {
     pub(crate) focus: Focus,
     pub(crate) selected_mapping: Option<String>,
     pub(crate) selected_edge: Option<String>,
+    pub(crate) selected_node: Option<String>,
     pub(crate) filter: String,
     pub(crate) mode: Mode,
     pub(crate) status: Option<Status>,
@@ -180,6 +205,7 @@ impl App {
             focus: Focus::Mappings,
             selected_mapping: None,
             selected_edge: None,
+            selected_node: None,
             filter: String::new(),
             mode: Mode::Normal,
             status: None,
@@ -250,6 +276,39 @@ impl App {
     /// The selected edge, if there are edges.
     pub(crate) fn selected_edge(&self) -> Option<&EdgeView> {
         self.edge_index().map(|i| &self.edges()[i])
+    }
+
+    /// The nodes of the cluster; empty when the agent runs alone.
+    pub(crate) fn nodes(&self) -> &[NodeView] {
+        self.snapshot.as_ref().map_or(&[], |s| &s.nodes)
+    }
+
+    /// Index of the selected node.
+    pub(crate) fn node_index(&self) -> Option<usize> {
+        let nodes = self.nodes();
+        if nodes.is_empty() {
+            return None;
+        }
+        let found =
+            self.selected_node.as_ref().and_then(|id| nodes.iter().position(|n| &n.id == id));
+        Some(found.unwrap_or(0))
+    }
+
+    /// The selected node, if there are nodes.
+    pub(crate) fn selected_node(&self) -> Option<&NodeView> {
+        self.node_index().map(|i| &self.nodes()[i])
+    }
+
+    /// The peers whose figures are missing from the sums.
+    pub(crate) fn missing_peers(&self) -> Vec<&PeerAnswer> {
+        self.snapshot.iter().flat_map(|s| &s.peers).filter(|p| !p.answered).collect()
+    }
+
+    /// Milliseconds left of a node's drain, on the node's clock as of the
+    /// snapshot, counted down since.
+    pub(crate) fn node_drain_left_ms(&self, n: &NodeView) -> Option<u64> {
+        let at = self.snapshot.as_ref()?.at_unix_ms;
+        Some(n.drain_deadline_unix_ms?.saturating_sub(at).saturating_sub(self.data_age_ms()))
     }
 
     /// Milliseconds left of a mapping's drain, counted down since the

@@ -238,3 +238,89 @@ fn a_failed_fetch_keeps_the_data_and_recovers() {
     assert_eq!(app.link, Link::Up);
     assert_eq!(app.data_age_ms(), 0);
 }
+
+#[test]
+fn tab_reaches_the_nodes_only_in_a_cluster() {
+    let mut alone = fixtures::app();
+    tab(&mut alone);
+    assert_eq!(alone.focus, Focus::Edges);
+    tab(&mut alone);
+    assert_eq!(alone.focus, Focus::Mappings, "no nodes panel alone");
+    let mut app = fixtures::cluster_app();
+    tab(&mut app);
+    tab(&mut app);
+    assert_eq!(app.focus, Focus::Nodes);
+    tab(&mut app);
+    assert_eq!(app.focus, Focus::Mappings);
+}
+
+#[test]
+fn shift_d_drains_a_node_with_a_deadline_and_undrains_a_draining_one() {
+    let mut app = fixtures::cluster_app();
+    tab(&mut app);
+    tab(&mut app);
+    assert_eq!(app.selected_node().map(|n| n.id.as_str()), Some("a"));
+    key(&mut app, 'D');
+    assert!(
+        matches!(&app.mode, Mode::Confirm(super::app::Confirm::DrainNode { id, open: 9, .. }) if id == "a")
+    );
+    press(&mut app, KeyCode::Char('u'), KeyModifiers::CONTROL);
+    typed(&mut app, "5x");
+    assert_eq!(enter(&mut app), None, "a bad deadline sends nothing");
+    let Mode::Confirm(super::app::Confirm::DrainNode { error, .. }) = &app.mode else { panic!() };
+    assert!(error.as_deref().unwrap_or("").contains("invalid deadline"), "{error:?}");
+    press(&mut app, KeyCode::Char('u'), KeyModifiers::CONTROL);
+    typed(&mut app, "90s");
+    let request = enter(&mut app);
+    assert_eq!(request, Some(Request::DrainNode { id: "a".into(), deadline_secs: 90 }));
+    let refresh =
+        app.update(Action::Finished { request: request.expect("drain"), result: Ok(None) });
+    assert_eq!(refresh, Some(Request::Refresh));
+    let status = app.status.as_ref().map(|s| s.text.clone()).unwrap_or_default();
+    assert!(status.starts_with("draining node a: it reports not-ready"), "{status}");
+
+    key(&mut app, 'j');
+    key(&mut app, 'j');
+    key(&mut app, 'D');
+    assert_eq!(app.mode, Mode::Confirm(super::app::Confirm::UndrainNode { id: "c".into() }));
+    assert_eq!(key(&mut app, 'y'), Some(Request::UndrainNode { id: "c".into() }));
+    let error = ClientError::Api {
+        status: 503,
+        code: "store_unavailable".into(),
+        error: "the store (etcd at http://127.0.0.1:2379) is unreachable".into(),
+    };
+    app.update(Action::Finished {
+        request: Request::UndrainNode { id: "c".into() },
+        result: Err(error),
+    });
+    let status = app.status.as_ref().expect("status");
+    assert!(
+        status.error && status.text.starts_with("could not undrain node c: the store"),
+        "{status:?}"
+    );
+}
+
+#[test]
+fn the_header_follows_the_endpoint_that_answered() {
+    let mut app = fixtures::cluster_app();
+    app.update(Action::Endpoint("http://10.0.0.2:7070".into()));
+    let shot = text(render(&app, (120, 40)).backend().buffer());
+    assert!(shot.starts_with("hybrid relay │ http://10.0.0.2:7070 (node a) │"), "{shot}");
+}
+
+#[test]
+fn an_add_that_failed_on_one_node_says_which() {
+    let mut app = fixtures::cluster_app();
+    let mut view = fixtures::cluster_snapshot().mappings.pop().expect("web");
+    view.spec.name = "web2".into();
+    let request = Request::Add(view.spec.clone());
+    app.update(Action::Finished { request, result: Ok(Some(Box::new(view))) });
+    let status = app.status.as_ref().expect("status");
+    assert!(status.error, "a node failed it: {status:?}");
+    assert!(
+        status
+            .text
+            .starts_with("added web2 on 0.0.0.0:8080: active on 2/3; failed on c: cannot listen"),
+        "{status:?}"
+    );
+}

@@ -60,6 +60,7 @@ fn mapping(spec: MappingSpec, state: MappingState) -> MappingView {
         bytes_out: 0,
         throughput_in_bps: 0,
         throughput_out_bps: 0,
+        nodes: Vec::new(),
     }
 }
 
@@ -123,6 +124,7 @@ pub(crate) fn snapshot() -> Snapshot {
         memory_used_bytes: Some(3_435_973_837),
         memory_total_bytes: Some(17_179_869_184),
         connect_failures: 0,
+        node_links: Vec::new(),
     };
     let site_b = EdgeView {
         id: "site-b".into(),
@@ -139,6 +141,7 @@ pub(crate) fn snapshot() -> Snapshot {
         memory_used_bytes: None,
         memory_total_bytes: None,
         connect_failures: 3,
+        node_links: Vec::new(),
     };
     let mut db =
         mapping(spec("db", "0.0.0.0:15432", "site-a", "db.internal:5432"), MappingState::Draining);
@@ -188,5 +191,95 @@ pub(crate) fn snapshot() -> Snapshot {
         mappings: vec![db, ssh, web],
         series,
         window_secs: 300,
+        ..Snapshot::default()
     }
+}
+
+/// The app that has received [`cluster_snapshot`] 400 ms ago.
+pub(crate) fn cluster_app() -> App {
+    let mut app = App::new(ENDPOINT, None, Theme::new(false), NOW - 400);
+    app.update(Action::Snapshot { result: Ok(cluster_snapshot()), now_ms: NOW - 400 });
+    app.update(Action::Tick(NOW));
+    app
+}
+
+/// [`snapshot`] as node `a` of a three-node cluster sums it: `b`'s
+/// figures are missing (it did not answer in time); `c` is draining, and
+/// could not bind `web` (its port is in use there), which `a` and `b`
+/// serve.
+pub(crate) fn cluster_snapshot() -> Snapshot {
+    use api::{
+        EdgeNodeLink, MappingFailure, MappingOnNode, NodeMappingState, NodeView, PeerAnswer,
+    };
+    let mut s = snapshot();
+    let at = s.at_unix_ms;
+    let busy = "cannot listen on 0.0.0.0:8080: Address already in use (os error 98)";
+    let node = |id: &str, connections: u64| NodeView {
+        id: id.into(),
+        advertise: format!("wss://{id}.relay.example:7000"),
+        control_url: Some(format!("http://{id}.relay.internal:7070")),
+        version: "0.1.0".into(),
+        started_unix_ms: at - 7_300_000,
+        ready: true,
+        draining: false,
+        drain_deadline_unix_ms: None,
+        store_reachable: true,
+        applied_revision: 42,
+        connections,
+        edges_connected: 1,
+        mapping_failures: Vec::new(),
+        updated_unix_ms: at - 1_000,
+        this_node: false,
+    };
+    let mut a = node("a", 9);
+    a.this_node = true;
+    let b = node("b", 7);
+    let mut c = node("c", 0);
+    c.ready = false;
+    c.draining = true;
+    c.drain_deadline_unix_ms = Some(at + 25_400);
+    c.applied_revision = 41;
+    c.edges_connected = 0;
+    c.mapping_failures = vec![MappingFailure { mapping: "web".into(), error: busy.into() }];
+    s.nodes = vec![a, b, c];
+    s.peers = vec![
+        PeerAnswer {
+            node: "b".into(),
+            answered: false,
+            error: Some("no answer within 1s: timed out".into()),
+        },
+        PeerAnswer { node: "c".into(), answered: true, error: None },
+    ];
+    let on = |node: &str, state, error: Option<&str>| MappingOnNode {
+        node: node.into(),
+        state,
+        error: error.map(str::to_owned),
+    };
+    for m in &mut s.mappings {
+        m.nodes = match m.spec.name.as_str() {
+            "web" => vec![
+                on("a", NodeMappingState::Active, None),
+                on("b", NodeMappingState::Active, None),
+                on("c", NodeMappingState::Failed, Some(busy)),
+            ],
+            "db" => ["a", "b", "c"]
+                .into_iter()
+                .map(|n| on(n, NodeMappingState::Draining, None))
+                .collect(),
+            _ => ["a", "b", "c"]
+                .into_iter()
+                .map(|n| on(n, NodeMappingState::Failed, m.error.as_deref()))
+                .collect(),
+        };
+    }
+    s.edges[0].node_links = vec![
+        EdgeNodeLink { node: "a".into(), tunnels_up: 1, error: None },
+        EdgeNodeLink { node: "b".into(), tunnels_up: 1, error: None },
+        EdgeNodeLink {
+            node: "c".into(),
+            tunnels_up: 0,
+            error: Some("dial wss://c.relay.example:7000: connection refused".into()),
+        },
+    ];
+    s
 }

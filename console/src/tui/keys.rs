@@ -8,12 +8,12 @@ use super::app::{Action, App, Confirm, Mode};
 /// Every key, for the help screen: (keys, what they do).
 pub(crate) const HELP: &[(&str, &str)] = &[
     ("In the main view", ""),
-    ("↑ ↓  k j", "select a mapping, or an edge"),
-    ("Tab", "switch between mappings and edges"),
+    ("↑ ↓  k j", "select a mapping, an edge or a node"),
+    ("Tab", "switch between mappings, edges and nodes"),
     ("a", "add a mapping"),
     ("d", "drain the selected mapping (asks for a deadline)"),
     ("x  Delete", "remove the selected mapping now (asks first)"),
-    ("D", "drain or undrain the selected edge (asks first)"),
+    ("D", "drain or undrain the selected edge or node (asks first)"),
     ("/", "filter mappings; Enter keeps it, Esc clears it"),
     ("Esc", "clear the filter and the status line"),
     ("?", "this help"),
@@ -52,7 +52,7 @@ pub(crate) fn action(app: &App, key: KeyEvent) -> Option<Action> {
         }),
         Mode::Add(_) => form(key.code, ctrl),
         Mode::Confirm(confirm) => {
-            let typing = matches!(confirm, Confirm::Drain { .. });
+            let typing = matches!(confirm, Confirm::Drain { .. } | Confirm::DrainNode { .. });
             match key.code {
                 KeyCode::Enter | KeyCode::Char('y' | 'Y') => Some(Action::Confirm),
                 KeyCode::Esc | KeyCode::Char('n' | 'N') => Some(Action::Cancel),
@@ -72,7 +72,7 @@ fn normal(code: KeyCode) -> Option<Action> {
         KeyCode::Char('a') => Action::OpenAdd,
         KeyCode::Char('d') => Action::OpenDrain,
         KeyCode::Char('x') | KeyCode::Delete => Action::OpenRemove,
-        KeyCode::Char('D') => Action::OpenDrainEdge,
+        KeyCode::Char('D') => Action::OpenDrainEdgeOrNode,
         KeyCode::Char('/') => Action::OpenFilter,
         KeyCode::Char('?') => Action::OpenHelp,
         KeyCode::Esc => Action::Cancel,

@@ -27,7 +27,7 @@ mod worker;
 #[cfg(test)]
 mod behaviour;
 #[cfg(test)]
-mod fixtures;
+pub(crate) mod fixtures;
 #[cfg(test)]
 mod tests;
 
@@ -72,7 +72,7 @@ pub(crate) fn run(client: ControlClient, options: TuiOptions) -> anyhow::Result<
          `relayctl mappings list` in scripts"
     );
     let theme = Theme::from_env(|key| std::env::var(key).ok());
-    let mut app = App::new(client.endpoint(), options.hint, theme, worker::unix_ms());
+    let mut app = App::new(&client.endpoint(), options.hint, theme, worker::unix_ms());
     let (tx, rx) = mpsc::channel();
     let mut screen = Screen::enter()?;
     let wake = worker::spawn_poller(client.clone(), tx.clone())?;

@@ -53,6 +53,8 @@ impl App {
             Request::Remove { name } => format!("could not remove {name}"),
             Request::DrainEdge { id } => format!("could not drain edge {id}"),
             Request::UndrainEdge { id } => format!("could not undrain edge {id}"),
+            Request::DrainNode { id, .. } => format!("could not drain node {id}"),
+            Request::UndrainNode { id } => format!("could not undrain node {id}"),
             Request::Refresh => "could not refresh".to_owned(),
         };
         self.say(format!("{what}: {error}"), true);
@@ -78,8 +80,16 @@ impl App {
                 }
                 self.focus = Focus::Mappings;
                 self.selected_mapping = Some(spec.name.clone());
+                // In a cluster: where it stands on each node, failures named.
+                let nodes = view.as_ref().and_then(crate::cluster::mapping_on_nodes);
+                let failed = view.as_ref().and_then(crate::cluster::failed_nodes).is_some();
                 let on = view.and_then(|v| v.bound).unwrap_or_else(|| spec.listen.clone());
-                self.say(format!("added {} on {on}", spec.name), false);
+                match nodes {
+                    Some(nodes) => {
+                        self.say(format!("added {} on {on}: {nodes}", spec.name), failed);
+                    }
+                    None => self.say(format!("added {} on {on}", spec.name), false),
+                }
             }
             Request::Drain { name, deadline_secs } => {
                 if let (Some(mappings), Some(view)) = (mappings, view) {
@@ -105,6 +115,19 @@ impl App {
             }
             Request::UndrainEdge { id } => {
                 self.say(format!("edge {id} takes new connections again"), false);
+            }
+            Request::DrainNode { id, deadline_secs } => {
+                let within = format::duration_ms(deadline_secs * 1000);
+                self.say(
+                    format!(
+                        "draining node {id}: it reports not-ready; open connections may finish \
+                         within {within}"
+                    ),
+                    false,
+                );
+            }
+            Request::UndrainNode { id } => {
+                self.say(format!("node {id} takes new connections again"), false);
             }
             Request::Refresh => {}
         }

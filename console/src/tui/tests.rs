@@ -203,3 +203,52 @@ fn an_edge_reported_version_is_shown_escaped() {
     let screen = text(&buffer);
     assert!(screen.contains("1\\u{1b}]0;x\\u{7}\\u{202e}y"), "{screen}");
 }
+
+#[test]
+fn a_cluster_names_the_node_that_failed_a_mapping() {
+    let mut app = fixtures::cluster_app();
+    key(&mut app, 'j');
+    key(&mut app, 'j');
+    assert_eq!(app.selected_mapping().map(|m| m.spec.name.as_str()), Some("web"));
+    check("cluster_main", &app);
+    let shot = screen(&app, (120, 40));
+    assert!(shot.contains("(node a)"), "the header names the node that answered:\n{shot}");
+    let row = shot.lines().find(|l| l.starts_with("web ")).expect("web row");
+    assert!(row.contains("active 2/3, failed on c"), "{row}");
+    assert!(shot.contains("failed on c: cannot listen on 0.0.0.0:8080"), "{shot}");
+    assert!(shot.contains("figures without b"), "the peer that did not answer:\n{shot}");
+}
+
+#[test]
+fn a_cluster_nodes_panel_and_an_edge_links_to_the_nodes() {
+    let mut app = fixtures::cluster_app();
+    press(&mut app, KeyCode::Tab, KeyModifiers::NONE);
+    check("cluster_edge", &app);
+    let shot = screen(&app, (120, 40));
+    assert!(shot.contains("tunnels to nodes: a 1 up · b 1 up · c none"), "{shot}");
+    assert!(shot.contains("cannot reach node c: dial wss://c.relay.example:7000"), "{shot}");
+    press(&mut app, KeyCode::Tab, KeyModifiers::NONE);
+    key(&mut app, 'j');
+    key(&mut app, 'j');
+    assert_eq!(app.selected_node().map(|n| n.id.as_str()), Some("c"));
+    check("cluster_nodes", &app);
+    let shot = screen(&app, (120, 40));
+    let row = shot.lines().find(|l| l.starts_with("b ")).expect("b row");
+    assert!(row.ends_with("no answer"), "{row}");
+    assert!(shot.contains("cannot serve web: cannot listen on 0.0.0.0:8080"), "{shot}");
+    key(&mut app, 'k');
+    let shot = screen(&app, (120, 40));
+    assert!(
+        shot.contains("its figures are not in the sums: no answer within 1s: timed out"),
+        "{shot}"
+    );
+}
+
+#[test]
+fn drain_a_node_confirmation() {
+    let mut app = fixtures::cluster_app();
+    press(&mut app, KeyCode::Tab, KeyModifiers::NONE);
+    press(&mut app, KeyCode::Tab, KeyModifiers::NONE);
+    key(&mut app, 'D');
+    check("cluster_drain_node", &app);
+}

@@ -17,6 +17,7 @@ impl App {
             Action::Tick(now_ms) => self.now_ms = self.now_ms.max(now_ms),
             Action::Snapshot { result, now_ms } => self.on_snapshot(result, now_ms),
             Action::Finished { request, result } => return self.on_finished(request, result),
+            Action::Endpoint(endpoint) => self.endpoint = endpoint,
             action => {
                 return match std::mem::replace(&mut self.mode, Mode::Normal) {
                     Mode::Normal => self.normal(action),
@@ -52,7 +53,8 @@ impl App {
             Action::ToggleFocus => {
                 self.focus = match self.focus {
                     Focus::Mappings => Focus::Edges,
-                    Focus::Edges => Focus::Mappings,
+                    Focus::Edges if !self.nodes().is_empty() => Focus::Nodes,
+                    Focus::Edges | Focus::Nodes => Focus::Mappings,
                 }
             }
             Action::OpenHelp => self.mode = Mode::Help,
@@ -66,7 +68,8 @@ impl App {
                 self.mode = Mode::Add(AddForm::new(edges));
             }
             Action::OpenDrain | Action::OpenRemove => self.open_mapping_confirm(&action),
-            Action::OpenDrainEdge => match (self.focus, self.selected_edge()) {
+            Action::OpenDrainEdgeOrNode if self.focus == Focus::Nodes => self.open_node_confirm(),
+            Action::OpenDrainEdgeOrNode => match (self.focus, self.selected_edge()) {
                 (Focus::Edges, Some(edge)) => {
                     let (id, draining) = (edge.id.clone(), edge.draining);
                     let mappings = self.mappings_on(&id);
@@ -77,7 +80,7 @@ impl App {
                     });
                 }
                 (Focus::Edges, None) => self.say("no edge to drain", true),
-                _ => self.say("D drains an edge: press Tab to select one first", true),
+                _ => self.say("D drains an edge or a node: press Tab to select one first", true),
             },
             _ => {}
         }
@@ -88,6 +91,19 @@ impl App {
         self.snapshot
             .as_ref()
             .map_or(0, |s| s.mappings.iter().filter(|m| m.spec.edge == edge).count())
+    }
+
+    fn open_node_confirm(&mut self) {
+        let Some(node) = self.selected_node() else {
+            return self.say("no node to drain", true);
+        };
+        let (id, open) = (node.id.clone(), node.connections);
+        self.mode = Mode::Confirm(if node.draining {
+            Confirm::UndrainNode { id }
+        } else {
+            let deadline = DEFAULT_DEADLINE.to_owned();
+            Confirm::DrainNode { id, open, deadline, error: None }
+        });
     }
 
     fn open_mapping_confirm(&mut self, action: &Action) {
@@ -124,6 +140,10 @@ impl App {
             Focus::Edges => {
                 let next = move_to(self.edge_index(), self.edges().len());
                 self.selected_edge = next.map(|i| self.edges()[i].id.clone());
+            }
+            Focus::Nodes => {
+                let next = move_to(self.node_index(), self.nodes().len());
+                self.selected_node = next.map(|i| self.nodes()[i].id.clone());
             }
         }
     }
@@ -233,7 +253,27 @@ impl App {
                 let id = id.clone();
                 self.send(Request::UndrainEdge { id })
             }
-            (action, Confirm::Drain { deadline, error, .. }) => {
+            (Action::Confirm, Confirm::DrainNode { id, deadline, error, .. }) => {
+                match format::parse_duration(deadline) {
+                    Ok(deadline_secs) => {
+                        let id = id.clone();
+                        self.send(Request::DrainNode { id, deadline_secs })
+                    }
+                    Err(message) => {
+                        *error = Some(message);
+                        self.mode = Mode::Confirm(confirm);
+                        None
+                    }
+                }
+            }
+            (Action::Confirm, Confirm::UndrainNode { id }) => {
+                let id = id.clone();
+                self.send(Request::UndrainNode { id })
+            }
+            (
+                action,
+                Confirm::Drain { deadline, error, .. } | Confirm::DrainNode { deadline, error, .. },
+            ) => {
                 match action {
                     Action::Input(c) => deadline.push(c),
                     Action::Backspace => _ = deadline.pop(),

@@ -1,5 +1,6 @@
 //! Calls to the cloud agent, off the UI thread: a poller that fetches a
-//! snapshot about once a second, and one short-lived thread per change.
+//! snapshot about once a second (the cluster's figures, `scope=cluster`;
+//! it says when another of several endpoints answers), and one short-lived thread per change.
 //! Both report back as [`Action`]s on a channel.
 
 use std::sync::mpsc::{self, RecvTimeoutError, Sender};
@@ -32,9 +33,17 @@ pub(crate) fn spawn_poller(
     thread::Builder::new()
         .name("relayctl-poll".into())
         .spawn(move || {
+            let mut answered = client.endpoint();
             loop {
                 let started = Instant::now();
-                let result = client.snapshot();
+                let result = client.cluster_snapshot();
+                let endpoint = client.endpoint();
+                if endpoint != answered {
+                    answered = endpoint.clone();
+                    if tx.send(Action::Endpoint(endpoint)).is_err() {
+                        return;
+                    }
+                }
                 if tx.send(Action::Snapshot { result, now_ms: unix_ms() }).is_err() {
                     return;
                 }
@@ -64,13 +73,17 @@ pub(crate) fn perform(
         .name("relayctl-call".into())
         .spawn(move || {
             let result = match &request {
-                Request::Add(spec) => client.add_mapping(spec).map(|v| Some(Box::new(v))),
+                Request::Add(spec) => client.add_mapping(spec).map(|c| Some(Box::new(c.value))),
                 Request::Drain { name, deadline_secs } => {
-                    client.drain_mapping(name, Some(*deadline_secs)).map(|v| v.map(Box::new))
+                    client.drain_mapping(name, Some(*deadline_secs)).map(|c| c.value.map(Box::new))
                 }
-                Request::Remove { name } => client.remove_mapping(name).map(|()| None),
-                Request::DrainEdge { id } => client.drain_edge(id).map(|()| None),
-                Request::UndrainEdge { id } => client.undrain_edge(id).map(|()| None),
+                Request::Remove { name } => client.remove_mapping(name).map(|_| None),
+                Request::DrainEdge { id } => client.drain_edge(id).map(|_| None),
+                Request::UndrainEdge { id } => client.undrain_edge(id).map(|_| None),
+                Request::DrainNode { id, deadline_secs } => {
+                    client.drain_node(id, Some(*deadline_secs)).map(|_| None)
+                }
+                Request::UndrainNode { id } => client.undrain_node(id).map(|_| None),
                 Request::Refresh => Ok(None),
             };
             let _ = tx.send(Action::Finished { request, result });

@@ -1,5 +1,7 @@
 //! The detail pane: for a mapping its throughput sparkline and the
-//! histograms of throughput and connect latency; for an edge its tunnels.
+//! histograms of throughput and connect latency (and in a cluster where
+//! it stands on each node); for an edge its tunnels and its links to the
+//! nodes; for a node its state and the mappings it could not serve.
 
 use api::{Distribution, MappingState};
 use ratatui::Frame;
@@ -32,6 +34,14 @@ pub(super) fn mapping(frame: &mut Frame<'_>, app: &App, area: Rect) {
             format::wrap(&format!("failed: {error}"), inner.width as usize).into_iter().take(2)
         {
             lines.push(Line::styled(line, theme.bad()));
+        }
+    }
+    if let Some(on_nodes) = crate::cluster::mapping_on_nodes(m) {
+        let failed = crate::cluster::failed_nodes(m).is_some();
+        let style = if failed { theme.bad() } else { theme.dim() };
+        let text = tunnel::untrusted::escape_owned(format!("nodes: {on_nodes}"));
+        for line in format::wrap(&text, inner.width as usize).into_iter().take(2) {
+            lines.push(Line::styled(line, style));
         }
     }
     let allow = if s.allow.is_empty() { "any".to_owned() } else { s.allow.join(", ") };
@@ -190,13 +200,17 @@ pub(super) fn edge(frame: &mut Frame<'_>, app: &App, area: Rect) {
     let seen = app.edge_silence_ms(e).map_or_else(|| "never".to_owned(), format::age);
     let figures = format!("{host} · {rtt} · last seen {seen}");
     let width = inner.width as usize;
-    let lines = vec![
+    let mut lines = vec![
         Line::styled(format::fit(&info, width), theme.dim()),
         Line::styled(format::fit(&figures, width), theme.dim()),
     ];
-    let [info_area, _, table_area] =
-        Layout::vertical([Constraint::Length(2), Constraint::Length(1), Constraint::Fill(1)])
-            .areas(inner);
+    lines.extend(node_links(app, e, width));
+    let [info_area, _, table_area] = Layout::vertical([
+        Constraint::Length(lines.len() as u16),
+        Constraint::Length(1),
+        Constraint::Fill(1),
+    ])
+    .areas(inner);
     frame.render_widget(Paragraph::new(lines), info_area);
     if e.tunnels.is_empty() {
         frame.render_widget(Line::styled("no tunnel up", theme.bad()), table_area);
@@ -220,4 +234,100 @@ pub(super) fn edge(frame: &mut Frame<'_>, app: &App, area: Rect) {
         Row::new([Span::raw("tunnel"), Span::raw("streams"), Span::raw("rtt"), Span::raw("state")]);
     let table = Table::new(rows, widths).header(header.style(theme.heading())).column_spacing(2);
     frame.render_widget(table, table_area);
+}
+
+/// In a cluster, an edge's tunnels to each node: one line with them all,
+/// then one per node it cannot reach, with why.
+fn node_links(app: &App, e: &api::EdgeView, width: usize) -> Vec<Line<'static>> {
+    let theme = app.theme;
+    if e.node_links.is_empty() {
+        return Vec::new();
+    }
+    let all: Vec<String> = e
+        .node_links
+        .iter()
+        .map(|l| match l.tunnels_up {
+            0 => format!("{} none", l.node),
+            n => format!("{} {n} up", l.node),
+        })
+        .collect();
+    let mut lines = vec![Line::styled(
+        format::fit(
+            &tunnel::untrusted::escape_owned(format!("tunnels to nodes: {}", all.join(" · "))),
+            width,
+        ),
+        theme.dim(),
+    )];
+    for l in e.node_links.iter().filter(|l| l.tunnels_up == 0) {
+        let why = l.error.as_deref().unwrap_or("no tunnel, no error reported");
+        let text = tunnel::untrusted::escape_owned(format!("cannot reach node {}: {why}", l.node));
+        lines.push(Line::styled(format::fit(&text, width), theme.bad()));
+    }
+    lines
+}
+
+/// The selected node of a cluster.
+pub(super) fn node(frame: &mut Frame<'_>, app: &App, area: Rect) {
+    let theme = app.theme;
+    let Some(n) = app.selected_node() else {
+        section(frame, theme, area, Line::styled(" detail ", theme.heading()));
+        return;
+    };
+    let escape = |t: &str| tunnel::untrusted::escape(t).into_owned();
+    let head = format!(" node {} · version {} ", escape(&n.id), escape(&n.version));
+    let head = format::fit(&head, area.width.saturating_sub(4) as usize);
+    let inner = section(frame, theme, area, Line::styled(head, theme.heading()));
+    let width = inner.width as usize;
+    let at = app.snapshot.as_ref().map_or(0, |s| s.at_unix_ms);
+    let ago = |ms: u64| format::age(at.saturating_sub(ms) + app.data_age_ms());
+    let mut lines = Vec::new();
+    let mut line = |text: String, style| {
+        for l in format::wrap(&escape(&text), width).into_iter().take(3) {
+            lines.push(Line::styled(l, style));
+        }
+    };
+    let control = n.control_url.as_deref().map_or_else(String::new, |c| format!(" · control {c}"));
+    line(format!("edges dial {}{control}", n.advertise), theme.dim());
+    let (state, style) = match (n.draining, n.ready) {
+        (true, _) => {
+            let left = app.node_drain_left_ms(n).map_or_else(
+                || "draining".to_owned(),
+                |ms| format!("draining: open connections are reset in {}", format::duration_ms(ms)),
+            );
+            (left, theme.warn())
+        }
+        (false, true) => ("ready: the load balancer sends to it".to_owned(), theme.good()),
+        (false, false) => ("not ready".to_owned(), theme.bad()),
+    };
+    line(state, style);
+    let store = if n.store_reachable { "reachable" } else { "unreachable: serving its last state" };
+    line(
+        format!(
+            "store {store} · revision {} · {} open · {} edges · started {} · record {}",
+            n.applied_revision,
+            format::count(n.connections),
+            n.edges_connected,
+            ago(n.started_unix_ms),
+            ago(n.updated_unix_ms),
+        ),
+        if n.store_reachable { theme.dim() } else { theme.bad() },
+    );
+    match app.missing_peers().iter().find(|p| p.node == n.id) {
+        Some(p) => line(
+            format!(
+                "its figures are not in the sums: {}",
+                p.error.as_deref().unwrap_or("it did not answer")
+            ),
+            theme.bad(),
+        ),
+        None if n.this_node => line("the node that answered".to_owned(), theme.dim()),
+        None => {}
+    }
+    if n.mapping_failures.is_empty() {
+        line("serves every mapping".to_owned(), theme.dim());
+    }
+    for f in &n.mapping_failures {
+        line(format!("cannot serve {}: {}", f.mapping, f.error), theme.bad());
+    }
+    frame.render_widget(Paragraph::new(lines), inner);
 }

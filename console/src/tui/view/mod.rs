@@ -1,8 +1,9 @@
 //! Drawing: a function of the [`App`] and the frame size, nothing else.
 //!
 //! Top to bottom: a header line, the banner and status lines when there
-//! is something to say, the edges, the mappings, the detail pane of the
-//! selection, and a footer with the main keys. Dialogs open on top.
+//! is something to say, the edges, the nodes (in a cluster), the mappings,
+//! the detail pane of the selection, and a footer with the main keys.
+//! Dialogs open on top.
 
 mod detail;
 mod popup;
@@ -28,16 +29,19 @@ pub(crate) fn draw(frame: &mut Frame<'_>, app: &App) {
     let message_h = message.as_ref().map_or(0, |m| m.len() as u16);
     let rest = area.height.saturating_sub(2 + banner_h + message_h);
     let ne = app.edges().len().max(1) as u16;
+    let nn = app.nodes().len() as u16;
     let nm = app.visible_mappings().len().max(1) as u16;
     let detail_min = 12.min(rest / 2);
     let edges_h = (2 + ne).min((rest / 4).max(3));
-    let mappings_h = (2 + nm).min(rest.saturating_sub(edges_h + detail_min)).max(3);
-    let [header, banner_area, message_area, edges, mappings, detail_area, footer] =
+    let nodes_h = if nn == 0 { 0 } else { (2 + nn).min((rest / 5).max(3)) };
+    let mappings_h = (2 + nm).min(rest.saturating_sub(edges_h + nodes_h + detail_min)).max(3);
+    let [header, banner_area, message_area, edges, nodes, mappings, detail_area, footer] =
         Layout::vertical([
             Constraint::Length(1),
             Constraint::Length(banner_h),
             Constraint::Length(message_h),
             Constraint::Length(edges_h),
+            Constraint::Length(nodes_h),
             Constraint::Length(mappings_h),
             Constraint::Fill(1),
             Constraint::Length(1),
@@ -60,10 +64,14 @@ pub(crate) fn draw(frame: &mut Frame<'_>, app: &App) {
         frame.render_widget(Paragraph::new(text).style(app.theme.dim()).centered(), body);
     } else {
         tables::edges(frame, app, edges);
+        if nn > 0 {
+            tables::nodes(frame, app, nodes);
+        }
         tables::mappings(frame, app, mappings);
         match app.focus {
             Focus::Mappings => detail::mapping(frame, app, detail_area),
             Focus::Edges => detail::edge(frame, app, detail_area),
+            Focus::Nodes => detail::node(frame, app, detail_area),
         }
     }
     draw_footer(frame, app, footer);
@@ -119,15 +127,18 @@ fn draw_header(frame: &mut Frame<'_>, app: &App, area: Rect) {
         Some(_) => format!("updated {}", format::age(app.data_age_ms())),
     };
     let sep = || Span::styled(" │ ", theme.dim());
-    let mut spans = vec![
-        Span::styled("hybrid relay", theme.title()),
-        sep(),
-        Span::raw(app.endpoint.clone()),
+    let mut spans =
+        vec![Span::styled("hybrid relay", theme.title()), sep(), Span::raw(app.endpoint.clone())];
+    if let Some(node) = app.nodes().iter().find(|n| n.this_node) {
+        let node = tunnel::untrusted::escape(&node.id);
+        spans.push(Span::styled(format!(" (node {node})"), theme.dim()));
+    }
+    spans.extend([
         sep(),
         Span::styled(state, style),
         sep(),
         Span::styled(age, if app.stale() { theme.bad() } else { theme.text() }),
-    ];
+    ]);
     let version = app.snapshot.as_ref().map(|s| format!("relay-cloud {}", s.version));
     let used: usize = spans.iter().map(Span::width).sum();
     if let Some(version) = version.filter(|v| used + v.len() + 2 <= area.width as usize) {
@@ -161,8 +172,18 @@ fn draw_footer(frame: &mut Frame<'_>, app: &App, area: Rect) {
             ("?", "help"),
             ("q", "quit"),
         ],
+        (Mode::Normal, Focus::Edges) if !app.nodes().is_empty() => {
+            &[("D", "drain edge"), ("/", "filter"), ("Tab", "nodes"), ("?", "help"), ("q", "quit")]
+        }
         (Mode::Normal, Focus::Edges) => &[
             ("D", "drain edge"),
+            ("/", "filter"),
+            ("Tab", "mappings"),
+            ("?", "help"),
+            ("q", "quit"),
+        ],
+        (Mode::Normal, Focus::Nodes) => &[
+            ("D", "drain node"),
             ("/", "filter"),
             ("Tab", "mappings"),
             ("?", "help"),

@@ -172,6 +172,21 @@ fn confirm(frame: &mut Frame<'_>, theme: Theme, area: Rect, confirm: &Confirm) {
             ),
             "drain",
         ),
+        Confirm::DrainNode { id, open, .. } => (
+            format!("Drain node {id}"),
+            format!(
+                "Node {id} reports not-ready, so the load balancer stops sending to it; the \
+                 other nodes carry new connections. Its {} may finish until the deadline; \
+                 then they are reset.",
+                conns(*open)
+            ),
+            "drain",
+        ),
+        Confirm::UndrainNode { id } => (
+            format!("Undrain node {id}"),
+            format!("Node {id} reports ready again, and takes new connections."),
+            "undrain",
+        ),
         Confirm::UndrainEdge { id, mappings } => (
             format!("Undrain edge {id}"),
             format!(
@@ -184,7 +199,9 @@ fn confirm(frame: &mut Frame<'_>, theme: Theme, area: Rect, confirm: &Confirm) {
     let mut lines: Vec<Line<'_>> =
         format::wrap(&text, wrap_width).into_iter().map(Line::raw).collect();
     let mut cursor = None;
-    if let Confirm::Drain { deadline, error, .. } = confirm {
+    if let Confirm::Drain { deadline, error, .. } | Confirm::DrainNode { deadline, error, .. } =
+        confirm
+    {
         lines.push(Line::raw(""));
         let label = "deadline ";
         cursor = Some((label.len() + deadline.chars().count(), lines.len()));

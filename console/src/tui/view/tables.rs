@@ -229,6 +229,19 @@ pub(super) fn mappings(frame: &mut Frame<'_>, app: &App, area: Rect) {
             }
             MappingState::Failed => ("failed".to_owned(), theme.bad()),
         };
+        // In a cluster: the nodes that could not serve it.
+        let (state, style) = match crate::cluster::failed_nodes(m) {
+            Some(failed) if m.state == MappingState::Active => {
+                let active =
+                    m.nodes.iter().filter(|n| n.state == api::NodeMappingState::Active).count();
+                (format!("active {active}/{}, {failed}", m.nodes.len()), theme.warn())
+            }
+            Some(_) if m.nodes.iter().all(|n| n.state == api::NodeMappingState::Failed) => {
+                ("failed on every node".to_owned(), style)
+            }
+            Some(failed) => (format!("{state}, {failed}"), style),
+            None => (state, style),
+        };
         let style = if app.stale() { theme.dim() } else { style };
         let values = [
             plain(m.spec.name.clone()),
@@ -245,4 +258,72 @@ pub(super) fn mappings(frame: &mut Frame<'_>, app: &App, area: Rect) {
         }
     }
     render(frame, area, cols.into(), app.mapping_index(), styles(app, Focus::Mappings));
+}
+
+/// The nodes of a cluster: ready or draining, the store, the revision
+/// applied, connections, edges, mappings it could not serve, and whether
+/// its figures are in the sums.
+pub(super) fn nodes(frame: &mut Frame<'_>, app: &App, area: Rect) {
+    let theme = app.theme;
+    let nodes = app.nodes();
+    let missing = app.missing_peers();
+    let mut count = format!("({})", nodes.len());
+    if !missing.is_empty() {
+        let names: Vec<&str> = missing.iter().map(|p| p.node.as_str()).collect();
+        count.push_str(&format!(" · figures without {}", names.join(", ")));
+    }
+    let area = section(frame, theme, area, title(app, "Nodes", count, Focus::Nodes));
+    let mut cols = [
+        Column::new("node", 0, 24),
+        Column::new("state", 0, 24),
+        Column::new("store", 1, 11),
+        Column::new("revision", 1, 10).right(),
+        Column::new("conns", 1, 6).right(),
+        Column::new("edges", 2, 5).right(),
+        Column::new("failures", 2, 8).right(),
+        Column::new("figures", 3, 10),
+    ];
+    let stale = |style: Style| if app.stale() { theme.dim() } else { style };
+    let plain = |t: String| (t, stale(theme.text()));
+    for n in nodes {
+        let (state, style) = match (n.draining, n.ready) {
+            (true, _) => {
+                let left = app
+                    .node_drain_left_ms(n)
+                    .map_or_else(String::new, |ms| format!(", {}", format::duration_ms(ms)));
+                (format!("draining{left}"), theme.warn())
+            }
+            (false, true) => ("ready".to_owned(), theme.good()),
+            (false, false) => ("not ready".to_owned(), theme.bad()),
+        };
+        let store = if n.store_reachable {
+            ("reachable".to_owned(), stale(theme.text()))
+        } else {
+            ("unreachable".to_owned(), stale(theme.bad()))
+        };
+        let failures = n.mapping_failures.len();
+        let failures =
+            (failures.to_string(), stale(if failures > 0 { theme.bad() } else { theme.text() }));
+        let figures = match missing.iter().find(|p| p.node == n.id) {
+            _ if n.this_node => ("this node".to_owned(), stale(theme.dim())),
+            // Why is in the node's detail.
+            Some(_) => ("no answer".to_owned(), stale(theme.bad())),
+            None => ("summed".to_owned(), stale(theme.dim())),
+        };
+        let values = [
+            plain(n.id.clone()),
+            (state, stale(style)),
+            store,
+            plain(n.applied_revision.to_string()),
+            plain(n.connections.to_string()),
+            plain(n.edges_connected.to_string()),
+            failures,
+            figures,
+        ];
+        for (col, value) in cols.iter_mut().zip(values) {
+            col.push(value);
+        }
+    }
+    let selected = app.node_index().filter(|_| app.focus == Focus::Nodes);
+    render(frame, area, cols.into(), selected, styles(app, Focus::Nodes));
 }
