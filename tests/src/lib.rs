@@ -9,7 +9,10 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
+pub mod cluster;
+pub mod etcd;
 pub mod fake_edge;
+pub mod haproxy;
 pub mod netns;
 pub mod skip;
 
