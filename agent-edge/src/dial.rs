@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use config::{CloudUrl, EdgeConfig};
-use proto::{Frame, NONCE_LEN, PROTOCOL_VERSION, RefuseCode};
+use proto::{Frame, MIN_PROTOCOL_VERSION, NONCE_LEN, PROTOCOL_VERSION, RefuseCode};
 use ring::rand::{SecureRandom, SystemRandom};
 use rustls::pki_types::ServerName;
 use thiserror::Error;
@@ -167,7 +167,7 @@ where
     else {
         return Err(WireError::Invalid("expected a challenge".into()).into());
     };
-    if !(min_version..=max_version).contains(&PROTOCOL_VERSION) {
+    let version = version_to_speak(min_version, max_version).unwrap_or_else(|| {
         // Still authenticate with our version: the cloud then refuses with
         // a version mismatch and logs it on its side too.
         tracing::warn!(
@@ -176,14 +176,15 @@ where
             cloud_max = max_version,
             "the cloud does not speak our protocol version"
         );
-    }
+        PROTOCOL_VERSION
+    });
     let mut edge_nonce = [0u8; NONCE_LEN];
     SystemRandom::new()
         .fill(&mut edge_nonce)
         .map_err(|_| WireError::Invalid("system random source failed".into()))?;
     let token = config.token.expose();
     let auth = Frame::Auth {
-        version: PROTOCOL_VERSION,
+        version,
         edge_id: config.edge_id.clone(),
         epoch,
         agent_version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -192,12 +193,13 @@ where
             token,
             &server_nonce,
             &edge_nonce,
-            PROTOCOL_VERSION,
+            version,
             epoch,
             &config.edge_id,
         ),
     };
     wire::send_frame(ws, &auth).await?;
+    let sent = version;
     match wire::recv_frame(ws, STEP_TIMEOUT).await? {
         Frame::Welcome {
             version,
@@ -221,7 +223,7 @@ where
             }
             Ok(Welcome {
                 // The cloud agrees to the version we sent; never more.
-                version: version.min(PROTOCOL_VERSION),
+                version: version.min(sent),
                 tunnel_id,
                 heartbeat: Duration::from_millis(u64::from(heartbeat_ms.max(100))),
                 max_streams,
@@ -230,5 +232,26 @@ where
         }
         Frame::Refuse { code, message } => Err(DialError::Refused { code, message }),
         other => Err(WireError::Invalid(format!("expected welcome, got {other:?}")).into()),
+    }
+}
+
+/// The newest version both this edge and a cloud offering
+/// `min..=max` speak, so an edge upgraded before its cloud still connects
+/// (without what the newer version adds); `None` when there is none.
+fn version_to_speak(min: u16, max: u16) -> Option<u16> {
+    let version = PROTOCOL_VERSION.min(max);
+    (version >= MIN_PROTOCOL_VERSION && version >= min).then_some(version)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_edge_speaks_the_newest_version_the_cloud_offers() {
+        assert_eq!(version_to_speak(3, PROTOCOL_VERSION + 2), Some(PROTOCOL_VERSION));
+        assert_eq!(version_to_speak(3, 4), Some(4), "an older cloud");
+        assert_eq!(version_to_speak(1, 2), None, "too old");
+        assert_eq!(version_to_speak(PROTOCOL_VERSION + 1, PROTOCOL_VERSION + 2), None);
     }
 }

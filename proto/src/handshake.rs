@@ -37,6 +37,9 @@ wire_enum! {
         ShuttingDown = 6,
         /// The handshake broke the protocol (wrong message, bad field).
         ProtocolError = 7,
+        /// An operator revoked this edge: refused until it gets a new
+        /// token. Protocol 5; a cloud sends `BadToken` to older edges.
+        Revoked = 8,
     }
 }
 

@@ -38,16 +38,18 @@ pub use nodes::{MAX_NODES, NodeAddr, NodeLink};
 pub use stream::{StreamError, StreamIds, StreamState};
 
 /// The protocol version this build speaks. Bumped on any incompatible change.
-pub const PROTOCOL_VERSION: u16 = 4;
+pub const PROTOCOL_VERSION: u16 = 5;
 /// The oldest protocol version this build still accepts. Version 1's
 /// window updates carried a consumed offset, version 2's a limit; version 3
 /// refuses empty `Data` frames and answers the latest ping; version 4 adds
 /// the cluster frames (`Nodes`, `NodeLinks`) and nothing else, so a cloud
-/// serves version 3 edges as before, without them (docs/protocol.md,
-/// "Versions").
+/// serves version 3 edges as before, without them; version 5 adds the
+/// fleet's refusal code (`Revoked`) (docs/protocol.md, "Versioning").
 pub const MIN_PROTOCOL_VERSION: u16 = 3;
 /// The first version whose tunnels may carry the cluster frames.
 pub const NODES_VERSION: u16 = 4;
+/// The first version that knows [`RefuseCode::Revoked`].
+pub const FLEET_VERSION: u16 = 5;
 
 /// Largest frame payload a peer may send unless the handshake lowers it.
 /// Checked on the length field, before any allocation.

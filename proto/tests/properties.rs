@@ -51,6 +51,7 @@ fn frame() -> impl Strategy<Value = Frame> {
         RefuseCode::TooManyTunnels,
         RefuseCode::ShuttingDown,
         RefuseCode::ProtocolError,
+        RefuseCode::Revoked,
     ]);
     prop_oneof![
         (
