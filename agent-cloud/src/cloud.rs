@@ -18,6 +18,7 @@ use crate::cluster::Cluster;
 use crate::control::{self, ControlState};
 use crate::directory::NodeDirectory;
 use crate::edges::EdgeRegistry;
+use crate::fleet::Fleet;
 use crate::mappings::Mappings;
 use crate::sampler;
 use crate::store::Store;
@@ -115,11 +116,6 @@ impl Cloud {
         };
         let control_addr = control_listener.as_ref().and_then(|l| l.local_addr().ok());
 
-        let edges = Arc::new(EdgeRegistry::new(
-            config.tunnel.max_tunnels_per_edge,
-            config.edge_ids(),
-            &config.groups,
-        ));
         if let Some(c) = &config.control {
             crate::state_check::check_writable(&c.state_file).map_err(StartError::State)?;
         }
@@ -133,6 +129,14 @@ impl Cloud {
             Some(store) => store.load().map_err(|e| StartError::State(e.to_string()))?,
             None => crate::store::PersistedState::new(),
         };
+        // The config's edges with the run-time records on top (in a
+        // cluster the records come from etcd, or the local copy).
+        let mut problems = Vec::new();
+        let fleet = Fleet::new(&config.edges, &config.groups, &persisted.edges, &mut problems);
+        for problem in problems {
+            warn!("state file: {problem}");
+        }
+        let edges = Arc::new(EdgeRegistry::new(config.tunnel.max_tunnels_per_edge, fleet));
         let mut reserved = vec![tunnel_addr];
         reserved.extend(control_addr);
         for id in &persisted.drained_edges {

@@ -23,16 +23,34 @@
 //! edge's epoch is the same on all of them). What the edge says of its
 //! links to every node arrives on each tunnel (`NodeLinks`) and is shown
 //! as [`EdgeView::node_links`].
+//!
+//! Which edges exist, and with which tokens, is the [`Fleet`]: the config
+//! file's edges with the run-time records on top. When it changes, the
+//! tunnels whose credential no longer holds (the edge was removed or
+//! revoked, or a rotation's grace for the old token ended) are closed at
+//! once; the same check runs every second for graces that run out.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use api::{EdgeHealth, EdgeNodeLink, EdgeView, TunnelView};
+use config::Secret;
 use proto::{GoAwayCode, RefuseCode};
 use tracing::{info, warn};
 use tunnel::Tunnel;
 
+use crate::fleet::{Credential, Fleet};
 use crate::metrics::{HistogramCounts, LatencyHistogram, Window};
+
+/// SHA-256 of the token a tunnel proved: enough to tell later which of the
+/// edge's tokens it was, without keeping a copy of the token per tunnel.
+type TokenDigest = [u8; 32];
+
+fn digest(token: &[u8]) -> TokenDigest {
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, token).as_ref());
+    out
+}
 
 /// An edge that was connected this recently counts as reconnecting, not
 /// down, while it has no tunnel.
@@ -47,6 +65,8 @@ struct EdgeState {
     /// Admissions of this generation not yet added or dropped.
     pending: usize,
     tunnels: Vec<Tunnel>,
+    /// The token each live tunnel proved, by tunnel id.
+    proven: BTreeMap<u64, TokenDigest>,
     /// Set by an operator: no new streams go to this edge.
     draining: bool,
     last_seen_ms: Option<u64>,
@@ -65,6 +85,7 @@ impl Default for EdgeState {
             generation: 0,
             pending: 0,
             tunnels: Vec::new(),
+            proven: BTreeMap::new(),
             draining: false,
             last_seen_ms: None,
             last_report: None,
@@ -81,6 +102,8 @@ impl EdgeState {
             self.last_seen_ms = self.last_seen_ms.max(Some(t.last_heard_unix_ms()));
         }
         self.tunnels.retain(|t| !t.is_closed());
+        let live: Vec<u64> = self.tunnels.iter().map(Tunnel::id).collect();
+        self.proven.retain(|id, _| live.contains(id));
     }
 
     /// Takes the newest node links any live tunnel carried.
@@ -91,13 +114,13 @@ impl EdgeState {
     }
 }
 
-/// Every configured edge, by id, and the edge groups.
+/// Every edge of the fleet, by id, with its tunnels.
 #[derive(Debug)]
 pub(crate) struct EdgeRegistry {
     max_tunnels: u32,
+    /// One entry per edge of `fleet`. Locked after `fleet` when both are.
     edges: Mutex<BTreeMap<String, EdgeState>>,
-    /// Group id to member edge ids.
-    groups: BTreeMap<String, Vec<String>>,
+    fleet: Mutex<Arc<Fleet>>,
 }
 
 /// A handshake's place among an edge's tunnels, from
@@ -109,6 +132,8 @@ pub(crate) struct Admission {
     edge_id: String,
     epoch: u64,
     generation: u64,
+    /// The token the handshake proved.
+    token: TokenDigest,
     /// Set by `add`, which settles the place itself.
     settled: bool,
 }
@@ -138,24 +163,72 @@ impl Drop for Admission {
 }
 
 impl EdgeRegistry {
-    pub(crate) fn new<'a>(
-        max_tunnels: u32,
-        ids: impl Iterator<Item = &'a str>,
-        groups: &[config::EdgeGroup],
-    ) -> Self {
-        let edges = ids.map(|id| (id.to_owned(), EdgeState::default())).collect();
-        let groups = groups.iter().map(|g| (g.id.clone(), g.edges.clone())).collect();
-        Self { max_tunnels, edges: Mutex::new(edges), groups }
+    pub(crate) fn new(max_tunnels: u32, fleet: Fleet) -> Self {
+        let edges = fleet.edges().map(|(id, _)| (id.clone(), EdgeState::default())).collect();
+        Self { max_tunnels, edges: Mutex::new(edges), fleet: Mutex::new(Arc::new(fleet)) }
     }
 
-    /// Whether `target` names a configured edge or group.
+    /// The fleet as of now.
+    pub(crate) fn fleet(&self) -> Arc<Fleet> {
+        Arc::clone(&self.fleet.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Replaces the fleet: new edges get an entry, removed ones lose theirs,
+    /// and every tunnel whose credential no longer holds is closed.
+    pub(crate) fn set_fleet(&self, fleet: Fleet) {
+        let fleet = Arc::new(fleet);
+        let mut current = self.fleet.lock().unwrap_or_else(|p| p.into_inner());
+        *current = Arc::clone(&fleet);
+        let mut edges = self.lock();
+        for (id, _) in fleet.edges() {
+            edges.entry(id.clone()).or_default();
+        }
+        edges.retain(|id, state| {
+            if fleet.is_edge(id) {
+                return true;
+            }
+            for t in state.tunnels.drain(..) {
+                t.close(GoAwayCode::Normal, "this edge was removed by an operator");
+            }
+            info!(edge = %id, "edge removed");
+            false
+        });
+        enforce(&fleet, &mut edges, crate::clock::unix_ms());
+    }
+
+    /// Whether `target` names an edge or a group of the fleet.
     pub(crate) fn knows(&self, target: &str) -> bool {
-        self.groups.contains_key(target) || self.lock().contains_key(target)
+        self.fleet().knows(target)
     }
 
     /// Every edge and group id, for error messages.
     pub(crate) fn target_names(&self) -> Vec<String> {
-        self.lock().keys().cloned().chain(self.groups.keys().cloned()).collect()
+        self.fleet().target_names()
+    }
+
+    /// Checks an edge's proof against each token it may use now (`verify`
+    /// says whether a token matches); returns the token that matched, for
+    /// the cloud's own proof, and which one it was.
+    ///
+    /// # Errors
+    /// The refusal to send: an unknown edge, a revoked one, or no token
+    /// that matches.
+    pub(crate) fn authenticate(
+        &self,
+        edge_id: &str,
+        now_ms: u64,
+        verify: impl Fn(&[u8]) -> bool,
+    ) -> Result<(Secret, Credential), RefuseCode> {
+        let fleet = self.fleet();
+        let Some(edge) = fleet.get(edge_id) else { return Err(RefuseCode::UnknownEdge) };
+        if edge.revoked {
+            return Err(RefuseCode::Revoked);
+        }
+        edge.tokens(now_ms)
+            .into_iter()
+            .find(|(token, _)| verify(token))
+            .map(|(token, credential)| (Secret::new(token), credential))
+            .ok_or(RefuseCode::BadToken)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, EdgeState>> {
@@ -169,9 +242,11 @@ impl EdgeRegistry {
         self: &Arc<Self>,
         edge_id: &str,
         epoch: u64,
+        token: &[u8],
     ) -> Result<Admission, RefuseCode> {
         let mut edges = self.lock();
-        let state = edges.entry(edge_id.to_owned()).or_default();
+        // Removed since its proof was checked.
+        let Some(state) = edges.get_mut(edge_id) else { return Err(RefuseCode::UnknownEdge) };
         state.prune();
         let idle = state.tunnels.is_empty() && state.pending == 0;
         if idle || epoch > state.epoch {
@@ -203,6 +278,7 @@ impl EdgeRegistry {
             edge_id: edge_id.to_owned(),
             epoch,
             generation: state.generation,
+            token: digest(token),
             settled: false,
         })
     }
@@ -212,14 +288,27 @@ impl EdgeRegistry {
     /// joined.
     pub(crate) fn add(&self, mut admission: Admission, tunnel: Tunnel) -> bool {
         admission.settled = true;
+        let fleet = self.fleet();
         let mut edges = self.lock();
-        let state = edges.entry(admission.edge_id.clone()).or_default();
+        let Some(state) = edges.get_mut(&admission.edge_id) else {
+            tunnel.close(GoAwayCode::Normal, "this edge was removed by an operator");
+            return false;
+        };
         state.prune();
         if admission.generation != state.generation {
             tunnel.close(GoAwayCode::Superseded, "a newer run of this edge connected");
             return false;
         }
         state.pending = state.pending.saturating_sub(1);
+        // Revoked or rotated past its grace while the handshake finished.
+        let accepted = fleet.get(&admission.edge_id).is_some_and(|e| {
+            e.tokens(crate::clock::unix_ms()).iter().any(|(t, _)| digest(t) == admission.token)
+        });
+        if !accepted {
+            tunnel.close(GoAwayCode::Normal, "this edge's token was revoked or replaced");
+            return false;
+        }
+        state.proven.insert(tunnel.id(), admission.token);
         state.tunnels.push(tunnel);
         info!(edge = %admission.edge_id, tunnels = state.tunnels.len(), "edge tunnel up");
         true
@@ -229,13 +318,10 @@ impl EdgeRegistry {
     /// names (one edge, or a group's members), skipping edges an operator
     /// drained, tunnels whose edge is shutting down, and `exclude`.
     pub(crate) fn pick(&self, target: &str, exclude: &[u64]) -> Option<Tunnel> {
-        let ids: Vec<&str> = match self.groups.get(target) {
-            Some(members) => members.iter().map(String::as_str).collect(),
-            None => vec![target],
-        };
+        let ids = self.fleet().members(target);
         let mut edges = self.lock();
         let mut best: Option<Tunnel> = None;
-        for id in ids {
+        for id in &ids {
             let Some(state) = edges.get_mut(id) else { continue };
             if state.draining {
                 continue;
@@ -281,9 +367,9 @@ impl EdgeRegistry {
             .count()
     }
 
-    /// Whether `id` names a configured edge (not a group).
+    /// Whether `id` names an edge of the fleet (not a group).
     pub(crate) fn is_edge(&self, id: &str) -> bool {
-        self.lock().contains_key(id)
+        self.fleet().is_edge(id)
     }
 
     /// Marks an edge drained by an operator: open streams continue, new
@@ -299,9 +385,13 @@ impl EdgeRegistry {
         }
     }
 
-    /// Once a second: records tunnel round trips and the latest reports.
+    /// Once a second: closes the tunnels whose token's grace ended, and
+    /// records tunnel round trips and the latest reports.
     pub(crate) fn sample(&self, now_secs: u64) {
-        for state in self.lock().values_mut() {
+        let fleet = self.fleet();
+        let mut edges = self.lock();
+        enforce(&fleet, &mut edges, crate::clock::unix_ms());
+        for state in edges.values_mut() {
             state.prune();
             for t in &state.tunnels {
                 if let Some(rtt) = t.rtt() {
@@ -326,10 +416,12 @@ impl EdgeRegistry {
 
     /// Every edge as the API shows it.
     pub(crate) fn views(&self, now_secs: u64, now_ms: u64) -> Vec<EdgeView> {
+        let fleet = self.fleet();
         let mut edges = self.lock();
         edges
             .iter_mut()
             .map(|(id, state)| {
+                let member = fleet.get(id);
                 state.prune();
                 state.refresh_links();
                 let up = u32::try_from(state.tunnels.len()).unwrap_or(u32::MAX);
@@ -356,6 +448,11 @@ impl EdgeRegistry {
                         .iter()
                         .map(|t| {
                             let budget = t.window_budget();
+                            let credential = state.proven.get(&t.id()).and_then(|d| {
+                                member?.tokens(now_ms).into_iter().find_map(|(token, c)| {
+                                    (digest(token) == *d).then(|| c.as_str().to_owned())
+                                })
+                            });
                             TunnelView {
                                 id: t.id(),
                                 streams: t.active_streams() as u64,
@@ -365,6 +462,7 @@ impl EdgeRegistry {
                                 draining: t.peer_draining(),
                                 window_budget_used_bytes: budget.used,
                                 window_growth_refused: budget.refused,
+                                credential,
                             }
                         })
                         .collect(),
@@ -377,6 +475,14 @@ impl EdgeRegistry {
                     memory_used_bytes: report.map(|r| r.memory_used),
                     memory_total_bytes: report.map(|r| r.memory_total),
                     connect_failures: report.map_or(0, |r| r.connects_failed),
+                    source: if member.is_some_and(|e| e.from_config) {
+                        api::EdgeSource::Config
+                    } else {
+                        api::EdgeSource::Runtime
+                    },
+                    groups: fleet.groups_of(id),
+                    revoked: member.is_some_and(|e| e.revoked),
+                    previous_token_until_unix_ms: member.and_then(|e| e.previous_until(now_ms)),
                     node_links: state
                         .node_links
                         .iter()
@@ -404,6 +510,33 @@ impl EdgeRegistry {
     }
 }
 
+/// Closes each tunnel whose proven token `fleet` no longer accepts at
+/// `now_ms`, saying why.
+fn enforce(fleet: &Fleet, edges: &mut BTreeMap<String, EdgeState>, now_ms: u64) {
+    for (id, state) in edges.iter_mut() {
+        if state.tunnels.is_empty() {
+            continue;
+        }
+        let Some(edge) = fleet.get(id) else { continue };
+        let accepted: Vec<TokenDigest> =
+            edge.tokens(now_ms).iter().map(|(t, _)| digest(t)).collect();
+        let reason = if edge.revoked {
+            "this edge was revoked by an operator"
+        } else {
+            "the token this tunnel proved was replaced, and its grace ended"
+        };
+        let proven = &state.proven;
+        state.tunnels.retain(|t| {
+            let keep = proven.get(&t.id()).is_some_and(|d| accepted.contains(d));
+            if !keep {
+                warn!(edge = %id, tunnel = t.id(), reason, "closing the tunnel");
+                t.close(GoAwayCode::Normal, reason);
+            }
+            keep
+        });
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -413,9 +546,92 @@ mod tests {
     use tunnel::{MuxSettings, Role};
 
     use super::*;
+    use crate::fleet::{EdgeRecord, PreviousToken};
+
+    fn fleet_of(records: &[EdgeRecord]) -> Fleet {
+        let base = [config::EdgeEntry { id: "e".into(), token: Secret::new(b"t".to_vec()) }];
+        Fleet::new(&base, &[], records, &mut Vec::new())
+    }
 
     fn registry(max_tunnels: u32) -> Arc<EdgeRegistry> {
-        Arc::new(EdgeRegistry::new(max_tunnels, ["e"].into_iter(), &[]))
+        Arc::new(EdgeRegistry::new(max_tunnels, fleet_of(&[])))
+    }
+
+    async fn closed_because(t: &Tunnel, why: &str) -> bool {
+        tokio::time::timeout(Duration::from_secs(5), t.closed()).await.is_ok()
+            && t.close_reason().is_some_and(|r| r.contains(why))
+    }
+
+    fn rotated(until_unix_ms: u64) -> EdgeRecord {
+        EdgeRecord {
+            id: "e".into(),
+            group: None,
+            token: "t2".into(),
+            previous: Some(PreviousToken { token: "t".into(), until_unix_ms }),
+            revoked: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_revocation_closes_the_live_tunnels_and_refuses_the_edge() {
+        let edges = registry(8);
+        let (live, _a) = tunnel(1);
+        assert!(edges.add(edges.admit("e", 1, b"t").unwrap(), live.clone()));
+        let revoked = EdgeRecord {
+            id: "e".into(),
+            group: None,
+            token: String::new(),
+            previous: None,
+            revoked: true,
+        };
+        edges.set_fleet(fleet_of(&[revoked]));
+        assert!(closed_because(&live, "revoked").await);
+        assert_eq!(edges.live_tunnels("e"), 0);
+        let err = edges.authenticate("e", 0, |t| t == b"t").unwrap_err();
+        assert_eq!(err, RefuseCode::Revoked);
+        assert_eq!(edges.authenticate("x", 0, |_| true).unwrap_err(), RefuseCode::UnknownEdge);
+    }
+
+    #[tokio::test]
+    async fn after_a_rotation_both_tokens_work_until_the_grace_ends() {
+        let edges = registry(8);
+        let (old, _a) = tunnel(1);
+        assert!(edges.add(edges.admit("e", 1, b"t").unwrap(), old.clone()));
+        let far = crate::clock::unix_ms() + 3_600_000;
+        edges.set_fleet(fleet_of(&[rotated(far)]));
+        assert!(!old.is_closed(), "the old token's tunnel was closed during its grace");
+        let (credential_old, credential_new) = (
+            edges.authenticate("e", 0, |t| t == b"t").unwrap().1,
+            edges.authenticate("e", 0, |t| t == b"t2").unwrap().1,
+        );
+        assert_eq!((credential_old, credential_new), (Credential::Previous, Credential::Current));
+        let (new, _b) = tunnel(2);
+        assert!(edges.add(edges.admit("e", 1, b"t2").unwrap(), new.clone()));
+        let view = edges.views(0, crate::clock::unix_ms()).remove(0);
+        let used: Vec<_> = view.tunnels.iter().map(|t| t.credential.clone()).collect();
+        assert_eq!(used, [Some("previous".to_owned()), Some("current".to_owned())]);
+        assert_eq!(view.previous_token_until_unix_ms, Some(far));
+
+        // The grace ends: the old token's tunnel goes, the new one stays.
+        edges.set_fleet(fleet_of(&[rotated(1)]));
+        assert!(closed_because(&old, "grace ended").await);
+        assert!(!new.is_closed());
+        let now = crate::clock::unix_ms();
+        assert_eq!(edges.authenticate("e", now, |t| t == b"t").unwrap_err(), RefuseCode::BadToken);
+    }
+
+    #[tokio::test]
+    async fn a_removed_edge_loses_its_tunnels_and_its_place() {
+        let mut record = rotated(0);
+        record.id = "r".into();
+        record.previous = None;
+        let edges = Arc::new(EdgeRegistry::new(8, fleet_of(&[record])));
+        let (live, _a) = tunnel(1);
+        assert!(edges.add(edges.admit("r", 1, b"t2").unwrap(), live.clone()));
+        edges.set_fleet(fleet_of(&[]));
+        assert!(closed_because(&live, "removed").await);
+        assert!(!edges.is_edge("r"));
+        assert_eq!(edges.admit("r", 1, b"t2").unwrap_err(), RefuseCode::UnknownEdge);
     }
 
     /// A live cloud-side tunnel over an in-memory pipe; the far end must be
@@ -435,12 +651,12 @@ mod tests {
     async fn a_newer_run_supersedes_the_live_tunnels_and_an_older_one_is_refused() {
         let edges = registry(8);
         let (old, _a) = tunnel(1);
-        assert!(edges.add(edges.admit("e", 1).unwrap(), old.clone()));
+        assert!(edges.add(edges.admit("e", 1, b"t").unwrap(), old.clone()));
         assert_eq!(edges.live_tunnels("e"), 1);
         let (new, _b) = tunnel(2);
-        assert!(edges.add(edges.admit("e", 2).unwrap(), new.clone()));
+        assert!(edges.add(edges.admit("e", 2, b"t").unwrap(), new.clone()));
         assert!(superseded(&old).await, "the old run's tunnel was not closed");
-        assert_eq!(edges.admit("e", 1).unwrap_err(), RefuseCode::Superseded);
+        assert_eq!(edges.admit("e", 1, b"t").unwrap_err(), RefuseCode::Superseded);
         assert_eq!(edges.live_tunnels("e"), 1);
         assert!(!new.is_closed());
     }
@@ -450,8 +666,8 @@ mod tests {
         let edges = registry(8);
         // The newer run is admitted first; the older one's handshake, still
         // in flight, must not be let in beside it.
-        let newer = edges.admit("e", 2).unwrap();
-        assert_eq!(edges.admit("e", 1).unwrap_err(), RefuseCode::Superseded);
+        let newer = edges.admit("e", 2, b"t").unwrap();
+        assert_eq!(edges.admit("e", 1, b"t").unwrap_err(), RefuseCode::Superseded);
         let (new, _a) = tunnel(1);
         assert!(edges.add(newer, new.clone()));
         assert!(!new.is_closed());
@@ -459,8 +675,8 @@ mod tests {
         // The other order: the older run is admitted first; the newer one
         // voids its admission, and its tunnel is closed when it arrives.
         let edges = registry(8);
-        let older = edges.admit("e", 1).unwrap();
-        let newer = edges.admit("e", 2).unwrap();
+        let older = edges.admit("e", 1, b"t").unwrap();
+        let newer = edges.admit("e", 2, b"t").unwrap();
         let (new, _b) = tunnel(2);
         let (old, _c) = tunnel(3);
         assert!(edges.add(newer, new.clone()));
@@ -473,48 +689,51 @@ mod tests {
     #[tokio::test]
     async fn handshakes_in_flight_count_towards_max_tunnels() {
         let edges = registry(2);
-        let first = edges.admit("e", 1).unwrap();
-        let second = edges.admit("e", 1).unwrap();
-        assert_eq!(edges.admit("e", 1).unwrap_err(), RefuseCode::TooManyTunnels);
+        let first = edges.admit("e", 1, b"t").unwrap();
+        let second = edges.admit("e", 1, b"t").unwrap();
+        assert_eq!(edges.admit("e", 1, b"t").unwrap_err(), RefuseCode::TooManyTunnels);
         // A handshake that fails frees its place.
         drop(second);
-        let second = edges.admit("e", 1).unwrap();
+        let second = edges.admit("e", 1, b"t").unwrap();
         let (a, _a) = tunnel(1);
         let (b, _b) = tunnel(2);
         assert!(edges.add(first, a));
         assert!(edges.add(second, b.clone()));
-        assert_eq!(edges.admit("e", 1).unwrap_err(), RefuseCode::TooManyTunnels);
+        assert_eq!(edges.admit("e", 1, b"t").unwrap_err(), RefuseCode::TooManyTunnels);
         assert_eq!(edges.live_tunnels("e"), 2);
         // A closed tunnel frees its place too.
         b.close(GoAwayCode::Normal, "test");
         b.closed().await;
-        assert!(edges.admit("e", 1).is_ok());
+        assert!(edges.admit("e", 1, b"t").is_ok());
     }
 
     #[tokio::test]
     async fn a_voided_admission_frees_nothing_of_the_newer_run() {
         let edges = registry(1);
-        let older = edges.admit("e", 1).unwrap();
-        let newer = edges.admit("e", 2).unwrap();
+        let older = edges.admit("e", 1, b"t").unwrap();
+        let newer = edges.admit("e", 2, b"t").unwrap();
         drop(older); // the older run's handshake fails after being voided
         assert_eq!(
-            edges.admit("e", 2).unwrap_err(),
+            edges.admit("e", 2, b"t").unwrap_err(),
             RefuseCode::TooManyTunnels,
             "the newer run's place was freed by the older run's failure"
         );
         drop(newer);
-        assert!(edges.admit("e", 2).is_ok());
+        assert!(edges.admit("e", 2, b"t").is_ok());
     }
 
     #[tokio::test]
     async fn with_nothing_live_or_in_flight_any_run_is_accepted() {
         let edges = registry(8);
         let (new, _a) = tunnel(1);
-        assert!(edges.add(edges.admit("e", 5).unwrap(), new.clone()));
+        assert!(edges.add(edges.admit("e", 5, b"t").unwrap(), new.clone()));
         new.close(GoAwayCode::Normal, "test");
         new.closed().await;
         let (old, _b) = tunnel(2);
-        assert!(edges.add(edges.admit("e", 3).unwrap(), old.clone()), "an older run after a gap");
+        assert!(
+            edges.add(edges.admit("e", 3, b"t").unwrap(), old.clone()),
+            "an older run after a gap"
+        );
         assert!(!old.is_closed());
     }
 }

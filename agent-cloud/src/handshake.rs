@@ -11,6 +11,7 @@ use tunnel::wire::{self, WireError};
 use tunnel::ws::WsConn;
 
 use crate::edges::{Admission, EdgeRegistry};
+use crate::fleet::Credential;
 
 /// How long a refusal may take to send before the connection is dropped.
 const REFUSE_SEND_LIMIT: Duration = Duration::from_secs(2);
@@ -22,8 +23,10 @@ pub(crate) struct Admitted {
     pub(crate) admission: Admission,
     /// As the edge reported it: untrusted text.
     pub(crate) agent_version: String,
-    /// The protocol version agreed (3 or 4).
+    /// The protocol version agreed (3 to 5).
     pub(crate) version: u16,
+    /// Which of the edge's tokens it proved.
+    pub(crate) credential: Credential,
 }
 
 /// Why a handshake did not produce a tunnel.
@@ -78,18 +81,36 @@ where
         );
         return refuse(ws, RefuseCode::VersionMismatch, &message, &edge_id).await;
     }
-    let Some(edge) = config.edge(&edge_id) else {
-        return refuse(ws, RefuseCode::UnknownEdge, "unknown edge id", &edge_id).await;
+    let verify = |token: &[u8]| {
+        proto::verify_auth_proof(token, &server_nonce, &nonce, version, epoch, &edge_id, &proof)
     };
-    let token = edge.token.expose();
-    if !proto::verify_auth_proof(token, &server_nonce, &nonce, version, epoch, &edge_id, &proof) {
-        return refuse(ws, RefuseCode::BadToken, "token proof does not match", &edge_id).await;
-    }
-    let admission = match edges.admit(&edge_id, epoch) {
+    let (token, credential) = match edges.authenticate(&edge_id, crate::clock::unix_ms(), verify) {
+        Ok(found) => found,
+        Err(RefuseCode::UnknownEdge) => {
+            return refuse(ws, RefuseCode::UnknownEdge, "unknown edge id", &edge_id).await;
+        }
+        Err(RefuseCode::Revoked) => {
+            // Older edges do not know the code; the sentence says it.
+            let code = if version >= proto::FLEET_VERSION {
+                RefuseCode::Revoked
+            } else {
+                RefuseCode::BadToken
+            };
+            let message = "this edge was revoked by the cloud's operator: it needs a new token \
+                (relayctl edges rotate-token)";
+            return refuse(ws, code, message, &edge_id).await;
+        }
+        Err(_) => {
+            return refuse(ws, RefuseCode::BadToken, "token proof does not match", &edge_id).await;
+        }
+    };
+    let token = token.expose();
+    let admission = match edges.admit(&edge_id, epoch, token) {
         Ok(admission) => admission,
         Err(code) => {
             let message = match code {
                 RefuseCode::Superseded => "a newer run of this edge id is connected",
+                RefuseCode::UnknownEdge => "unknown edge id (removed just now)",
                 _ => "this edge has as many tunnels as allowed",
             };
             return refuse(ws, code, message, &edge_id).await;
@@ -105,7 +126,7 @@ where
         proof: proto::server_proof(token, &server_nonce, &nonce, tunnel_id),
     };
     wire::send_frame(ws, &welcome).await?;
-    Ok(Admitted { admission, agent_version, version })
+    Ok(Admitted { admission, agent_version, version, credential })
 }
 
 async fn refuse<S>(

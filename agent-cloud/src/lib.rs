@@ -9,6 +9,9 @@
 //!   it gracefully; the binary's `main` is a thin wrapper around it.
 //! - `edges`: the registry of connected edges, their tunnels and session
 //!   fencing; picks the least loaded tunnel for a new stream.
+//! - `fleet`: which edges may connect, with which tokens, in which groups:
+//!   the config file's with the run-time records on top; `edge_changes`
+//!   plans adding, removing, rotating and revoking them.
 //! - `handshake`: the server side of the tunnel handshake.
 //! - `tunnel_listener`: accepts WebSocket (optionally TLS) connections.
 //! - `directory`: the cluster's nodes as edges are told them (version 4
@@ -30,8 +33,10 @@ mod cloud;
 mod cluster;
 mod control;
 mod directory;
+mod edge_changes;
 mod edges;
 mod errors;
+mod fleet;
 mod gate;
 mod handshake;
 mod log_limit;

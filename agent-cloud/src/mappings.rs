@@ -1,6 +1,8 @@
 //! The mapping table and every change to it: add, drain, remove, and
 //! batches of them, validated as a whole and applied all or nothing. An
-//! operator's edge drains go through here too: they share the state file.
+//! operator's edge drains, and the fleet's changes (edges added, removed,
+//! given a new token or revoked, planned in `edge_changes`), go through
+//! here too: they share the state file, and a batch may hold both.
 //!
 //! A change goes through three steps, under one lock so changes never
 //! interleave:
@@ -26,8 +28,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
+use crate::edge_changes::{self, PlannedEdge};
 use crate::edges::EdgeRegistry;
 use crate::errors::{ChangeError, ErrorKind};
+use crate::fleet::Fleet;
 use crate::mapping::{self, MappingEntry, Phase};
 use crate::store::{PersistedState, Saved, Store};
 
@@ -40,6 +44,7 @@ pub(crate) enum Planned {
     Add(MappingConfig),
     Drain { name: String, deadline: Duration },
     Remove { name: String },
+    Edge(PlannedEdge),
 }
 
 /// The outcome of a batch.
@@ -61,9 +66,17 @@ impl BatchOutcome {
     }
 }
 
-/// The table as planning sees it: every name with its phase, and the
-/// listen address of every active mapping.
-pub(crate) type PlanTable = (BTreeMap<String, Phase>, BTreeMap<String, SocketAddr>);
+/// The state as planning sees it.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct PlanTable {
+    /// Every mapping name with its phase.
+    pub(crate) names: BTreeMap<String, Phase>,
+    /// The listen address of every active mapping.
+    pub(crate) listening: BTreeMap<String, SocketAddr>,
+    /// The edge or group each mapping that is not draining names.
+    pub(crate) targets: BTreeMap<String, String>,
+    pub(crate) fleet: Fleet,
+}
 
 /// Every mapping the cloud agent knows, and the machinery to change them.
 #[derive(Debug)]
@@ -181,15 +194,16 @@ impl Mappings {
 
     /// Every mapping as the API shows it.
     pub(crate) fn views(&self) -> Vec<MappingView> {
+        let fleet = self.edges.fleet();
         let Some(cluster) = self.cluster.get() else {
-            return self.entries().iter().map(|e| view(e)).collect();
+            return self.entries().iter().map(|e| view(e, &fleet)).collect();
         };
         // The nodes once, not once per mapping.
         let nodes = cluster.nodes();
         self.entries()
             .iter()
             .map(|e| {
-                let mut v = view(e);
+                let mut v = view(e, &fleet);
                 v.nodes = cluster.mapping_on(&nodes, &e.spec.name);
                 v
             })
@@ -199,7 +213,7 @@ impl Mappings {
     /// The API view of `entry`; in a cluster, with where it stands on each
     /// node.
     pub(crate) fn view_of(&self, entry: &MappingEntry) -> MappingView {
-        let mut v = view(entry);
+        let mut v = view(entry, &self.edges.fleet());
         if let Some(cluster) = self.cluster.get() {
             v.nodes = cluster.mapping_on_nodes(&entry.spec.name);
         }
@@ -238,11 +252,19 @@ impl Mappings {
                                 spec.name, spec.listen
                             ),
                         );
-                        outcomes[index] =
-                            ChangeOutcome { index, ok: false, message: err.to_string() };
+                        outcomes[index] = ChangeOutcome {
+                            index,
+                            ok: false,
+                            message: err.to_string(),
+                            token: None,
+                        };
                         for (i, o) in outcomes.iter_mut().enumerate().take(index) {
-                            *o =
-                                ChangeOutcome { index: i, ok: true, message: "rolled back".into() };
+                            *o = ChangeOutcome {
+                                index: i,
+                                ok: true,
+                                message: "rolled back".into(),
+                                token: None,
+                            };
                         }
                         return BatchOutcome::refused(outcomes, Some(err));
                     }
@@ -250,7 +272,7 @@ impl Mappings {
             }
         }
 
-        // Commit: state file first, then the table.
+        // Commit: state file first, then the fleet, then the table.
         let mut next = persisted.clone();
         for p in &planned {
             match p {
@@ -260,12 +282,20 @@ impl Mappings {
                         self.get(name).is_some_and(|e| e.source == MappingSource::Config);
                     next.forget(name, from_config);
                 }
+                Planned::Edge(PlannedEdge::Put { record, .. }) => next.put_edge(record.clone()),
+                Planned::Edge(PlannedEdge::Remove { id }) => next.remove_edge(id),
             }
         }
         if let Err(err) = self.persist(&next) {
             return BatchOutcome::refused(outcomes, Some(err));
         }
+        let fleet_changed = next.edges != persisted.edges;
         *persisted = next;
+        if fleet_changed {
+            self.edges
+                .set_fleet(self.edges.fleet().with_records(&persisted.edges, &mut Vec::new()));
+        }
+        with_tokens(&mut outcomes, &planned);
         let mut listeners = listeners.into_iter();
         for p in planned {
             match p {
@@ -276,6 +306,7 @@ impl Mappings {
                 }
                 Planned::Drain { name, deadline } => self.start_drain(&name, deadline),
                 Planned::Remove { name } => self.remove_now(&name),
+                Planned::Edge(_) => {}
             }
         }
         BatchOutcome { applied: true, outcomes, failure: None, revision: None, nodes: Vec::new() }
@@ -342,7 +373,12 @@ impl Mappings {
             .filter(|(_, e)| e.phase() == Phase::Active)
             .map(|(n, e)| (n.clone(), e.spec.listen))
             .collect();
-        (names, listening)
+        let targets = table
+            .iter()
+            .filter(|(_, e)| !matches!(e.phase(), Phase::Draining { .. }))
+            .map(|(n, e)| (n.clone(), e.spec.edge.clone()))
+            .collect();
+        PlanTable { names, listening, targets, fleet: (*self.edges.fleet()).clone() }
     }
 
     /// Plans `changes` against `table`, each as the earlier ones leave it.
@@ -351,15 +387,29 @@ impl Mappings {
         changes: &[Change],
         table: PlanTable,
     ) -> Vec<Result<Planned, ChangeError>> {
-        let (mut names, mut listening) = table;
+        let PlanTable { mut names, mut listening, mut targets, mut fleet } = table;
+        let now_ms = crate::clock::unix_ms();
         changes
             .iter()
             .map(|change| match change {
                 Change::Add { spec } => {
-                    let planned = self.check_add(spec, &names, &listening)?;
+                    let planned = self.check_add(spec, &names, &listening, &fleet)?;
                     names.insert(spec.name.clone(), Phase::Active);
                     listening.insert(spec.name.clone(), planned.listen);
+                    targets.insert(spec.name.clone(), planned.edge.clone());
                     Ok(Planned::Add(planned))
+                }
+                Change::AddEdge { id, group } => {
+                    edge_changes::add(&mut fleet, id, group.as_deref()).map(Planned::Edge)
+                }
+                Change::RemoveEdge { id } => {
+                    edge_changes::remove(&mut fleet, id, &targets).map(Planned::Edge)
+                }
+                Change::RotateToken { id, grace_secs } => {
+                    edge_changes::rotate(&mut fleet, id, *grace_secs, now_ms).map(Planned::Edge)
+                }
+                Change::RevokeEdge { id } => {
+                    edge_changes::revoke(&mut fleet, id).map(Planned::Edge)
                 }
                 Change::Drain { name, deadline_secs } => {
                     let deadline = drain_deadline(*deadline_secs)?;
@@ -375,6 +425,7 @@ impl Mappings {
                     }
                     names.insert(name.clone(), Phase::Draining { until: Instant::now() });
                     listening.remove(name);
+                    targets.remove(name);
                     Ok(Planned::Drain { name: name.clone(), deadline })
                 }
                 Change::Remove { name } => {
@@ -382,6 +433,7 @@ impl Mappings {
                         return Err(ChangeError::not_found(name));
                     }
                     listening.remove(name);
+                    targets.remove(name);
                     Ok(Planned::Remove { name: name.clone() })
                 }
             })
@@ -393,16 +445,17 @@ impl Mappings {
         spec: &MappingSpec,
         names: &BTreeMap<String, Phase>,
         listening: &BTreeMap<String, SocketAddr>,
+        fleet: &Fleet,
     ) -> Result<MappingConfig, ChangeError> {
         let m =
             spec.to_config().map_err(|e| ChangeError::new(ErrorKind::Invalid, e.to_string()))?;
-        if !self.edges.knows(&m.edge) {
+        if !fleet.knows(&m.edge) {
             return Err(ChangeError::new(
                 ErrorKind::UnknownEdge,
                 format!(
-                    "edge: unknown edge or group {:?} (configured: {:?})",
+                    "edge: unknown edge or group {:?} (known: {:?})",
                     m.edge,
-                    self.edges.target_names()
+                    fleet.target_names()
                 ),
             ));
         }
@@ -472,6 +525,15 @@ impl Mappings {
     }
 }
 
+/// Puts each new token in its change's outcome, once the batch is applied.
+pub(crate) fn with_tokens(outcomes: &mut [ChangeOutcome], planned: &[Planned]) {
+    for (outcome, p) in outcomes.iter_mut().zip(planned) {
+        if let Planned::Edge(edge) = p {
+            outcome.token = edge.new_token().map(str::to_owned);
+        }
+    }
+}
+
 /// What planning said of each change; the changes themselves when every
 /// one passed and this is not a dry run, else the refusal to answer.
 pub(crate) fn passed(
@@ -482,8 +544,8 @@ pub(crate) fn passed(
         .iter()
         .enumerate()
         .map(|(index, p)| match p {
-            Ok(p) => ChangeOutcome { index, ok: true, message: describe(p) },
-            Err(e) => ChangeOutcome { index, ok: false, message: e.to_string() },
+            Ok(p) => ChangeOutcome { index, ok: true, message: describe(p), token: None },
+            Err(e) => ChangeOutcome { index, ok: false, message: e.to_string(), token: None },
         })
         .collect();
     let failure = planned.iter().find_map(|p| p.as_ref().err().cloned());
@@ -520,7 +582,9 @@ pub(crate) fn fuzz_plan(changes: &[Change]) -> usize {
     static TABLE: std::sync::OnceLock<Arc<Mappings>> = std::sync::OnceLock::new();
     let mappings = TABLE.get_or_init(|| {
         let group = config::EdgeGroup { id: "pool".into(), edges: vec!["e1".into()] };
-        let edges = Arc::new(EdgeRegistry::new(8, ["e1"].into_iter(), &[group]));
+        let e1 = config::EdgeEntry { id: "e1".into(), token: config::Secret::new(b"t".to_vec()) };
+        let fleet = Fleet::new(&[e1], &[group], [], &mut Vec::new());
+        let edges = Arc::new(EdgeRegistry::new(8, fleet));
         let mappings = Mappings::new(None, PersistedState::new(), edges, vec![], None, None);
         let web = SocketAddr::from(([127, 0, 0, 1], 8080));
         for (name, bound) in [("web", Ok(web)), ("db", Err("not bound".to_owned()))] {
@@ -573,11 +637,12 @@ pub(crate) fn describe(p: &Planned) -> String {
         }
         Planned::Drain { name, deadline } => format!("drain {name} within {deadline:?}"),
         Planned::Remove { name } => format!("remove {name}, resetting its connections"),
+        Planned::Edge(edge) => edge.describe(),
     }
 }
 
 /// The API view of one entry.
-pub(crate) fn view(e: &MappingEntry) -> MappingView {
+pub(crate) fn view(e: &MappingEntry, fleet: &Fleet) -> MappingView {
     use std::sync::atomic::Ordering::Relaxed;
     let c = &e.metrics.counters;
     let (throughput_in_bps, throughput_out_bps) = e.metrics.samples().latest();
@@ -603,6 +668,7 @@ pub(crate) fn view(e: &MappingEntry) -> MappingView {
         throughput_in_bps,
         throughput_out_bps,
         nodes: Vec::new(),
+        edge_revoked: fleet.all_revoked(&e.spec.edge),
     }
 }
 
@@ -611,7 +677,8 @@ mod tests {
     use super::*;
 
     fn registry() -> Arc<EdgeRegistry> {
-        Arc::new(EdgeRegistry::new(8, ["e1"].into_iter(), &[]))
+        let e1 = config::EdgeEntry { id: "e1".into(), token: config::Secret::new(b"t".to_vec()) };
+        Arc::new(EdgeRegistry::new(8, Fleet::new(&[e1], &[], [], &mut Vec::new())))
     }
 
     fn add(name: &str) -> Change {

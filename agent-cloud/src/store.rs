@@ -3,9 +3,11 @@
 //!
 //! Config-file mappings are the baseline. The state file records what the
 //! API changed on top of it: mappings added at run time, the names of
-//! config-file mappings that were drained or removed, and the edges an
-//! operator drained. On start the agent serves `config - removed + added`,
-//! with those edges drained.
+//! config-file mappings that were drained or removed, the edges an
+//! operator drained, and the fleet's run-time records (edges added, given a
+//! new token or revoked: they hold tokens, hence the file's mode). On start
+//! the agent serves `config - removed + added`, with those edges drained,
+//! and admits the config's edges with the records on top.
 //!
 //! Writes are atomic: a temporary file in the same directory (created
 //! exclusively, mode 0600), fsync, rename over the old file, fsync of the
@@ -19,6 +21,8 @@ use std::path::{Path, PathBuf};
 use api::MappingSpec;
 use serde::{Deserialize, Serialize};
 use tracing::warn;
+
+use crate::fleet::EdgeRecord;
 
 /// Format version of the state file.
 const STATE_VERSION: u32 = 1;
@@ -37,6 +41,10 @@ pub(crate) struct PersistedState {
     /// agents that predate the field.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub(crate) drained_edges: Vec<String>,
+    /// Edges added, given a new token or revoked at run time, by id. Absent
+    /// when empty, like `drained_edges`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) edges: Vec<EdgeRecord>,
 }
 
 impl PersistedState {
@@ -57,6 +65,20 @@ impl PersistedState {
         if drained {
             self.drained_edges.push(id.to_owned());
         }
+    }
+
+    /// Records an edge's run-time record, replacing the one before.
+    pub(crate) fn put_edge(&mut self, record: EdgeRecord) {
+        match self.edges.iter_mut().find(|r| r.id == record.id) {
+            Some(old) => *old = record,
+            None => self.edges.push(record),
+        }
+    }
+
+    /// Forgets a run-time edge (and that it was drained).
+    pub(crate) fn remove_edge(&mut self, id: &str) {
+        self.edges.retain(|r| r.id != id);
+        self.drained_edges.retain(|e| e != id);
     }
 
     /// Records that `name` is gone (drained or removed).

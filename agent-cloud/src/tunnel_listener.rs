@@ -190,7 +190,8 @@ async fn serve<S>(
     // and not for a tunnel a newer run superseded meanwhile.
     if this.edges.add(admitted.admission, tunnel.clone()) {
         info!(edge = %edge_id, epoch, version = %escaped(&admitted.agent_version),
-            protocol = admitted.version, "edge connected");
+            protocol = admitted.version, credential = admitted.credential.as_str(),
+            "edge connected");
     }
     tunnel.closed().await;
     // The reason may be the edge's go-away message.

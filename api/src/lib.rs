@@ -111,6 +111,10 @@ pub struct MappingView {
     /// the agent runs alone.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub nodes: Vec<MappingOnNode>,
+    /// Whether every edge that could carry it (its edge, or each member of
+    /// its group) is revoked: its clients are refused.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub edge_revoked: bool,
 }
 
 /// How an edge is doing.
@@ -144,6 +148,23 @@ pub struct TunnelView {
     /// of budget: streams held to 64 KiB per round trip.
     #[serde(default)]
     pub window_growth_refused: u64,
+    /// Which of the edge's tokens the tunnel proved: `current`, or
+    /// `previous` during a rotation's grace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
+}
+
+/// Where an edge comes from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EdgeSource {
+    /// The config file's `[[edges]]` (perhaps with a run-time token or a
+    /// revocation on top).
+    #[default]
+    Config,
+    /// Added through the API; persisted in the state file (etcd in a
+    /// cluster).
+    Runtime,
 }
 
 /// An edge as the API reports it.
@@ -182,6 +203,19 @@ pub struct EdgeView {
     /// reach one, from its reports. Empty when the agent runs alone.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub node_links: Vec<EdgeNodeLink>,
+    /// The config file, or the API.
+    #[serde(default)]
+    pub source: EdgeSource,
+    /// The groups it is a member of.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<String>,
+    /// Whether an operator revoked it: refused until it gets a new token.
+    #[serde(default)]
+    pub revoked: bool,
+    /// After a token rotation: unix ms until which the old token is still
+    /// accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_token_until_unix_ms: Option<u64>,
 }
 
 /// Percentiles of a histogram, plus its buckets for drawing.
@@ -253,13 +287,17 @@ pub struct Snapshot {
     pub peers: Vec<PeerAnswer>,
 }
 
+/// Longest grace a token rotation may give the old token, in seconds (30
+/// days).
+pub const MAX_ROTATION_GRACE_SECS: u64 = 30 * 86_400;
+
 /// Longest drain deadline a request may ask for, in seconds (7 days).
 /// Longer ones are refused with 400 `invalid` before anything changes.
 pub const MAX_DRAIN_DEADLINE_SECS: u64 = 7 * 24 * 3600;
 
 /// One change in a batch.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "lowercase", deny_unknown_fields)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Change {
     /// Add a mapping.
     Add {
@@ -281,6 +319,70 @@ pub enum Change {
         /// Mapping name.
         name: String,
     },
+    /// Add an edge. The cloud makes its token and answers it, once, in
+    /// the outcome's `token`.
+    AddEdge {
+        /// Edge id, 1..=64 characters of `[A-Za-z0-9._-]`.
+        id: String,
+        /// A group to join (created by its first member).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        group: Option<String>,
+    },
+    /// Remove an edge added at run time, closing its tunnels. Refused while
+    /// a mapping can only be carried by it.
+    RemoveEdge {
+        /// Edge id.
+        id: String,
+    },
+    /// Give an edge a new token (answered once in the outcome's `token`);
+    /// the old one stays valid for the grace. On a revoked edge: a fresh
+    /// start, the old token stays dead.
+    RotateToken {
+        /// Edge id.
+        id: String,
+        /// Seconds the old token stays valid; default 3600, at most
+        /// [`MAX_ROTATION_GRACE_SECS`].
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        grace_secs: Option<u64>,
+    },
+    /// Revoke an edge: its tunnels close at once on every node, and it is
+    /// refused until it gets a new token.
+    RevokeEdge {
+        /// Edge id.
+        id: String,
+    },
+}
+
+/// `POST /v1/edges`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddEdgeRequest {
+    /// Edge id.
+    pub id: String,
+    /// A group to join.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+}
+
+/// `POST /v1/edges/{id}/rotate-token`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RotateTokenRequest {
+    /// Seconds the old token stays valid; default 3600.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grace_secs: Option<u64>,
+}
+
+/// The answer to adding an edge or rotating its token: the edge, and its
+/// new token, which the cloud shows this once.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EdgeCredential {
+    /// The edge as it is now; absent when this node had not applied the
+    /// change yet (a cluster node whose wait ran out).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub edge: Option<EdgeView>,
+    /// The new token (64 hex digits): put it in the edge's `token_file`.
+    pub token: String,
 }
 
 /// `POST /v1/drain` bodies for mappings: `POST /v1/mappings/{name}/drain`.
@@ -313,6 +415,10 @@ pub struct ChangeOutcome {
     pub ok: bool,
     /// What it does or did, or why it failed.
     pub message: String,
+    /// For `add_edge` and `rotate_token` once applied: the new token, shown
+    /// this once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
 }
 
 /// The answer to a batch.
@@ -365,6 +471,13 @@ mod tests {
         assert_eq!(
             serde_json::to_string(&Change::Remove { name: "x".into() }).unwrap(),
             r#"{"op":"remove","name":"x"}"#
+        );
+        let rotate: Change =
+            serde_json::from_str(r#"{"op":"rotate_token","id":"e1","grace_secs":60}"#).unwrap();
+        assert_eq!(rotate, Change::RotateToken { id: "e1".into(), grace_secs: Some(60) });
+        assert_eq!(
+            serde_json::to_string(&Change::AddEdge { id: "e2".into(), group: None }).unwrap(),
+            r#"{"op":"add_edge","id":"e2"}"#
         );
     }
 

@@ -212,6 +212,7 @@ fn merge_edge(views: Vec<EdgeView>) -> Option<EdgeView> {
         edge.tunnels_configured = edge.tunnels_configured.saturating_add(other.tunnels_configured);
         edge.tunnels.extend(other.tunnels);
         edge.draining |= other.draining;
+        edge.revoked |= other.revoked;
         edge.last_seen_unix_ms = edge.last_seen_unix_ms.max(other.last_seen_unix_ms);
         edge.rtt_p50_us = edge.rtt_p50_us.max(other.rtt_p50_us);
         edge.rtt_p99_us = edge.rtt_p99_us.max(other.rtt_p99_us);
@@ -242,7 +243,9 @@ fn merge_edge(views: Vec<EdgeView>) -> Option<EdgeView> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{EdgeNodeLink, MappingSource, MappingSpec, MappingState, NodeView, TunnelView};
+    use crate::{
+        EdgeNodeLink, EdgeSource, MappingSource, MappingSpec, MappingState, NodeView, TunnelView,
+    };
 
     fn mapping(name: &str, active: u64, bytes_in: u64) -> MappingView {
         MappingView {
@@ -267,6 +270,7 @@ mod tests {
             throughput_in_bps: 100,
             throughput_out_bps: 200,
             nodes: Vec::new(),
+            edge_revoked: false,
         }
     }
 
@@ -278,6 +282,7 @@ mod tests {
             draining: false,
             window_budget_used_bytes: 0,
             window_growth_refused: 0,
+            credential: None,
         }
     }
 
@@ -298,6 +303,10 @@ mod tests {
             memory_total_bytes: None,
             connect_failures: failures,
             node_links: Vec::new(),
+            source: EdgeSource::Config,
+            groups: Vec::new(),
+            revoked: false,
+            previous_token_until_unix_ms: None,
         }
     }
 

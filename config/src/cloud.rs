@@ -27,7 +27,8 @@ use crate::values::{self, Dur};
 pub struct CloudConfig {
     /// `[tunnel]`: the WebSocket listener for edge agents.
     pub tunnel: TunnelListenConfig,
-    /// `[[edges]]`: the edges allowed to connect; at least one, ids unique.
+    /// `[[edges]]`: the edges allowed to connect; ids unique; at least one
+    /// unless `[control]` is there to add them at run time.
     pub edges: Vec<EdgeEntry>,
     /// `[[groups]]`: named sets of edges that can reach the same targets; a
     /// mapping may name a group instead of one edge for failover.
@@ -153,10 +154,12 @@ impl RawCloud {
     fn validate(self, doc: &Doc<'_>) -> Result<CloudConfig, ConfigError> {
         let mut warnings = Vec::new();
         let tunnel = self.tunnel.validate(doc, &mut warnings)?;
-        if self.edges.is_empty() {
+        // Without the control API no edge can be added at run time.
+        if self.edges.is_empty() && self.control.is_none() {
             return Err(doc.error(
                 "no [[edges]] configured: add at least one [[edges]] table with `id` and \
-                 `token_file` (or `token`)",
+                 `token_file` (or `token`), or a [control] section to add edges at run time \
+                 (relayctl edges add)",
             ));
         }
         // Edge tokens are used on the tunnel listener.

@@ -106,3 +106,12 @@ pub use node_url::NodeUrlError;
 pub use proxy_protocol::ProxyProtocolConfig;
 pub use secret::{Secret, is_demo_token};
 pub use tunnel::{TlsFiles, TunnelListenConfig};
+
+/// Checks an id or name given at run time (an edge id, a group id) with the
+/// config file's rules: 1 to 64 characters of `[A-Za-z0-9._-]`.
+///
+/// # Errors
+/// A [`FieldError`] for `field`, quoting the value and the rule.
+pub fn check_id(field: &'static str, value: &str) -> Result<(), FieldError> {
+    values::check_name(value, "id").map_err(|message| FieldError { field, message })
+}

@@ -1,4 +1,5 @@
-//! `relayctl batch FILE`: one `mappings ...` command per line, in the
+//! `relayctl batch FILE`: one `mappings ...` or `edges ...` command per
+//! line (edges: add, remove, rotate-token, revoke), in the
 //! subcommands' syntax with shell quoting; `#` starts a comment (a whole
 //! line or the end of one) and blank lines are skipped. The whole file is parsed first (a
 //! syntax error names its line and nothing is sent), then applied as one
@@ -12,7 +13,7 @@ use api::{BatchRequest, Change, MappingSpec};
 use clap::Parser;
 use serde::Serialize;
 
-use crate::cli::{BatchCommand, BatchLine, MappingsCommand, Output};
+use crate::cli::{BatchCommand, BatchLine, EdgesCommand, MappingsCommand, Output};
 use crate::client::ControlClient;
 
 /// A batch file line that is not a valid change.
@@ -48,7 +49,13 @@ pub(crate) fn parse(text: &str) -> Result<Vec<(usize, Change)>, SyntaxError> {
                     .to_owned(),
             )
         })?;
-        let BatchCommand::Mappings(command) = parsed.command;
+        let command = match parsed.command {
+            BatchCommand::Mappings(command) => command,
+            BatchCommand::Edges(command) => {
+                changes.push((line, edge_change(command).map_err(error)?));
+                continue;
+            }
+        };
         let change = match command {
             MappingsCommand::Add { name, listen, edge, target, allow, max_connections } => {
                 Change::Add {
@@ -68,11 +75,33 @@ pub(crate) fn parse(text: &str) -> Result<Vec<(usize, Change)>, SyntaxError> {
     Ok(changes)
 }
 
+/// The change an `edges ...` line makes.
+fn edge_change(command: EdgesCommand) -> Result<Change, String> {
+    Ok(match command {
+        EdgesCommand::Add { id, group } => Change::AddEdge { id, group },
+        EdgesCommand::Remove { id } => Change::RemoveEdge { id },
+        EdgesCommand::RotateToken { id, grace } => {
+            Change::RotateToken { id, grace_secs: grace.map(|g| g.as_secs()) }
+        }
+        EdgesCommand::Revoke { id } => Change::RevokeEdge { id },
+        EdgesCommand::List | EdgesCommand::Drain { .. } | EdgesCommand::Undrain { .. } => {
+            return Err(
+                "only `edges add|remove|rotate-token|revoke` can be batched (drain and undrain \
+                 are their own commands)"
+                    .into(),
+            );
+        }
+    })
+}
+
 #[derive(Debug, Serialize)]
 struct LineOutcome {
     line: usize,
     ok: bool,
     message: String,
+    /// A new edge token (`edges add`, `edges rotate-token`), shown once.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    token: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -139,6 +168,7 @@ pub(crate) fn run(client: &ControlClient, file: &Path, dry_run: bool, output: Ou
                 line: lines.get(o.index).copied().unwrap_or(0),
                 ok: o.ok,
                 message: o.message.clone(),
+                token: o.token.clone(),
             })
             .collect(),
         revision: answer.revision,
@@ -150,6 +180,9 @@ pub(crate) fn run(client: &ControlClient, file: &Path, dry_run: bool, output: Ou
         Output::Table => {
             for l in &report.lines {
                 println!("{name}:{}: {} {}", l.line, if l.ok { "ok  " } else { "FAIL" }, l.message);
+                if let Some(token) = &l.token {
+                    println!("{name}:{}:      token (shown this once): {token}", l.line);
+                }
             }
             match (dry_run, report.applied, all_ok) {
                 (true, _, true) => println!(
@@ -197,6 +230,24 @@ mod tests {
         );
         assert_eq!(changes[1], (4, Change::Drain { name: "old".into(), deadline_secs: Some(300) }));
         assert_eq!(changes[2], (5, Change::Remove { name: "test box".into() }));
+    }
+
+    #[test]
+    fn edge_lines_become_fleet_changes_and_drains_are_refused() {
+        let text = "edges add site-b --group pool\nedges rotate-token site-a --grace 10m\nedges revoke old\nedges remove gone\n";
+        let changes: Vec<Change> = parse(text).unwrap().into_iter().map(|(_, c)| c).collect();
+        assert_eq!(
+            changes,
+            [
+                Change::AddEdge { id: "site-b".into(), group: Some("pool".into()) },
+                Change::RotateToken { id: "site-a".into(), grace_secs: Some(600) },
+                Change::RevokeEdge { id: "old".into() },
+                Change::RemoveEdge { id: "gone".into() },
+            ]
+        );
+        let err = parse("edges drain site-a\n").unwrap_err();
+        assert_eq!(err.line, 1);
+        assert!(err.message.contains("can be batched"), "{}", err.message);
     }
 
     #[test]

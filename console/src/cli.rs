@@ -104,6 +104,40 @@ pub(crate) enum EdgesCommand {
         /// The edge id.
         id: String,
     },
+    /// Add an edge (kept across restarts). Prints its token, shown this
+    /// once: put it in the edge's token file.
+    Add {
+        /// The edge id: 1 to 64 of A-Z a-z 0-9 . _ -
+        id: String,
+        /// A group to join (created by its first member); mappings that
+        /// name the group use any healthy member.
+        #[arg(long)]
+        group: Option<String>,
+    },
+    /// Remove an edge added at run time, closing its tunnels. Refused for a
+    /// config-file edge (revoke it, or edit the file) and while a mapping
+    /// has no other edge.
+    Remove {
+        /// The edge id.
+        id: String,
+    },
+    /// Give an edge a new token (printed, shown this once). The old token
+    /// is still accepted for the grace, so the edge can be switched over
+    /// without a gap.
+    RotateToken {
+        /// The edge id.
+        id: String,
+        /// How long the old token stays valid, e.g. 10m, 1h, 7d (at most
+        /// 30 days; 0s refuses it at once). Default 1h.
+        #[arg(long, value_parser = parse_grace)]
+        grace: Option<Duration>,
+    },
+    /// Revoke an edge: its tunnels close at once (on every node of a
+    /// cluster) and it is refused until it gets a new token.
+    Revoke {
+        /// The edge id.
+        id: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -180,6 +214,18 @@ pub(crate) enum BatchCommand {
     /// A mapping command.
     #[command(subcommand)]
     Mappings(MappingsCommand),
+    /// An edge command.
+    #[command(subcommand)]
+    Edges(EdgesCommand),
+}
+
+/// A rotation's grace: at most the 30 days the API accepts.
+fn parse_grace(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("{e} (expected e.g. 10m, 1h, 7d)"))?;
+    if d.as_secs() > api::MAX_ROTATION_GRACE_SECS {
+        return Err(format!("{s} is longer than the 30 days a grace may last"));
+    }
+    Ok(d)
 }
 
 /// A drain deadline: a duration of at most the 7 days the API accepts.

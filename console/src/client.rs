@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use api::{
-    ApiError, BatchRequest, BatchResponse, EdgeView, MappingSpec, MappingView, NodeApply, NodeView,
-    Snapshot,
+    AddEdgeRequest, ApiError, BatchRequest, BatchResponse, EdgeCredential, EdgeView, MappingSpec,
+    MappingView, NodeApply, NodeView, RotateTokenRequest, Snapshot,
 };
 use serde::de::DeserializeOwned;
 use thiserror::Error;
@@ -431,6 +431,60 @@ impl ControlClient {
     /// A [`ClientError`]; [`ClientError::Api`] with 404 for an unknown edge.
     pub(crate) fn undrain_edge(&self, id: &str) -> Result<Changed<()>, ClientError> {
         self.change("POST", &format!("/v1/edges/{id}/undrain"), None).map(Changed::unit)
+    }
+
+    /// Adds an edge; the answer holds its new token.
+    ///
+    /// # Errors
+    /// A [`ClientError`]; [`ClientError::Api`] with 409 for an id in use.
+    pub(crate) fn add_edge(
+        &self,
+        request: &AddEdgeRequest,
+    ) -> Result<Changed<EdgeCredential>, ClientError> {
+        let body = serde_json::to_string(request).map_err(|e| self.bad(e))?;
+        self.credential(self.change("POST", "/v1/edges", Some(body))?)
+    }
+
+    /// Gives an edge a new token, keeping the old one for `grace_secs`.
+    ///
+    /// # Errors
+    /// A [`ClientError`]; [`ClientError::Api`] with 404 for an unknown edge.
+    pub(crate) fn rotate_token(
+        &self,
+        id: &str,
+        grace_secs: Option<u64>,
+    ) -> Result<Changed<EdgeCredential>, ClientError> {
+        let body =
+            serde_json::to_string(&RotateTokenRequest { grace_secs }).map_err(|e| self.bad(e))?;
+        self.credential(self.change("POST", &format!("/v1/edges/{id}/rotate-token"), Some(body))?)
+    }
+
+    fn credential(
+        &self,
+        changed: Changed<Option<serde_json::Value>>,
+    ) -> Result<Changed<EdgeCredential>, ClientError> {
+        let Some(body) = changed.value else {
+            return Err(self.bad("an empty answer where the edge's new token should be"));
+        };
+        let credential = serde_json::from_value(body).map_err(|e| self.bad(e))?;
+        Ok(Changed { value: credential, applied: changed.applied, body: changed.body })
+    }
+
+    /// Removes an edge added at run time.
+    ///
+    /// # Errors
+    /// A [`ClientError`]; [`ClientError::Api`] with 409 for a config-file
+    /// edge or one a mapping needs.
+    pub(crate) fn remove_edge(&self, id: &str) -> Result<Changed<()>, ClientError> {
+        self.change("DELETE", &format!("/v1/edges/{id}"), None).map(Changed::unit)
+    }
+
+    /// Revokes an edge: its tunnels close, and it is refused from then on.
+    ///
+    /// # Errors
+    /// A [`ClientError`]; [`ClientError::Api`] with 404 for an unknown edge.
+    pub(crate) fn revoke_edge(&self, id: &str) -> Result<Changed<()>, ClientError> {
+        self.change("POST", &format!("/v1/edges/{id}/revoke"), None).map(Changed::unit)
     }
 
     /// Applies (or with `dry_run`, plans) a batch. A batch the API refused

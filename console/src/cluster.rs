@@ -11,7 +11,7 @@ use crate::client::{ClientError, ControlClient};
 use crate::format;
 use crate::table::Table;
 
-fn unix_ms() -> u64 {
+pub(crate) fn unix_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 

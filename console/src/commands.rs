@@ -49,6 +49,31 @@ pub(crate) fn run(client: &ControlClient, command: Command, output: Output) -> E
                 &format!("edge {id} takes new connections again"),
             );
         }),
+        Command::Edges(EdgesCommand::Add { id, group }) => {
+            crate::fleet::add(client, &id, group, output)
+        }
+        Command::Edges(EdgesCommand::RotateToken { id, grace }) => {
+            crate::fleet::rotate(client, &id, grace.map(|g| g.as_secs()), output)
+        }
+        Command::Edges(EdgesCommand::Remove { id }) => client.remove_edge(&id).map(|c| {
+            changed(
+                output,
+                &c,
+                &serde_json::json!({"edge": id, "removed": true}),
+                &format!("edge {id} removed; its tunnels are closed"),
+            );
+        }),
+        Command::Edges(EdgesCommand::Revoke { id }) => client.revoke_edge(&id).map(|c| {
+            changed(
+                output,
+                &c,
+                &serde_json::json!({"edge": id, "revoked": true}),
+                &format!(
+                    "edge {id} revoked: its tunnels are closed and it is refused until it gets \
+                     a new token (relayctl edges rotate-token {id})"
+                ),
+            );
+        }),
         Command::Mappings(m) => mappings(client, m, output),
         Command::Nodes(n) => crate::cluster::run(client, n, output),
     };
@@ -216,16 +241,24 @@ fn health(h: EdgeHealth) -> &'static str {
 }
 
 fn edges_table(edges: &[EdgeView]) -> String {
-    let mut t = Table::new(&["EDGE", "HEALTH", "TUNNELS", "RTT P50", "RTT P99", "CPU", "VERSION"]);
+    let mut t = Table::new(&[
+        "EDGE", "HEALTH", "TUNNELS", "RTT P50", "RTT P99", "CPU", "VERSION", "SOURCE",
+    ]);
     for e in edges {
+        let source = match (e.source, e.previous_token_until_unix_ms) {
+            (api::EdgeSource::Config, None) => "config".to_owned(),
+            (api::EdgeSource::Runtime, None) => "runtime".to_owned(),
+            (_, Some(_)) => "rotating".to_owned(),
+        };
         t.row(vec![
             if e.draining { format!("{} (draining)", e.id) } else { e.id.clone() },
-            health(e.health).into(),
+            if e.revoked { "revoked".into() } else { health(e.health).into() },
             format!("{}/{}", e.tunnels_up, e.tunnels_configured.max(e.tunnels_up)),
             e.rtt_p50_us.map_or("-".into(), format::micros),
             e.rtt_p99_us.map_or("-".into(), format::micros),
             e.cpu_percent.map_or("-".into(), |c| format!("{c:.0}%")),
             e.version.clone().unwrap_or_else(|| "-".into()),
+            source,
         ]);
     }
     t.render()
@@ -246,6 +279,7 @@ fn mappings_table(mappings: &[MappingView]) -> String {
             (_, Some(nodes)) => nodes,
             (_, None) => state,
         };
+        let state = if m.edge_revoked { format!("{state} (edge revoked)") } else { state };
         t.row(vec![
             m.spec.name.clone(),
             state,
@@ -288,6 +322,10 @@ mod tests {
             memory_total_bytes: None,
             connect_failures: 0,
             node_links: Vec::new(),
+            source: api::EdgeSource::Config,
+            groups: Vec::new(),
+            revoked: false,
+            previous_token_until_unix_ms: None,
         }
     }
 

@@ -5,7 +5,8 @@
 //! - `settings`: where the endpoint and token come from.
 //! - `client`: a blocking client of the cloud agent's control API.
 //! - `commands`: the subcommands and their table / JSON output;
-//!   `cluster`: the nodes commands and the per-node figures of a cluster.
+//!   `cluster`: the nodes commands and the per-node figures of a cluster;
+//!   `fleet`: adding edges and rotating tokens, which print a new token.
 //! - `format`, `table`: human units and aligned tables, shared by the
 //!   subcommands and the TUI.
 //! - `batch`: `relayctl batch FILE`: parse all, then apply atomically.
@@ -18,6 +19,7 @@ mod client;
 mod cluster;
 mod commands;
 mod demo;
+mod fleet;
 mod format;
 mod settings;
 mod table;

@@ -286,3 +286,69 @@ async fn several_endpoints_the_first_that_answers_is_used() {
     assert!(stderr(&out).contains("runs alone"), "{}", stderr(&out));
     a.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edges_add_rotate_revoke_and_remove_print_tokens_once_and_batch() {
+    let a = agents().await;
+    // Table output: the token, and what to do with it.
+    let out = a.relayctl(&["edges", "add", "site-b", "--group", "pool"]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let token = text
+        .lines()
+        .map(str::trim)
+        .find(|l| l.len() == 64 && l.chars().all(|c| c.is_ascii_hexdigit()))
+        .unwrap_or_else(|| panic!("no token line in:\n{text}"))
+        .to_owned();
+    assert!(text.contains("edge site-b added, in group pool") && text.contains("token_file"));
+    let out = a.relayctl(&["edges", "add", "site-b"]).await;
+    assert_eq!(out.status.code(), Some(4), "a conflict: {}", stderr(&out));
+
+    // JSON: the rotation's token, and until when the old one works.
+    let out =
+        a.relayctl(&["edges", "rotate-token", "site-b", "--grace", "10m", "-o", "json"]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let body = stdout_json(&out);
+    let new = body["token"].as_str().expect("token").to_owned();
+    assert_ne!(new, token);
+    assert!(body["edge"]["previous_token_until_unix_ms"].is_u64(), "{body}");
+    let out = a.relayctl(&["edges", "rotate-token", "site-b", "--grace", "31d"]).await;
+    assert_eq!(out.status.code(), Some(2), "refused before sending: {}", stderr(&out));
+
+    let out = a.relayctl(&["edges", "revoke", "site-b"]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = a.relayctl(&["edges", "list", "-o", "json"]).await;
+    let edges = stdout_json(&out);
+    let site_b = edges.as_array().unwrap().iter().find(|e| e["id"] == "site-b").expect("listed");
+    assert_eq!(site_b["revoked"], Value::Bool(true));
+    let out = a.relayctl(&["edges", "list"]).await;
+    assert!(String::from_utf8_lossy(&out.stdout).contains("revoked"));
+
+    // A batch file mixes edges and mappings; each new token is printed.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("fleet.batch");
+    let listen = free_port();
+    std::fs::write(
+        &file,
+        format!(
+            "edges add site-c\nmappings add web --listen {listen} --edge site-c --target {}\n\
+             edges remove site-b\n",
+            a.echo
+        ),
+    )
+    .unwrap();
+    let out = a.relayctl(&["batch", file.to_str().unwrap(), "-o", "json"]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report = stdout_json(&out);
+    assert_eq!(report["applied"], Value::Bool(true), "{report}");
+    assert_eq!(report["lines"][0]["token"].as_str().map(str::len), Some(64), "{report}");
+    let out = a.relayctl(&["edges", "list", "-o", "json"]).await;
+    let ids: Vec<String> = stdout_json(&out)
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids, ["e1", "site-c"]);
+    a.stop().await;
+}

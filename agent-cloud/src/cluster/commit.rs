@@ -13,9 +13,10 @@ use tracing::info;
 
 use super::Cluster;
 use super::state::{NodeDrain, StoredMapping};
+use crate::edge_changes::PlannedEdge;
 use crate::errors::{ChangeError, ErrorKind};
 use crate::mapping::Phase;
-use crate::mappings::{BatchOutcome, Mappings, PlanTable, Planned, passed, spec_of};
+use crate::mappings::{BatchOutcome, Mappings, PlanTable, Planned, passed, spec_of, with_tokens};
 
 /// Times a change is planned again after another change won the race
 /// (each time against the newer state).
@@ -80,19 +81,22 @@ impl Cluster {
     fn plan_table(&self) -> (PlanTable, i64, i64) {
         let state = self.lock_state();
         let now = tokio::time::Instant::now();
-        let mut names = std::collections::BTreeMap::new();
-        let mut listening = std::collections::BTreeMap::new();
+        let mut table = PlanTable::default();
         for (name, (stored, _)) in &state.mappings {
             if stored.drain_until_unix_ms.is_some() {
-                names.insert(name.clone(), Phase::Draining { until: now });
+                table.names.insert(name.clone(), Phase::Draining { until: now });
             } else {
-                names.insert(name.clone(), Phase::Active);
+                table.names.insert(name.clone(), Phase::Active);
+                table.targets.insert(name.clone(), stored.spec.edge.clone());
                 if let Ok(m) = stored.spec.to_config() {
-                    listening.insert(name.clone(), m.listen);
+                    table.listening.insert(name.clone(), m.listen);
                 }
             }
         }
-        ((names, listening), state.guard_mod, state.revision)
+        // The records as etcd holds them (the registry may lag a moment).
+        table.fleet =
+            self.edges.fleet().with_records(state.edges.values().map(|(r, _)| r), &mut Vec::new());
+        (table, state.guard_mod, state.revision)
     }
 
     /// Plans `changes` on the state this node applied and commits them as
@@ -118,7 +122,7 @@ impl Cluster {
         let mut seen_revision = None;
         for _ in 0..REPLANS {
             let (table, guard_mod, planned_at) = self.plan_table();
-            let (planned, outcomes) = match passed(mappings.plan(changes, table), dry_run) {
+            let (planned, mut outcomes) = match passed(mappings.plan(changes, table), dry_run) {
                 Ok(passed) => passed,
                 Err(refused) => return refused,
             };
@@ -132,6 +136,7 @@ impl Cluster {
                     self.wait_applied(revision, self.config.apply_wait).await;
                     let names = planned.iter().map(name_of).collect();
                     let nodes = self.wait_nodes(revision, &names, until).await;
+                    with_tokens(&mut outcomes, &planned);
                     return BatchOutcome {
                         applied: true,
                         outcomes,
@@ -233,6 +238,17 @@ impl Cluster {
                 Planned::Remove { name } => {
                     let key = self.keys.mapping(name);
                     ops.insert(key.clone(), delete_op(&key));
+                }
+                Planned::Edge(PlannedEdge::Put { record, .. }) => {
+                    let value = serde_json::to_vec(record).unwrap_or_default();
+                    let key = self.keys.edge(&record.id);
+                    ops.insert(key.clone(), put_op(&key, value, 0));
+                }
+                Planned::Edge(PlannedEdge::Remove { id }) => {
+                    let key = self.keys.edge(id);
+                    ops.insert(key.clone(), delete_op(&key));
+                    let drained = self.keys.drained_edge(id);
+                    ops.insert(drained.clone(), delete_op(&drained));
                 }
             }
         }
@@ -344,5 +360,6 @@ fn name_of(p: &Planned) -> String {
     match p {
         Planned::Add(m) => m.name.clone(),
         Planned::Drain { name, .. } | Planned::Remove { name } => name.clone(),
+        Planned::Edge(edge) => edge.id().to_owned(),
     }
 }

@@ -160,6 +160,17 @@ impl Cluster {
         let state = self.lock_state().clone();
         let now_ms = crate::clock::unix_ms();
         let mut changed = false;
+        // The fleet first: a mapping starts only if its edge is known.
+        let fleet = self.edges.fleet();
+        if !fleet.records().eq(state.edges.values().map(|(r, _)| r)) {
+            let mut problems = Vec::new();
+            self.edges
+                .set_fleet(fleet.with_records(state.edges.values().map(|(r, _)| r), &mut problems));
+            for problem in problems {
+                warn!("etcd: {problem}");
+            }
+            changed = true;
+        }
         for (name, (stored, _)) in &state.mappings {
             let entry = mappings.get(name);
             // Compared as the node would run it (a bare IP in `allow` reads

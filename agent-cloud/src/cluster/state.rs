@@ -6,6 +6,9 @@
 //!   revision guards a change's transaction (optimistic concurrency);
 //! - `P/mappings/<name>`: a [`StoredMapping`];
 //! - `P/drained-edges/<id>`: an edge an operator drained;
+//! - `P/edges/<id>`: an [`EdgeRecord`]: an edge added, given a new token or
+//!   revoked at run time (it holds the token: etcd's access control and TLS
+//!   guard it);
 //! - `P/node-drains/<id>`: a [`NodeDrain`] for one run of a node;
 //! - `P/nodes/<id>`: a node's [`api::NodeView`], bound to its lease, so it
 //!   goes when the node stops renewing it.
@@ -16,6 +19,7 @@ use api::{MappingSpec, NodeView};
 use serde::{Deserialize, Serialize};
 
 use super::etcd::{Event, Kv};
+use crate::fleet::EdgeRecord;
 
 /// A mapping as stored: what the operator asked for, and whether it drains.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -51,6 +55,7 @@ enum Key<'a> {
     Guard,
     Mapping(&'a str),
     DrainedEdge(&'a str),
+    Edge(&'a str),
     NodeDrain(&'a str),
     Node(&'a str),
     Other,
@@ -77,6 +82,10 @@ impl Keys {
         format!("{}drained-edges/{id}", self.prefix)
     }
 
+    pub(crate) fn edge(&self, id: &str) -> String {
+        format!("{}edges/{id}", self.prefix)
+    }
+
     pub(crate) fn node_drain(&self, id: &str) -> String {
         format!("{}node-drains/{id}", self.prefix)
     }
@@ -97,6 +106,7 @@ impl Keys {
         match kind {
             "mappings" => Key::Mapping(name),
             "drained-edges" => Key::DrainedEdge(name),
+            "edges" => Key::Edge(name),
             "node-drains" => Key::NodeDrain(name),
             "nodes" => Key::Node(name),
             _ => Key::Other,
@@ -117,6 +127,9 @@ pub(crate) struct Desired {
     /// Mappings by name, each with its mod revision.
     pub(crate) mappings: BTreeMap<String, (StoredMapping, i64)>,
     pub(crate) drained_edges: BTreeSet<String>,
+    /// The fleet's run-time records by id, each with its mod revision.
+    #[serde(default)]
+    pub(crate) edges: BTreeMap<String, (EdgeRecord, i64)>,
     #[serde(skip)]
     pub(crate) node_drains: BTreeMap<String, (NodeDrain, i64)>,
     /// Live nodes' records; not part of the local copy.
@@ -198,6 +211,16 @@ impl Desired {
             Key::DrainedEdge(id) => {
                 self.drained_edges.insert(id.to_owned());
             }
+            Key::Edge(id) => match serde_json::from_slice::<EdgeRecord>(&kv.value) {
+                Ok(r) if r.id == id => {
+                    self.edges.insert(id.to_owned(), (r, kv.mod_revision));
+                }
+                Ok(r) => {
+                    problems
+                        .push(format!("{}: holds edge {:?}, not {id:?}; ignored", kv.key, r.id));
+                }
+                Err(e) => bad("edge", e),
+            },
             Key::NodeDrain(id) => match serde_json::from_slice::<NodeDrain>(&kv.value) {
                 Ok(d) => {
                     self.node_drains.insert(id.to_owned(), (d, kv.mod_revision));
@@ -223,6 +246,9 @@ impl Desired {
             }
             Key::DrainedEdge(id) => {
                 self.drained_edges.remove(id);
+            }
+            Key::Edge(id) => {
+                self.edges.remove(id);
             }
             Key::NodeDrain(id) => {
                 self.node_drains.remove(id);
@@ -259,6 +285,8 @@ mod tests {
             kv("/p/mappings/bad", "{", 2),
             kv("/p/mappings/other", &mapping_json("web"), 2),
             kv("/p/drained-edges/e2", "", 3),
+            kv("/p/edges/e3", r#"{"id":"e3","token":"t3"}"#, 3),
+            kv("/p/edges/e4", r#"{"id":"e5","token":"t"}"#, 3),
             kv("/p/unrelated/x", "", 3),
             kv("/q/mappings/x", &mapping_json("x"), 3),
         ];
@@ -267,7 +295,8 @@ mod tests {
         assert_eq!(state.guard_mod, 3);
         assert_eq!(state.mappings.keys().collect::<Vec<_>>(), ["web"]);
         assert!(state.drained_edges.contains("e2"));
-        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert_eq!(state.edges.get("e3").map(|(r, _)| r.token.as_str()), Some("t3"));
+        assert_eq!(problems.len(), 3, "{problems:?}");
 
         let node =
             serde_json::to_string(&NodeView { id: "a".into(), ..NodeView::default() }).unwrap();
@@ -279,11 +308,13 @@ mod tests {
 
         let events = vec![
             Event::Delete { key: "/p/mappings/web".into(), revision: 10 },
+            Event::Delete { key: "/p/edges/e3".into(), revision: 10 },
             Event::Put(kv("/p/changes", "", 10)),
         ];
         let touched = state.apply(&keys, 10, events, &mut problems);
         assert!(touched.desired);
         assert_eq!((state.revision, state.guard_mod), (10, 10));
         assert!(state.mappings.is_empty());
+        assert!(state.edges.is_empty());
     }
 }

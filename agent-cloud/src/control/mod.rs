@@ -3,11 +3,13 @@
 //!
 //! - `auth`: bearer-token check in constant time (every route but `/ready`).
 //! - `routes`: the endpoints, thin wrappers over [`Mappings`] and
-//!   [`EdgeRegistry`].
+//!   [`EdgeRegistry`]; `fleet_routes`: adding, removing, rotating and
+//!   revoking edges.
 //! - `prometheus`: `/metrics` in Prometheus text format.
 //! - `server`: HTTP/1.1 with a header-read timeout and a connection cap.
 
 mod auth;
+mod fleet_routes;
 mod peers;
 mod prometheus;
 mod routes;

@@ -11,14 +11,14 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router, middleware};
 
-use super::{ControlState, auth, prometheus};
+use super::{ControlState, auth, fleet_routes, prometheus};
 use crate::errors::ChangeError;
 use crate::mappings::BatchOutcome;
 
 /// How long one snapshot may take to reach a `/v1/stream` client.
 const SNAPSHOT_SEND_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
 
-type Shared = Arc<ControlState>;
+pub(super) type Shared = Arc<ControlState>;
 
 /// Largest request body accepted: a batch of a few thousand changes.
 const MAX_BODY: usize = 1024 * 1024;
@@ -31,7 +31,10 @@ pub(super) fn router(state: Shared) -> Router {
         .route("/v1/mappings", get(list_mappings).post(add_mapping))
         .route("/v1/mappings/{name}", get(get_mapping).delete(remove_mapping))
         .route("/v1/mappings/{name}/drain", post(drain_mapping))
-        .route("/v1/edges", get(list_edges))
+        .route("/v1/edges", get(list_edges).post(fleet_routes::add_edge))
+        .route("/v1/edges/{id}", get(fleet_routes::get_edge).delete(fleet_routes::remove_edge))
+        .route("/v1/edges/{id}/rotate-token", post(fleet_routes::rotate_token))
+        .route("/v1/edges/{id}/revoke", post(fleet_routes::revoke_edge))
         .route("/v1/edges/{id}/drain", post(drain_edge))
         .route("/v1/edges/{id}/undrain", post(undrain_edge))
         .route("/v1/batch", post(batch))
@@ -88,13 +91,17 @@ pub(super) fn error_response(status: StatusCode, code: &str, error: &str) -> Res
     (status, Json(ApiError { code: code.to_owned(), error: error.to_owned() })).into_response()
 }
 
-fn change_error(e: &ChangeError) -> Response {
+pub(super) fn change_error(e: &ChangeError) -> Response {
     let status = StatusCode::from_u16(e.kind.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     error_response(status, e.kind.code(), &e.message)
 }
 
 /// Turns a one-change batch into the answer of a single-change endpoint.
-fn single(outcome: BatchOutcome, ok_status: StatusCode, body: impl IntoResponse) -> Response {
+pub(super) fn single(
+    outcome: BatchOutcome,
+    ok_status: StatusCode,
+    body: impl IntoResponse,
+) -> Response {
     match outcome.failure {
         Some(e) => change_error(&e),
         None => (ok_status, body).into_response(),
@@ -205,7 +212,7 @@ async fn get_mapping(State(state): State<Shared>, Path(name): Path<String>) -> R
 }
 
 /// Body errors (bad JSON, unknown fields) as our JSON error shape.
-fn bad_body(e: &axum::extract::rejection::JsonRejection) -> Response {
+pub(super) fn bad_body(e: &axum::extract::rejection::JsonRejection) -> Response {
     error_response(StatusCode::BAD_REQUEST, "invalid", &e.body_text())
 }
 

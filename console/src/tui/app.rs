@@ -20,6 +20,8 @@ pub(crate) enum Action {
     OpenRemove,
     /// `D`: drain or undrain the selected edge, or node.
     OpenDrainEdgeOrNode,
+    /// `R`: revoke the selected edge.
+    OpenRevoke,
     OpenFilter,
     OpenHelp,
     /// Esc: close what is open, clear the filter.
@@ -69,6 +71,9 @@ pub(crate) enum Request {
     UndrainEdge {
         id: String,
     },
+    RevokeEdge {
+        id: String,
+    },
     DrainNode {
         id: String,
         deadline_secs: u64,
@@ -89,6 +94,7 @@ impl Request {
             Request::Remove { name } => format!("removing {name}…"),
             Request::DrainEdge { id } => format!("draining edge {id}…"),
             Request::UndrainEdge { id } => format!("undraining edge {id}…"),
+            Request::RevokeEdge { id } => format!("revoking edge {id}…"),
             Request::DrainNode { id, .. } => format!("draining node {id}…"),
             Request::UndrainNode { id } => format!("undraining node {id}…"),
             Request::Refresh => "refreshing…".to_owned(),
@@ -124,6 +130,10 @@ pub(crate) enum Confirm {
         mappings: usize,
     },
     UndrainEdge {
+        id: String,
+        mappings: usize,
+    },
+    RevokeEdge {
         id: String,
         mappings: usize,
     },

@@ -324,3 +324,31 @@ fn an_add_that_failed_on_one_node_says_which() {
         "{status:?}"
     );
 }
+
+#[test]
+fn shift_r_revokes_the_selected_edge_after_asking() {
+    let mut app = fixtures::app();
+    press(&mut app, KeyCode::Char('R'), KeyModifiers::SHIFT);
+    assert_eq!(app.mode, Mode::Normal, "mappings focused: R only explains");
+    tab(&mut app);
+    key(&mut app, 'j');
+    press(&mut app, KeyCode::Char('R'), KeyModifiers::SHIFT);
+    assert!(matches!(app.mode, Mode::Confirm(super::app::Confirm::RevokeEdge { .. })));
+    assert_eq!(key(&mut app, 'n'), None, "n cancels");
+    assert_eq!(app.mode, Mode::Normal);
+    press(&mut app, KeyCode::Char('R'), KeyModifiers::SHIFT);
+    assert_eq!(enter(&mut app), Some(Request::RevokeEdge { id: "site-b".into() }));
+    app.update(Action::Finished {
+        request: Request::RevokeEdge { id: "site-b".into() },
+        result: Ok(None),
+    });
+    let status = app.status.clone().expect("status");
+    assert!(!status.error && status.text.starts_with("revoked edge site-b"), "{status:?}");
+
+    // A revoked edge is not asked about again.
+    app.snapshot.as_mut().expect("fixture snapshot").edges[1].revoked = true;
+    press(&mut app, KeyCode::Char('R'), KeyModifiers::SHIFT);
+    assert_eq!(app.mode, Mode::Normal);
+    let status = app.status.clone().expect("status");
+    assert!(status.error && status.text.contains("already revoked"), "{status:?}");
+}

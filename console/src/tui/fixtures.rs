@@ -61,6 +61,7 @@ fn mapping(spec: MappingSpec, state: MappingState) -> MappingView {
         throughput_in_bps: 0,
         throughput_out_bps: 0,
         nodes: Vec::new(),
+        edge_revoked: false,
     }
 }
 
@@ -105,6 +106,7 @@ pub(crate) fn snapshot() -> Snapshot {
                 draining: false,
                 window_budget_used_bytes: 0,
                 window_growth_refused: 0,
+                credential: None,
             },
             TunnelView {
                 id: 8,
@@ -113,6 +115,7 @@ pub(crate) fn snapshot() -> Snapshot {
                 draining: false,
                 window_budget_used_bytes: 0,
                 window_growth_refused: 0,
+                credential: None,
             },
         ],
         draining: false,
@@ -125,6 +128,10 @@ pub(crate) fn snapshot() -> Snapshot {
         memory_total_bytes: Some(17_179_869_184),
         connect_failures: 0,
         node_links: Vec::new(),
+        source: api::EdgeSource::Config,
+        groups: Vec::new(),
+        revoked: false,
+        previous_token_until_unix_ms: None,
     };
     let site_b = EdgeView {
         id: "site-b".into(),
@@ -142,6 +149,10 @@ pub(crate) fn snapshot() -> Snapshot {
         memory_total_bytes: None,
         connect_failures: 3,
         node_links: Vec::new(),
+        source: api::EdgeSource::Config,
+        groups: Vec::new(),
+        revoked: false,
+        previous_token_until_unix_ms: None,
     };
     let mut db =
         mapping(spec("db", "0.0.0.0:15432", "site-a", "db.internal:5432"), MappingState::Draining);

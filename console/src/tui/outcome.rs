@@ -53,6 +53,7 @@ impl App {
             Request::Remove { name } => format!("could not remove {name}"),
             Request::DrainEdge { id } => format!("could not drain edge {id}"),
             Request::UndrainEdge { id } => format!("could not undrain edge {id}"),
+            Request::RevokeEdge { id } => format!("could not revoke edge {id}"),
             Request::DrainNode { id, .. } => format!("could not drain node {id}"),
             Request::UndrainNode { id } => format!("could not undrain node {id}"),
             Request::Refresh => "could not refresh".to_owned(),
@@ -115,6 +116,12 @@ impl App {
             }
             Request::UndrainEdge { id } => {
                 self.say(format!("edge {id} takes new connections again"), false);
+            }
+            Request::RevokeEdge { id } => {
+                self.say(
+                    format!("revoked edge {id}: its tunnels are closed and it is refused"),
+                    false,
+                );
             }
             Request::DrainNode { id, deadline_secs } => {
                 let within = format::duration_ms(deadline_secs * 1000);

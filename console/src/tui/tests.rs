@@ -107,6 +107,20 @@ fn drain_confirmation() {
 }
 
 #[test]
+fn revoke_confirmation_over_a_revoked_edge_and_its_mapping() {
+    let mut app = fixtures::app();
+    let snapshot = app.snapshot.as_mut().expect("fixture snapshot");
+    snapshot.edges[0].revoked = true;
+    for m in snapshot.mappings.iter_mut().filter(|m| m.spec.edge == "site-a") {
+        m.edge_revoked = true;
+    }
+    press(&mut app, KeyCode::Tab, KeyModifiers::NONE);
+    key(&mut app, 'j');
+    press(&mut app, KeyCode::Char('R'), KeyModifiers::SHIFT);
+    check("revoke_confirm", &app);
+}
+
+#[test]
 fn help_screen() {
     let mut app = fixtures::app();
     key(&mut app, '?');

@@ -82,6 +82,19 @@ impl App {
                 (Focus::Edges, None) => self.say("no edge to drain", true),
                 _ => self.say("D drains an edge or a node: press Tab to select one first", true),
             },
+            Action::OpenRevoke => match (self.focus, self.selected_edge()) {
+                (Focus::Edges, Some(edge)) if edge.revoked => {
+                    let id = edge.id.clone();
+                    self.say(format!("edge {id} is already revoked"), true);
+                }
+                (Focus::Edges, Some(edge)) => {
+                    let id = edge.id.clone();
+                    let mappings = self.mappings_on(&id);
+                    self.mode = Mode::Confirm(Confirm::RevokeEdge { id, mappings });
+                }
+                (Focus::Edges, None) => self.say("no edge to revoke", true),
+                _ => self.say("R revokes an edge: press Tab to select one first", true),
+            },
             _ => {}
         }
         None
@@ -252,6 +265,10 @@ impl App {
             (Action::Confirm, Confirm::UndrainEdge { id, .. }) => {
                 let id = id.clone();
                 self.send(Request::UndrainEdge { id })
+            }
+            (Action::Confirm, Confirm::RevokeEdge { id, .. }) => {
+                let id = id.clone();
+                self.send(Request::RevokeEdge { id })
             }
             (Action::Confirm, Confirm::DrainNode { id, deadline, error, .. }) => {
                 match format::parse_duration(deadline) {

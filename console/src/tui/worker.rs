@@ -80,6 +80,7 @@ pub(crate) fn perform(
                 Request::Remove { name } => client.remove_mapping(name).map(|_| None),
                 Request::DrainEdge { id } => client.drain_edge(id).map(|_| None),
                 Request::UndrainEdge { id } => client.undrain_edge(id).map(|_| None),
+                Request::RevokeEdge { id } => client.revoke_edge(id).map(|_| None),
                 Request::DrainNode { id, deadline_secs } => {
                     client.drain_node(id, Some(*deadline_secs)).map(|_| None)
                 }

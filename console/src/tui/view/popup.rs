@@ -166,9 +166,9 @@ fn confirm(frame: &mut Frame<'_>, theme: Theme, area: Rect, confirm: &Confirm) {
         Confirm::DrainEdge { id, mappings } => (
             format!("Drain edge {id}"),
             format!(
-                "New connections stop going to edge {id} ({mappings} mapping{} use it); \
+                "New connections stop going to edge {id} ({}); \
                  open ones finish. Other edges of a group take over.",
-                if *mappings == 1 { "" } else { "s" }
+                mappings_use_it(*mappings)
             ),
             "drain",
         ),
@@ -187,12 +187,19 @@ fn confirm(frame: &mut Frame<'_>, theme: Theme, area: Rect, confirm: &Confirm) {
             format!("Node {id} reports ready again, and takes new connections."),
             "undrain",
         ),
+        Confirm::RevokeEdge { id, mappings } => (
+            format!("Revoke edge {id}"),
+            format!(
+                "Edge {id} is cut off now: its tunnels close on every node and its open \
+                 connections are reset ({}). It is refused until it \
+                 gets a new token (relayctl edges rotate-token {id}).",
+                mappings_use_it(*mappings)
+            ),
+            "revoke",
+        ),
         Confirm::UndrainEdge { id, mappings } => (
             format!("Undrain edge {id}"),
-            format!(
-                "New connections go to edge {id} again ({mappings} mapping{} use it).",
-                if *mappings == 1 { "" } else { "s" }
-            ),
+            format!("New connections go to edge {id} again ({}).", mappings_use_it(*mappings)),
             "undrain",
         ),
     };
@@ -244,4 +251,9 @@ fn help(frame: &mut Frame<'_>, theme: Theme, area: Rect) {
         .collect();
     let inner = open(frame, theme, area, "Keys (any key closes)", width, lines.len() as u16 + 2);
     frame.render_widget(Paragraph::new(lines), inner);
+}
+
+/// "1 mapping uses it", "3 mappings use it".
+fn mappings_use_it(n: usize) -> String {
+    if n == 1 { "1 mapping uses it".to_owned() } else { format!("{n} mappings use it") }
 }

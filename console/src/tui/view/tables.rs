@@ -149,6 +149,7 @@ pub(super) fn edges(frame: &mut Frame<'_>, app: &App, area: Rect) {
             EdgeHealth::Reconnecting => ("reconnecting", theme.warn()),
             EdgeHealth::Down => ("down", theme.bad()),
         };
+        let (word, style) = if e.revoked { ("revoked", theme.bad()) } else { (word, style) };
         let health = if e.draining { format!("{word}, draining") } else { word.to_owned() };
         let style = if app.stale() { theme.dim() } else { style };
         let rtt = match (e.rtt_p50_us, e.rtt_p99_us) {
@@ -241,6 +242,11 @@ pub(super) fn mappings(frame: &mut Frame<'_>, app: &App, area: Rect) {
             }
             Some(failed) => (format!("{state}, {failed}"), style),
             None => (state, style),
+        };
+        let (state, style) = if m.edge_revoked {
+            (format!("{state}, edge revoked"), theme.bad())
+        } else {
+            (state, style)
         };
         let style = if app.stale() { theme.dim() } else { style };
         let values = [
