@@ -23,6 +23,8 @@
 //! - `store`: the state file that makes run-time changes survive restarts.
 //! - `metrics`, `sampler`: live figures with bounded memory, sampled once a
 //!   second into snapshots.
+//! - `events`: the event log (tunnels, mappings, nodes, limits), in
+//!   memory and in a JSON-lines file, with webhooks.
 //! - `control`: the HTTP control API (`docs/control-api.md`).
 
 mod clock;
@@ -32,6 +34,7 @@ mod control;
 mod directory;
 mod edges;
 mod errors;
+mod events;
 mod gate;
 mod handshake;
 mod log_limit;

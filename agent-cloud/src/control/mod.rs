@@ -4,10 +4,12 @@
 //! - `auth`: bearer-token check in constant time (every route but `/ready`).
 //! - `routes`: the endpoints, thin wrappers over [`Mappings`] and
 //!   [`EdgeRegistry`].
+//! - `events`: `/v1/events` and its live stream.
 //! - `prometheus`: `/metrics` in Prometheus text format.
 //! - `server`: HTTP/1.1 with a header-read timeout and a connection cap.
 
 mod auth;
+mod events;
 mod peers;
 mod prometheus;
 mod routes;
@@ -42,6 +44,7 @@ pub(crate) struct ControlState {
     pub(crate) request_timeout: Duration,
     /// Connections served at once.
     pub(crate) max_connections: usize,
+    pub(crate) events: crate::events::EventLog,
 }
 
 /// Serves the control API on `listener` until `stop` fires.
