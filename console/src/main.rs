@@ -18,6 +18,7 @@ mod client;
 mod cluster;
 mod commands;
 mod demo;
+mod events;
 mod format;
 mod settings;
 mod table;

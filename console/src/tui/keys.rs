@@ -15,6 +15,7 @@ pub(crate) const HELP: &[(&str, &str)] = &[
     ("x  Delete", "remove the selected mapping now (asks first)"),
     ("D", "drain or undrain the selected edge or node (asks first)"),
     ("/", "filter mappings; Enter keeps it, Esc clears it"),
+    ("E", "events: ↑ ↓ PgUp PgDn scroll, E or Esc back"),
     ("Esc", "clear the filter and the status line"),
     ("?", "this help"),
     ("q  Ctrl-C", "quit"),
@@ -50,6 +51,11 @@ pub(crate) fn action(app: &App, key: KeyEvent) -> Option<Action> {
             KeyCode::Down => Some(Action::Down),
             _ => None,
         }),
+        Mode::Events => match key.code {
+            KeyCode::PageUp => Some(Action::PageUp),
+            KeyCode::PageDown | KeyCode::Char(' ') => Some(Action::PageDown),
+            code => normal(code),
+        },
         Mode::Add(_) => form(key.code, ctrl),
         Mode::Confirm(confirm) => {
             let typing = matches!(confirm, Confirm::Drain { .. } | Confirm::DrainNode { .. });
@@ -75,6 +81,7 @@ fn normal(code: KeyCode) -> Option<Action> {
         KeyCode::Char('D') => Action::OpenDrainEdgeOrNode,
         KeyCode::Char('/') => Action::OpenFilter,
         KeyCode::Char('?') => Action::OpenHelp,
+        KeyCode::Char('E') => Action::OpenEvents,
         KeyCode::Esc => Action::Cancel,
         _ => return None,
     })
