@@ -14,7 +14,9 @@ pub struct Event {
     /// Position in this agent's log: 1, 2, 3, ... without gaps, and it
     /// continues across restarts. A client that sees a jump missed events.
     pub seq: u64,
-    /// When it was recorded, in milliseconds since the Unix epoch.
+    /// When it was recorded, in milliseconds since the Unix epoch; never
+    /// before the previous event's (a clock stepped back does not reorder
+    /// the log).
     pub at_unix_ms: u64,
     /// What happened.
     pub kind: EventKind,

@@ -412,3 +412,66 @@ async fn relayctl_prints_and_follows_the_event_log_across_a_cloud_restart() {
     assert!(stderr.contains("reconnecting"), "says it lost the stream: {stderr}");
     stop(&mut cloud).await;
 }
+
+/// In a cluster each node records the nodes joining and leaving its node
+/// list, and says in every event that it recorded it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cluster_nodes_joining_and_leaving_are_recorded_by_each_node() {
+    use e2e_tests::cluster::start_nodes;
+    let Some(etcd) = e2e_tests::etcd::EtcdCluster::start("events_cluster_nodes", 1).await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = start_nodes(&etcd.endpoints(), dir.path(), 2).await;
+    let a = nodes[0].api.clone();
+    let joined = wait_for_event(&a, EventKind::NodeJoined, "b", "node b joined").await;
+    assert_eq!(joined.node.as_deref(), Some("a"), "the recording node: {joined:?}");
+    // b keeps its own log, of what it saw.
+    let on_b = wait_for_event(&nodes[1].api, EventKind::NodeJoined, "a", "node a joined").await;
+    assert_eq!(on_b.node.as_deref(), Some("b"), "{on_b:?}");
+    let b = &mut nodes[1];
+    b.agent.signal("TERM");
+    assert_eq!(b.agent.wait_exit(WAIT).await, Some(0));
+    let left = wait_for_event_after(&a, joined.seq, EventKind::NodeLeft, "b", "left").await;
+    assert_eq!(left.node.as_deref(), Some("a"));
+}
+
+/// A storm of clients refused at a mapping's `max_connections` is one
+/// `limit_hit` event, not one per client.
+#[tokio::test]
+async fn a_connection_limit_storm_is_one_limit_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let echo = echo_server().await;
+    let mut cloud = start_cloud(&config(dir.path(), free_port(), echo, "")).await;
+    let api = cloud.api.clone();
+    let mut edge = Agent::spawn("relay-edge", &edge_toml(cloud.tunnel, &[echo.to_string()], TOKEN));
+    wait_for_event(&api, EventKind::TunnelUp, "e1", "").await;
+    let mut capped = add("capped", echo);
+    capped["max_connections"] = json!(1);
+    let (status, view) = api.call("POST", "/v1/mappings", Some(capped)).await;
+    assert_eq!(status, 201, "{view}");
+    let public: SocketAddr = view["bound"].as_str().expect("bound").parse().unwrap();
+    // One client holds the only slot (its echo proves it is carried).
+    let mut held = tokio::net::TcpStream::connect(public).await.unwrap();
+    held.write_all(b"hi").await.unwrap();
+    let mut back = [0u8; 2];
+    tokio::time::timeout(WAIT, held.read_exact(&mut back)).await.expect("echo").unwrap();
+    for _ in 0..50 {
+        if let Ok(mut extra) = tokio::net::TcpStream::connect(public).await {
+            // Refused with a reset: reading ends at once.
+            let _ = tokio::time::timeout(WAIT, extra.read(&mut back)).await;
+        }
+    }
+    let hit = wait_for_event(&api, EventKind::LimitHit, "capped", "max_connections 1").await;
+    // A later event shows the storm is over in the log.
+    assert_eq!(api.call("POST", "/v1/edges/e1/drain", None).await.0, 202);
+    let marker = wait_for_event(&api, EventKind::EdgeDrained, "e1", "").await;
+    let log = page(&api, 0).await.events;
+    let hits: Vec<&Event> = log.iter().filter(|e| e.kind == EventKind::LimitHit).collect();
+    assert_eq!(hits, [&hit], "one event for 50 refusals: {log:#?}");
+    assert!(marker.seq > hit.seq);
+    drop(held);
+    edge.signal("TERM");
+    assert_eq!(edge.wait_exit(WAIT).await, Some(0));
+    stop(&mut cloud).await;
+}

@@ -260,6 +260,9 @@ impl EventLog {
 fn write_events(shared: &Shared, mut file: Option<file::EventFile>, from: &Receiver<Message>) {
     // Logged once per failure streak of the disk, not once per event.
     let mut file_failing = false;
+    // Callers read the clock before they queue: two racing callers may
+    // arrive out of order, so times are kept from going back along seq.
+    let mut last_at = shared.ring().iter().last().map_or(0, |e| e.at_unix_ms);
     while let Ok(first) = from.recv() {
         let mut next = Some(first);
         while let Some(message) = next.take() {
@@ -267,11 +270,12 @@ fn write_events(shared: &Shared, mut file: Option<file::EventFile>, from: &Recei
                 flush(&mut file, &mut file_failing);
                 return;
             };
+            last_at = last_at.max(at_unix_ms);
             let event = {
                 let mut ring = shared.ring();
                 let event = Arc::new(Event {
                     seq: ring.last_seq() + 1,
-                    at_unix_ms,
+                    at_unix_ms: last_at,
                     kind,
                     subject,
                     text,
@@ -301,8 +305,9 @@ fn write_events(shared: &Shared, mut file: Option<file::EventFile>, from: &Recei
         flush(&mut file, &mut file_failing);
         if let Some(f) = &mut file {
             if f.needs_compaction() {
-                let ring = shared.ring();
-                if let Err(e) = f.compact(ring.iter()) {
+                // Copied out, so readers do not wait for the disk.
+                let held: Vec<Arc<Event>> = shared.ring().iter().cloned().collect();
+                if let Err(e) = f.compact(held.iter()) {
                     report_file_error(&mut file_failing, &e);
                 }
             }
