@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use api::{MappingSource, Snapshot};
+use api::{EventKind, MappingSource, Snapshot};
 use config::CloudConfig;
 use thiserror::Error;
 use tokio::sync::watch;
@@ -18,6 +18,7 @@ use crate::cluster::Cluster;
 use crate::control::{self, ControlState};
 use crate::directory::NodeDirectory;
 use crate::edges::EdgeRegistry;
+use crate::events::EventLog;
 use crate::fleet::Fleet;
 use crate::mappings::Mappings;
 use crate::sampler;
@@ -75,6 +76,7 @@ pub struct Cloud {
     cluster: Option<Arc<Cluster>>,
     /// The cluster's nodes, as every version 4 tunnel tells its edge.
     directory: watch::Sender<Arc<NodeDirectory>>,
+    events: EventLog,
 }
 
 impl Cloud {
@@ -137,6 +139,8 @@ impl Cloud {
             warn!("state file: {problem}");
         }
         let edges = Arc::new(EdgeRegistry::new(config.tunnel.max_tunnels_per_edge, fleet));
+        let node_id = config.cluster.as_ref().map(|c| c.node_id.clone());
+        let events = EventLog::start(&config.events, node_id);
         let mut reserved = vec![tunnel_addr];
         reserved.extend(control_addr);
         for id in &persisted.drained_edges {
@@ -152,12 +156,14 @@ impl Cloud {
         let proxy_protocol = config.proxy_protocol.clone();
         let mappings =
             Mappings::new(store, persisted, Arc::clone(&edges), reserved, bind_ip, proxy_protocol);
+        let _ = mappings.events.set(events.clone());
         for m in &config.mappings {
             if removed.contains(&m.name) {
                 info!(mapping = %m.name, "not started: drained or removed at run time (see the state file)");
                 continue;
             }
             mappings.start_one(m.clone(), MappingSource::Config).await;
+            record_started(&events, &mappings, &m.name, "the config file");
         }
         for spec in runtime_specs {
             if mappings.get(&spec.name).is_some() {
@@ -166,7 +172,11 @@ impl Cloud {
                 continue;
             }
             match spec.to_config() {
-                Ok(m) => mappings.start_one(m, MappingSource::Runtime).await,
+                Ok(m) => {
+                    let name = m.name.clone();
+                    mappings.start_one(m, MappingSource::Runtime).await;
+                    record_started(&events, &mappings, &name, "the state file");
+                }
                 Err(e) => {
                     error!(mapping = %spec.name, error = %e, "invalid mapping in the state file; skipped")
                 }
@@ -195,12 +205,14 @@ impl Cloud {
             edges: Arc::clone(&edges),
             directory: directory_rx,
             stop: stop_accepting.clone(),
+            events: events.clone(),
         };
         background.spawn(tunnel_listener::run(tunnels, listener));
         if let Some(cluster) = &cluster {
             background.spawn(follow_nodes(
                 Arc::clone(cluster),
                 directory.clone(),
+                events.clone(),
                 stop_accepting.clone(),
             ));
         }
@@ -223,6 +235,7 @@ impl Cloud {
                 cluster: cluster.clone(),
                 request_timeout: control.request_timeout,
                 max_connections: control.max_connections as usize,
+                events: events.clone(),
             };
             background.spawn(control::serve(state, listener, stop_control.clone()));
         }
@@ -239,6 +252,7 @@ impl Cloud {
             grace: config.shutdown_grace,
             cluster,
             directory,
+            events,
         })
     }
 
@@ -320,20 +334,53 @@ impl Cloud {
         self.stop_control.cancel();
         self.background.close();
         self.background.wait().await;
+        // Last: the tunnels' closes above are events too.
+        self.events.close().await;
         info!("stopped");
     }
 }
 
+/// Records a mapping started at start-up from `origin`: added, or why it
+/// does not listen.
+fn record_started(events: &EventLog, mappings: &Mappings, name: &str, origin: &str) {
+    let Some(entry) = mappings.get(name) else { return };
+    let text = match (&entry.bound, &entry.error) {
+        (Some(addr), _) => format!(
+            "started from {origin} (config): listening on {addr}, edge {}, target {}",
+            entry.spec.edge, entry.spec.target
+        ),
+        (None, error) => format!(
+            "started from {origin} (config) but not listening: {}",
+            error.as_deref().unwrap_or("unknown error")
+        ),
+    };
+    events.record(EventKind::MappingAdded, name, &text);
+}
+
 /// Tells the edges (through the directory every tunnel follows) the live
-/// nodes of the cluster, as they change.
+/// nodes of the cluster, as they change, and records nodes joining and
+/// leaving the list.
 async fn follow_nodes(
     cluster: Arc<Cluster>,
     directory: watch::Sender<Arc<NodeDirectory>>,
+    events: EventLog,
     stop: CancellationToken,
 ) {
     let mut nodes = cluster.node_list();
+    let mut known: Vec<(String, String)> = Vec::new();
     loop {
         let list = nodes.borrow_and_update().to_vec();
+        for (id, url) in &list {
+            if !known.iter().any(|(k, _)| k == id) {
+                events.record(EventKind::NodeJoined, id, &format!("node {id} joined ({url})"));
+            }
+        }
+        for (id, _) in &known {
+            if !list.iter().any(|(k, _)| k == id) {
+                events.record(EventKind::NodeLeft, id, &format!("node {id} left the node list"));
+            }
+        }
+        known.clone_from(&list);
         directory.send_replace(Arc::new(NodeDirectory::new(cluster.node_id(), list)));
         tokio::select! {
             () = stop.cancelled() => return,

@@ -26,6 +26,8 @@
 //! - `store`: the state file that makes run-time changes survive restarts.
 //! - `metrics`, `sampler`: live figures with bounded memory, sampled once a
 //!   second into snapshots.
+//! - `events`: the event log (tunnels, mappings, nodes, limits), in
+//!   memory and in a JSON-lines file, with webhooks.
 //! - `control`: the HTTP control API (`docs/control-api.md`).
 
 mod clock;
@@ -36,6 +38,7 @@ mod directory;
 mod edge_changes;
 mod edges;
 mod errors;
+mod events;
 mod fleet;
 mod gate;
 mod handshake;

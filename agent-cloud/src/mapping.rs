@@ -18,6 +18,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::edges::EdgeRegistry;
+use crate::events::EventLog;
 use crate::log_limit::{self, LogLimit};
 use crate::metrics::{ActiveGuard, MappingMetrics};
 use crate::proxy_header::{self, Header};
@@ -200,6 +201,7 @@ pub(crate) async fn run(
     edges: Arc<EdgeRegistry>,
     all: TaskTracker,
     proxy: Option<Arc<ProxyProtocolConfig>>,
+    events: Option<EventLog>,
 ) {
     let name = entry.spec.name.clone();
     let mut flush = tokio::time::interval(log_limit::FLUSH_EVERY);
@@ -245,6 +247,14 @@ pub(crate) async fn run(
                 Err(_) => {
                     if entry.refusals.allow() {
                         info!(mapping = %name, %peer, "mapping at its connection limit; closed");
+                    }
+                    if let Some(events) = &events {
+                        let cap = entry.spec.max_connections.unwrap_or_default();
+                        events.limit_hit(
+                            "max_connections",
+                            &name,
+                            &format!("mapping {name} refused a client: at max_connections {cap}"),
+                        );
                     }
                     reset(tcp);
                     continue;

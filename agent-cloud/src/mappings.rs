@@ -98,6 +98,8 @@ pub(crate) struct Mappings {
     pub(crate) bind_ip: Option<std::net::IpAddr>,
     /// `[proxy_protocol]`, for every listener, run-time mappings' too.
     pub(crate) proxy_protocol: Option<Arc<config::ProxyProtocolConfig>>,
+    /// The event log, for limits the listeners hit.
+    pub(crate) events: std::sync::OnceLock<crate::events::EventLog>,
 }
 
 fn clash(a: SocketAddr, b: SocketAddr) -> bool {
@@ -126,6 +128,7 @@ impl Mappings {
             cluster: std::sync::OnceLock::new(),
             bind_ip,
             proxy_protocol: proxy_protocol.map(Arc::new),
+            events: std::sync::OnceLock::new(),
         })
     }
 
@@ -179,6 +182,7 @@ impl Mappings {
             Arc::clone(&self.edges),
             self.all_connections.clone(),
             self.proxy_protocol.clone(),
+            self.events.get().cloned(),
         ));
     }
 

@@ -21,6 +21,7 @@ use tunnel::{MuxSettings, Role, Tunnel};
 
 use crate::directory::{self, NodeDirectory};
 use crate::edges::EdgeRegistry;
+use crate::events::EventLog;
 use crate::gate::{self, Gate, Refusal, Ticket};
 use crate::handshake::{self, HandshakeError};
 use crate::log_limit::{self, LogLimit};
@@ -42,6 +43,7 @@ pub(crate) struct TunnelListener {
     /// The cluster's nodes, told to every version 4 tunnel.
     pub(crate) directory: watch::Receiver<Arc<NodeDirectory>>,
     pub(crate) stop: CancellationToken,
+    pub(crate) events: EventLog,
 }
 
 pub(crate) async fn run(this: TunnelListener, listener: TcpListener) {
@@ -158,6 +160,13 @@ async fn serve<S>(
             if matches!(code, RefuseCode::Superseded | RefuseCode::TooManyTunnels) {
                 ticket.authenticated(); // refused after proving its token
             }
+            if code == RefuseCode::TooManyTunnels {
+                this.events.limit_hit(
+                    "max_tunnels_per_edge",
+                    &edge_id,
+                    &format!("edge {} refused a tunnel: {message}", escaped(&edge_id)),
+                );
+            }
             if logs.handshakes.allow() {
                 warn!(edge = %escaped(&edge_id), ?code, %message, "edge refused");
             }
@@ -188,14 +197,32 @@ async fn serve<S>(
     let epoch = admitted.admission.epoch();
     // Logged once streams can be opened on it (tests wait for this line),
     // and not for a tunnel a newer run superseded meanwhile.
-    if this.edges.add(admitted.admission, tunnel.clone()) {
+    let registered = this.edges.add(admitted.admission, tunnel.clone());
+    if registered {
         info!(edge = %edge_id, epoch, version = %escaped(&admitted.agent_version),
             protocol = admitted.version, credential = admitted.credential.as_str(),
             "edge connected");
+        this.events.record(
+            api::EventKind::TunnelUp,
+            &edge_id,
+            &format!(
+                "tunnel {id} up (protocol {}, edge agent {})",
+                admitted.version,
+                escaped(&admitted.agent_version)
+            ),
+        );
     }
     tunnel.closed().await;
     // The reason may be the edge's go-away message.
-    info!(edge = %edge_id, reason = %escaped(tunnel.close_reason().unwrap_or_default()),
-        "edge tunnel closed");
+    let reason = tunnel.close_reason().unwrap_or_default();
+    info!(edge = %edge_id, reason = %escaped(&reason), "edge tunnel closed");
+    if registered {
+        // `record` escapes and cuts the edge's text.
+        this.events.record(
+            api::EventKind::TunnelDown,
+            &edge_id,
+            &format!("tunnel {id} down: {reason}"),
+        );
+    }
     debug!("tunnel task done");
 }

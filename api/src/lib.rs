@@ -7,11 +7,13 @@
 use serde::{Deserialize, Serialize};
 
 mod cluster;
+mod events;
 mod merge;
 
 pub use cluster::{
     EdgeNodeLink, MappingFailure, MappingOnNode, NodeApply, NodeMappingState, NodeView, PeerAnswer,
 };
+pub use events::{DEFAULT_EVENTS_LIMIT, Event, EventKind, EventsPage, MAX_EVENTS_LIMIT};
 pub use merge::{cluster_snapshot, sum_distributions};
 
 /// A mapping as an operator writes it: `POST /v1/mappings`, batch `add`.

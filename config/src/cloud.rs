@@ -12,6 +12,7 @@ use crate::cluster::{ClusterConfig, RawCluster};
 use crate::control::{ControlConfig, RawControl};
 use crate::defaults::{DEFAULT_CLOUD_LOG_FILE_PREFIX, serde_fns};
 use crate::error::{ConfigError, Doc, line_col};
+use crate::events::{EventsConfig, RawEvents};
 use crate::load;
 use crate::log::{LogConfig, RawLog};
 use crate::mapping::{MappingConfig, RawMapping};
@@ -41,6 +42,9 @@ pub struct CloudConfig {
     pub control: Option<ControlConfig>,
     /// `[log]`: log files; `None` logs to standard error only.
     pub log: Option<LogConfig>,
+    /// `[events]`: the event log and its webhooks; the defaults when the
+    /// table is absent.
+    pub events: EventsConfig,
     /// `[cluster]`: this agent is one node of a cluster whose state lives
     /// in etcd; `None` runs alone with the state file.
     pub cluster: Option<ClusterConfig>,
@@ -130,6 +134,7 @@ struct RawCloud {
     #[serde(default = "serde_fns::shutdown_grace")]
     shutdown_grace: Spanned<Dur>,
     control: Option<Spanned<RawControl>>,
+    events: Option<RawEvents>,
     log: Option<RawLog>,
     cluster: Option<Spanned<RawCluster>>,
     proxy_protocol: Option<RawProxyProtocol>,
@@ -259,6 +264,10 @@ impl RawCloud {
             }
             None => None,
         };
+        let events = match self.events {
+            Some(raw) => raw.validate(doc, control.as_ref())?,
+            None => EventsConfig::defaults(control.as_ref().map(|c| c.state_file.as_path())),
+        };
         let log = match self.log {
             Some(raw) => Some(raw.validate(doc, DEFAULT_CLOUD_LOG_FILE_PREFIX)?),
             None => None,
@@ -280,6 +289,7 @@ impl RawCloud {
             shutdown_grace,
             control,
             log,
+            events,
             cluster,
             proxy_protocol,
             warnings,

@@ -91,6 +91,28 @@ pub const DEFAULT_PROXY_PROTOCOL_TIMEOUT: Duration = Duration::from_secs(5);
 pub const PROXY_PROTOCOL_TIMEOUT_RANGE: RangeInclusive<Duration> =
     Duration::from_millis(1)..=Duration::from_secs(60);
 
+/// Default `[events] max_events`: events kept in memory and in the file.
+pub const DEFAULT_EVENTS_MAX: u32 = 10_000;
+/// Allowed `[events] max_events`.
+pub const EVENTS_MAX_RANGE: RangeInclusive<u32> = 10..=1_000_000;
+/// Default `[events] file` name, in the directory of `[control] state_file`.
+pub const DEFAULT_EVENTS_FILE: &str = "relay-cloud-events.jsonl";
+/// Most `[events] webhooks` URLs.
+pub const MAX_WEBHOOKS: usize = 16;
+/// Default `[events] webhook_timeout`: time one POST may take.
+pub const DEFAULT_WEBHOOK_TIMEOUT: Duration = Duration::from_secs(5);
+/// Allowed `[events] webhook_timeout`.
+pub const WEBHOOK_TIMEOUT_RANGE: RangeInclusive<Duration> =
+    Duration::from_millis(1)..=Duration::from_secs(60);
+/// Default `[events] webhook_queue`: events waiting per URL.
+pub const DEFAULT_WEBHOOK_QUEUE: u32 = 1000;
+/// Allowed `[events] webhook_queue`.
+pub const WEBHOOK_QUEUE_RANGE: RangeInclusive<u32> = 1..=100_000;
+/// Default `[events] webhook_retries`: attempts after the first failed one.
+pub const DEFAULT_WEBHOOK_RETRIES: u32 = 5;
+/// Allowed `[events] webhook_retries`.
+pub const WEBHOOK_RETRIES_RANGE: RangeInclusive<u32> = 0..=100;
+
 /// Shortest accepted token, in bytes.
 pub const MIN_TOKEN_LEN: usize = 16;
 /// Longest accepted mapping name or edge id, in characters.
@@ -157,6 +179,21 @@ pub(crate) mod serde_fns {
     }
     pub(crate) fn proxy_protocol_timeout() -> Spanned<Dur> {
         unplaced(Dur(DEFAULT_PROXY_PROTOCOL_TIMEOUT))
+    }
+    pub(crate) fn events_max() -> Spanned<u32> {
+        unplaced(DEFAULT_EVENTS_MAX)
+    }
+    pub(crate) fn webhooks() -> Spanned<Vec<Spanned<String>>> {
+        unplaced(Vec::new())
+    }
+    pub(crate) fn webhook_timeout() -> Spanned<Dur> {
+        unplaced(Dur(DEFAULT_WEBHOOK_TIMEOUT))
+    }
+    pub(crate) fn webhook_queue() -> Spanned<u32> {
+        unplaced(DEFAULT_WEBHOOK_QUEUE)
+    }
+    pub(crate) fn webhook_retries() -> Spanned<u32> {
+        unplaced(DEFAULT_WEBHOOK_RETRIES)
     }
     pub(crate) fn log_rotation() -> LogRotation {
         DEFAULT_LOG_ROTATION

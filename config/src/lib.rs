@@ -58,8 +58,12 @@
 //! - `[proxy_protocol]` ([`ProxyProtocolConfig`]): `from` holds at least one
 //!   IP address or CIDR network; `timeout` lies in
 //!   [`PROXY_PROTOCOL_TIMEOUT_RANGE`].
+//! - `[events]` ([`EventsConfig`]): `max_events`, `webhook_queue` and
+//!   `webhook_retries` in their ranges of [`defaults`]; `webhooks` are at
+//!   most [`MAX_WEBHOOKS`] distinct `http://` URLs; `file` defaults to
+//!   [`DEFAULT_EVENTS_FILE`] beside `[control] state_file`.
 //! - Relative paths (`token_file`, `admin_token_file`, `[tunnel.tls]`,
-//!   `ca_file`, `state_file`, `[log] dir`) are resolved against the config
+//!   `ca_file`, `state_file`, `[log] dir`, `[events] file`) are resolved against the config
 //!   file's directory. Only token files are read here; certificates, the
 //!   state file and the log directory are the agents' business.
 //!
@@ -76,6 +80,7 @@ mod control;
 pub mod defaults;
 mod edge;
 mod error;
+mod events;
 mod hostport;
 mod load;
 mod log;
@@ -99,6 +104,7 @@ pub use control::ControlConfig;
 pub use defaults::*;
 pub use edge::{BackoffConfig, EdgeConfig};
 pub use error::{ConfigError, FieldError};
+pub use events::EventsConfig;
 pub use hostport::{HostPort, ParseError};
 pub use log::{LogConfig, LogRotation};
 pub use mapping::MappingConfig;

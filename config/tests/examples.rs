@@ -118,17 +118,16 @@ fn the_examples_refuse_their_demo_tokens_beyond_loopback() {
     assert!(err.message().starts_with("token_file: this is the repository's demo token"), "{err}");
 }
 
-/// The commented-out `[proxy_protocol]` table of the cloud example, switched
-/// on: from its `# [proxy_protocol]` line to the next blank line, `# key`
-/// lines lose their `# `.
-#[test]
-fn commented_proxy_protocol_example_is_valid() {
+/// The cloud example with one commented-out table switched on: from its
+/// `# [table]` line to the next blank line, `# key` lines lose their `# `.
+fn with_cloud_table_enabled(table: &str) -> String {
     let text = std::fs::read_to_string(example("cloud.toml")).unwrap();
+    let header = format!("# [{table}]");
     let mut in_table = false;
     let mut found = false;
     let mut out = String::new();
     for line in text.lines() {
-        if line == "# [proxy_protocol]" {
+        if line == header {
             (in_table, found) = (true, true);
         } else if line.is_empty() {
             in_table = false;
@@ -140,11 +139,30 @@ fn commented_proxy_protocol_example_is_valid() {
         out.push_str(line);
         out.push('\n');
     }
-    assert!(found, "cloud.toml has no commented-out [proxy_protocol] table");
+    assert!(found, "cloud.toml has no commented-out [{table}] table");
+    out
+}
+
+#[test]
+fn commented_proxy_protocol_example_is_valid() {
+    let out = with_cloud_table_enabled("proxy_protocol");
     let cloud =
         CloudConfig::from_toml(&out, &example("cloud.toml")).unwrap_or_else(|e| panic!("{e}"));
     let p = cloud.proxy_protocol.expect("[proxy_protocol] enabled");
     let from: Vec<String> = p.from.iter().map(ToString::to_string).collect();
     assert_eq!(from, ["10.0.0.5/32", "10.0.1.0/24"]);
     assert_eq!(p.timeout, DEFAULT_PROXY_PROTOCOL_TIMEOUT);
+}
+
+/// The `[events]` example shows every key with its default (and one
+/// webhook), so switching it on changes nothing else.
+#[test]
+fn commented_events_example_is_valid() {
+    let out = with_cloud_table_enabled("events");
+    let origin = example("cloud.toml");
+    let cloud = CloudConfig::from_toml(&out, &origin).unwrap_or_else(|e| panic!("{e}"));
+    let state_file = cloud.control.as_ref().map(|c| c.state_file.as_path());
+    let mut expected = config::EventsConfig::defaults(state_file);
+    expected.webhooks = vec!["http://127.0.0.1:9000/relay-events".to_owned()];
+    assert_eq!(cloud.events, expected);
 }

@@ -71,8 +71,8 @@ fn check(kind: &str, load: Loader) -> (usize, usize) {
 #[test]
 fn cloud_fixtures() {
     let (valid, invalid) = check("cloud", load_cloud);
-    assert!(valid >= 9, "found only {valid} valid cloud fixtures");
-    assert!(invalid >= 66, "found only {invalid} invalid cloud fixtures");
+    assert!(valid >= 10, "found only {valid} valid cloud fixtures");
+    assert!(invalid >= 72, "found only {invalid} invalid cloud fixtures");
 }
 
 #[test]

@@ -76,6 +76,19 @@ pub(crate) enum Command {
     /// List, drain or undrain the nodes of a cluster.
     #[command(subcommand)]
     Nodes(NodesCommand),
+    /// What happened on the cloud agent: tunnels up and down, mappings
+    /// added, drained and removed, edges drained, nodes joining and
+    /// leaving, limits hit. Oldest first; `-o json` prints JSON lines.
+    Events {
+        /// Only events after this seq (0: every event the agent holds).
+        #[arg(long, value_name = "SEQ", default_value_t = 0)]
+        since: u64,
+        /// Keep printing new events as they happen, like `tail -f`;
+        /// reconnects and resumes after the last one seen if the
+        /// connection drops.
+        #[arg(long, short = 'f')]
+        follow: bool,
+    },
     /// Apply a file of `mappings ...` lines atomically (`-` reads stdin).
     Batch {
         /// The batch file: one mapping command per line, `#` comments.

@@ -183,6 +183,24 @@ impl ControlClient {
         self
     }
 
+    /// Every endpoint, in the order given.
+    pub(crate) fn endpoints(&self) -> &[String] {
+        &self.endpoints
+    }
+
+    /// The admin token's text, if there is one.
+    pub(crate) fn token(&self) -> Option<&str> {
+        self.token.as_ref().map(AdminToken::expose)
+    }
+
+    /// The event log after `since`, at most `limit` events.
+    ///
+    /// # Errors
+    /// A [`ClientError`] when the call fails.
+    pub(crate) fn events(&self, since: u64, limit: usize) -> Result<api::EventsPage, ClientError> {
+        self.expect("GET", &format!("/v1/events?since={since}&limit={limit}"), None)
+    }
+
     /// The endpoint that answered last (before any call: the first).
     pub(crate) fn endpoint(&self) -> String {
         let i = self.answered.load(Ordering::Relaxed);

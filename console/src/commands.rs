@@ -29,6 +29,7 @@ pub(crate) fn run(client: &ControlClient, command: Command, output: Output) -> E
             return crate::batch::run(client, &file, dry_run, output);
         }
         Command::Demo => return crate::demo::run(),
+        Command::Events { since, follow } => crate::events::run(client, since, follow, output),
         Command::Status => status(client, output),
         Command::Edges(EdgesCommand::List) => {
             client.edges().map(|e| print(output, &e, |e| edges_table(e)))

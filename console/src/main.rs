@@ -19,6 +19,7 @@ mod client;
 mod cluster;
 mod commands;
 mod demo;
+mod events;
 mod fleet;
 mod format;
 mod settings;

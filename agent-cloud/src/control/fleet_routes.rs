@@ -12,6 +12,16 @@ use super::routes::{Shared, bad_body, change_error, single};
 use crate::errors::ChangeError;
 use crate::errors::ErrorKind;
 
+/// Applies one change and records its event once applied.
+async fn apply(state: &Shared, change: Change) -> crate::mappings::BatchOutcome {
+    let changes = [change];
+    let outcome = state.mappings.apply(&changes, false).await;
+    if outcome.applied {
+        super::events::record_changes(&state.events, &changes, "api");
+    }
+    outcome
+}
+
 fn edge_view(state: &Shared, id: &str) -> Option<EdgeView> {
     let views = state.edges.views(crate::clock::now_secs(), crate::clock::unix_ms());
     views.into_iter().find(|e| e.id == id)
@@ -59,12 +69,12 @@ pub(super) async fn add_edge(
         Err(e) => return bad_body(&e),
     };
     let change = Change::AddEdge { id: request.id.clone(), group: request.group };
-    let outcome = state.mappings.apply(&[change], false).await;
+    let outcome = apply(&state, change).await;
     credential(&state, &request.id, outcome, StatusCode::CREATED)
 }
 
 pub(super) async fn remove_edge(State(state): State<Shared>, Path(id): Path<String>) -> Response {
-    let outcome = state.mappings.apply(&[Change::RemoveEdge { id }], false).await;
+    let outcome = apply(&state, Change::RemoveEdge { id }).await;
     single(outcome, StatusCode::NO_CONTENT, ())
 }
 
@@ -74,13 +84,12 @@ pub(super) async fn rotate_token(
     body: Option<Json<RotateTokenRequest>>,
 ) -> Response {
     let grace_secs = body.and_then(|Json(b)| b.grace_secs);
-    let outcome =
-        state.mappings.apply(&[Change::RotateToken { id: id.clone(), grace_secs }], false).await;
+    let outcome = apply(&state, Change::RotateToken { id: id.clone(), grace_secs }).await;
     credential(&state, &id, outcome, StatusCode::OK)
 }
 
 pub(super) async fn revoke_edge(State(state): State<Shared>, Path(id): Path<String>) -> Response {
-    let outcome = state.mappings.apply(&[Change::RevokeEdge { id: id.clone() }], false).await;
+    let outcome = apply(&state, Change::RevokeEdge { id: id.clone() }).await;
     let view = edge_view(&state, &id);
     single(outcome, StatusCode::OK, Json(view))
 }

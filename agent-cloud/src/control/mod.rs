@@ -5,10 +5,12 @@
 //! - `routes`: the endpoints, thin wrappers over [`Mappings`] and
 //!   [`EdgeRegistry`]; `fleet_routes`: adding, removing, rotating and
 //!   revoking edges.
+//! - `events`: `/v1/events` and its live stream.
 //! - `prometheus`: `/metrics` in Prometheus text format.
 //! - `server`: HTTP/1.1 with a header-read timeout and a connection cap.
 
 mod auth;
+mod events;
 mod fleet_routes;
 mod peers;
 mod prometheus;
@@ -44,6 +46,7 @@ pub(crate) struct ControlState {
     pub(crate) request_timeout: Duration,
     /// Connections served at once.
     pub(crate) max_connections: usize,
+    pub(crate) events: crate::events::EventLog,
 }
 
 /// Serves the control API on `listener` until `stop` fires.

@@ -5,10 +5,12 @@
 //! `histogram_quantile(0.99, sum by (le) (rate(..._bucket[5m])))`.
 
 use std::fmt::Write;
+use std::sync::atomic::Ordering;
 
 use api::{EdgeHealth, MappingState, Snapshot};
 
 use crate::edges::EdgeRegistry;
+use crate::events::{EventLog, Webhook};
 use crate::mappings::Mappings;
 use crate::metrics::{HistogramCounts, LATENCY_BUCKETS_US};
 
@@ -35,8 +37,14 @@ fn histogram(out: &mut String, name: &str, label: &str, value: &str, h: &Histogr
 /// Renders a snapshot, and the latency histograms of `mappings` and
 /// `edges`. Mapping names and edge ids are limited to `[A-Za-z0-9._-]`, so
 /// label values need no escaping.
-pub(super) fn render(s: &Snapshot, mappings: &Mappings, edges: &EdgeRegistry) -> String {
+pub(super) fn render(
+    s: &Snapshot,
+    mappings: &Mappings,
+    edges: &EdgeRegistry,
+    events: &EventLog,
+) -> String {
     let mut out = String::new();
+    render_events(&mut out, events);
     family(&mut out, "relay_mapping_up", "gauge", "1 if the mapping is listening and serving.");
     for m in &s.mappings {
         let up = u8::from(m.state == MappingState::Active);
@@ -126,4 +134,56 @@ pub(super) fn render(s: &Snapshot, mappings: &Mappings, edges: &EdgeRegistry) ->
         );
     }
     out
+}
+
+/// The event log's figures. Webhooks are labelled by their index in
+/// `[events] webhooks`, not their URL: a URL may carry a credential (a
+/// user, a token in its query), and `/metrics` is often scraped into
+/// places the admin token never reaches.
+fn render_events(out: &mut String, events: &EventLog) {
+    family(out, "relay_events_total", "counter", "Events recorded since start, by kind.");
+    for (kind, n) in events.recorded() {
+        let _ = writeln!(out, "relay_events_total{{kind=\"{kind}\"}} {n}");
+    }
+    family(
+        out,
+        "relay_events_dropped_total",
+        "counter",
+        "Events not recorded because the event writer was behind.",
+    );
+    let _ = writeln!(out, "relay_events_dropped_total {}", events.dropped());
+    let hooks = events.webhooks();
+    if hooks.is_empty() {
+        return;
+    }
+    type HookFamily = (&'static str, &'static str, &'static str, fn(&Webhook) -> u64);
+    let families: [HookFamily; 4] = [
+        (
+            "relay_events_webhook_delivered_total",
+            "counter",
+            "Events a webhook receiver accepted.",
+            |h| h.delivered.load(Ordering::Relaxed),
+        ),
+        (
+            "relay_events_webhook_dropped_total",
+            "counter",
+            "Events dropped from a full webhook queue (the oldest first).",
+            |h| h.dropped.load(Ordering::Relaxed),
+        ),
+        (
+            "relay_events_webhook_failed_total",
+            "counter",
+            "Events given up after every retry failed.",
+            |h| h.failed.load(Ordering::Relaxed),
+        ),
+        ("relay_events_webhook_queued", "gauge", "Events waiting for a webhook receiver.", |h| {
+            h.queued() as u64
+        }),
+    ];
+    for (name, kind, help, get) in families {
+        family(out, name, kind, help);
+        for (i, hook) in hooks.iter().enumerate() {
+            let _ = writeln!(out, "{name}{{webhook=\"{i}\"}} {}", get(hook));
+        }
+    }
 }

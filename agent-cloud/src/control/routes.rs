@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router, middleware};
 
-use super::{ControlState, auth, fleet_routes, prometheus};
+use super::{ControlState, auth, events, fleet_routes, prometheus};
 use crate::errors::ChangeError;
 use crate::mappings::BatchOutcome;
 
@@ -28,6 +28,8 @@ pub(super) fn router(state: Shared) -> Router {
         .route("/metrics", get(metrics))
         .route("/v1/snapshot", get(snapshot))
         .route("/v1/stream", get(stream))
+        .route("/v1/events", get(events::list))
+        .route("/v1/events/stream", get(events::stream))
         .route("/v1/mappings", get(list_mappings).post(add_mapping))
         .route("/v1/mappings/{name}", get(get_mapping).delete(remove_mapping))
         .route("/v1/mappings/{name}/drain", post(drain_mapping))
@@ -140,7 +142,7 @@ async fn metrics(State(state): State<Shared>) -> Response {
     let snapshot = fresh_snapshot(&state);
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
-        prometheus::render(&snapshot, &state.mappings, &state.edges),
+        prometheus::render(&snapshot, &state.mappings, &state.edges, &state.events),
     )
         .into_response()
 }
@@ -225,7 +227,11 @@ async fn add_mapping(
         Err(e) => return bad_body(&e),
     };
     let name = spec.name.clone();
-    let outcome = state.mappings.apply(&[Change::Add { spec }], false).await;
+    let changes = [Change::Add { spec }];
+    let outcome = state.mappings.apply(&changes, false).await;
+    if outcome.applied {
+        events::record_changes(&state.events, &changes, "api");
+    }
     let view = state.mappings.get(&name).map(|e| state.mappings.view_of(&e));
     single(outcome, StatusCode::CREATED, Json(view))
 }
@@ -236,14 +242,21 @@ async fn drain_mapping(
     body: Option<Json<DrainRequest>>,
 ) -> Response {
     let deadline_secs = body.and_then(|Json(b)| b.deadline_secs);
-    let outcome =
-        state.mappings.apply(&[Change::Drain { name: name.clone(), deadline_secs }], false).await;
+    let changes = [Change::Drain { name: name.clone(), deadline_secs }];
+    let outcome = state.mappings.apply(&changes, false).await;
+    if outcome.applied {
+        events::record_changes(&state.events, &changes, "api");
+    }
     let view = state.mappings.get(&name).map(|e| state.mappings.view_of(&e));
     single(outcome, StatusCode::ACCEPTED, Json(view))
 }
 
 async fn remove_mapping(State(state): State<Shared>, Path(name): Path<String>) -> Response {
-    let outcome = state.mappings.apply(&[Change::Remove { name }], false).await;
+    let changes = [Change::Remove { name }];
+    let outcome = state.mappings.apply(&changes, false).await;
+    if outcome.applied {
+        events::record_changes(&state.events, &changes, "api");
+    }
     single(outcome, StatusCode::NO_CONTENT, ())
 }
 
@@ -253,14 +266,22 @@ async fn list_edges(State(state): State<Shared>) -> Response {
 
 async fn drain_edge(State(state): State<Shared>, Path(id): Path<String>) -> Response {
     match state.mappings.set_edge_draining(&id, true).await {
-        Ok(()) => StatusCode::ACCEPTED.into_response(),
+        Ok(()) => {
+            let text = "drained through the api: no new connections go to it";
+            state.events.record(api::EventKind::EdgeDrained, &id, text);
+            StatusCode::ACCEPTED.into_response()
+        }
         Err(e) => change_error(&e),
     }
 }
 
 async fn undrain_edge(State(state): State<Shared>, Path(id): Path<String>) -> Response {
     match state.mappings.set_edge_draining(&id, false).await {
-        Ok(()) => StatusCode::OK.into_response(),
+        Ok(()) => {
+            let text = "undrained through the api: takes new connections again";
+            state.events.record(api::EventKind::EdgeUndrained, &id, text);
+            StatusCode::OK.into_response()
+        }
         Err(e) => change_error(&e),
     }
 }
@@ -274,6 +295,9 @@ async fn batch(
         Err(e) => return bad_body(&e),
     };
     let outcome = state.mappings.apply(&request.changes, request.dry_run).await;
+    if outcome.applied {
+        events::record_changes(&state.events, &request.changes, "batch");
+    }
     let status = match &outcome.failure {
         Some(e) => {
             StatusCode::from_u16(e.kind.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)

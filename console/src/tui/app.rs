@@ -3,6 +3,7 @@
 
 use api::{EdgeView, MappingSpec, MappingView, NodeView, PeerAnswer, Snapshot};
 
+use super::events::EventFeed;
 use super::form::AddForm;
 use super::theme::Theme;
 use crate::client::ClientError;
@@ -24,6 +25,10 @@ pub(crate) enum Action {
     OpenRevoke,
     OpenFilter,
     OpenHelp,
+    /// `E`: the events view, or back from it.
+    OpenEvents,
+    PageUp,
+    PageDown,
     /// Esc: close what is open, clear the filter.
     Cancel,
     /// Enter (or `y` in a confirmation).
@@ -47,6 +52,8 @@ pub(crate) enum Action {
     },
     /// The control API answered at this endpoint (one of several).
     Endpoint(String),
+    /// Events newer than those held, oldest first.
+    Events(Vec<api::Event>),
     /// A change sent to the cloud agent got its answer.
     Finished {
         request: Request,
@@ -156,6 +163,8 @@ pub(crate) enum Mode {
     /// Typing the filter.
     Filter,
     Help,
+    /// The events view instead of the tables.
+    Events,
     Add(AddForm),
     Confirm(Confirm),
 }
@@ -199,6 +208,8 @@ pub(crate) struct App {
     pub(crate) busy: Option<String>,
     pub(crate) in_flight: usize,
     pub(crate) quit: bool,
+    /// The newest events, for the events view.
+    pub(crate) events: EventFeed,
 }
 
 impl App {
@@ -222,6 +233,7 @@ impl App {
             busy: None,
             in_flight: 0,
             quit: false,
+            events: EventFeed::default(),
         }
     }
 

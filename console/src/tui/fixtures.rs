@@ -23,6 +23,41 @@ pub(crate) fn app() -> App {
     app
 }
 
+/// Events of the fixtures' agent: `n` of them, one a minute up to [`NOW`],
+/// cycling through tunnels, mapping changes and a limit.
+pub(crate) fn events(n: u64) -> Vec<api::Event> {
+    use api::EventKind::*;
+    let kinds = [
+        (TunnelUp, "site-a", "tunnel 3 up (protocol 4, edge agent 0.1.0)"),
+        (
+            MappingAdded,
+            "web",
+            "added through the api: 0.0.0.0:8080 to edge site-a, target 10.0.0.5:80",
+        ),
+        (
+            LimitHit,
+            "web",
+            "mapping web refused a client: at max_connections 100 (41 more since the last such event)",
+        ),
+        (MappingDrained, "db", "draining through the batch: open connections have 30s"),
+        (TunnelDown, "site-b", "tunnel 4 down: heartbeat timeout (no frame for 6s)"),
+        (EdgeDrained, "site-b", "drained through the api: no new connections go to it"),
+    ];
+    (1..=n)
+        .map(|seq| {
+            let (kind, subject, text) = kinds[(seq as usize - 1) % kinds.len()];
+            api::Event {
+                seq,
+                at_unix_ms: NOW - (n - seq) * 60_000,
+                kind,
+                subject: subject.into(),
+                text: text.into(),
+                node: None,
+            }
+        })
+        .collect()
+}
+
 /// The app after the cloud agent stopped answering 14 s after the data.
 pub(crate) fn disconnected() -> App {
     let mut app = app();

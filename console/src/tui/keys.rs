@@ -16,6 +16,7 @@ pub(crate) const HELP: &[(&str, &str)] = &[
     ("D", "drain or undrain the selected edge or node (asks first)"),
     ("R", "revoke the selected edge: cut it off now (asks first)"),
     ("/", "filter mappings; Enter keeps it, Esc clears it"),
+    ("E", "events: ↑ ↓ PgUp PgDn scroll, E or Esc back"),
     ("Esc", "clear the filter and the status line"),
     ("?", "this help"),
     ("q  Ctrl-C", "quit"),
@@ -26,7 +27,7 @@ pub(crate) const HELP: &[(&str, &str)] = &[
     ("Enter", "next field; on the last one, add"),
     ("Ctrl-S", "add from any field"),
     ("Ctrl-U  Esc", "clear the field / cancel"),
-    ("", ""),
+    // No blank line here: the whole screen fits 80x24.
     ("In a confirmation", ""),
     ("Enter y  Esc n", "go ahead / cancel"),
 ];
@@ -51,6 +52,11 @@ pub(crate) fn action(app: &App, key: KeyEvent) -> Option<Action> {
             KeyCode::Down => Some(Action::Down),
             _ => None,
         }),
+        Mode::Events => match key.code {
+            KeyCode::PageUp => Some(Action::PageUp),
+            KeyCode::PageDown | KeyCode::Char(' ') => Some(Action::PageDown),
+            code => normal(code),
+        },
         Mode::Add(_) => form(key.code, ctrl),
         Mode::Confirm(confirm) => {
             let typing = matches!(confirm, Confirm::Drain { .. } | Confirm::DrainNode { .. });
@@ -77,6 +83,7 @@ fn normal(code: KeyCode) -> Option<Action> {
         KeyCode::Char('R') => Action::OpenRevoke,
         KeyCode::Char('/') => Action::OpenFilter,
         KeyCode::Char('?') => Action::OpenHelp,
+        KeyCode::Char('E') => Action::OpenEvents,
         KeyCode::Esc => Action::Cancel,
         _ => return None,
     })

@@ -6,6 +6,7 @@
 //!   answers of the cloud agent.
 //! - `keys`: key presses to actions, per mode (the help text too).
 //! - `form`: the add-mapping form and its validation.
+//! - `events`: the newest events the events view shows (`E`).
 //! - `view`: drawing, a pure function of the state.
 //! - `worker`: the snapshot poller and the threads that make changes.
 //! - `theme`: colours (off with `NO_COLOR`); human units come from
@@ -16,6 +17,7 @@
 //! something changed.
 
 mod app;
+mod events;
 mod form;
 mod keys;
 mod outcome;

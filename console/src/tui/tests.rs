@@ -266,3 +266,37 @@ fn drain_a_node_confirmation() {
     key(&mut app, 'D');
     check("cluster_drain_node", &app);
 }
+
+#[test]
+fn events_view_scrolls_and_keeps_its_place() {
+    let mut app = fixtures::app();
+    app.update(super::app::Action::Events(fixtures::events(40)));
+    key(&mut app, 'E');
+    check("events", &app);
+    let shot = screen(&app, (120, 40));
+    let first = shot.lines().nth(3).expect("the first event row");
+    assert!(first.contains("mapping_drained") && first.contains("db"), "seq 40 on top: {first}");
+    assert!(shot.contains("1 to 36 of 40"), "{shot}");
+    key(&mut app, 'j');
+    press(&mut app, KeyCode::PageDown, KeyModifiers::NONE);
+    assert_eq!(app.events.scroll, 11);
+    // New events do not move what is being read.
+    let mut more = fixtures::events(41);
+    app.update(super::app::Action::Events(more.split_off(40)));
+    assert_eq!(app.events.scroll, 12);
+    let shot = screen(&app, (80, 24));
+    assert!(shot.contains("13 to 32 of 41"), "{shot}");
+    key(&mut app, 'E');
+    assert_eq!(app.mode, super::app::Mode::Normal, "E goes back");
+    key(&mut app, 'E');
+    press(&mut app, KeyCode::Esc, KeyModifiers::NONE);
+    assert_eq!(app.mode, super::app::Mode::Normal, "and so does Esc");
+}
+
+#[test]
+fn events_view_without_events() {
+    let mut app = fixtures::app();
+    key(&mut app, 'E');
+    let shot = screen(&app, (80, 24));
+    assert!(shot.contains("no events yet"), "{shot}");
+}

@@ -18,6 +18,7 @@ impl App {
             Action::Snapshot { result, now_ms } => self.on_snapshot(result, now_ms),
             Action::Finished { request, result } => return self.on_finished(request, result),
             Action::Endpoint(endpoint) => self.endpoint = endpoint,
+            Action::Events(events) => self.events.add(events),
             action => {
                 return match std::mem::replace(&mut self.mode, Mode::Normal) {
                     Mode::Normal => self.normal(action),
@@ -26,6 +27,10 @@ impl App {
                         if !matches!(action, Action::Cancel | Action::OpenHelp | Action::Confirm) {
                             self.mode = Mode::Help;
                         }
+                        None
+                    }
+                    Mode::Events => {
+                        self.events_view(action);
                         None
                     }
                     Mode::Add(form) => self.form(form, action),
@@ -58,6 +63,7 @@ impl App {
                 }
             }
             Action::OpenHelp => self.mode = Mode::Help,
+            Action::OpenEvents => self.mode = Mode::Events,
             Action::OpenFilter => self.mode = Mode::Filter,
             Action::Cancel => {
                 self.filter.clear();
@@ -98,6 +104,24 @@ impl App {
             _ => {}
         }
         None
+    }
+
+    /// Keys in the events view: scroll, help, or back.
+    fn events_view(&mut self, action: Action) {
+        /// Events a page key moves by.
+        const PAGE: isize = 10;
+        match action {
+            Action::Up => self.events.scroll_by(-1),
+            Action::Down => self.events.scroll_by(1),
+            Action::PageUp => self.events.scroll_by(-PAGE),
+            Action::PageDown => self.events.scroll_by(PAGE),
+            Action::OpenHelp => self.mode = Mode::Help,
+            Action::OpenEvents | Action::Cancel => {}
+            _ => {}
+        }
+        if !matches!(action, Action::OpenEvents | Action::Cancel | Action::OpenHelp) {
+            self.mode = Mode::Events;
+        }
     }
 
     fn mappings_on(&self, edge: &str) -> usize {

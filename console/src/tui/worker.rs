@@ -1,6 +1,7 @@
 //! Calls to the cloud agent, off the UI thread: a poller that fetches a
 //! snapshot about once a second (the cluster's figures, `scope=cluster`;
-//! it says when another of several endpoints answers), and one short-lived thread per change.
+//! it says when another of several endpoints answers) and the events
+//! recorded since its last fetch, and one short-lived thread per change.
 //! Both report back as [`Action`]s on a channel.
 
 use std::sync::mpsc::{self, RecvTimeoutError, Sender};
@@ -34,6 +35,7 @@ pub(crate) fn spawn_poller(
         .name("relayctl-poll".into())
         .spawn(move || {
             let mut answered = client.endpoint();
+            let mut events = EventCursor::default();
             loop {
                 let started = Instant::now();
                 let result = client.cluster_snapshot();
@@ -44,8 +46,16 @@ pub(crate) fn spawn_poller(
                         return;
                     }
                 }
+                let up = result.is_ok();
                 if tx.send(Action::Snapshot { result, now_ms: unix_ms() }).is_err() {
                     return;
+                }
+                // A failed fetch is seen in the snapshot's link state; the
+                // events wait for the next second.
+                if let Some(new) = up.then(|| events.fetch(&client)).flatten() {
+                    if tx.send(Action::Events(new)).is_err() {
+                        return;
+                    }
                 }
                 match woken.recv_timeout(INTERVAL.saturating_sub(started.elapsed())) {
                     Ok(()) => while woken.try_recv().is_ok() {},
@@ -56,6 +66,36 @@ pub(crate) fn spawn_poller(
         })
         .context("starting the snapshot thread")?;
     Ok(wake)
+}
+
+/// Where the poller is in the event log of the endpoint that answers.
+#[derive(Debug, Default)]
+struct EventCursor {
+    /// The last seq received; `None` before the first fetch.
+    last_seq: Option<u64>,
+    endpoint: String,
+}
+
+impl EventCursor {
+    /// Events since the last fetch (the newest the view holds, the first
+    /// time, or after another endpoint answered: its log is another).
+    fn fetch(&mut self, client: &ControlClient) -> Option<Vec<api::Event>> {
+        let endpoint = client.endpoint();
+        if endpoint != self.endpoint {
+            (self.last_seq, self.endpoint) = (None, endpoint);
+        }
+        let since = match self.last_seq {
+            Some(seq) => seq,
+            None => {
+                let newest = client.events(u64::MAX - 1, 1).ok()?.last_seq;
+                newest.saturating_sub(super::events::MAX_HELD as u64)
+            }
+        };
+        let page = client.events(since, super::events::MAX_HELD).ok()?;
+        let last = page.events.last().map_or(since, |e| e.seq);
+        self.last_seq = Some(last);
+        (!page.events.is_empty()).then_some(page.events)
+    }
 }
 
 /// Makes `request` on its own thread; the answer comes back on `tx` as

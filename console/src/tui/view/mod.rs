@@ -2,10 +2,12 @@
 //!
 //! Top to bottom: a header line, the banner and status lines when there
 //! is something to say, the edges, the nodes (in a cluster), the mappings,
-//! the detail pane of the selection, and a footer with the main keys.
-//! Dialogs open on top.
+//! the detail pane of the selection, and a footer with the main keys; or,
+//! in the events view, the events in place of the tables. Dialogs open on
+//! top.
 
 mod detail;
+mod events;
 mod popup;
 mod tables;
 
@@ -55,7 +57,9 @@ pub(crate) fn draw(frame: &mut Frame<'_>, app: &App) {
     if let Some(lines) = message {
         frame.render_widget(Paragraph::new(lines), message_area);
     }
-    if app.snapshot.is_none() {
+    if app.mode == Mode::Events {
+        events::draw(frame, app, edges.union(detail_area));
+    } else if app.snapshot.is_none() {
         let text = match &app.link {
             Link::Down(_) => "no data yet".to_owned(),
             _ => format!("connecting to {}…", app.endpoint),
@@ -163,12 +167,20 @@ fn draw_footer(frame: &mut Frame<'_>, app: &App, area: Rect) {
             frame.set_cursor_position((x, area.y));
             return;
         }
+        (Mode::Events, _) => &[
+            ("↑↓", "scroll"),
+            ("PgUp PgDn", "page"),
+            ("E Esc", "back"),
+            ("?", "help"),
+            ("q", "quit"),
+        ],
         (Mode::Normal, Focus::Mappings) => &[
             ("a", "add"),
             ("d", "drain"),
             ("x", "remove"),
             ("/", "filter"),
             ("Tab", "edges"),
+            ("E", "events"),
             ("?", "help"),
             ("q", "quit"),
         ],
