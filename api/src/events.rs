@@ -149,7 +149,7 @@ mod tests {
             assert_eq!(json, format!("\"{}\"", kind.as_str()));
             assert_eq!(serde_json::from_str::<EventKind>(&json).unwrap(), kind);
         }
-        let newer: EventKind = serde_json::from_str("\"edge_revoked\"").unwrap();
+        let newer: EventKind = serde_json::from_str("\"probe_changed\"").unwrap();
         assert_eq!(newer, EventKind::Other);
     }
 
