@@ -18,6 +18,7 @@ use crate::cluster::Cluster;
 use crate::control::{self, ControlState};
 use crate::directory::NodeDirectory;
 use crate::edges::EdgeRegistry;
+use crate::enrolment::Enrolment;
 use crate::events::EventLog;
 use crate::fleet::Fleet;
 use crate::mappings::Mappings;
@@ -199,6 +200,19 @@ impl Cloud {
         let background = TaskTracker::new();
         let ready = Arc::new(AtomicBool::new(true));
         let (directory, directory_rx) = watch::channel(Arc::new(NodeDirectory::default()));
+        // Codes are made through the control API, so without one there
+        // is nothing to redeem.
+        let enrolment = match &config.control {
+            Some(_) => {
+                let pin = match &config.tunnel.tls {
+                    Some(files) => Some(tunnel::tls::key_digest_of_cert_file(&files.cert)?),
+                    None => None,
+                };
+                let url = crate::enrolment::cloud_url(&config, tunnel_addr);
+                Some(Arc::new(Enrolment::new(Arc::clone(&mappings), events.clone(), pin, url)))
+            }
+            None => None,
+        };
         let tunnels = TunnelListener {
             config: Arc::clone(&config),
             tls,
@@ -206,6 +220,7 @@ impl Cloud {
             directory: directory_rx,
             stop: stop_accepting.clone(),
             events: events.clone(),
+            enrolment: enrolment.clone(),
         };
         background.spawn(tunnel_listener::run(tunnels, listener));
         if let Some(cluster) = &cluster {
@@ -236,6 +251,7 @@ impl Cloud {
                 request_timeout: control.request_timeout,
                 max_connections: control.max_connections as usize,
                 events: events.clone(),
+                enrolment: enrolment.clone(),
             };
             background.spawn(control::serve(state, listener, stop_control.clone()));
         }

@@ -1,12 +1,14 @@
 //! Planning the fleet's changes of a batch: add, remove, rotate a token,
-//! revoke. Each is checked against the fleet as the batch's earlier changes
+//! revoke, make an enrolment code and redeem one. Each is checked against the fleet as the batch's earlier changes
 //! leave it, and becomes a record to store (or one to delete). Pure but for
 //! the random source that makes tokens.
 
 use std::collections::BTreeMap;
 
 use crate::errors::{ChangeError, ErrorKind};
-use crate::fleet::{DEFAULT_ROTATION_GRACE_SECS, EdgeRecord, Fleet, PreviousToken, new_token};
+use crate::fleet::{
+    DEFAULT_ROTATION_GRACE_SECS, EdgeRecord, EnrolmentRecord, Fleet, PreviousToken, new_token,
+};
 
 /// What a planned fleet change does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -14,13 +16,18 @@ pub(crate) enum EdgeChange {
     Added,
     Rotated,
     Revoked,
+    /// An enrolment code was made (the edge may be new, with no token).
+    CodeMade,
+    /// A code was redeemed: the edge has a fresh token.
+    Enrolled,
 }
 
 /// A fleet change that passed planning.
 #[derive(Debug, Clone)]
 pub(crate) enum PlannedEdge {
-    /// Store this record (it carries the new token, if any).
-    Put { record: EdgeRecord, change: EdgeChange },
+    /// Store this record (it carries the new token, if any). `code` is a
+    /// new enrolment code, to show once.
+    Put { record: EdgeRecord, change: EdgeChange, code: Option<String> },
     /// Delete the record of this run-time edge.
     Remove { id: String },
 }
@@ -36,28 +43,56 @@ impl PlannedEdge {
     /// The token to show the operator once the change is applied.
     pub(crate) fn new_token(&self) -> Option<&str> {
         match self {
-            Self::Put { record, change: EdgeChange::Added | EdgeChange::Rotated } => {
-                Some(&record.token)
-            }
+            Self::Put {
+                record,
+                change: EdgeChange::Added | EdgeChange::Rotated | EdgeChange::Enrolled,
+                ..
+            } => Some(&record.token),
             _ => None,
+        }
+    }
+
+    /// The enrolment code to show the operator once the change is applied.
+    pub(crate) fn new_code(&self) -> Option<&str> {
+        match self {
+            Self::Put { code, .. } => code.as_deref(),
+            Self::Remove { .. } => None,
         }
     }
 
     pub(crate) fn describe(&self) -> String {
         match self {
-            Self::Put { record, change: EdgeChange::Added } => match &record.group {
+            Self::Put { record, change: EdgeChange::Added, .. } => match &record.group {
                 Some(g) => format!("add edge {} in group {g}, with a new token", record.id),
                 None => format!("add edge {}, with a new token", record.id),
             },
-            Self::Put { record, change: EdgeChange::Rotated } => match &record.previous {
+            Self::Put { record, change: EdgeChange::Rotated, .. } => match &record.previous {
                 Some(p) => format!(
                     "give edge {} a new token; the old one is accepted until unix ms {}",
                     record.id, p.until_unix_ms
                 ),
                 None => format!("give edge {} a new token; the old one is refused now", record.id),
             },
-            Self::Put { record, change: EdgeChange::Revoked } => {
+            Self::Put { record, change: EdgeChange::Revoked, .. } => {
                 format!("revoke edge {}, closing its tunnels", record.id)
+            }
+            Self::Put { record, change: EdgeChange::CodeMade, .. } => {
+                let until = record.enrolment.as_ref().map_or(0, |e| e.expires_unix_ms);
+                if record.token.is_empty() && !record.revoked {
+                    format!(
+                        "make an enrolment code for edge {}, valid until unix ms {until} \
+                         (the edge has no token until it is redeemed)",
+                        record.id
+                    )
+                } else {
+                    format!(
+                        "make an enrolment code for edge {}, valid until unix ms {until}",
+                        record.id
+                    )
+                }
+            }
+            Self::Put { record, change: EdgeChange::Enrolled, .. } => {
+                format!("enrol edge {} with a fresh token (its code is used up)", record.id)
             }
             Self::Remove { id } => format!("remove edge {id}, closing its tunnels"),
         }
@@ -103,9 +138,10 @@ pub(crate) fn add(
         token: token()?,
         previous: None,
         revoked: false,
+        enrolment: None,
     };
     fleet.put(record.clone());
-    Ok(PlannedEdge::Put { record, change: EdgeChange::Added })
+    Ok(PlannedEdge::Put { record, change: EdgeChange::Added, code: None })
 }
 
 /// Plans removing run-time edge `id`; `mapping_targets` maps each mapping
@@ -176,9 +212,10 @@ pub(crate) fn rotate(
         token: token()?,
         previous,
         revoked: false,
+        enrolment: fleet.record(id).and_then(|r| r.enrolment.clone()),
     };
     fleet.put(record.clone());
-    Ok(PlannedEdge::Put { record, change: EdgeChange::Rotated })
+    Ok(PlannedEdge::Put { record, change: EdgeChange::Rotated, code: None })
 }
 
 /// Plans revoking edge `id`: its record keeps no token.
@@ -193,9 +230,164 @@ pub(crate) fn revoke(fleet: &mut Fleet, id: &str) -> Result<PlannedEdge, ChangeE
         token: String::new(),
         previous: None,
         revoked: true,
+        // A code made before the revocation must not let the edge back.
+        enrolment: None,
     };
     fleet.put(record.clone());
-    Ok(PlannedEdge::Put { record, change: EdgeChange::Revoked })
+    Ok(PlannedEdge::Put { record, change: EdgeChange::Revoked, code: None })
+}
+
+/// Plans an enrolment code for edge `id`, creating the edge (in `group`,
+/// with no token until the code is redeemed) when it does not exist. A
+/// newer code replaces the edge's earlier one.
+pub(crate) fn enroll(
+    fleet: &mut Fleet,
+    id: &str,
+    group: Option<&str>,
+    ttl_secs: Option<u64>,
+    now_ms: u64,
+) -> Result<PlannedEdge, ChangeError> {
+    const MAX: u64 = api::MAX_ENROL_TTL_SECS;
+    let ttl = ttl_secs.unwrap_or(api::DEFAULT_ENROL_TTL_SECS);
+    if !(1..=MAX).contains(&ttl) {
+        return Err(ChangeError::new(
+            ErrorKind::Invalid,
+            format!("ttl_secs: {ttl} is out of range, expected 1..={MAX} (7 days)"),
+        ));
+    }
+    let mut record = match fleet.get(id) {
+        Some(edge) => {
+            let current = fleet.record(id).and_then(|r| r.group.clone());
+            if let Some(group) = group.filter(|g| current.as_deref() != Some(*g)) {
+                return Err(conflict(format!(
+                    "edge {id:?} exists{}: an enrolment code does not move it to group \
+                     {group:?}; leave out the group",
+                    current.map(|g| format!(" in group {g:?}")).unwrap_or_default()
+                )));
+            }
+            match fleet.record(id) {
+                Some(record) => record.clone(),
+                // A config-file edge keeps its token until the code is
+                // redeemed: its running agent is not cut off meanwhile.
+                None => EdgeRecord {
+                    id: id.to_owned(),
+                    group: None,
+                    token: edge
+                        .current_token()
+                        .and_then(|t| String::from_utf8(t.to_vec()).ok())
+                        .ok_or_else(|| {
+                            ChangeError::new(
+                                ErrorKind::Invalid,
+                                format!(
+                                    "edge {id:?}: its config-file token is not text, so the \
+                                     cloud cannot keep it until the code is redeemed"
+                                ),
+                            )
+                        })?,
+                    previous: None,
+                    revoked: false,
+                    enrolment: None,
+                },
+            }
+        }
+        None => {
+            let PlannedEdge::Put { mut record, .. } = add(&mut fleet.clone(), id, group)? else {
+                unreachable!("adding plans a put")
+            };
+            record.token = String::new();
+            record
+        }
+    };
+    let mut secret = [0u8; proto::ENROL_SECRET_LEN];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut secret).map_err(
+        |_| ChangeError::new(ErrorKind::Internal, "the system random source failed".into()),
+    )?;
+    record.enrolment = Some(EnrolmentRecord {
+        secret_sha256: proto::secret_digest(&secret),
+        expires_unix_ms: now_ms.saturating_add(ttl * 1000),
+        redeemed_unix_ms: None,
+        redeemed_by: None,
+    });
+    fleet.put(record.clone());
+    let code = proto::EnrolmentCode { secret, pin: None }.encode();
+    Ok(PlannedEdge::Put { record, change: EdgeChange::CodeMade, code: Some(code) })
+}
+
+/// Why a code cannot be redeemed; each is its own refusal on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Unredeemable {
+    Unknown,
+    Expired,
+    Used,
+}
+
+impl Unredeemable {
+    pub(crate) fn refuse_code(self) -> proto::RefuseCode {
+        match self {
+            Self::Unknown => proto::RefuseCode::UnknownCode,
+            Self::Expired => proto::RefuseCode::CodeExpired,
+            Self::Used => proto::RefuseCode::CodeUsed,
+        }
+    }
+
+    pub(crate) fn sentence(self) -> &'static str {
+        match self {
+            Self::Unknown => {
+                "unknown enrolment code: never made here, or replaced by a newer code for its \
+                 edge (relayctl edges enroll makes one)"
+            }
+            Self::Expired => "this enrolment code expired: make a new one (relayctl edges enroll)",
+            Self::Used => {
+                "this enrolment code was used already; each works once: make a new one \
+                 (relayctl edges enroll)"
+            }
+        }
+    }
+}
+
+/// The edge a code with this secret digest is for, if it can be redeemed.
+pub(crate) fn redeemable<'a>(
+    fleet: &'a Fleet,
+    secret_sha256: &str,
+    now_ms: u64,
+) -> Result<&'a EdgeRecord, Unredeemable> {
+    let record = fleet.by_enrolment(secret_sha256).ok_or(Unredeemable::Unknown)?;
+    let enrolment = record.enrolment.as_ref().ok_or(Unredeemable::Unknown)?;
+    if enrolment.redeemed_unix_ms.is_some() {
+        return Err(Unredeemable::Used);
+    }
+    if now_ms >= enrolment.expires_unix_ms {
+        return Err(Unredeemable::Expired);
+    }
+    Ok(record)
+}
+
+/// Plans redeeming the code with this secret digest: the edge gets a fresh
+/// token (its old one, and any revocation, end), the code is used up.
+pub(crate) fn redeem(
+    fleet: &mut Fleet,
+    secret_sha256: &str,
+    hostname: &str,
+    now_ms: u64,
+) -> Result<PlannedEdge, ChangeError> {
+    let mut record = redeemable(fleet, secret_sha256, now_ms)
+        .map_err(|why| {
+            let kind = match why {
+                Unredeemable::Unknown => ErrorKind::NotFound,
+                Unredeemable::Expired | Unredeemable::Used => ErrorKind::Conflict,
+            };
+            ChangeError::new(kind, why.sentence().into())
+        })?
+        .clone();
+    record.token = token()?;
+    record.previous = None;
+    record.revoked = false;
+    if let Some(enrolment) = &mut record.enrolment {
+        enrolment.redeemed_unix_ms = Some(now_ms);
+        enrolment.redeemed_by = Some(hostname.chars().take(64).collect());
+    }
+    fleet.put(record.clone());
+    Ok(PlannedEdge::Put { record, change: EdgeChange::Enrolled, code: None })
 }
 
 #[cfg(test)]
@@ -259,5 +451,55 @@ mod tests {
             panic!("a put")
         };
         assert!(record.previous.is_none() && !record.revoked, "a fresh start, old token dead");
+    }
+
+    fn code_digest(planned: &PlannedEdge) -> String {
+        let code = proto::EnrolmentCode::parse(planned.new_code().expect("a code")).unwrap();
+        proto::secret_digest(&code.secret)
+    }
+
+    #[test]
+    fn a_code_creates_a_tokenless_edge_and_works_once_within_its_lifetime() {
+        let mut f = fleet();
+        assert_eq!(kind(enroll(&mut f, "b", None, Some(0), 0)), ErrorKind::Invalid);
+        assert_eq!(
+            kind(enroll(&mut f, "b", None, Some(api::MAX_ENROL_TTL_SECS + 1), 0)),
+            ErrorKind::Invalid
+        );
+        let planned = enroll(&mut f, "b", Some("pool"), Some(60), 1_000).unwrap();
+        let digest = code_digest(&planned);
+        assert!(f.get("b").is_some_and(|e| e.tokens(0).is_empty()), "no token until redeemed");
+        assert_eq!(f.members("pool"), ["b"]);
+        assert_eq!(redeemable(&f, "00", 1_000).unwrap_err(), Unredeemable::Unknown);
+        assert_eq!(redeemable(&f, &digest, 61_000).unwrap_err(), Unredeemable::Expired);
+        let mut later = f.clone();
+        let redeemed = redeem(&mut later, &digest, "gw-1", 60_999).unwrap();
+        let token = redeemed.new_token().expect("a fresh token").to_owned();
+        assert_eq!(token.len(), 64);
+        assert_eq!(later.get("b").unwrap().current_token(), Some(token.as_bytes()));
+        assert_eq!(redeemable(&later, &digest, 61_000).unwrap_err(), Unredeemable::Used);
+        assert_eq!(kind(redeem(&mut later, &digest, "gw-2", 61_000)), ErrorKind::Conflict);
+        // A newer code replaces the older one.
+        let newer = enroll(&mut later, "b", None, None, 70_000).unwrap();
+        assert_eq!(redeemable(&later, &digest, 70_000).unwrap_err(), Unredeemable::Unknown);
+        assert!(redeemable(&later, &code_digest(&newer), 70_000).is_ok());
+        assert!(later.get("b").unwrap().current_token().is_some(), "kept until redeemed");
+    }
+
+    #[test]
+    fn a_config_edge_keeps_its_token_until_redeemed_and_a_revocation_voids_its_code() {
+        let mut f = fleet();
+        assert_eq!(kind(enroll(&mut f, "site-a", Some("pool"), None, 0)), ErrorKind::Conflict);
+        let planned = enroll(&mut f, "site-a", None, None, 0).unwrap();
+        assert_eq!(f.get("site-a").unwrap().current_token(), Some(&b"config-token"[..]));
+        let digest = code_digest(&planned);
+        revoke(&mut f, "site-a").unwrap();
+        assert_eq!(redeemable(&f, &digest, 1).unwrap_err(), Unredeemable::Unknown);
+        // A code made after the revocation brings it back once redeemed.
+        let planned = enroll(&mut f, "site-a", None, None, 0).unwrap();
+        assert!(f.get("site-a").unwrap().revoked, "revoked until redeemed");
+        redeem(&mut f, &code_digest(&planned), "gw", 1).unwrap();
+        let edge = f.get("site-a").unwrap();
+        assert!(!edge.revoked && edge.tokens(1).len() == 1);
     }
 }

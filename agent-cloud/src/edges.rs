@@ -483,6 +483,13 @@ impl EdgeRegistry {
                     groups: fleet.groups_of(id),
                     revoked: member.is_some_and(|e| e.revoked),
                     previous_token_until_unix_ms: member.and_then(|e| e.previous_until(now_ms)),
+                    enrolment: fleet.record(id).and_then(|r| r.enrolment.as_ref()).map(|e| {
+                        api::EnrolmentView {
+                            expires_unix_ms: e.expires_unix_ms,
+                            redeemed_unix_ms: e.redeemed_unix_ms,
+                            redeemed_by: e.redeemed_by.clone(),
+                        }
+                    }),
                     node_links: state
                         .node_links
                         .iter()
@@ -569,6 +576,7 @@ mod tests {
             token: "t2".into(),
             previous: Some(PreviousToken { token: "t".into(), until_unix_ms }),
             revoked: false,
+            enrolment: None,
         }
     }
 
@@ -583,6 +591,7 @@ mod tests {
             token: String::new(),
             previous: None,
             revoked: true,
+            enrolment: None,
         };
         edges.set_fleet(fleet_of(&[revoked]));
         assert!(closed_because(&live, "revoked").await);

@@ -35,6 +35,25 @@ pub(crate) struct EdgeRecord {
     /// Set by a revocation: refused until it gets a new token.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub(crate) revoked: bool,
+    /// Its latest enrolment code (only the digest of its secret).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) enrolment: Option<EnrolmentRecord>,
+}
+
+/// An enrolment code made for an edge. The secret itself is never kept:
+/// whoever reads the state file or etcd cannot redeem the code.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct EnrolmentRecord {
+    /// [`proto::secret_digest`] of the code's secret.
+    pub(crate) secret_sha256: String,
+    pub(crate) expires_unix_ms: u64,
+    /// Set when redeemed: a code works once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) redeemed_unix_ms: Option<u64>,
+    /// The host name the redeeming machine gave (escaped when shown).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) redeemed_by: Option<String>,
 }
 
 /// The token a rotation replaced, still accepted for a while.
@@ -248,6 +267,15 @@ impl Fleet {
             && members.iter().all(|id| self.edges.get(id).is_some_and(|e| e.revoked))
     }
 
+    /// The edge whose latest enrolment code has this secret digest.
+    pub(crate) fn by_enrolment(&self, secret_sha256: &str) -> Option<&EdgeRecord> {
+        // A scan: redemptions are rare and rate-limited, and the digest
+        // is of a random secret, so comparing it leaks nothing.
+        self.records
+            .values()
+            .find(|r| r.enrolment.as_ref().is_some_and(|e| e.secret_sha256 == secret_sha256))
+    }
+
     /// Sets a run-time record (as a batch's later changes see it).
     pub(crate) fn put(&mut self, record: EdgeRecord) {
         self.records.insert(record.id.clone(), record);
@@ -286,6 +314,7 @@ mod tests {
             token: token.into(),
             previous: None,
             revoked: false,
+            enrolment: None,
         }
     }
 

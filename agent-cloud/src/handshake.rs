@@ -29,6 +29,23 @@ pub(crate) struct Admitted {
     pub(crate) credential: Credential,
 }
 
+/// What a handshake produced: a tunnel, or a request to redeem an
+/// enrolment code (answered by [`crate::enrolment`]).
+#[derive(Debug)]
+pub(crate) enum Accepted {
+    Tunnel(Admitted),
+    Enrol(EnrolRequest),
+}
+
+/// An `Enroll` frame, checked for its version.
+#[derive(Debug)]
+pub(crate) struct EnrolRequest {
+    pub(crate) secret: [u8; proto::ENROL_SECRET_LEN],
+    /// As the edge sent them: untrusted text.
+    pub(crate) hostname: String,
+    pub(crate) agent_version: String,
+}
+
 /// Why a handshake did not produce a tunnel.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum HandshakeError {
@@ -46,7 +63,7 @@ pub(crate) async fn accept<S>(
     edges: &Arc<EdgeRegistry>,
     tunnel_id: u64,
     timeout: Duration,
-) -> Result<Admitted, HandshakeError>
+) -> Result<Accepted, HandshakeError>
 where
     S: AsyncRead + AsyncWrite,
 {
@@ -72,6 +89,16 @@ where
         }
         Err(e) => return Err(e.into()),
     };
+    if let Frame::Enroll { version, secret, hostname, agent_version } = auth {
+        if version < proto::ENROL_VERSION || version > PROTOCOL_VERSION {
+            let message = format!(
+                "enrolment at protocol version {version} not supported (this cloud enrols at {}..={PROTOCOL_VERSION})",
+                proto::ENROL_VERSION
+            );
+            return refuse(ws, RefuseCode::VersionMismatch, &message, "").await;
+        }
+        return Ok(Accepted::Enrol(EnrolRequest { secret, hostname, agent_version }));
+    }
     let Frame::Auth { version, edge_id, epoch, agent_version, nonce, proof } = auth else {
         return refuse(ws, RefuseCode::ProtocolError, "expected an auth frame", "").await;
     };
@@ -126,23 +153,32 @@ where
         proof: proto::server_proof(token, &server_nonce, &nonce, tunnel_id),
     };
     wire::send_frame(ws, &welcome).await?;
-    Ok(Admitted { admission, agent_version, version, credential })
+    Ok(Accepted::Tunnel(Admitted { admission, agent_version, version, credential }))
 }
 
-async fn refuse<S>(
+async fn refuse<S, T>(
     ws: &mut WsConn<S>,
     code: RefuseCode,
     message: &str,
     edge_id: &str,
-) -> Result<Admitted, HandshakeError>
+) -> Result<T, HandshakeError>
 where
     S: AsyncRead + AsyncWrite,
 {
-    // Bounded: a peer that does not read must not hold the handshake slot.
+    send_last(ws, &Frame::Refuse { code, message: message.to_owned() }).await;
+    Err(HandshakeError::Refused { code, message: message.to_owned(), edge_id: edge_id.to_owned() })
+}
+
+/// Sends the last frame of a connection (a refusal, or `Enrolled`) and
+/// closes it, bounded: a peer that does not read must not hold the
+/// handshake slot.
+pub(crate) async fn send_last<S>(ws: &mut WsConn<S>, frame: &Frame)
+where
+    S: AsyncRead + AsyncWrite,
+{
     let _ = tokio::time::timeout(REFUSE_SEND_LIMIT, async {
-        let _ = wire::send_frame(ws, &Frame::Refuse { code, message: message.to_owned() }).await;
+        let _ = wire::send_frame(ws, frame).await;
         let _ = ws.close().await;
     })
     .await;
-    Err(HandshakeError::Refused { code, message: message.to_owned(), edge_id: edge_id.to_owned() })
 }

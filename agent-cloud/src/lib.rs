@@ -37,6 +37,7 @@ mod control;
 mod directory;
 mod edge_changes;
 mod edges;
+mod enrolment;
 mod errors;
 mod events;
 mod fleet;

@@ -85,7 +85,7 @@ pub(crate) struct Mappings {
     /// Serialises changes; holds what the state file says.
     persisted: tokio::sync::Mutex<PersistedState>,
     store: Option<Store>,
-    edges: Arc<EdgeRegistry>,
+    pub(crate) edges: Arc<EdgeRegistry>,
     /// Addresses of the agent's own listeners (tunnel, control).
     reserved: Vec<SocketAddr>,
     pub(crate) all_connections: TaskTracker,
@@ -261,6 +261,7 @@ impl Mappings {
                             ok: false,
                             message: err.to_string(),
                             token: None,
+                            code: None,
                         };
                         for (i, o) in outcomes.iter_mut().enumerate().take(index) {
                             *o = ChangeOutcome {
@@ -268,6 +269,7 @@ impl Mappings {
                                 ok: true,
                                 message: "rolled back".into(),
                                 token: None,
+                                code: None,
                             };
                         }
                         return BatchOutcome::refused(outcomes, Some(err));
@@ -415,6 +417,14 @@ impl Mappings {
                 Change::RevokeEdge { id } => {
                     edge_changes::revoke(&mut fleet, id).map(Planned::Edge)
                 }
+                Change::Enroll { id, group, ttl_secs } => {
+                    edge_changes::enroll(&mut fleet, id, group.as_deref(), *ttl_secs, now_ms)
+                        .map(Planned::Edge)
+                }
+                Change::Redeem { secret_sha256, hostname } => {
+                    edge_changes::redeem(&mut fleet, secret_sha256, hostname, now_ms)
+                        .map(Planned::Edge)
+                }
                 Change::Drain { name, deadline_secs } => {
                     let deadline = drain_deadline(*deadline_secs)?;
                     match names.get(name) {
@@ -534,6 +544,7 @@ pub(crate) fn with_tokens(outcomes: &mut [ChangeOutcome], planned: &[Planned]) {
     for (outcome, p) in outcomes.iter_mut().zip(planned) {
         if let Planned::Edge(edge) = p {
             outcome.token = edge.new_token().map(str::to_owned);
+            outcome.code = edge.new_code().map(str::to_owned);
         }
     }
 }
@@ -548,8 +559,12 @@ pub(crate) fn passed(
         .iter()
         .enumerate()
         .map(|(index, p)| match p {
-            Ok(p) => ChangeOutcome { index, ok: true, message: describe(p), token: None },
-            Err(e) => ChangeOutcome { index, ok: false, message: e.to_string(), token: None },
+            Ok(p) => {
+                ChangeOutcome { index, ok: true, message: describe(p), token: None, code: None }
+            }
+            Err(e) => {
+                ChangeOutcome { index, ok: false, message: e.to_string(), token: None, code: None }
+            }
         })
         .collect();
     let failure = planned.iter().find_map(|p| p.as_ref().err().cloned());

@@ -21,9 +21,10 @@ use tunnel::{MuxSettings, Role, Tunnel};
 
 use crate::directory::{self, NodeDirectory};
 use crate::edges::EdgeRegistry;
+use crate::enrolment::{Enrolment, Redeemed};
 use crate::events::EventLog;
 use crate::gate::{self, Gate, Refusal, Ticket};
-use crate::handshake::{self, HandshakeError};
+use crate::handshake::{self, Accepted, EnrolRequest, HandshakeError};
 use crate::log_limit::{self, LogLimit};
 
 /// What strangers can make the listener log, each kind bounded.
@@ -44,6 +45,9 @@ pub(crate) struct TunnelListener {
     pub(crate) directory: watch::Receiver<Arc<NodeDirectory>>,
     pub(crate) stop: CancellationToken,
     pub(crate) events: EventLog,
+    /// Redeems enrolment codes; set once the control API is (codes are
+    /// made there).
+    pub(crate) enrolment: Option<Arc<Enrolment>>,
 }
 
 pub(crate) async fn run(this: TunnelListener, listener: TcpListener) {
@@ -106,7 +110,9 @@ pub(crate) async fn run(this: TunnelListener, listener: TcpListener) {
                 match acceptor {
                     Some(acceptor) => {
                         match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
-                            Ok(Ok(tls)) => serve(&this, &logs, tls, id, ticket, deadline).await,
+                            Ok(Ok(tls)) => {
+                                serve(&this, &logs, tls, peer, id, ticket, deadline).await;
+                            }
                             Ok(Err(e)) if logs.handshakes.allow() => {
                                 info!(error = %escaped(e), "TLS handshake failed");
                             }
@@ -114,7 +120,7 @@ pub(crate) async fn run(this: TunnelListener, listener: TcpListener) {
                             _ => {}
                         }
                     }
-                    None => serve(&this, &logs, tcp, id, ticket, deadline).await,
+                    None => serve(&this, &logs, tcp, peer, id, ticket, deadline).await,
                 }
             }
             .instrument(span),
@@ -126,6 +132,7 @@ async fn serve<S>(
     this: &TunnelListener,
     logs: &Logs,
     stream: S,
+    peer: std::net::SocketAddr,
     id: u64,
     ticket: Ticket,
     deadline: tokio::time::Instant,
@@ -155,7 +162,11 @@ async fn serve<S>(
     let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
     let admitted = match handshake::accept(&mut ws, &this.config, &this.edges, id, remaining).await
     {
-        Ok(admitted) => admitted,
+        Ok(Accepted::Tunnel(admitted)) => admitted,
+        Ok(Accepted::Enrol(request)) => {
+            enrol(this, &mut ws, peer, &request).await;
+            return;
+        }
         Err(HandshakeError::Refused { code, message, edge_id }) => {
             if matches!(code, RefuseCode::Superseded | RefuseCode::TooManyTunnels) {
                 ticket.authenticated(); // refused after proving its token
@@ -225,4 +236,29 @@ async fn serve<S>(
         );
     }
     debug!("tunnel task done");
+}
+
+/// Answers an `Enroll`: the edge's id and new token, or why not.
+async fn enrol<S>(
+    this: &TunnelListener,
+    ws: &mut WsConn<S>,
+    peer: std::net::SocketAddr,
+    request: &EnrolRequest,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let redeemed = match &this.enrolment {
+        Some(enrolment) => enrolment.redeem(peer.ip(), &request.secret, &request.hostname).await,
+        None => Redeemed::Refused {
+            code: RefuseCode::UnknownCode,
+            message: "this cloud has no control API ([control]), so it makes no enrolment codes"
+                .into(),
+        },
+    };
+    let frame = match redeemed {
+        Redeemed::Enrolled { edge_id, token } => proto::Frame::Enrolled { edge_id, token },
+        Redeemed::Refused { code, message } => proto::Frame::Refuse { code, message },
+    };
+    debug!(agent_version = %escaped(&request.agent_version), "enrolment answered");
+    handshake::send_last(ws, &frame).await;
 }

@@ -23,6 +23,7 @@ pub mod backoff;
 mod connector;
 mod dial;
 mod edge;
+pub mod enrol;
 mod fleet;
 mod pool;
 mod report;

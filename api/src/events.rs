@@ -69,6 +69,11 @@ pub enum EventKind {
     /// An edge got a new token (subject: the edge; the text gives the
     /// grace of the old one).
     TokenRotated,
+    /// An enrolment code was made for an edge (subject: the edge).
+    EnrolmentCodeMade,
+    /// An enrolment code was redeemed: the edge has its own token (subject:
+    /// the edge; the text names the redeeming host and address).
+    EdgeEnrolled,
     /// A kind this build does not know (from a newer agent).
     #[serde(other)]
     Other,
@@ -76,7 +81,7 @@ pub enum EventKind {
 
 impl EventKind {
     /// Every kind this build records, in a stable order.
-    pub const ALL: [EventKind; 14] = [
+    pub const ALL: [EventKind; 16] = [
         Self::TunnelUp,
         Self::TunnelDown,
         Self::MappingAdded,
@@ -91,6 +96,8 @@ impl EventKind {
         Self::EdgeRemoved,
         Self::EdgeRevoked,
         Self::TokenRotated,
+        Self::EnrolmentCodeMade,
+        Self::EdgeEnrolled,
     ];
 
     /// The wire name: `tunnel_up`, `limit_hit`, ...
@@ -110,6 +117,8 @@ impl EventKind {
             Self::EdgeRemoved => "edge_removed",
             Self::EdgeRevoked => "edge_revoked",
             Self::TokenRotated => "token_rotated",
+            Self::EnrolmentCodeMade => "enrolment_code_made",
+            Self::EdgeEnrolled => "edge_enrolled",
             Self::Other => "other",
         }
     }

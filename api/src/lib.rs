@@ -218,6 +218,9 @@ pub struct EdgeView {
     /// accepted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous_token_until_unix_ms: Option<u64>,
+    /// Its latest enrolment code, while the cloud keeps it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enrolment: Option<EnrolmentView>,
 }
 
 /// Percentiles of a histogram, plus its buckets for drawing.
@@ -353,6 +356,78 @@ pub enum Change {
         /// Edge id.
         id: String,
     },
+    /// Make a one-time enrolment code for an edge, creating the edge (with
+    /// no token yet) when it does not exist. The code is answered once, in
+    /// the outcome's `code`; a newer code for the same edge replaces it.
+    Enroll {
+        /// Edge id.
+        id: String,
+        /// A group for an edge this creates.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        group: Option<String>,
+        /// Seconds the code stays valid; default 900 (15 minutes), 1 to
+        /// [`MAX_ENROL_TTL_SECS`].
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ttl_secs: Option<u64>,
+    },
+    /// Redeem an enrolment code (the tunnel listener does this; a request
+    /// cannot name it): the code's edge gets a fresh token, the code is
+    /// used up.
+    #[serde(skip)]
+    Redeem {
+        /// SHA-256 of the code's secret, hex.
+        secret_sha256: String,
+        /// What the enrolling machine calls itself (untrusted text).
+        hostname: String,
+    },
+}
+
+/// Longest lifetime of an enrolment code, in seconds (7 days).
+pub const MAX_ENROL_TTL_SECS: u64 = 7 * 24 * 3600;
+/// Lifetime of an enrolment code that names none, in seconds.
+pub const DEFAULT_ENROL_TTL_SECS: u64 = 900;
+
+/// `POST /v1/edges/{id}/enroll`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnrollRequest {
+    /// A group for an edge this creates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// Seconds the code stays valid; default 900.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_secs: Option<u64>,
+}
+
+/// The answer to `POST /v1/edges/{id}/enroll`: the code, shown this once,
+/// and what to run on the on-prem machine.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EnrolmentTicket {
+    /// The edge id the code is bound to.
+    pub edge_id: String,
+    /// The one-time code (`hr1.<secret>[.<pin>]`).
+    pub code: String,
+    /// Unix ms when it expires.
+    pub expires_unix_ms: u64,
+    /// The tunnel URL edges reach this cloud at, as the cloud knows it
+    /// (`[tunnel] public_url`, a cluster's `advertise`, or the listener's
+    /// address); check it when the cloud sits behind a load balancer.
+    pub cloud_url: String,
+    /// The command to run on the on-prem machine.
+    pub command: String,
+}
+
+/// An edge's pending or redeemed enrolment code, in [`EdgeView`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnrolmentView {
+    /// Unix ms when the code expires (or expired).
+    pub expires_unix_ms: u64,
+    /// Unix ms when it was redeemed, if it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redeemed_unix_ms: Option<u64>,
+    /// The host name the redeeming machine gave (untrusted text).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redeemed_by: Option<String>,
 }
 
 /// `POST /v1/edges`.
@@ -421,6 +496,11 @@ pub struct ChangeOutcome {
     /// this once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
+    /// For `enroll` once applied: the code's secret part (`hr1.<secret>`;
+    /// the `/v1/edges/{id}/enroll` answer adds the cloud's pin), shown
+    /// this once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
 }
 
 /// The answer to a batch.

@@ -307,6 +307,7 @@ mod tests {
             groups: Vec::new(),
             revoked: false,
             previous_token_until_unix_ms: None,
+            enrolment: None,
         }
     }
 

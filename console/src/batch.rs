@@ -84,10 +84,13 @@ fn edge_change(command: EdgesCommand) -> Result<Change, String> {
             Change::RotateToken { id, grace_secs: grace.map(|g| g.as_secs()) }
         }
         EdgesCommand::Revoke { id } => Change::RevokeEdge { id },
-        EdgesCommand::List | EdgesCommand::Drain { .. } | EdgesCommand::Undrain { .. } => {
+        EdgesCommand::List
+        | EdgesCommand::Drain { .. }
+        | EdgesCommand::Undrain { .. }
+        | EdgesCommand::Enroll { .. } => {
             return Err(
-                "only `edges add|remove|rotate-token|revoke` can be batched (drain and undrain \
-                 are their own commands)"
+                "only `edges add|remove|rotate-token|revoke` can be batched (drain, undrain and \
+                 enroll are their own commands)"
                     .into(),
             );
         }

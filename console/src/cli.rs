@@ -151,6 +151,19 @@ pub(crate) enum EdgesCommand {
         /// The edge id.
         id: String,
     },
+    /// Make a one-time enrolment code for an edge (creating the edge if
+    /// it does not exist) and print the command to run on the on-prem
+    /// machine: `relay-edge enroll` redeems it and writes a ready config.
+    Enroll {
+        /// The edge id: 1 to 64 of A-Z a-z 0-9 . _ -
+        id: String,
+        /// A group for an edge this creates.
+        #[arg(long)]
+        group: Option<String>,
+        /// How long the code works, e.g. 15m, 1h (1s to 7 days). Default 15m.
+        #[arg(long, value_parser = parse_ttl)]
+        ttl: Option<Duration>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -237,6 +250,15 @@ fn parse_grace(s: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(s).map_err(|e| format!("{e} (expected e.g. 10m, 1h, 7d)"))?;
     if d.as_secs() > api::MAX_ROTATION_GRACE_SECS {
         return Err(format!("{s} is longer than the 30 days a grace may last"));
+    }
+    Ok(d)
+}
+
+/// An enrolment code's lifetime: 1 s to 7 days.
+fn parse_ttl(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("{e} (expected e.g. 15m, 1h)"))?;
+    if !(1..=api::MAX_ENROL_TTL_SECS).contains(&d.as_secs()) {
+        return Err(format!("{s}: a code lives 1s to 7 days"));
     }
     Ok(d)
 }

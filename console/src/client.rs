@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use api::{
-    AddEdgeRequest, ApiError, BatchRequest, BatchResponse, EdgeCredential, EdgeView, MappingSpec,
-    MappingView, NodeApply, NodeView, RotateTokenRequest, Snapshot,
+    AddEdgeRequest, ApiError, BatchRequest, BatchResponse, EdgeCredential, EdgeView, EnrollRequest,
+    EnrolmentTicket, MappingSpec, MappingView, NodeApply, NodeView, RotateTokenRequest, Snapshot,
 };
 use serde::de::DeserializeOwned;
 use thiserror::Error;
@@ -475,6 +475,25 @@ impl ControlClient {
         let body =
             serde_json::to_string(&RotateTokenRequest { grace_secs }).map_err(|e| self.bad(e))?;
         self.credential(self.change("POST", &format!("/v1/edges/{id}/rotate-token"), Some(body))?)
+    }
+
+    /// Makes a one-time enrolment code for edge `id`.
+    ///
+    /// # Errors
+    /// A [`ClientError`]; [`ClientError::Api`] with 409 when the group
+    /// does not match an existing edge's.
+    pub(crate) fn enroll(
+        &self,
+        id: &str,
+        request: &EnrollRequest,
+    ) -> Result<Changed<EnrolmentTicket>, ClientError> {
+        let body = serde_json::to_string(request).map_err(|e| self.bad(e))?;
+        let changed = self.change("POST", &format!("/v1/edges/{id}/enroll"), Some(body))?;
+        let Some(body) = changed.value else {
+            return Err(self.bad("an empty answer where the enrolment code should be"));
+        };
+        let ticket = serde_json::from_value(body).map_err(|e| self.bad(e))?;
+        Ok(Changed { value: ticket, applied: changed.applied, body: changed.body })
     }
 
     fn credential(

@@ -53,6 +53,9 @@ pub(crate) fn run(client: &ControlClient, command: Command, output: Output) -> E
         Command::Edges(EdgesCommand::Add { id, group }) => {
             crate::fleet::add(client, &id, group, output)
         }
+        Command::Edges(EdgesCommand::Enroll { id, group, ttl }) => {
+            crate::fleet::enroll(client, &id, group, ttl.map(|t| t.as_secs()), output)
+        }
         Command::Edges(EdgesCommand::RotateToken { id, grace }) => {
             crate::fleet::rotate(client, &id, grace.map(|g| g.as_secs()), output)
         }
@@ -327,6 +330,7 @@ mod tests {
             groups: Vec::new(),
             revoked: false,
             previous_token_until_unix_ms: None,
+            enrolment: None,
         }
     }
 

@@ -1,6 +1,6 @@
-//! `relayctl edges add|remove|rotate-token|revoke`: the fleet's changes.
+//! `relayctl edges add|remove|rotate-token|revoke|enroll`: the fleet's changes.
 
-use api::{AddEdgeRequest, EdgeCredential};
+use api::{AddEdgeRequest, EdgeCredential, EnrollRequest};
 
 use crate::cli::Output;
 use crate::client::{Changed, ClientError, ControlClient};
@@ -65,5 +65,41 @@ pub(crate) fn rotate(
 ) -> Result<(), ClientError> {
     let c = client.rotate_token(id, grace_secs)?;
     print_credential(output, id, &format!("edge {id} has a new token"), &c);
+    Ok(())
+}
+
+/// Makes an enrolment code for edge `id`, printing it with the command to
+/// run on the on-prem machine.
+pub(crate) fn enroll(
+    client: &ControlClient,
+    id: &str,
+    group: Option<String>,
+    ttl_secs: Option<u64>,
+    output: Output,
+) -> Result<(), ClientError> {
+    let c = client.enroll(id, &EnrollRequest { group, ttl_secs })?;
+    match output {
+        Output::Json => {
+            let body = c.body.clone().unwrap_or_default();
+            println!("{}", serde_json::to_string_pretty(&body).unwrap_or_default());
+        }
+        Output::Table => {
+            let left = c.value.expires_unix_ms.saturating_sub(crate::cluster::unix_ms());
+            println!(
+                "enrolment code for edge {id} (works once, for {}; shown this once):\n  {}",
+                crate::format::duration_ms(left),
+                c.value.code
+            );
+            println!("on the on-prem machine, run:\n  {}", c.value.command);
+            println!(
+                "  (add --allow HOST:PORT for each destination the edge may reach; check that \
+                 {} is the URL edges reach this cloud at)",
+                c.value.cloud_url
+            );
+            for line in crate::cluster::change_outcomes(c.applied.revision, &c.applied.nodes) {
+                println!("{line}");
+            }
+        }
+    }
     Ok(())
 }

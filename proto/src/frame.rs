@@ -12,6 +12,7 @@
 use bytes::{Buf, BufMut, Bytes};
 use thiserror::Error;
 
+use crate::enrolment::ENROL_SECRET_LEN;
 use crate::handshake::{AUTH_PROOF_LEN, NONCE_LEN, RefuseCode};
 use crate::nodes::{self, NodeAddr, NodeLink};
 
@@ -39,6 +40,8 @@ mod kind {
     pub(super) const AUTH: u8 = 0x11;
     pub(super) const WELCOME: u8 = 0x12;
     pub(super) const REFUSE: u8 = 0x13;
+    pub(super) const ENROLL: u8 = 0x14;
+    pub(super) const ENROLLED: u8 = 0x15;
 }
 
 /// One protocol frame.
@@ -101,6 +104,13 @@ pub enum Frame {
     },
     /// Handshake step 3b, cloud to edge: refused, and why.
     Refuse { code: RefuseCode, message: String },
+    /// Enrolment (version 6), edge to cloud, instead of [`Frame::Auth`]:
+    /// the secret of a one-time enrolment code, sent only once the cloud's
+    /// key matched the code's pin. `hostname` is shown to the operator.
+    Enroll { version: u16, secret: [u8; ENROL_SECRET_LEN], hostname: String, agent_version: String },
+    /// Enrolment, cloud to edge: the code was redeemed; the edge's id and
+    /// its own long-term token. The cloud closes the connection after it.
+    Enrolled { edge_id: String, token: String },
 }
 
 /// What an edge tells the cloud about itself in a [`Frame::Report`].
@@ -284,6 +294,8 @@ fn decode_payload(kind: u8, stream: u32, mut p: Bytes) -> Result<Frame, DecodeEr
                 | kind::AUTH
                 | kind::WELCOME
                 | kind::REFUSE
+                | kind::ENROLL
+                | kind::ENROLLED
         );
     if !known {
         return Err(DecodeError::UnknownKind(kind));
@@ -426,6 +438,25 @@ fn decode_payload(kind: u8, stream: u32, mut p: Bytes) -> Result<Frame, DecodeEr
             r.finish()?;
             Frame::Refuse { code, message }
         }
+        kind::ENROLL => {
+            let mut r = Reader::new("enroll", &mut p);
+            let version = r.u16()?;
+            let secret = r.array()?;
+            let hostname = r.text()?;
+            let agent_version = r.text()?;
+            r.finish()?;
+            Frame::Enroll { version, secret, hostname, agent_version }
+        }
+        kind::ENROLLED => {
+            let mut r = Reader::new("enrolled", &mut p);
+            let edge_id = r.text()?;
+            let token = r.text()?;
+            r.finish()?;
+            if edge_id.is_empty() || token.is_empty() {
+                return Err(DecodeError::malformed("enrolled", "empty edge id or token"));
+            }
+            Frame::Enrolled { edge_id, token }
+        }
         _ => return Err(DecodeError::UnknownKind(kind)),
     };
     Ok(frame)
@@ -558,6 +589,8 @@ impl Frame {
             Frame::Auth { .. } => kind::AUTH,
             Frame::Welcome { .. } => kind::WELCOME,
             Frame::Refuse { .. } => kind::REFUSE,
+            Frame::Enroll { .. } => kind::ENROLL,
+            Frame::Enrolled { .. } => kind::ENROLLED,
         }
     }
 
@@ -579,6 +612,10 @@ impl Frame {
                 2 + 8 + NONCE_LEN + AUTH_PROOF_LEN + text_len(edge_id) + text_len(agent_version)
             }
             Frame::Welcome { .. } => 2 + 8 + 4 + 4 + 4 + AUTH_PROOF_LEN,
+            Frame::Enroll { hostname, agent_version, .. } => {
+                2 + ENROL_SECRET_LEN + text_len(hostname) + text_len(agent_version)
+            }
+            Frame::Enrolled { edge_id, token } => text_len(edge_id) + text_len(token),
         }
     }
 
@@ -659,6 +696,16 @@ impl Frame {
             Frame::Refuse { code, message } => {
                 out.put_u8(code.to_u8());
                 put_text(out, message);
+            }
+            Frame::Enroll { version, secret, hostname, agent_version } => {
+                out.put_u16(*version);
+                out.put_slice(secret);
+                put_text(out, hostname);
+                put_text(out, agent_version);
+            }
+            Frame::Enrolled { edge_id, token } => {
+                put_text(out, edge_id);
+                put_text(out, token);
             }
         }
     }
@@ -807,6 +854,14 @@ mod tests {
     }
 
     #[test]
+    fn an_enrolled_frame_without_a_token_is_malformed() {
+        let frame = Frame::Enrolled { edge_id: "e".into(), token: String::new() };
+        let mut buf = BytesMut::new();
+        frame.encode(&mut buf);
+        assert!(decode(&mut buf.freeze(), 1024).is_err());
+    }
+
+    #[test]
     fn every_kind_round_trips() {
         let frames = vec![
             Frame::Open { stream: 1, window: 5, mapping: "m".into(), host: "::1".into(), port: 1 },
@@ -851,6 +906,14 @@ mod tests {
                 proof: [3; AUTH_PROOF_LEN],
             },
             Frame::Refuse { code: RefuseCode::BadToken, message: "bad token".into() },
+            Frame::Refuse { code: RefuseCode::CodeUsed, message: "used".into() },
+            Frame::Enroll {
+                version: 6,
+                secret: [9; ENROL_SECRET_LEN],
+                hostname: "site-a-gw".into(),
+                agent_version: "0.1.0".into(),
+            },
+            Frame::Enrolled { edge_id: "site-a".into(), token: "ab".repeat(32) },
         ];
         for frame in frames {
             assert_eq!(round_trip(&frame), frame);

@@ -40,6 +40,18 @@ wire_enum! {
         /// An operator revoked this edge: refused until it gets a new
         /// token. Protocol 5; a cloud sends `BadToken` to older edges.
         Revoked = 8,
+        /// Enrolment (protocol 6): no code with this secret exists (never
+        /// made, replaced by a newer one for its edge, or removed).
+        UnknownCode = 9,
+        /// Enrolment: the code's lifetime is over.
+        CodeExpired = 10,
+        /// Enrolment: the code was redeemed already; each works once.
+        CodeUsed = 11,
+        /// Enrolment: too many failed attempts from this address lately.
+        RateLimited = 12,
+        /// Enrolment: the cloud cannot record a redemption now (its state
+        /// file or etcd failed); nothing was used up.
+        Unavailable = 13,
     }
 }
 
@@ -47,7 +59,14 @@ impl RefuseCode {
     /// Whether retrying with the same configuration can ever succeed soon.
     /// Used by the edge to pick a short or a long backoff.
     pub fn is_transient(self) -> bool {
-        matches!(self, Self::Superseded | Self::TooManyTunnels | Self::ShuttingDown)
+        matches!(
+            self,
+            Self::Superseded
+                | Self::TooManyTunnels
+                | Self::ShuttingDown
+                | Self::RateLimited
+                | Self::Unavailable
+        )
     }
 }
 

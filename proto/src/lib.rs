@@ -20,12 +20,14 @@
 //!
 //! The format is specified in `docs/protocol.md`.
 
+pub mod enrolment;
 pub mod flow;
 pub mod frame;
 pub mod handshake;
 pub mod nodes;
 pub mod stream;
 
+pub use enrolment::{BadCode, ENROL_SECRET_LEN, EnrolmentCode, secret_digest};
 pub use flow::{FlowError, INITIAL_STREAM_WINDOW, RecvBudget, RecvWindow, SendWindow};
 pub use frame::{
     DecodeError, EdgeReport, Frame, GoAwayCode, HEADER_LEN, OpenCode, ResetCode, decode, frame_len,
@@ -38,18 +40,22 @@ pub use nodes::{MAX_NODES, NodeAddr, NodeLink};
 pub use stream::{StreamError, StreamIds, StreamState};
 
 /// The protocol version this build speaks. Bumped on any incompatible change.
-pub const PROTOCOL_VERSION: u16 = 5;
+pub const PROTOCOL_VERSION: u16 = 6;
 /// The oldest protocol version this build still accepts. Version 1's
 /// window updates carried a consumed offset, version 2's a limit; version 3
 /// refuses empty `Data` frames and answers the latest ping; version 4 adds
 /// the cluster frames (`Nodes`, `NodeLinks`) and nothing else, so a cloud
 /// serves version 3 edges as before, without them; version 5 adds the
-/// fleet's refusal code (`Revoked`) (docs/protocol.md, "Versioning").
+/// fleet's refusal code (`Revoked`); version 6 adds enrolment, which happens
+/// on a connection of its own (docs/protocol.md, "Versioning").
 pub const MIN_PROTOCOL_VERSION: u16 = 3;
 /// The first version whose tunnels may carry the cluster frames.
 pub const NODES_VERSION: u16 = 4;
 /// The first version that knows [`RefuseCode::Revoked`].
 pub const FLEET_VERSION: u16 = 5;
+/// The first version with enrolment (`Enroll`, `Enrolled`, refusal codes
+/// 9 to 12): a cloud whose `Challenge` offers less cannot redeem a code.
+pub const ENROL_VERSION: u16 = 6;
 
 /// Largest frame payload a peer may send unless the handshake lowers it.
 /// Checked on the length field, before any allocation.

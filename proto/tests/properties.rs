@@ -50,6 +50,8 @@ fn frame() -> impl Strategy<Value = Frame> {
         RefuseCode::Superseded,
         RefuseCode::TooManyTunnels,
         RefuseCode::ShuttingDown,
+        RefuseCode::CodeUsed,
+        RefuseCode::RateLimited,
         RefuseCode::ProtocolError,
         RefuseCode::Revoked,
     ]);
@@ -127,6 +129,19 @@ fn frame() -> impl Strategy<Value = Frame> {
                 }
             ),
         (refuse_code, text()).prop_map(|(code, message)| Frame::Refuse { code, message }),
+        (any::<u16>(), any::<[u8; 16]>(), text(), text()).prop_map(
+            |(version, secret, hostname, agent_version)| Frame::Enroll {
+                version,
+                secret,
+                hostname,
+                agent_version
+            }
+        ),
+        (
+            text().prop_filter("id", |t| !t.is_empty()),
+            text().prop_filter("token", |t| !t.is_empty())
+        )
+            .prop_map(|(edge_id, token)| Frame::Enrolled { edge_id, token }),
         (node_id(), prop::collection::btree_map(node_id(), "[a-z0-9:/.é]{1,80}", 0..8)).prop_map(
             |(this_node, nodes)| Frame::Nodes {
                 this_node,

@@ -153,10 +153,16 @@ pub fn spki_sha256(cert: &CertificateDer<'_>) -> Result<[u8; 32], webpki::Error>
 /// # Errors
 /// [`TlsError`] if the file cannot be read or its certificate parsed.
 pub fn pin_of_cert_file(path: &Path) -> Result<String, TlsError> {
+    Ok(base64::engine::general_purpose::STANDARD.encode(key_digest_of_cert_file(path)?))
+}
+
+/// [`spki_sha256`] of the first (leaf) certificate in a PEM file.
+///
+/// # Errors
+/// [`TlsError`] if the file cannot be read or its certificate parsed.
+pub fn key_digest_of_cert_file(path: &Path) -> Result<[u8; 32], TlsError> {
     let certs = read_certs(path)?;
-    let digest =
-        spki_sha256(&certs[0]).map_err(|e| err(path, format!("unusable certificate: {e}")))?;
-    Ok(base64::engine::general_purpose::STANDARD.encode(digest))
+    spki_sha256(&certs[0]).map_err(|e| err(path, format!("unusable certificate: {e}")))
 }
 
 /// Checks the chain as usual, then that the leaf's public key is pinned.
@@ -221,6 +227,112 @@ impl ServerCertVerifier for PinnedKeys {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.trusted.supported_verify_schemes()
+    }
+}
+
+/// The certificate chain a cloud presented (leaf first), as
+/// [`enrolment_client_config`] saw it.
+pub type PresentedChain = Arc<std::sync::Mutex<Vec<CertificateDer<'static>>>>;
+
+/// Client configuration for redeeming an enrolment code: the cloud's
+/// certificate is accepted when, and only when, its public key has the
+/// code's `pin` (the code reached the edge from the operator, out of band:
+/// it is the trust; names and CAs are not checked). The chain presented is
+/// kept, so the edge can choose its long-term trust before it sends the
+/// secret ([`chain_verifies`]).
+pub fn enrolment_client_config(pin: [u8; 32]) -> (Arc<rustls::ClientConfig>, PresentedChain) {
+    let presented = PresentedChain::default();
+    let verifier = PinOnly { pin, provider: provider(), presented: Arc::clone(&presented) };
+    let config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .expect("the ring provider supports the default versions")
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_no_client_auth();
+    (Arc::new(config), presented)
+}
+
+/// Whether `chain` (leaf first) verifies for `server_name` with `trust`
+/// (its roots; pins are not applied): what a later `relay-edge --config`
+/// with that trust will accept.
+///
+/// # Errors
+/// Why not, as text; [`TlsError`] cases (an unreadable `ca_file`) too.
+pub fn chain_verifies(
+    trust: ClientTrust<'_>,
+    chain: &[CertificateDer<'static>],
+    server_name: &str,
+) -> Result<(), String> {
+    let Some((leaf, intermediates)) = chain.split_first() else {
+        return Err("the cloud presented no certificate".into());
+    };
+    let public: &[TrustAnchor<'static>] =
+        if trust.public_roots { webpki_roots::TLS_SERVER_ROOTS } else { &[] };
+    let roots = root_store(trust.ca_file, public).map_err(|e| e.to_string())?;
+    let verifier = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
+        .build()
+        .map_err(|e| e.to_string())?;
+    let name = ServerName::try_from(server_name.to_owned()).map_err(|e| e.to_string())?;
+    verifier
+        .verify_server_cert(leaf, intermediates, &name, &[], UnixTime::now())
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+/// See [`enrolment_client_config`].
+#[derive(Debug)]
+struct PinOnly {
+    pin: [u8; 32],
+    provider: Arc<rustls::crypto::CryptoProvider>,
+    presented: PresentedChain,
+}
+
+impl ServerCertVerifier for PinOnly {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let digest = spki_sha256(end_entity)
+            .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
+        if digest != self.pin {
+            let shown = base64::engine::general_purpose::STANDARD.encode(digest);
+            return Err(rustls::Error::General(format!(
+                "the cloud's public key (pin_sha256 \"{shown}\") is not the one the enrolment \
+                 code names: a different cloud, or a man in the middle; the code was not sent"
+            )));
+        }
+        let mut chain = vec![end_entity.clone().into_owned()];
+        chain.extend(intermediates.iter().map(|c| c.clone().into_owned()));
+        *self.presented.lock().unwrap_or_else(|p| p.into_inner()) = chain;
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        let algorithms = &self.provider.signature_verification_algorithms;
+        rustls::crypto::verify_tls12_signature(message, cert, dss, algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        let algorithms = &self.provider.signature_verification_algorithms;
+        rustls::crypto::verify_tls13_signature(message, cert, dss, algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider.signature_verification_algorithms.supported_schemes()
     }
 }
 

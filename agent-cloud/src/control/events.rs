@@ -141,6 +141,16 @@ pub(super) fn record_changes(events: &EventLog, changes: &[Change], interface: &
                     None => format!("added through the {interface}"),
                 },
             ),
+            Change::Enroll { id, ttl_secs, .. } => {
+                let ttl = ttl_secs.unwrap_or(api::DEFAULT_ENROL_TTL_SECS);
+                events.record(
+                    EventKind::EnrolmentCodeMade,
+                    id,
+                    &format!("enrolment code made through the {interface}, valid for {ttl}s"),
+                );
+            }
+            // Recorded by the tunnel listener, which knows the address.
+            Change::Redeem { .. } => {}
             Change::RemoveEdge { id } => events.record(
                 EventKind::EdgeRemoved,
                 id,

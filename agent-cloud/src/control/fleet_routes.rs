@@ -1,7 +1,7 @@
 //! The fleet's endpoints: add an edge, remove it, give it a new token,
 //! revoke it. Each is a one-change batch, like the mapping endpoints.
 
-use api::{AddEdgeRequest, Change, EdgeCredential, EdgeView, RotateTokenRequest};
+use api::{AddEdgeRequest, Change, EdgeCredential, EdgeView, EnrollRequest, RotateTokenRequest};
 use axum::Json;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
@@ -92,4 +92,37 @@ pub(super) async fn revoke_edge(State(state): State<Shared>, Path(id): Path<Stri
     let outcome = apply(&state, Change::RevokeEdge { id: id.clone() }).await;
     let view = edge_view(&state, &id);
     single(outcome, StatusCode::OK, Json(view))
+}
+
+pub(super) async fn enroll(
+    State(state): State<Shared>,
+    Path(id): Path<String>,
+    body: Option<Json<EnrollRequest>>,
+) -> Response {
+    let Some(enrolment) = state.enrolment.clone() else {
+        return change_error(&ChangeError::new(
+            ErrorKind::Internal,
+            "enrolment is not set up on this agent".into(),
+        ));
+    };
+    let EnrollRequest { group, ttl_secs } = body.map(|Json(b)| b).unwrap_or_default();
+    let outcome = apply(&state, Change::Enroll { id: id.clone(), group, ttl_secs }).await;
+    if let Some(e) = &outcome.failure {
+        return change_error(e);
+    }
+    let code = outcome.outcomes.first().and_then(|o| o.code.clone());
+    let expires = edge_view(&state, &id).and_then(|e| e.enrolment).map(|e| e.expires_unix_ms);
+    match code {
+        Some(code) => {
+            let expires = expires.unwrap_or_else(|| {
+                let ttl = ttl_secs.unwrap_or(api::DEFAULT_ENROL_TTL_SECS);
+                crate::clock::unix_ms().saturating_add(ttl * 1000)
+            });
+            (StatusCode::CREATED, Json(enrolment.ticket(&id, &code, expires))).into_response()
+        }
+        None => change_error(&ChangeError::new(
+            ErrorKind::Internal,
+            format!("edge {id:?}: the change was applied, but made no code"),
+        )),
+    }
 }

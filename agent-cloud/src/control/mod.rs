@@ -47,6 +47,8 @@ pub(crate) struct ControlState {
     /// Connections served at once.
     pub(crate) max_connections: usize,
     pub(crate) events: crate::events::EventLog,
+    /// Makes enrolment codes (set with the control API).
+    pub(crate) enrolment: Option<Arc<crate::enrolment::Enrolment>>,
 }
 
 /// Serves the control API on `listener` until `stop` fires.

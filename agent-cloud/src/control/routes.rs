@@ -37,6 +37,7 @@ pub(super) fn router(state: Shared) -> Router {
         .route("/v1/edges/{id}", get(fleet_routes::get_edge).delete(fleet_routes::remove_edge))
         .route("/v1/edges/{id}/rotate-token", post(fleet_routes::rotate_token))
         .route("/v1/edges/{id}/revoke", post(fleet_routes::revoke_edge))
+        .route("/v1/edges/{id}/enroll", post(fleet_routes::enroll))
         .route("/v1/edges/{id}/drain", post(drain_edge))
         .route("/v1/edges/{id}/undrain", post(undrain_edge))
         .route("/v1/batch", post(batch))

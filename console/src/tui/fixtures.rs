@@ -167,6 +167,7 @@ pub(crate) fn snapshot() -> Snapshot {
         groups: Vec::new(),
         revoked: false,
         previous_token_until_unix_ms: None,
+        enrolment: None,
     };
     let site_b = EdgeView {
         id: "site-b".into(),
@@ -188,6 +189,7 @@ pub(crate) fn snapshot() -> Snapshot {
         groups: Vec::new(),
         revoked: false,
         previous_token_until_unix_ms: None,
+        enrolment: None,
     };
     let mut db =
         mapping(spec("db", "0.0.0.0:15432", "site-a", "db.internal:5432"), MappingState::Draining);
