@@ -122,6 +122,16 @@ impl Enrolment {
         self.limit.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The planner's `hr1.<secret>` with this cloud's pin, if it has TLS.
+    pub(crate) fn full_code(&self, code: &str) -> String {
+        match &self.pin {
+            Some(pin) => {
+                format!("{code}.{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(pin))
+            }
+            None => code.to_owned(),
+        }
+    }
+
     /// The full code (the planner's `hr1.<secret>` with this cloud's pin)
     /// and the command to run on the on-prem machine.
     pub(crate) fn ticket(
@@ -130,12 +140,7 @@ impl Enrolment {
         code: &str,
         expires_unix_ms: u64,
     ) -> EnrolmentTicket {
-        let code = match &self.pin {
-            Some(pin) => {
-                format!("{code}.{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(pin))
-            }
-            None => code.to_owned(),
-        };
+        let code = self.full_code(code);
         let command =
             format!("relay-edge enroll --cloud {} --code {code} --dir /etc/relay", self.cloud_url);
         EnrolmentTicket {

@@ -288,9 +288,18 @@ fn choose_trust(
     let verified = tunnel::tls::chain_verifies(own, chain, host);
     let _ = std::fs::remove_dir_all(&dir);
     verified.map_err(|e| {
+        // `openssl req -x509` makes such certificates by default.
+        let hint = if e.contains("CaUsedAsEndEntity") {
+            "; the cloud's own certificate is a CA certificate (basicConstraints CA:TRUE), which \
+             TLS clients refuse as a server's: give it one with CA:FALSE, e.g. `openssl req \
+             -x509 ... -addext basicConstraints=critical,CA:FALSE`"
+        } else {
+            ""
+        };
         format!(
             "the cloud's certificate chain verifies neither against the public roots nor \
-             against its last certificate ({e}); pass --ca-file with the cloud's CA certificate"
+             against its last certificate ({e}){hint}; or pass --ca-file with the cloud's CA \
+             certificate"
         )
     })?;
     Ok(Trust::Presented(last.clone()))
