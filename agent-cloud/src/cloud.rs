@@ -78,6 +78,19 @@ pub struct Cloud {
     /// The cluster's nodes, as every version 4 tunnel tells its edge.
     directory: watch::Sender<Arc<NodeDirectory>>,
     events: EventLog,
+    /// The config as it runs: the file's at start, with what reloads
+    /// applied.
+    running: std::sync::Mutex<Arc<CloudConfig>>,
+}
+
+/// What a reload of the config file did.
+#[derive(Debug, Default)]
+pub struct ReloadReport {
+    /// What changed live, one sentence each.
+    pub applied: Vec<String>,
+    /// What differs but was left as it runs (needs a restart, or a change
+    /// through the control API).
+    pub not_applied: Vec<String>,
 }
 
 impl Cloud {
@@ -269,7 +282,109 @@ impl Cloud {
             cluster,
             directory,
             events,
+            running: std::sync::Mutex::new(Arc::clone(&config)),
         })
+    }
+
+    /// Applies what changed in the config file (see `reload`'s module
+    /// docs): config-file edges, groups and mappings added or removed;
+    /// the rest is reported and left as it runs.
+    ///
+    /// # Errors
+    /// When the change would leave a mapping added at run time without its
+    /// edge: then nothing changes.
+    pub async fn reload(&self, new: CloudConfig) -> Result<ReloadReport, String> {
+        let old = Arc::clone(&self.running.lock().unwrap_or_else(|p| p.into_inner()));
+        let d = crate::reload::diff(&old, &new);
+        let mut report = ReloadReport::default();
+        if d.is_empty() {
+            return Ok(report);
+        }
+        if d.fleet_changed {
+            let records: Vec<_> = self.edges.fleet().records().cloned().collect();
+            let after = Fleet::new(&new.edges, &new.groups, &records, &mut Vec::new());
+            let stranded: Vec<String> = self
+                .mappings
+                .entries()
+                .into_iter()
+                .filter(|e| e.source == MappingSource::Runtime && !after.knows(&e.spec.edge))
+                .map(|e| format!("{} (edge {})", e.spec.name, e.spec.edge))
+                .collect();
+            if !stranded.is_empty() {
+                return Err(format!(
+                    "the new file removes the edge of mappings added at run time: {}; remove \
+                     or drain them first",
+                    stranded.join(", ")
+                ));
+            }
+            self.edges.set_base(&new.edges, &new.groups);
+            report.applied.extend(d.fleet_lines.iter().cloned());
+        }
+        for name in &d.mappings_removed {
+            match self.mappings.get(name) {
+                Some(e) if e.source == MappingSource::Config => {
+                    self.mappings.start_drain(name, crate::mappings::DEFAULT_DRAIN_DEADLINE);
+                    let secs = crate::mappings::DEFAULT_DRAIN_DEADLINE.as_secs();
+                    report.applied.push(format!(
+                        "mapping {name} removed from the file: draining (open connections have \
+                         {secs}s)"
+                    ));
+                    self.events.record(
+                        EventKind::MappingDrained,
+                        name,
+                        &format!("removed from the config file (reload): draining, {secs}s"),
+                    );
+                }
+                _ => {}
+            }
+        }
+        for m in &d.mappings_added {
+            if self.mappings.get(&m.name).is_some() {
+                report.not_applied.push(format!(
+                    "mapping {} is new in the file, but a mapping of that name was added at run \
+                     time; that one stays",
+                    m.name
+                ));
+            } else if self.mappings.removed_at_run_time(&m.name).await {
+                report.not_applied.push(format!(
+                    "mapping {} is in the file, but it was drained or removed at run time (the \
+                     state file says so); not started",
+                    m.name
+                ));
+            } else {
+                self.mappings.start_one(m.clone(), MappingSource::Config).await;
+                record_started(
+                    &self.events,
+                    &self.mappings,
+                    &m.name,
+                    "a reload of the config file",
+                );
+                let entry = self.mappings.get(&m.name);
+                report.applied.push(match entry.as_ref().and_then(|e| e.error.clone()) {
+                    None => format!("mapping {} added", m.name),
+                    Some(e) => format!("mapping {} added, but it does not listen: {e}", m.name),
+                });
+            }
+        }
+        for name in &d.mappings_changed {
+            report.not_applied.push(format!(
+                "mapping {name} changed in the file: not applied live (restart the agent, or \
+                 remove the mapping from the file, reload, then add it back)"
+            ));
+        }
+        for section in &d.restart_needed {
+            report.not_applied.push(format!("{section} changed: takes effect at the next restart"));
+        }
+        let running = crate::reload::applied(&old, &new, &d);
+        *self.running.lock().unwrap_or_else(|p| p.into_inner()) = Arc::new(running);
+        let summary = format!(
+            "config file reloaded: {} applied, {} not applied{}",
+            report.applied.len(),
+            report.not_applied.len(),
+            report.applied.first().map(|a| format!(" ({a}, ...)")).unwrap_or_default()
+        );
+        self.events.record(EventKind::ConfigReloaded, "config", &summary);
+        Ok(report)
     }
 
     /// The address edges dial (useful when configured with port 0).

@@ -39,7 +39,7 @@ use proto::{GoAwayCode, RefuseCode};
 use tracing::{info, warn};
 use tunnel::Tunnel;
 
-use crate::fleet::{Credential, Fleet};
+use crate::fleet::{Credential, EdgeRecord, Fleet};
 use crate::metrics::{HistogramCounts, LatencyHistogram, Window};
 
 /// SHA-256 of the token a tunnel proved: enough to tell later which of the
@@ -175,9 +175,36 @@ impl EdgeRegistry {
 
     /// Replaces the fleet: new edges get an entry, removed ones lose theirs,
     /// and every tunnel whose credential no longer holds is closed.
+    #[cfg(test)]
     pub(crate) fn set_fleet(&self, fleet: Fleet) {
-        let fleet = Arc::new(fleet);
         let mut current = self.fleet.lock().unwrap_or_else(|p| p.into_inner());
+        self.install(&mut current, fleet);
+    }
+
+    /// Replaces the run-time records, on the current config baseline
+    /// (read under the same lock, so a reload of the config file in
+    /// between is not undone).
+    pub(crate) fn set_records<'a>(&self, records: impl IntoIterator<Item = &'a EdgeRecord>) {
+        let mut current = self.fleet.lock().unwrap_or_else(|p| p.into_inner());
+        let mut problems = Vec::new();
+        let fleet = current.with_records(records, &mut problems);
+        for problem in problems {
+            warn!("{problem}");
+        }
+        self.install(&mut current, fleet);
+    }
+
+    /// Replaces the config baseline (a reloaded config file), keeping the
+    /// run-time records.
+    pub(crate) fn set_base(&self, edges: &[config::EdgeEntry], groups: &[config::EdgeGroup]) {
+        let mut current = self.fleet.lock().unwrap_or_else(|p| p.into_inner());
+        let records: Vec<EdgeRecord> = current.records().cloned().collect();
+        let fleet = Fleet::new(edges, groups, &records, &mut Vec::new());
+        self.install(&mut current, fleet);
+    }
+
+    fn install(&self, current: &mut Arc<Fleet>, fleet: Fleet) {
+        let fleet = Arc::new(fleet);
         *current = Arc::clone(&fleet);
         let mut edges = self.lock();
         for (id, _) in fleet.edges() {

@@ -49,12 +49,13 @@ mod mappings;
 mod metrics;
 mod net;
 mod proxy_header;
+mod reload;
 mod sampler;
 mod state_check;
 mod store;
 mod tunnel_listener;
 
-pub use cloud::{Cloud, MappingStatus, StartError};
+pub use cloud::{Cloud, MappingStatus, ReloadReport, StartError};
 pub use directory::NodeDirectory;
 
 /// Entry points for the fuzz targets in `fuzz/`; not a stable API.

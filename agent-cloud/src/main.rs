@@ -50,7 +50,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match run(config) {
+    match run(config, &args.config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
@@ -61,9 +61,47 @@ fn main() -> ExitCode {
 }
 
 #[tokio::main]
-async fn run(config: config::CloudConfig) -> anyhow::Result<()> {
+async fn run(config: config::CloudConfig, path: &std::path::Path) -> anyhow::Result<()> {
     let cloud = agent_cloud::Cloud::start(config).await.context("cannot start")?;
-    tunnel::service::shutdown_requested().await;
+    let mut hangups = tunnel::service::Hangups::new();
+    let shutdown = tunnel::service::shutdown_requested();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            () = hangups.recv() => reload(&cloud, path).await,
+        }
+    }
     cloud.shutdown().await;
     Ok(())
+}
+
+/// SIGHUP: re-reads the config file and applies what can change live. A
+/// file with an error changes nothing.
+async fn reload(cloud: &agent_cloud::Cloud, path: &std::path::Path) {
+    tracing::info!(file = %path.display(), "SIGHUP: reloading the config file");
+    let config = match config::CloudConfig::load(path) {
+        Ok(config) => config,
+        Err(e) => {
+            tracing::error!("config reload refused, nothing changed: {e}");
+            return;
+        }
+    };
+    for warning in &config.warnings {
+        tracing::warn!("{warning}");
+    }
+    match cloud.reload(config).await {
+        Ok(report) if report.applied.is_empty() && report.not_applied.is_empty() => {
+            tracing::info!("config reloaded: nothing changed");
+        }
+        Ok(report) => {
+            for line in &report.applied {
+                tracing::info!("config reloaded: {line}");
+            }
+            for line in &report.not_applied {
+                tracing::warn!("config reloaded, not applied: {line}");
+            }
+        }
+        Err(e) => tracing::error!("config reload refused, nothing changed: {e}"),
+    }
 }

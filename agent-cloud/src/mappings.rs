@@ -298,8 +298,7 @@ impl Mappings {
         let fleet_changed = next.edges != persisted.edges;
         *persisted = next;
         if fleet_changed {
-            self.edges
-                .set_fleet(self.edges.fleet().with_records(&persisted.edges, &mut Vec::new()));
+            self.edges.set_records(&persisted.edges);
         }
         with_tokens(&mut outcomes, &planned);
         let mut listeners = listeners.into_iter();
@@ -494,7 +493,13 @@ impl Mappings {
         Ok(m)
     }
 
-    fn start_drain(self: &Arc<Self>, name: &str, deadline: Duration) {
+    /// Whether the state file says config-file mapping `name` was drained
+    /// or removed at run time (it is then not started from the file).
+    pub(crate) async fn removed_at_run_time(&self, name: &str) -> bool {
+        self.persisted.lock().await.removed.iter().any(|n| n == name)
+    }
+
+    pub(crate) fn start_drain(self: &Arc<Self>, name: &str, deadline: Duration) {
         // Planning bounded `deadline`; the cap here only makes that visible.
         let now = Instant::now();
         let deadline = deadline.min(Duration::from_secs(api::MAX_DRAIN_DEADLINE_SECS));

@@ -74,6 +74,9 @@ pub enum EventKind {
     /// An enrolment code was redeemed: the edge has its own token (subject:
     /// the edge; the text names the redeeming host and address).
     EdgeEnrolled,
+    /// The config file was reloaded (subject: `config`; the text counts
+    /// what was applied and what was not).
+    ConfigReloaded,
     /// A kind this build does not know (from a newer agent).
     #[serde(other)]
     Other,
@@ -81,7 +84,7 @@ pub enum EventKind {
 
 impl EventKind {
     /// Every kind this build records, in a stable order.
-    pub const ALL: [EventKind; 16] = [
+    pub const ALL: [EventKind; 17] = [
         Self::TunnelUp,
         Self::TunnelDown,
         Self::MappingAdded,
@@ -98,6 +101,7 @@ impl EventKind {
         Self::TokenRotated,
         Self::EnrolmentCodeMade,
         Self::EdgeEnrolled,
+        Self::ConfigReloaded,
     ];
 
     /// The wire name: `tunnel_up`, `limit_hit`, ...
@@ -119,6 +123,7 @@ impl EventKind {
             Self::TokenRotated => "token_rotated",
             Self::EnrolmentCodeMade => "enrolment_code_made",
             Self::EdgeEnrolled => "edge_enrolled",
+            Self::ConfigReloaded => "config_reloaded",
             Self::Other => "other",
         }
     }

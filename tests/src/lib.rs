@@ -217,6 +217,22 @@ impl Agent {
         Agent { child, lines, seen: Vec::new(), _dir: dir }
     }
 
+    /// The config file the agent was started with (tests rewrite it to
+    /// exercise a reload).
+    pub fn config_path(&self) -> PathBuf {
+        self._dir.path().join("agent.toml")
+    }
+
+    /// Sends the agent SIGHUP (reload its config file).
+    pub fn hang_up(&self) {
+        let pid = self.child.id().expect("the agent runs");
+        let status = std::process::Command::new("kill")
+            .args(["-HUP", &pid.to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -HUP {pid} failed");
+    }
+
     /// Waits until a log line contains every one of `needles`, and returns
     /// it. Panics with the log so far if none does within `timeout`.
     pub async fn wait_for_log(&mut self, needles: &[&str], timeout: Duration) -> String {

@@ -163,12 +163,8 @@ impl Cluster {
         // The fleet first: a mapping starts only if its edge is known.
         let fleet = self.edges.fleet();
         if !fleet.records().eq(state.edges.values().map(|(r, _)| r)) {
-            let mut problems = Vec::new();
-            self.edges
-                .set_fleet(fleet.with_records(state.edges.values().map(|(r, _)| r), &mut problems));
-            for problem in problems {
-                warn!("etcd: {problem}");
-            }
+            // Problems are logged by the registry.
+            self.edges.set_records(state.edges.values().map(|(r, _)| r));
             changed = true;
         }
         for (name, (stored, _)) in &state.mappings {
