@@ -27,6 +27,9 @@ pub(crate) struct Admitted {
     pub(crate) version: u16,
     /// Which of the edge's tokens it proved.
     pub(crate) credential: Credential,
+    /// The `Welcome` to send once the tunnel is registered (so it can
+    /// carry streams by the time the edge reads it).
+    pub(crate) welcome: Frame,
 }
 
 /// What a handshake produced: a tunnel, or a request to redeem an
@@ -56,7 +59,8 @@ pub(crate) enum HandshakeError {
 }
 
 /// Runs the handshake on a fresh WebSocket: challenge, verify the edge's
-/// proof, apply session fencing, then welcome or refuse.
+/// proof, apply session fencing, then refuse, or answer the `Welcome` to
+/// send (the caller sends it once the tunnel is registered).
 pub(crate) async fn accept<S>(
     ws: &mut WsConn<S>,
     config: &CloudConfig,
@@ -152,8 +156,7 @@ where
         max_frame_payload: proto::DEFAULT_MAX_FRAME_PAYLOAD,
         proof: proto::server_proof(token, &server_nonce, &nonce, tunnel_id),
     };
-    wire::send_frame(ws, &welcome).await?;
-    Ok(Accepted::Tunnel(Admitted { admission, agent_version, version, credential }))
+    Ok(Accepted::Tunnel(Admitted { admission, agent_version, version, credential, welcome }))
 }
 
 async fn refuse<S, T>(

@@ -201,7 +201,8 @@ async fn serve<S>(
         version: admitted.version,
         ..MuxSettings::default()
     };
-    let (tunnel, _no_incoming) = Tunnel::spawn(ws, Role::Cloud, id, settings);
+    let welcome = admitted.welcome.clone();
+    let (tunnel, _no_incoming, held) = Tunnel::spawn_held(ws, Role::Cloud, id, settings, welcome);
     // The node list goes right behind the welcome, and on every change.
     tokio::spawn(directory::follow(tunnel.clone(), this.directory.clone()).in_current_span());
     let edge_id = admitted.admission.edge_id().to_owned();
@@ -209,6 +210,11 @@ async fn serve<S>(
     // Logged once streams can be opened on it (tests wait for this line),
     // and not for a tunnel a newer run superseded meanwhile.
     let registered = this.edges.add(admitted.admission, tunnel.clone());
+    // Welcome only now: the edge may take its tunnel for up (and retire
+    // older ones) the moment it reads it, and by then the tunnel carries
+    // streams here. Unregistered (superseded meanwhile), the go-away that
+    // `add` queued follows the welcome.
+    held.release();
     if registered {
         info!(edge = %edge_id, epoch, version = %escaped(&admitted.agent_version),
             protocol = admitted.version, credential = admitted.credential.as_str(),

@@ -119,6 +119,21 @@ pub struct NodeList {
     pub nodes: Vec<NodeAddr>,
 }
 
+/// Holds a tunnel's first frame back: see [`Tunnel::spawn_held`].
+#[derive(Debug)]
+pub struct Held {
+    go: Option<oneshot::Sender<()>>,
+}
+
+impl Held {
+    /// Lets the writer send the first frame, then everything queued.
+    pub fn release(mut self) {
+        if let Some(go) = self.go.take() {
+            let _ = go.send(());
+        }
+    }
+}
+
 /// The tunnel is closed; streams can no longer be opened on it.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 #[error("tunnel closed: {0}")]
@@ -344,7 +359,7 @@ impl Shared {
         self.go_away(GoAwayCode::Normal, "stream ids used up; redial for a new tunnel".into());
     }
 
-    fn set_close_reason(&self, reason: String) {
+    pub(super) fn set_close_reason(&self, reason: String) {
         let mut slot = self.close_reason.lock().unwrap_or_else(|p| p.into_inner());
         if slot.is_none() {
             *slot = Some(reason);
@@ -458,6 +473,40 @@ impl Tunnel {
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
+        Self::start(ws, role, id, settings, None)
+    }
+
+    /// Cloud side: like [`spawn`](Self::spawn), but the writer first holds
+    /// `first` (the handshake's `Welcome`) until [`Held::release`], then
+    /// writes it ahead of anything queued meanwhile. The cloud registers
+    /// the tunnel in between, so that it can carry streams from the moment
+    /// the edge believes it is up. Dropping the [`Held`] closes the tunnel
+    /// without writing `first`.
+    pub fn spawn_held<S>(
+        ws: WsConn<S>,
+        role: Role,
+        id: u64,
+        settings: MuxSettings,
+        first: Frame,
+    ) -> (Tunnel, mpsc::UnboundedReceiver<IncomingStream>, Held)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let (go, gate) = oneshot::channel();
+        let (tunnel, incoming) = Self::start(ws, role, id, settings, Some((first, gate)));
+        (tunnel, incoming, Held { go: Some(go) })
+    }
+
+    fn start<S>(
+        ws: WsConn<S>,
+        role: Role,
+        id: u64,
+        settings: MuxSettings,
+        first: Option<(Frame, oneshot::Receiver<()>)>,
+    ) -> (Tunnel, mpsc::UnboundedReceiver<IncomingStream>)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
         let (stream_tx, stream_rx) = mpsc::unbounded_channel();
         let stream_room = Arc::new(Semaphore::new(settings.queue_frames.max(1)));
         let (control_tx, control_rx) = mpsc::unbounded_channel();
@@ -495,7 +544,7 @@ impl Tunnel {
         let WsConn { reader, writer } = ws;
         let span = info_span!("tunnel", tunnel = id);
         tokio::spawn(
-            writer::write_loop(Arc::clone(&shared), writer, stream_rx, control_rx)
+            writer::write_loop(Arc::clone(&shared), writer, stream_rx, control_rx, first)
                 .instrument(span.clone()),
         );
         tokio::spawn(reader::read_loop(Arc::clone(&shared), reader, incoming_tx).instrument(span));

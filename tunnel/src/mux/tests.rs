@@ -592,3 +592,39 @@ async fn a_cluster_frame_the_wrong_way_closes_the_tunnel() {
     edge.send(vec![Frame::Nodes { this_node: "a".into(), nodes: vec![node("a")] }]).await;
     closes_because(&cloud, "nodes frame sent the wrong way", "cloud took a node list").await;
 }
+
+#[tokio::test]
+async fn a_held_first_frame_goes_out_ahead_of_everything_queued_before_its_release() {
+    let (mut edge_ws, cloud_ws) = ws_pair().await;
+    let welcome = Frame::Welcome {
+        version: proto::PROTOCOL_VERSION,
+        tunnel_id: 9,
+        heartbeat_ms: 60_000,
+        max_streams: 16,
+        max_frame_payload: proto::DEFAULT_MAX_FRAME_PAYLOAD,
+        proof: [0; proto::AUTH_PROOF_LEN],
+    };
+    let (cloud, _, held) = Tunnel::spawn_held(cloud_ws, Role::Cloud, 9, quiet(), welcome.clone());
+    // Queued while held: an open (the tunnel is registered, a client came).
+    let opening = tokio::spawn({
+        let cloud = cloud.clone();
+        async move { cloud.open_stream("m", "127.0.0.1", 9).await.map(|_| ()) }
+    });
+    let early = crate::wire::recv_frame(&mut edge_ws, Duration::from_millis(200)).await;
+    assert!(early.is_err(), "nothing is written while held: {early:?}");
+    held.release();
+    let first = crate::wire::recv_frame(&mut edge_ws, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(first, welcome);
+    // Then what was queued, as the edge's own mux reads it.
+    let (_edge, mut incoming) = Tunnel::spawn(edge_ws, Role::Edge, 9, quiet());
+    let stream = tokio::time::timeout(Duration::from_secs(5), incoming.recv()).await;
+    assert!(stream.is_ok_and(|s| s.is_some_and(|s| s.port == 9)), "the open queued while held");
+    opening.abort();
+
+    // Dropped unreleased: closed, the first frame never written.
+    let (mut edge_ws, cloud_ws) = ws_pair().await;
+    let (cloud, _, held) = Tunnel::spawn_held(cloud_ws, Role::Cloud, 10, quiet(), welcome);
+    drop(held);
+    cloud.closed().await;
+    assert!(crate::wire::recv_frame(&mut edge_ws, Duration::from_millis(500)).await.is_err());
+}

@@ -19,6 +19,7 @@ pub(super) async fn write_loop<S>(
     mut ws: WsWriter<WriteHalf<S>>,
     mut data_rx: mpsc::UnboundedReceiver<Queued>,
     mut control_rx: mpsc::UnboundedReceiver<Frame>,
+    first: Option<(Frame, tokio::sync::oneshot::Receiver<()>)>,
 ) where
     S: AsyncWrite,
 {
@@ -28,6 +29,30 @@ pub(super) async fn write_loop<S>(
     // (a stream's last data and FIN must not be lost to a graceful close);
     // `flush_first` counts them.
     let mut go_away: Option<(Frame, usize)> = None;
+    if let Some((frame, gate)) = first {
+        let released = tokio::select! {
+            () = shared.closed.cancelled() => false,
+            released = gate => released.is_ok(),
+        };
+        if !released {
+            shared.set_close_reason("the tunnel was not admitted".into());
+            shared.closed.cancel();
+            shared.stream_room.close();
+            return;
+        }
+        // A handshake frame: alone in its message, as the peer requires.
+        message.push(frame);
+        let sent = tokio::select! {
+            sent = ws.send(&mut message) => sent,
+            () = shared.closed.cancelled() => Ok(()),
+        };
+        if let Err(e) = sent {
+            shared.set_close_reason(format!("websocket write failed: {e}"));
+            shared.closed.cancel();
+            shared.stream_room.close();
+            return;
+        }
+    }
     loop {
         tokio::select! {
             biased;
