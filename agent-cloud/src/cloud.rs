@@ -236,6 +236,12 @@ impl Cloud {
             enrolment: enrolment.clone(),
         };
         background.spawn(tunnel_listener::run(tunnels, listener));
+        background.spawn(crate::probes::run(
+            Arc::clone(&mappings),
+            Arc::clone(&edges),
+            events.clone(),
+            stop_accepting.clone(),
+        ));
         if let Some(cluster) = &cluster {
             background.spawn(follow_nodes(
                 Arc::clone(cluster),

@@ -48,6 +48,7 @@ mod mapping;
 mod mappings;
 mod metrics;
 mod net;
+mod probes;
 mod proxy_header;
 mod reload;
 mod sampler;

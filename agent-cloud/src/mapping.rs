@@ -60,6 +60,8 @@ pub(crate) struct MappingEntry {
     /// Clients refused at accept (allowlist, connection limit): a scan
     /// logs a bounded number of lines.
     refusals: LogLimit,
+    /// The latest end-to-end probe (with `probe_interval`).
+    probe: Mutex<Option<api::ProbeView>>,
 }
 
 impl MappingEntry {
@@ -87,7 +89,35 @@ impl MappingEntry {
             connections: TaskTracker::new(),
             slots,
             refusals,
+            probe: Mutex::new(None),
         }
+    }
+
+    /// The latest probe as the API shows it: `pending` before the first.
+    pub(crate) fn probe_view(&self) -> Option<api::ProbeView> {
+        self.spec.probe_interval?;
+        let latest = self.probe.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        Some(latest.unwrap_or(api::ProbeView {
+            status: api::ProbeStatus::Pending,
+            detail: "not probed yet".into(),
+            connect_us: None,
+            rtt_us: None,
+            at_unix_ms: 0,
+            since_unix_ms: 0,
+            consecutive_failures: 0,
+        }))
+    }
+
+    /// Replaces the latest probe with what `next` makes of it; returns the
+    /// one before and the new one.
+    pub(crate) fn record_probe(
+        &self,
+        next: impl FnOnce(Option<&api::ProbeView>) -> api::ProbeView,
+    ) -> (Option<api::ProbeView>, api::ProbeView) {
+        let mut slot = self.probe.lock().unwrap_or_else(|p| p.into_inner());
+        let view = next(slot.as_ref());
+        let prev = slot.replace(view.clone());
+        (prev, view)
     }
 
     pub(crate) fn phase(&self) -> Phase {

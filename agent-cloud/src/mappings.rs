@@ -613,6 +613,7 @@ pub(crate) fn fuzz_plan(changes: &[Change]) -> usize {
         let web = SocketAddr::from(([127, 0, 0, 1], 8080));
         for (name, bound) in [("web", Ok(web)), ("db", Err("not bound".to_owned()))] {
             let spec = MappingSpec {
+                probe_interval_secs: None,
                 name: name.into(),
                 listen: "127.0.0.1:8080".into(),
                 edge: "e1".into(),
@@ -651,6 +652,7 @@ pub(crate) fn spec_of(m: &MappingConfig) -> MappingSpec {
         target: m.target.to_string(),
         allow: m.allow.iter().map(ToString::to_string).collect(),
         max_connections: m.max_connections,
+        probe_interval_secs: m.probe_interval.map(|d| d.as_secs()),
     }
 }
 
@@ -678,6 +680,7 @@ pub(crate) fn view(e: &MappingEntry, fleet: &Fleet) -> MappingView {
         _ => None,
     };
     MappingView {
+        probe: e.probe_view(),
         spec: spec_of(&e.spec),
         source: e.source,
         state: e.state(),
@@ -708,6 +711,7 @@ mod tests {
     fn add(name: &str) -> Change {
         Change::Add {
             spec: MappingSpec {
+                probe_interval_secs: None,
                 name: name.into(),
                 listen: "127.0.0.1:0".into(),
                 edge: "e1".into(),

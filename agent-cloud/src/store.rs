@@ -221,6 +221,7 @@ mod tests {
 
     fn spec(name: &str) -> MappingSpec {
         MappingSpec {
+            probe_interval_secs: None,
             name: name.into(),
             listen: "127.0.0.1:0".into(),
             edge: "e1".into(),

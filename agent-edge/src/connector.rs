@@ -1,16 +1,18 @@
-//! Serving one stream: allowlist, destination connect, relay.
+//! Serving one stream: allowlist, destination connect, relay; and
+//! checking a probe's destination the same way.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use config::AllowEntry;
 use proto::{OpenCode, ResetCode};
 use tokio::net::TcpStream;
 use tracing::{debug, info};
-use tunnel::IncomingStream;
 use tunnel::untrusted::escaped;
+use tunnel::{IncomingProbe, IncomingStream};
 
 use crate::edge::EdgeShared;
 
@@ -94,6 +96,34 @@ async fn connect(shared: &EdgeShared, host: &str, port: u16) -> Result<TcpStream
     let config = &shared.config;
     let addrs = addresses(&config.allow, config.check_resolved, host, port, lookup).await?;
     TcpStream::connect(addrs.as_slice()).await.map_err(NoConnect::Failed)
+}
+
+/// Checks a probe's destination as a stream's would be (the same
+/// allowlist, resolution and connect), closes the connection at once and
+/// answers. Counts as no connection in the edge's figures.
+pub(crate) async fn probe(shared: Arc<EdgeShared>, tunnel: tunnel::Tunnel, probe: IncomingProbe) {
+    let (host, port) = (probe.host.as_str(), probe.port);
+    let answer = |code: OpenCode, took: Duration, message: &str| {
+        tunnel.answer_probe(probe.id, code, took, message);
+    };
+    if shared.draining.load(Ordering::Relaxed) {
+        return answer(OpenCode::Draining, Duration::ZERO, "edge is shutting down");
+    }
+    if !allowed(&shared.config.allow, host, port) {
+        return answer(OpenCode::Denied, Duration::ZERO, "destination not on the edge's allowlist");
+    }
+    let timeout = shared.config.connect_timeout.min(probe.timeout);
+    let started = tokio::time::Instant::now();
+    match tokio::time::timeout(timeout, connect(&shared, host, port)).await {
+        Ok(Ok(tcp)) => {
+            let took = started.elapsed();
+            drop(tcp);
+            answer(OpenCode::Ok, took, "");
+        }
+        Ok(Err(NoConnect::Denied(why))) => answer(OpenCode::Denied, started.elapsed(), &why),
+        Ok(Err(NoConnect::Failed(e))) => answer(open_code(&e), started.elapsed(), &e.to_string()),
+        Err(_) => answer(OpenCode::Timeout, timeout, &format!("no answer within {timeout:?}")),
+    }
 }
 
 pub(crate) async fn serve(shared: Arc<EdgeShared>, stream: IncomingStream) {

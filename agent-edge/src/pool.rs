@@ -27,6 +27,8 @@ use crate::edge::EdgeShared;
 /// A refusal that needs an operator (wrong token, unknown id) is retried
 /// no faster than this, so a misconfigured edge does not flood the logs.
 const MIN_DELAY_AFTER_REFUSAL: Duration = Duration::from_secs(5);
+/// Probes one tunnel's edge checks at once; more are answered busy.
+const MAX_PROBES_IN_FLIGHT: usize = 64;
 /// How often a retiring tunnel looks whether its last stream has ended.
 const IDLE_CHECK: Duration = Duration::from_millis(100);
 
@@ -230,6 +232,10 @@ async fn serve(slot: &Slot, dialled: Dialled) -> (u64, String) {
     }
     let mut retiring = false;
     let mut idle_check = tokio::time::interval(IDLE_CHECK);
+    // Probes (version 6): the mux holds at most its limit in the channel,
+    // and each is checked by a task of its own.
+    let mut probes = tunnel.take_probes();
+    let probe_slots = Arc::new(tokio::sync::Semaphore::new(MAX_PROBES_IN_FLIGHT));
     loop {
         tokio::select! {
             () = tunnel.closed() => break,
@@ -250,6 +256,17 @@ async fn serve(slot: &Slot, dialled: Dialled) -> (u64, String) {
             Ok(()) = nodes.changed() => {
                 nodes.borrow_and_update();
                 shared.fleet_wake.notify_one();
+            }
+            Some(probe) = async { probes.as_mut()?.recv().await }, if probes.is_some() => {
+                let Ok(slot) = Arc::clone(&probe_slots).try_acquire_owned() else {
+                    tunnel.answer_probe(probe.id, proto::OpenCode::Error, Duration::ZERO,
+                        "the edge is checking too many probes at once");
+                    continue;
+                };
+                let span = info_span!("probe", tunnel = tunnel.id(),
+                    mapping = %escaped(&probe.mapping));
+                let check = connector::probe(Arc::clone(shared), tunnel.clone(), probe);
+                shared.streams.spawn(async move { check.await; drop(slot) }.instrument(span));
             }
             Some(stream) = incoming.recv() => {
                 let span = info_span!("stream", tunnel = tunnel.id(), stream = stream.id(),

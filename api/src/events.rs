@@ -77,6 +77,9 @@ pub enum EventKind {
     /// The config file was reloaded (subject: `config`; the text counts
     /// what was applied and what was not).
     ConfigReloaded,
+    /// A mapping's end-to-end probe changed status (subject: the mapping;
+    /// the text has the new status, the edge's answer and the latency).
+    ProbeChanged,
     /// A kind this build does not know (from a newer agent).
     #[serde(other)]
     Other,
@@ -84,7 +87,7 @@ pub enum EventKind {
 
 impl EventKind {
     /// Every kind this build records, in a stable order.
-    pub const ALL: [EventKind; 17] = [
+    pub const ALL: [EventKind; 18] = [
         Self::TunnelUp,
         Self::TunnelDown,
         Self::MappingAdded,
@@ -102,6 +105,7 @@ impl EventKind {
         Self::EnrolmentCodeMade,
         Self::EdgeEnrolled,
         Self::ConfigReloaded,
+        Self::ProbeChanged,
     ];
 
     /// The wire name: `tunnel_up`, `limit_hit`, ...
@@ -124,6 +128,7 @@ impl EventKind {
             Self::EnrolmentCodeMade => "enrolment_code_made",
             Self::EdgeEnrolled => "edge_enrolled",
             Self::ConfigReloaded => "config_reloaded",
+            Self::ProbeChanged => "probe_changed",
             Self::Other => "other",
         }
     }
@@ -163,7 +168,7 @@ mod tests {
             assert_eq!(json, format!("\"{}\"", kind.as_str()));
             assert_eq!(serde_json::from_str::<EventKind>(&json).unwrap(), kind);
         }
-        let newer: EventKind = serde_json::from_str("\"probe_changed\"").unwrap();
+        let newer: EventKind = serde_json::from_str("\"quota_exceeded\"").unwrap();
         assert_eq!(newer, EventKind::Other);
     }
 

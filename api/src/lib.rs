@@ -34,6 +34,10 @@ pub struct MappingSpec {
     /// Concurrent client connections allowed; none means unlimited.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_connections: Option<u32>,
+    /// Seconds between end-to-end probes of `target` through the edge (1
+    /// to 3600); none means no probe.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe_interval_secs: Option<u64>,
 }
 
 impl MappingSpec {
@@ -51,6 +55,17 @@ impl MappingSpec {
             &self.allow,
             self.max_connections,
         )
+        .and_then(|mut m| {
+            m.probe_interval = match self.probe_interval_secs {
+                Some(secs) => Some(
+                    config::check_probe_interval(std::time::Duration::from_secs(secs)).map_err(
+                        |message| config::FieldError { field: "probe_interval_secs", message },
+                    )?,
+                ),
+                None => None,
+            };
+            Ok(m)
+        })
     }
 }
 
@@ -117,6 +132,55 @@ pub struct MappingView {
     /// its group) is revoked: its clients are refused.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub edge_revoked: bool,
+    /// The latest end-to-end probe, when the mapping has `probe_interval`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe: Option<ProbeView>,
+}
+
+/// What a mapping's probe found: can the edge reach the target?
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProbeStatus {
+    /// Not probed yet.
+    Pending,
+    /// The edge connected to the target.
+    Ok,
+    /// The edge connected, slower than [`SLOW_PROBE_MS`].
+    Slow,
+    /// The edge is up but could not connect (refused, timed out,
+    /// unreachable, not on its allowlist): the service is down.
+    Failed,
+    /// No tunnel to the edge: the site is down.
+    NoTunnel,
+    /// The edge speaks a protocol older than probes (version 6).
+    Unsupported,
+    /// A status this build does not know.
+    #[serde(other)]
+    Other,
+}
+
+/// A probe slower than this (the edge's connect) is `slow`.
+pub const SLOW_PROBE_MS: u64 = 500;
+
+/// The latest probe of a mapping.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProbeView {
+    pub status: ProbeStatus,
+    /// The edge's answer (`ok`, `refused`, `denied`, `timeout`,
+    /// `unreachable`, `draining`, `error`) or why none came.
+    pub detail: String,
+    /// The edge's connect time, microseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect_us: Option<u64>,
+    /// The whole round trip from this node, microseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rtt_us: Option<u64>,
+    /// Unix ms of the latest probe.
+    pub at_unix_ms: u64,
+    /// Unix ms since when the status has been what it is.
+    pub since_unix_ms: u64,
+    /// Probes in a row that did not find the target reachable.
+    pub consecutive_failures: u32,
 }
 
 /// How an edge is doing.

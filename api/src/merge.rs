@@ -249,7 +249,9 @@ mod tests {
 
     fn mapping(name: &str, active: u64, bytes_in: u64) -> MappingView {
         MappingView {
+            probe: None,
             spec: MappingSpec {
+                probe_interval_secs: None,
                 name: name.into(),
                 listen: "0.0.0.0:8080".into(),
                 edge: "e1".into(),

@@ -31,6 +31,25 @@ pub struct MappingConfig {
     pub allow: Vec<IpNet>,
     /// `max_connections`: concurrent client connections, unlimited if `None`.
     pub max_connections: Option<u32>,
+    /// `probe_interval`: how often the cloud checks, through the edge, that
+    /// `target` takes connections (1 s to 1 h); no probe if `None`.
+    pub probe_interval: Option<std::time::Duration>,
+}
+
+/// Shortest and longest `probe_interval`.
+pub const PROBE_INTERVAL_RANGE: std::ops::RangeInclusive<std::time::Duration> =
+    std::time::Duration::from_secs(1)..=std::time::Duration::from_secs(3600);
+
+/// Checks a probe interval against [`PROBE_INTERVAL_RANGE`].
+///
+/// # Errors
+/// A message saying the range.
+pub fn check_probe_interval(d: std::time::Duration) -> Result<std::time::Duration, String> {
+    if PROBE_INTERVAL_RANGE.contains(&d) {
+        Ok(d)
+    } else {
+        Err(format!("{d:?} is out of range, expected 1s to 1h"))
+    }
 }
 
 impl MappingConfig {
@@ -78,6 +97,7 @@ impl MappingConfig {
             target,
             allow,
             max_connections,
+            probe_interval: None,
         })
     }
 }
@@ -92,6 +112,7 @@ pub(crate) struct RawMapping {
     #[serde(default)]
     allow: Vec<Net>,
     max_connections: Option<Spanned<u32>>,
+    probe_interval: Option<Spanned<values::Dur>>,
 }
 
 impl RawMapping {
@@ -134,6 +155,13 @@ impl RawMapping {
             }
             None => None,
         };
+        let probe_interval =
+            match &self.probe_interval {
+                Some(v) => Some(check_probe_interval(v.get_ref().0).map_err(|m| {
+                    doc.error_at(v.span(), format!("{}: {m}", key("probe_interval")))
+                })?),
+                None => None,
+            };
         Ok(MappingConfig {
             name: self.name.into_inner(),
             listen,
@@ -141,6 +169,7 @@ impl RawMapping {
             target: self.target,
             allow: self.allow.into_iter().map(|n| n.0).collect(),
             max_connections,
+            probe_interval,
         })
     }
 }

@@ -57,11 +57,25 @@ pub(crate) fn parse(text: &str) -> Result<Vec<(usize, Change)>, SyntaxError> {
             }
         };
         let change = match command {
-            MappingsCommand::Add { name, listen, edge, target, allow, max_connections } => {
-                Change::Add {
-                    spec: MappingSpec { name, listen, edge, target, allow, max_connections },
-                }
-            }
+            MappingsCommand::Add {
+                name,
+                listen,
+                edge,
+                target,
+                allow,
+                max_connections,
+                probe_interval,
+            } => Change::Add {
+                spec: MappingSpec {
+                    name,
+                    listen,
+                    edge,
+                    target,
+                    allow,
+                    max_connections,
+                    probe_interval_secs: probe_interval.map(|d| d.as_secs()),
+                },
+            },
             MappingsCommand::Drain { name, deadline } => {
                 Change::Drain { name, deadline_secs: deadline.map(|d| d.as_secs()) }
             }

@@ -211,6 +211,11 @@ pub(crate) enum MappingsCommand {
         /// Concurrent client connections allowed.
         #[arg(long, value_name = "N")]
         max_connections: Option<u32>,
+        /// Check through the edge that the target takes connections this
+        /// often (1s to 1h), e.g. 10s: the probe column then tells "site
+        /// down" from "service down".
+        #[arg(long, value_name = "DURATION", value_parser = parse_probe_interval)]
+        probe_interval: Option<Duration>,
     },
     /// Drain a mapping: stop new connections, let open ones finish.
     Drain {
@@ -252,6 +257,12 @@ fn parse_grace(s: &str) -> Result<Duration, String> {
         return Err(format!("{s} is longer than the 30 days a grace may last"));
     }
     Ok(d)
+}
+
+/// A probe interval: 1 s to 1 h.
+fn parse_probe_interval(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("{e} (expected e.g. 10s, 1m)"))?;
+    config::check_probe_interval(d)
 }
 
 /// An enrolment code's lifetime: 1 s to 7 days.

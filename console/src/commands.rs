@@ -99,8 +99,24 @@ fn mappings(
         MappingsCommand::List => {
             client.mappings().map(|m| print(output, &m, |m| mappings_table(m)))
         }
-        MappingsCommand::Add { name, listen, edge, target, allow, max_connections } => {
-            let spec = MappingSpec { name, listen, edge, target, allow, max_connections };
+        MappingsCommand::Add {
+            name,
+            listen,
+            edge,
+            target,
+            allow,
+            max_connections,
+            probe_interval,
+        } => {
+            let spec = MappingSpec {
+                name,
+                listen,
+                edge,
+                target,
+                allow,
+                max_connections,
+                probe_interval_secs: probe_interval.map(|d| d.as_secs()),
+            };
             let c = client.add_mapping(&spec)?;
             let view = &c.value;
             let bound = view.bound.clone().unwrap_or_else(|| view.spec.listen.clone());
@@ -269,7 +285,9 @@ fn edges_table(edges: &[EdgeView]) -> String {
 }
 
 fn mappings_table(mappings: &[MappingView]) -> String {
-    let mut t = Table::new(&["MAPPING", "STATE", "LISTEN", "EDGE", "TARGET", "CONNS", "IN", "OUT"]);
+    let mut t = Table::new(&[
+        "MAPPING", "STATE", "LISTEN", "EDGE", "TARGET", "PROBE", "CONNS", "IN", "OUT",
+    ]);
     for m in mappings {
         let state = match m.state {
             MappingState::Active => "active".to_owned(),
@@ -290,6 +308,7 @@ fn mappings_table(mappings: &[MappingView]) -> String {
             m.bound.clone().unwrap_or_else(|| m.spec.listen.clone()),
             m.spec.edge.clone(),
             m.spec.target.clone(),
+            format::probe(m.probe.as_ref()),
             m.active_connections.to_string(),
             format::rate(m.throughput_in_bps),
             format::rate(m.throughput_out_bps),

@@ -36,6 +36,8 @@ mod kind {
     pub(super) const REPORT: u8 = 0x0B;
     pub(super) const NODES: u8 = 0x0C;
     pub(super) const NODE_LINKS: u8 = 0x0D;
+    pub(super) const PROBE: u8 = 0x0E;
+    pub(super) const PROBE_RESULT: u8 = 0x0F;
     pub(super) const CHALLENGE: u8 = 0x10;
     pub(super) const AUTH: u8 = 0x11;
     pub(super) const WELCOME: u8 = 0x12;
@@ -80,6 +82,13 @@ pub enum Frame {
     /// Edge to cloud (version 4), with each report while the edge knows a
     /// node list: its tunnels to each node, and why it cannot reach one.
     NodeLinks { links: Vec<NodeLink> },
+    /// Cloud to edge (version 6): check that `host:port` is reachable from
+    /// the edge, under the edge's allowlist, within `timeout_ms`. Not a
+    /// stream: no data, no client.
+    Probe { id: u32, timeout_ms: u32, mapping: String, host: String, port: u16 },
+    /// Edge to cloud (version 6): the outcome of [`Frame::Probe`] `id`, and
+    /// how long the edge's connect took, in microseconds.
+    ProbeResult { id: u32, code: OpenCode, connect_us: u32, message: String },
     /// Handshake step 1, cloud to edge: supported versions and a fresh nonce.
     Challenge { min_version: u16, max_version: u16, nonce: [u8; NONCE_LEN] },
     /// Handshake step 2, edge to cloud: who it is and proof of its token.
@@ -290,6 +299,8 @@ fn decode_payload(kind: u8, stream: u32, mut p: Bytes) -> Result<Frame, DecodeEr
                 | kind::REPORT
                 | kind::NODES
                 | kind::NODE_LINKS
+                | kind::PROBE
+                | kind::PROBE_RESULT
                 | kind::CHALLENGE
                 | kind::AUTH
                 | kind::WELCOME
@@ -392,6 +403,29 @@ fn decode_payload(kind: u8, stream: u32, mut p: Bytes) -> Result<Frame, DecodeEr
             let links = nodes::read_links(&mut r)?;
             r.finish()?;
             Frame::NodeLinks { links }
+        }
+        kind::PROBE => {
+            let mut r = Reader::new("probe", &mut p);
+            let id = r.u32()?;
+            let timeout_ms = r.u32()?;
+            let port = r.u16()?;
+            let host = r.text()?;
+            let mapping = r.text()?;
+            r.finish()?;
+            if host.is_empty() {
+                return Err(DecodeError::malformed("probe", "empty host"));
+            }
+            Frame::Probe { id, timeout_ms, mapping, host, port }
+        }
+        kind::PROBE_RESULT => {
+            let mut r = Reader::new("probe result", &mut p);
+            let id = r.u32()?;
+            let code = OpenCode::from_u8(r.u8()?)
+                .ok_or(DecodeError::malformed("probe result", "unknown code"))?;
+            let connect_us = r.u32()?;
+            let message = r.text()?;
+            r.finish()?;
+            Frame::ProbeResult { id, code, connect_us, message }
         }
         kind::CHALLENGE => {
             let mut r = Reader::new("challenge", &mut p);
@@ -585,6 +619,8 @@ impl Frame {
             Frame::Report(_) => kind::REPORT,
             Frame::Nodes { .. } => kind::NODES,
             Frame::NodeLinks { .. } => kind::NODE_LINKS,
+            Frame::Probe { .. } => kind::PROBE,
+            Frame::ProbeResult { .. } => kind::PROBE_RESULT,
             Frame::Challenge { .. } => kind::CHALLENGE,
             Frame::Auth { .. } => kind::AUTH,
             Frame::Welcome { .. } => kind::WELCOME,
@@ -607,6 +643,8 @@ impl Frame {
             Frame::Report(r) => 2 + 2 + 8 * 4 + text_len(&r.agent_version),
             Frame::Nodes { this_node, nodes } => nodes::nodes_len(this_node, nodes),
             Frame::NodeLinks { links } => nodes::links_len(links),
+            Frame::Probe { mapping, host, .. } => 4 + 4 + 2 + text_len(host) + text_len(mapping),
+            Frame::ProbeResult { message, .. } => 4 + 1 + 4 + text_len(message),
             Frame::Challenge { .. } => 2 + 2 + NONCE_LEN,
             Frame::Auth { edge_id, agent_version, .. } => {
                 2 + 8 + NONCE_LEN + AUTH_PROOF_LEN + text_len(edge_id) + text_len(agent_version)
@@ -665,6 +703,19 @@ impl Frame {
             }
             Frame::Nodes { this_node, nodes } => nodes::put_nodes(out, this_node, nodes),
             Frame::NodeLinks { links } => nodes::put_links(out, links),
+            Frame::Probe { id, timeout_ms, mapping, host, port } => {
+                out.put_u32(*id);
+                out.put_u32(*timeout_ms);
+                out.put_u16(*port);
+                put_text(out, host);
+                put_text(out, mapping);
+            }
+            Frame::ProbeResult { id, code, connect_us, message } => {
+                out.put_u32(*id);
+                out.put_u8(code.to_u8());
+                out.put_u32(*connect_us);
+                put_text(out, message);
+            }
             Frame::Challenge { min_version, max_version, nonce } => {
                 out.put_u16(*min_version);
                 out.put_u16(*max_version);
@@ -914,6 +965,19 @@ mod tests {
                 agent_version: "0.1.0".into(),
             },
             Frame::Enrolled { edge_id: "site-a".into(), token: "ab".repeat(32) },
+            Frame::Probe {
+                id: 7,
+                timeout_ms: 3000,
+                mapping: "db".into(),
+                host: "10.0.0.5".into(),
+                port: 5432,
+            },
+            Frame::ProbeResult {
+                id: 7,
+                code: OpenCode::Refused,
+                connect_us: 812,
+                message: "no".into(),
+            },
         ];
         for frame in frames {
             assert_eq!(round_trip(&frame), frame);

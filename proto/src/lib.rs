@@ -56,6 +56,9 @@ pub const FLEET_VERSION: u16 = 5;
 /// The first version with enrolment (`Enroll`, `Enrolled`, refusal codes
 /// 9 to 12): a cloud whose `Challenge` offers less cannot redeem a code.
 pub const ENROL_VERSION: u16 = 6;
+/// The first version whose tunnels carry end-to-end probes (`Probe`,
+/// `ProbeResult`).
+pub const PROBE_VERSION: u16 = 6;
 
 /// Largest frame payload a peer may send unless the handshake lowers it.
 /// Checked on the length field, before any allocation.

@@ -70,7 +70,7 @@ fn frame() -> impl Strategy<Value = Frame> {
                 host,
                 port
             }),
-        (stream_id(), open_code, any::<u32>(), text()).prop_map(
+        (stream_id(), open_code.clone(), any::<u32>(), text()).prop_map(
             |(stream, code, window, message)| Frame::OpenResult { stream, code, window, message }
         ),
         (stream_id(), prop::collection::vec(any::<u8>(), 1..2048))
@@ -129,6 +129,23 @@ fn frame() -> impl Strategy<Value = Frame> {
                 }
             ),
         (refuse_code, text()).prop_map(|(code, message)| Frame::Refuse { code, message }),
+        (
+            any::<u32>(),
+            any::<u32>(),
+            text(),
+            text().prop_filter("host", |h| !h.is_empty()),
+            any::<u16>()
+        )
+            .prop_map(|(id, timeout_ms, mapping, host, port)| Frame::Probe {
+                id,
+                timeout_ms,
+                mapping,
+                host,
+                port
+            }),
+        (any::<u32>(), open_code, any::<u32>(), text()).prop_map(
+            |(id, code, connect_us, message)| Frame::ProbeResult { id, code, connect_us, message }
+        ),
         (any::<u16>(), any::<[u8; 16]>(), text(), text()).prop_map(
             |(version, secret, hostname, agent_version)| Frame::Enroll {
                 version,

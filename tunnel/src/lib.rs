@@ -36,8 +36,8 @@ pub mod wire;
 pub mod ws;
 
 pub use mux::{
-    Held, IncomingStream, MuxSettings, NodeList, OpenError, Role, Tunnel, TunnelClosed,
-    WindowBudget,
+    Held, IncomingProbe, IncomingStream, MuxSettings, NodeList, OpenError, ProbeAnswer, ProbeError,
+    Role, Tunnel, TunnelClosed, WindowBudget,
 };
 pub use relay::{ByteCounters, RelayEnd, RelayOutcome, relay};
 pub use stream::{Inbound, MuxStream, StreamClosed};

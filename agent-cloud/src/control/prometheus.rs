@@ -50,6 +50,7 @@ pub(super) fn render(
         let up = u8::from(m.state == MappingState::Active);
         let _ = writeln!(out, "relay_mapping_up{{mapping=\"{}\"}} {up}", m.spec.name);
     }
+    render_probes(&mut out, s);
     let counters: [MappingFamily; 5] = [
         ("relay_mapping_connections_active", "gauge", "Client connections open now.", |m| {
             m.active_connections
@@ -184,6 +185,42 @@ fn render_events(out: &mut String, events: &EventLog) {
         family(out, name, kind, help);
         for (i, hook) in hooks.iter().enumerate() {
             let _ = writeln!(out, "{name}{{webhook=\"{i}\"}} {}", get(hook));
+        }
+    }
+}
+
+/// `relay_probe_up` and `relay_probe_connect_seconds`, for the mappings
+/// with a probe that has run.
+fn render_probes(out: &mut String, s: &Snapshot) {
+    let probed: Vec<(&str, &api::ProbeView)> = s
+        .mappings
+        .iter()
+        .filter_map(|m| m.probe.as_ref().map(|p| (m.spec.name.as_str(), p)))
+        .filter(|(_, p)| p.status != api::ProbeStatus::Pending)
+        .collect();
+    family(
+        out,
+        "relay_probe_up",
+        "gauge",
+        "1 if the latest end-to-end probe reached the target through its edge (ok or slow).",
+    );
+    for (name, p) in &probed {
+        let up = u8::from(matches!(p.status, api::ProbeStatus::Ok | api::ProbeStatus::Slow));
+        let _ = writeln!(out, "relay_probe_up{{mapping=\"{name}\"}} {up}");
+    }
+    family(
+        out,
+        "relay_probe_connect_seconds",
+        "gauge",
+        "The edge's connect time to the target in the latest probe that got an answer.",
+    );
+    for (name, p) in &probed {
+        if let Some(us) = p.connect_us {
+            let _ = writeln!(
+                out,
+                "relay_probe_connect_seconds{{mapping=\"{name}\"}} {}",
+                us as f64 / 1e6
+            );
         }
     }
 }

@@ -71,6 +71,7 @@ pub(crate) fn disconnected() -> App {
 
 fn spec(name: &str, listen: &str, edge: &str, target: &str) -> MappingSpec {
     MappingSpec {
+        probe_interval_secs: None,
         name: name.into(),
         listen: listen.into(),
         edge: edge.into(),
@@ -82,6 +83,7 @@ fn spec(name: &str, listen: &str, edge: &str, target: &str) -> MappingSpec {
 
 fn mapping(spec: MappingSpec, state: MappingState) -> MappingView {
     MappingView {
+        probe: None,
         bound: (state == MappingState::Active).then(|| spec.listen.clone()),
         spec,
         source: MappingSource::Config,

@@ -177,6 +177,7 @@ impl AddForm {
             return Err((Field::Edge, format!("unknown edge \"{edge}\": expected one of {known}")));
         }
         Ok(MappingSpec {
+            probe_interval_secs: None,
             name: name.to_owned(),
             listen: listen.to_owned(),
             edge: edge.to_owned(),

@@ -38,6 +38,7 @@ use tracing::{Instrument, info_span};
 use crate::stream::{MuxStream, StreamShared};
 use crate::ws::WsConn;
 
+mod probe;
 mod reader;
 #[cfg(test)]
 mod tests;
@@ -118,6 +119,8 @@ pub struct NodeList {
     /// Every node, with the URL edges dial to reach it.
     pub nodes: Vec<NodeAddr>,
 }
+
+pub use probe::{IncomingProbe, ProbeAnswer, ProbeError};
 
 /// Holds a tunnel's first frame back: see [`Tunnel::spawn_held`].
 #[derive(Debug)]
@@ -237,6 +240,7 @@ pub(crate) struct Shared {
     node_links_in: Mutex<Option<Vec<NodeLink>>>,
     close_reason: Mutex<Option<String>>,
     closed: CancellationToken,
+    probes: probe::Probes,
 }
 
 impl fmt::Debug for Shared {
@@ -540,6 +544,7 @@ impl Tunnel {
             node_links_in: Mutex::new(None),
             close_reason: Mutex::new(None),
             closed: CancellationToken::new(),
+            probes: probe::Probes::new(),
         });
         let WsConn { reader, writer } = ws;
         let span = info_span!("tunnel", tunnel = id);

@@ -335,12 +335,37 @@ fn on_frame(
             cluster_frame_allowed(shared, "node links", Role::Cloud)?;
             *shared.node_links_in.lock().unwrap_or_else(|p| p.into_inner()) = Some(links);
         }
+        Frame::Probe { id, timeout_ms, mapping, host, port } => {
+            probe_frame_allowed(shared, "probe", Role::Edge)?;
+            let timeout = std::time::Duration::from_millis(u64::from(timeout_ms));
+            let probe = super::IncomingProbe { id, mapping, host, port, timeout };
+            shared.probes.arrived(shared, probe);
+        }
+        Frame::ProbeResult { id, code, connect_us, message } => {
+            probe_frame_allowed(shared, "probe result", Role::Cloud)?;
+            let connect = std::time::Duration::from_micros(u64::from(connect_us));
+            shared.probes.answered(id, super::ProbeAnswer { code, connect, message });
+        }
         Frame::GoAway { code, message } => {
             return Err(Stop::PeerGoAway(format!("peer closed the tunnel ({code:?}): {message}")));
         }
         other => {
             return Err(Stop::Violation(format!("unexpected frame after handshake: {other:?}")));
         }
+    }
+    Ok(())
+}
+
+/// A probe frame needs a version 6 tunnel and the right direction.
+fn probe_frame_allowed(shared: &Shared, kind: &str, receiver: Role) -> Result<(), Stop> {
+    if shared.settings.version < proto::PROBE_VERSION {
+        return Err(Stop::Violation(format!(
+            "{kind} frame on a version {} tunnel",
+            shared.settings.version
+        )));
+    }
+    if shared.role != receiver {
+        return Err(Stop::Violation(format!("{kind} frame sent the wrong way")));
     }
     Ok(())
 }
