@@ -187,6 +187,24 @@ pub(crate) fn wrap(text: &str, width: usize) -> Vec<String> {
     lines
 }
 
+/// A mapping's probe in a few words: `ok 1.2ms`, `slow 640ms`, `failed:
+/// refused: ...`, `no tunnel`; `-` without a probe.
+pub(crate) fn probe(p: Option<&api::ProbeView>) -> String {
+    use api::ProbeStatus;
+    let Some(p) = p else { return "-".into() };
+    let ms =
+        |us: Option<u64>| us.map(|us| format!("{:.1}ms", us as f64 / 1000.0)).unwrap_or_default();
+    match p.status {
+        ProbeStatus::Pending => "pending".into(),
+        ProbeStatus::Ok => format!("ok {}", ms(p.connect_us)),
+        ProbeStatus::Slow => format!("slow {}", ms(p.connect_us)),
+        ProbeStatus::Failed => format!("failed: {}", p.detail),
+        ProbeStatus::NoTunnel => "no tunnel".into(),
+        ProbeStatus::Unsupported => "edge too old".into(),
+        ProbeStatus::Other => p.detail.clone(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -273,23 +291,5 @@ mod tests {
         assert_eq!(fit("site-a", 6), "site-a");
         assert_eq!(fit("site-a", 5), "site…");
         assert_eq!(fit("x", 0), "");
-    }
-}
-
-/// A mapping's probe in a few words: `ok 1.2ms`, `slow 640ms`, `failed:
-/// refused: ...`, `no tunnel`; `-` without a probe.
-pub(crate) fn probe(p: Option<&api::ProbeView>) -> String {
-    use api::ProbeStatus;
-    let Some(p) = p else { return "-".into() };
-    let ms =
-        |us: Option<u64>| us.map(|us| format!("{:.1}ms", us as f64 / 1000.0)).unwrap_or_default();
-    match p.status {
-        ProbeStatus::Pending => "pending".into(),
-        ProbeStatus::Ok => format!("ok {}", ms(p.connect_us)),
-        ProbeStatus::Slow => format!("slow {}", ms(p.connect_us)),
-        ProbeStatus::Failed => format!("failed: {}", p.detail),
-        ProbeStatus::NoTunnel => "no tunnel".into(),
-        ProbeStatus::Unsupported => "edge too old".into(),
-        ProbeStatus::Other => p.detail.clone(),
     }
 }
