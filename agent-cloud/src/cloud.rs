@@ -214,18 +214,14 @@ impl Cloud {
         let ready = Arc::new(AtomicBool::new(true));
         let (directory, directory_rx) = watch::channel(Arc::new(NodeDirectory::default()));
         // Codes are made through the control API, so without one there
-        // is nothing to redeem.
-        let enrolment = match &config.control {
-            Some(_) => {
-                let pin = match &config.tunnel.tls {
-                    Some(files) => Some(tunnel::tls::key_digest_of_cert_file(&files.cert)?),
-                    None => None,
-                };
-                let url = crate::enrolment::cloud_url(&config, tunnel_addr);
-                Some(Arc::new(Enrolment::new(Arc::clone(&mappings), events.clone(), pin, url)))
-            }
-            None => None,
-        };
+        // is nothing to redeem. With TLS each names the tunnel key.
+        if let Some(files) = &config.tunnel.tls {
+            let _ = mappings.enrol_pin.set(tunnel::tls::key_digest_of_cert_file(&files.cert)?);
+        }
+        let enrolment = config.control.as_ref().map(|_| {
+            let url = crate::enrolment::cloud_url(&config, tunnel_addr);
+            Arc::new(Enrolment::new(Arc::clone(&mappings), events.clone(), url))
+        });
         let tunnels = TunnelListener {
             config: Arc::clone(&config),
             tls,

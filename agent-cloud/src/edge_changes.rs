@@ -239,13 +239,15 @@ pub(crate) fn revoke(fleet: &mut Fleet, id: &str) -> Result<PlannedEdge, ChangeE
 
 /// Plans an enrolment code for edge `id`, creating the edge (in `group`,
 /// with no token until the code is redeemed) when it does not exist. A
-/// newer code replaces the edge's earlier one.
+/// newer code replaces the edge's earlier one. The code carries `pin`, the
+/// cloud's TLS key, when it has one.
 pub(crate) fn enroll(
     fleet: &mut Fleet,
     id: &str,
     group: Option<&str>,
     ttl_secs: Option<u64>,
     now_ms: u64,
+    pin: Option<[u8; 32]>,
 ) -> Result<PlannedEdge, ChangeError> {
     const MAX: u64 = api::MAX_ENROL_TTL_SECS;
     let ttl = ttl_secs.unwrap_or(api::DEFAULT_ENROL_TTL_SECS);
@@ -309,7 +311,7 @@ pub(crate) fn enroll(
         redeemed_by: None,
     });
     fleet.put(record.clone());
-    let code = proto::EnrolmentCode { secret, pin: None }.encode();
+    let code = proto::EnrolmentCode { secret, pin }.encode();
     Ok(PlannedEdge::Put { record, change: EdgeChange::CodeMade, code: Some(code) })
 }
 
@@ -461,12 +463,12 @@ mod tests {
     #[test]
     fn a_code_creates_a_tokenless_edge_and_works_once_within_its_lifetime() {
         let mut f = fleet();
-        assert_eq!(kind(enroll(&mut f, "b", None, Some(0), 0)), ErrorKind::Invalid);
+        assert_eq!(kind(enroll(&mut f, "b", None, Some(0), 0, None)), ErrorKind::Invalid);
         assert_eq!(
-            kind(enroll(&mut f, "b", None, Some(api::MAX_ENROL_TTL_SECS + 1), 0)),
+            kind(enroll(&mut f, "b", None, Some(api::MAX_ENROL_TTL_SECS + 1), 0, None)),
             ErrorKind::Invalid
         );
-        let planned = enroll(&mut f, "b", Some("pool"), Some(60), 1_000).unwrap();
+        let planned = enroll(&mut f, "b", Some("pool"), Some(60), 1_000, None).unwrap();
         let digest = code_digest(&planned);
         assert!(f.get("b").is_some_and(|e| e.tokens(0).is_empty()), "no token until redeemed");
         assert_eq!(f.members("pool"), ["b"]);
@@ -480,7 +482,7 @@ mod tests {
         assert_eq!(redeemable(&later, &digest, 61_000).unwrap_err(), Unredeemable::Used);
         assert_eq!(kind(redeem(&mut later, &digest, "gw-2", 61_000)), ErrorKind::Conflict);
         // A newer code replaces the older one.
-        let newer = enroll(&mut later, "b", None, None, 70_000).unwrap();
+        let newer = enroll(&mut later, "b", None, None, 70_000, None).unwrap();
         assert_eq!(redeemable(&later, &digest, 70_000).unwrap_err(), Unredeemable::Unknown);
         assert!(redeemable(&later, &code_digest(&newer), 70_000).is_ok());
         assert!(later.get("b").unwrap().current_token().is_some(), "kept until redeemed");
@@ -489,14 +491,17 @@ mod tests {
     #[test]
     fn a_config_edge_keeps_its_token_until_redeemed_and_a_revocation_voids_its_code() {
         let mut f = fleet();
-        assert_eq!(kind(enroll(&mut f, "site-a", Some("pool"), None, 0)), ErrorKind::Conflict);
-        let planned = enroll(&mut f, "site-a", None, None, 0).unwrap();
+        assert_eq!(
+            kind(enroll(&mut f, "site-a", Some("pool"), None, 0, None)),
+            ErrorKind::Conflict
+        );
+        let planned = enroll(&mut f, "site-a", None, None, 0, None).unwrap();
         assert_eq!(f.get("site-a").unwrap().current_token(), Some(&b"config-token"[..]));
         let digest = code_digest(&planned);
         revoke(&mut f, "site-a").unwrap();
         assert_eq!(redeemable(&f, &digest, 1).unwrap_err(), Unredeemable::Unknown);
         // A code made after the revocation brings it back once redeemed.
-        let planned = enroll(&mut f, "site-a", None, None, 0).unwrap();
+        let planned = enroll(&mut f, "site-a", None, None, 0, None).unwrap();
         assert!(f.get("site-a").unwrap().revoked, "revoked until redeemed");
         redeem(&mut f, &code_digest(&planned), "gw", 1).unwrap();
         let edge = f.get("site-a").unwrap();

@@ -15,7 +15,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use api::{Change, EnrolmentTicket};
-use base64::Engine;
 use proto::{ENROL_SECRET_LEN, RefuseCode};
 use tracing::{info, warn};
 use tunnel::untrusted::escaped;
@@ -93,8 +92,6 @@ impl FailureLimit {
 pub(crate) struct Enrolment {
     pub(crate) mappings: Arc<Mappings>,
     pub(crate) events: EventLog,
-    /// SHA-256 of the tunnel certificate's public key, when TLS is on.
-    pub(crate) pin: Option<[u8; 32]>,
     /// The tunnel URL to print in the enrolment command.
     pub(crate) cloud_url: String,
     limit: Mutex<FailureLimit>,
@@ -108,44 +105,28 @@ pub(crate) enum Redeemed {
 }
 
 impl Enrolment {
-    pub(crate) fn new(
-        mappings: Arc<Mappings>,
-        events: EventLog,
-        pin: Option<[u8; 32]>,
-        cloud_url: String,
-    ) -> Self {
+    pub(crate) fn new(mappings: Arc<Mappings>, events: EventLog, cloud_url: String) -> Self {
         let limit = Mutex::new(FailureLimit::new(Instant::now()));
-        Self { mappings, events, pin, cloud_url, limit }
+        Self { mappings, events, cloud_url, limit }
     }
 
     fn limit(&self) -> std::sync::MutexGuard<'_, FailureLimit> {
         self.limit.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The planner's `hr1.<secret>` with this cloud's pin, if it has TLS.
-    pub(crate) fn full_code(&self, code: &str) -> String {
-        match &self.pin {
-            Some(pin) => {
-                format!("{code}.{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(pin))
-            }
-            None => code.to_owned(),
-        }
-    }
-
-    /// The full code (the planner's `hr1.<secret>` with this cloud's pin)
-    /// and the command to run on the on-prem machine.
+    /// The code as planned (with this cloud's pin) and the command to run
+    /// on the on-prem machine.
     pub(crate) fn ticket(
         &self,
         edge_id: &str,
         code: &str,
         expires_unix_ms: u64,
     ) -> EnrolmentTicket {
-        let code = self.full_code(code);
         let command =
             format!("relay-edge enroll --cloud {} --code {code} --dir /etc/relay", self.cloud_url);
         EnrolmentTicket {
             edge_id: edge_id.to_owned(),
-            code,
+            code: code.to_owned(),
             expires_unix_ms,
             cloud_url: self.cloud_url.clone(),
             command,
@@ -233,11 +214,7 @@ pub(crate) fn cloud_url(config: &config::CloudConfig, bound: std::net::SocketAdd
     }
     let scheme = if config.tunnel.tls.is_some() { "wss" } else { "ws" };
     let host = if bound.ip().is_unspecified() {
-        std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|h| h.trim().to_owned())
-            .ok()
-            .filter(|h| !h.is_empty())
-            .unwrap_or_else(|| "THIS-HOST".to_owned())
+        tunnel::service::hostname().unwrap_or_else(|| "THIS-HOST".to_owned())
     } else {
         match bound.ip() {
             IpAddr::V6(ip) => format!("[{ip}]"),

@@ -63,15 +63,7 @@ fn main() -> ExitCode {
 #[tokio::main]
 async fn run(config: config::CloudConfig, path: &std::path::Path) -> anyhow::Result<()> {
     let cloud = agent_cloud::Cloud::start(config).await.context("cannot start")?;
-    let mut hangups = tunnel::service::Hangups::new();
-    let shutdown = tunnel::service::shutdown_requested();
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            () = &mut shutdown => break,
-            () = hangups.recv() => reload(&cloud, path).await,
-        }
-    }
+    tunnel::service::until_shutdown(|| reload(&cloud, path)).await;
     cloud.shutdown().await;
     Ok(())
 }

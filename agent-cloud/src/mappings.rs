@@ -100,6 +100,9 @@ pub(crate) struct Mappings {
     pub(crate) proxy_protocol: Option<Arc<config::ProxyProtocolConfig>>,
     /// The event log, for limits the listeners hit.
     pub(crate) events: std::sync::OnceLock<crate::events::EventLog>,
+    /// SHA-256 of the tunnel certificate's public key (with TLS): the pin
+    /// every enrolment code carries.
+    pub(crate) enrol_pin: std::sync::OnceLock<[u8; 32]>,
 }
 
 fn clash(a: SocketAddr, b: SocketAddr) -> bool {
@@ -129,6 +132,7 @@ impl Mappings {
             bind_ip,
             proxy_protocol: proxy_protocol.map(Arc::new),
             events: std::sync::OnceLock::new(),
+            enrol_pin: std::sync::OnceLock::new(),
         })
     }
 
@@ -417,7 +421,8 @@ impl Mappings {
                     edge_changes::revoke(&mut fleet, id).map(Planned::Edge)
                 }
                 Change::Enroll { id, group, ttl_secs } => {
-                    edge_changes::enroll(&mut fleet, id, group.as_deref(), *ttl_secs, now_ms)
+                    let pin = self.enrol_pin.get().copied();
+                    edge_changes::enroll(&mut fleet, id, group.as_deref(), *ttl_secs, now_ms, pin)
                         .map(Planned::Edge)
                 }
                 Change::Redeem { secret_sha256, hostname } => {

@@ -55,8 +55,13 @@ fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
-/// The view after `found`, and whether the status changed. Pure.
-pub(crate) fn next(prev: Option<&ProbeView>, found: &Found, now_ms: u64) -> (ProbeView, bool) {
+/// Whether `view` has another status than `prev`.
+pub(crate) fn changed(prev: Option<&ProbeView>, view: &ProbeView) -> bool {
+    prev.is_none_or(|p| p.status != view.status)
+}
+
+/// The view after `found`. Pure.
+pub(crate) fn next(prev: Option<&ProbeView>, found: &Found, now_ms: u64) -> ProbeView {
     let (status, detail, connect_us, rtt_us) = match found {
         Found::Answer { code: OpenCode::Ok, connect, rtt, .. } => {
             let slow = connect.as_millis() > u128::from(SLOW_PROBE_MS);
@@ -81,15 +86,14 @@ pub(crate) fn next(prev: Option<&ProbeView>, found: &Found, now_ms: u64) -> (Pro
         ),
         Found::NoAnswer(why) => (ProbeStatus::Failed, format!("no answer: {why}"), None, None),
     };
-    let changed = prev.is_none_or(|p| p.status != status);
     let since_unix_ms = match prev {
-        Some(p) if !changed => p.since_unix_ms,
+        Some(p) if p.status == status => p.since_unix_ms,
         _ => now_ms,
     };
     let failing = matches!(status, ProbeStatus::Failed | ProbeStatus::NoTunnel);
     let consecutive_failures =
         if failing { prev.map_or(0, |p| p.consecutive_failures).saturating_add(1) } else { 0 };
-    let view = ProbeView {
+    ProbeView {
         status,
         detail,
         connect_us,
@@ -97,13 +101,15 @@ pub(crate) fn next(prev: Option<&ProbeView>, found: &Found, now_ms: u64) -> (Pro
         at_unix_ms: now_ms,
         since_unix_ms,
         consecutive_failures,
-    };
-    (view, changed)
+    }
 }
 
-/// The event text for a status change, or none (the first good probe is
-/// not news).
+/// The event text for a status change; none when the status is the same,
+/// or for the first good probe (not news).
 pub(crate) fn event_text(prev: Option<&ProbeView>, view: &ProbeView) -> Option<String> {
+    if !changed(prev, view) {
+        return None;
+    }
     let first = prev.is_none_or(|p| p.status == ProbeStatus::Pending);
     if first && view.status == ProbeStatus::Ok {
         return None;
@@ -166,7 +172,9 @@ pub(crate) async fn run(
         }
         let now = Instant::now();
         let entries = mappings.entries();
-        due.retain(|name, _| entries.iter().any(|e| &e.spec.name == name));
+        let names: std::collections::HashSet<&str> =
+            entries.iter().map(|e| e.spec.name.as_str()).collect();
+        due.retain(|name, _| names.contains(name.as_str()));
         for entry in entries {
             let Some(interval) = entry.spec.probe_interval else { continue };
             if entry.phase() != Phase::Active {
@@ -185,11 +193,9 @@ pub(crate) async fn run(
             tokio::spawn(async move {
                 let found = probe_once(&entry, &edges, interval).await;
                 let (prev, view) =
-                    entry.record_probe(|prev| next(prev, &found, crate::clock::unix_ms()).0);
+                    entry.record_probe(|prev| next(prev, &found, crate::clock::unix_ms()));
                 if let Some(text) = event_text(prev.as_ref(), &view) {
-                    if prev.as_ref().is_none_or(|p| p.status != view.status) {
-                        events.record(EventKind::ProbeChanged, &entry.spec.name, &text);
-                    }
+                    events.record(EventKind::ProbeChanged, &entry.spec.name, &text);
                 }
                 drop(slot);
             });
@@ -212,26 +218,31 @@ mod tests {
 
     #[test]
     fn statuses_tell_site_down_from_service_down_from_slow() {
-        let (ok, changed) = next(None, &answer(OpenCode::Ok, 2), 1_000);
-        assert_eq!((ok.status, changed, ok.connect_us), (ProbeStatus::Ok, true, Some(2_000)));
+        let ok = next(None, &answer(OpenCode::Ok, 2), 1_000);
+        assert_eq!(
+            (ok.status, changed(None, &ok), ok.connect_us),
+            (ProbeStatus::Ok, true, Some(2_000))
+        );
         assert_eq!(event_text(None, &ok), None, "the first good probe is not news");
-        let (slow, _) = next(Some(&ok), &answer(OpenCode::Ok, SLOW_PROBE_MS + 1), 2_000);
+        let slow = next(Some(&ok), &answer(OpenCode::Ok, SLOW_PROBE_MS + 1), 2_000);
         assert_eq!(slow.status, ProbeStatus::Slow);
-        let (down, changed) = next(Some(&slow), &answer(OpenCode::Refused, 1), 3_000);
-        assert_eq!((down.status, changed), (ProbeStatus::Failed, true));
+        let down = next(Some(&slow), &answer(OpenCode::Refused, 1), 3_000);
+        assert_eq!((down.status, changed(Some(&slow), &down)), (ProbeStatus::Failed, true));
         assert_eq!(down.detail, "refused: Connection refused");
         assert_eq!((down.since_unix_ms, down.consecutive_failures), (3_000, 1));
         let text = event_text(Some(&slow), &down).unwrap();
         assert!(text.starts_with("probe failed: refused"), "{text}");
-        let (still, changed) = next(Some(&down), &answer(OpenCode::Timeout, 3_000), 4_000);
-        assert!(!changed, "failed is still failed");
+        let still = next(Some(&down), &answer(OpenCode::Timeout, 3_000), 4_000);
+        assert!(!changed(Some(&down), &still), "failed is still failed");
+        assert_eq!(event_text(Some(&down), &still), None, "no event without a change");
         assert_eq!((still.since_unix_ms, still.consecutive_failures), (3_000, 2));
-        let (site, _) = next(Some(&still), &Found::NoTunnel, 5_000);
+        let site = next(Some(&still), &Found::NoTunnel, 5_000);
         assert_eq!((site.status, site.consecutive_failures), (ProbeStatus::NoTunnel, 3));
-        let (back, changed) = next(Some(&site), &answer(OpenCode::Ok, 1), 6_000);
-        assert_eq!((back.status, changed, back.consecutive_failures), (ProbeStatus::Ok, true, 0));
+        let back = next(Some(&site), &answer(OpenCode::Ok, 1), 6_000);
+        let recovered = changed(Some(&site), &back);
+        assert_eq!((back.status, recovered, back.consecutive_failures), (ProbeStatus::Ok, true, 0));
         assert!(event_text(Some(&site), &back).is_some(), "recovering is news");
-        let (old, _) = next(None, &Found::Unsupported(5), 7_000);
+        let old = next(None, &Found::Unsupported(5), 7_000);
         assert_eq!(old.status, ProbeStatus::Unsupported);
     }
 }

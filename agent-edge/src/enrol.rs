@@ -207,9 +207,7 @@ where
             proto::ENROL_VERSION
         )));
     }
-    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .unwrap_or_default();
+    let hostname = tunnel::service::hostname().unwrap_or_default();
     let enroll = Frame::Enroll {
         version: max_version.min(PROTOCOL_VERSION),
         secret: code.secret,
@@ -271,23 +269,18 @@ fn choose_trust(
 ) -> Result<Trust, String> {
     if let Some(path) = ca_file {
         let trust = ClientTrust { ca_file: Some(path), public_roots: false, pin_sha256: &[] };
-        tunnel::tls::chain_verifies(trust, chain, host).map_err(|e| {
+        tunnel::tls::chain_verifies(trust, &[], chain, host).map_err(|e| {
             format!("--ca-file {} does not verify the cloud's certificate: {e}", path.display())
         })?;
         return Ok(Trust::CaFile(path.to_owned()));
     }
     let public = ClientTrust { ca_file: None, public_roots: true, pin_sha256: &[] };
-    if tunnel::tls::chain_verifies(public, chain, host).is_ok() {
+    if tunnel::tls::chain_verifies(public, &[], chain, host).is_ok() {
         return Ok(Trust::PublicRoots);
     }
     let last = chain.last().ok_or("the cloud presented no certificate")?;
-    let dir = tempfile_dir()?;
-    let path = dir.join(CA_FILE);
-    std::fs::write(&path, pem(last)).map_err(|e| e.to_string())?;
-    let own = ClientTrust { ca_file: Some(&path), public_roots: false, pin_sha256: &[] };
-    let verified = tunnel::tls::chain_verifies(own, chain, host);
-    let _ = std::fs::remove_dir_all(&dir);
-    verified.map_err(|e| {
+    let none = ClientTrust { ca_file: None, public_roots: false, pin_sha256: &[] };
+    tunnel::tls::chain_verifies(none, std::slice::from_ref(last), chain, host).map_err(|e| {
         // `openssl req -x509` makes such certificates by default.
         let hint = if e.contains("CaUsedAsEndEntity") {
             "; the cloud's own certificate is a CA certificate (basicConstraints CA:TRUE), which \
@@ -310,14 +303,6 @@ fn random_hex(bytes: usize) -> Result<String, String> {
     ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut buf)
         .map_err(|_| "the system random source failed".to_owned())?;
     Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
-}
-
-/// A private scratch directory (the check reads a CA file from disk).
-fn tempfile_dir() -> Result<PathBuf, String> {
-    let hex = random_hex(8)?;
-    let dir = std::env::temp_dir().join(format!("relay-edge-enroll-{hex}"));
-    std::fs::create_dir(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    Ok(dir)
 }
 
 fn pem(cert: &CertificateDer<'_>) -> String {

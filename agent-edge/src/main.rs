@@ -117,17 +117,12 @@ async fn run(config: config::EdgeConfig) -> ExitCode {
     };
     // The edge does not reload its config yet; a SIGHUP (`systemctl
     // reload`) must not end it either.
-    let mut hangups = tunnel::service::Hangups::new();
-    let shutdown = tunnel::service::shutdown_requested();
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            () = &mut shutdown => break,
-            () = hangups.recv() => tracing::warn!(
-                "SIGHUP: relay-edge does not reload its config file; restart it to apply changes"
-            ),
-        }
-    }
+    tunnel::service::until_shutdown(|| async {
+        tracing::warn!(
+            "SIGHUP: relay-edge does not reload its config file; restart it to apply changes"
+        );
+    })
+    .await;
     edge.shutdown().await;
     ExitCode::SUCCESS
 }

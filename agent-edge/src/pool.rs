@@ -27,7 +27,7 @@ use crate::edge::EdgeShared;
 /// A refusal that needs an operator (wrong token, unknown id) is retried
 /// no faster than this, so a misconfigured edge does not flood the logs.
 const MIN_DELAY_AFTER_REFUSAL: Duration = Duration::from_secs(5);
-/// Probes one tunnel's edge checks at once; more are answered busy.
+/// Probes one tunnel's edge checks at once; more wait (see the mux).
 const MAX_PROBES_IN_FLIGHT: usize = 64;
 /// How often a retiring tunnel looks whether its last stream has ended.
 const IDLE_CHECK: Duration = Duration::from_millis(100);
@@ -210,6 +210,42 @@ async fn run_slot(slot: Slot) {
     }
 }
 
+/// Checks the tunnel's probes (version 6), [`MAX_PROBES_IN_FLIGHT`] at
+/// once, until it closes. While all slots are taken, probes wait in the
+/// mux's bounded queue, and beyond it are dropped unanswered.
+async fn serve_probes(
+    shared: Arc<EdgeShared>,
+    tunnel: Tunnel,
+    mut probes: tokio::sync::mpsc::Receiver<tunnel::IncomingProbe>,
+) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_PROBES_IN_FLIGHT));
+    loop {
+        let slot = tokio::select! {
+            () = tunnel.closed() => return,
+            slot = Arc::clone(&slots).acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => return,
+            },
+        };
+        let probe = tokio::select! {
+            () = tunnel.closed() => return,
+            probe = probes.recv() => match probe {
+                Some(probe) => probe,
+                None => return,
+            },
+        };
+        let span = info_span!("probe", tunnel = tunnel.id(), mapping = %escaped(&probe.mapping));
+        let check = connector::probe(Arc::clone(&shared), tunnel.clone(), probe);
+        shared.streams.spawn(
+            async move {
+                check.await;
+                drop(slot);
+            }
+            .instrument(span),
+        );
+    }
+}
+
 /// Serves a tunnel until it ends; returns its id and why it closed.
 async fn serve(slot: &Slot, dialled: Dialled) -> (u64, String) {
     let Dialled { tunnel, mut incoming } = dialled;
@@ -232,10 +268,11 @@ async fn serve(slot: &Slot, dialled: Dialled) -> (u64, String) {
     }
     let mut retiring = false;
     let mut idle_check = tokio::time::interval(IDLE_CHECK);
-    // Probes (version 6): the mux holds at most its limit in the channel,
-    // and each is checked by a task of its own.
-    let mut probes = tunnel.take_probes();
-    let probe_slots = Arc::new(tokio::sync::Semaphore::new(MAX_PROBES_IN_FLIGHT));
+    if let Some(probes) = tunnel.take_probes() {
+        // Not one of `streams`: shutdown waits for those before it closes
+        // the tunnels, and this one ends with its tunnel.
+        tokio::spawn(serve_probes(Arc::clone(shared), tunnel.clone(), probes));
+    }
     loop {
         tokio::select! {
             () = tunnel.closed() => break,
@@ -256,17 +293,6 @@ async fn serve(slot: &Slot, dialled: Dialled) -> (u64, String) {
             Ok(()) = nodes.changed() => {
                 nodes.borrow_and_update();
                 shared.fleet_wake.notify_one();
-            }
-            Some(probe) = async { probes.as_mut()?.recv().await }, if probes.is_some() => {
-                let Ok(slot) = Arc::clone(&probe_slots).try_acquire_owned() else {
-                    tunnel.answer_probe(probe.id, proto::OpenCode::Error, Duration::ZERO,
-                        "the edge is checking too many probes at once");
-                    continue;
-                };
-                let span = info_span!("probe", tunnel = tunnel.id(),
-                    mapping = %escaped(&probe.mapping));
-                let check = connector::probe(Arc::clone(shared), tunnel.clone(), probe);
-                shared.streams.spawn(async move { check.await; drop(slot) }.instrument(span));
             }
             Some(stream) = incoming.recv() => {
                 let span = info_span!("stream", tunnel = tunnel.id(), stream = stream.id(),

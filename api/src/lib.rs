@@ -560,9 +560,8 @@ pub struct ChangeOutcome {
     /// this once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
-    /// For `enroll` once applied: the code's secret part (`hr1.<secret>`;
-    /// the `/v1/edges/{id}/enroll` answer adds the cloud's pin), shown
-    /// this once.
+    /// For `enroll` once applied: the enrolment code (with the cloud's pin
+    /// when it has TLS), shown this once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub code: Option<String>,
 }

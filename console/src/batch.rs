@@ -9,7 +9,7 @@ use std::io::Read;
 use std::path::Path;
 use std::process::ExitCode;
 
-use api::{BatchRequest, Change, MappingSpec};
+use api::{BatchRequest, Change};
 use clap::Parser;
 use serde::Serialize;
 
@@ -57,25 +57,7 @@ pub(crate) fn parse(text: &str) -> Result<Vec<(usize, Change)>, SyntaxError> {
             }
         };
         let change = match command {
-            MappingsCommand::Add {
-                name,
-                listen,
-                edge,
-                target,
-                allow,
-                max_connections,
-                probe_interval,
-            } => Change::Add {
-                spec: MappingSpec {
-                    name,
-                    listen,
-                    edge,
-                    target,
-                    allow,
-                    max_connections,
-                    probe_interval_secs: probe_interval.map(|d| d.as_secs()),
-                },
-            },
+            MappingsCommand::Add(add) => Change::Add { spec: add.spec() },
             MappingsCommand::Drain { name, deadline } => {
                 Change::Drain { name, deadline_secs: deadline.map(|d| d.as_secs()) }
             }

@@ -188,35 +188,54 @@ pub(crate) enum NodesCommand {
     },
 }
 
+/// `relayctl mappings add` (also a batch line).
+#[derive(Debug, Clone, PartialEq, Eq, Args)]
+pub(crate) struct AddMapping {
+    /// Unique name: letters, digits, `.`, `_`, `-`.
+    name: String,
+    /// Public address to listen on, e.g. 0.0.0.0:8080.
+    #[arg(long, value_name = "ADDR")]
+    listen: String,
+    /// The edge that carries the connections.
+    #[arg(long, value_name = "ID")]
+    edge: String,
+    /// Destination as the edge sees it, host:port.
+    #[arg(long, value_name = "HOST:PORT")]
+    target: String,
+    /// Client network allowed (CIDR or IP); repeat for more. Default: any.
+    #[arg(long = "allow", value_name = "CIDR")]
+    allow: Vec<String>,
+    /// Concurrent client connections allowed.
+    #[arg(long, value_name = "N")]
+    max_connections: Option<u32>,
+    /// Check through the edge that the target takes connections this
+    /// often (1s to 1h), e.g. 10s: the probe column then tells "site
+    /// down" from "service down".
+    #[arg(long, value_name = "DURATION", value_parser = parse_probe_interval)]
+    probe_interval: Option<Duration>,
+}
+
+impl AddMapping {
+    /// The mapping as the control API takes it.
+    pub(crate) fn spec(self) -> api::MappingSpec {
+        api::MappingSpec {
+            name: self.name,
+            listen: self.listen,
+            edge: self.edge,
+            target: self.target,
+            allow: self.allow,
+            max_connections: self.max_connections,
+            probe_interval_secs: self.probe_interval.map(|d| d.as_secs()),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
 pub(crate) enum MappingsCommand {
     /// List mappings with state and live figures.
     List,
     /// Add a mapping; it listens at once and survives restarts.
-    Add {
-        /// Unique name: letters, digits, `.`, `_`, `-`.
-        name: String,
-        /// Public address to listen on, e.g. 0.0.0.0:8080.
-        #[arg(long, value_name = "ADDR")]
-        listen: String,
-        /// The edge that carries the connections.
-        #[arg(long, value_name = "ID")]
-        edge: String,
-        /// Destination as the edge sees it, host:port.
-        #[arg(long, value_name = "HOST:PORT")]
-        target: String,
-        /// Client network allowed (CIDR or IP); repeat for more. Default: any.
-        #[arg(long = "allow", value_name = "CIDR")]
-        allow: Vec<String>,
-        /// Concurrent client connections allowed.
-        #[arg(long, value_name = "N")]
-        max_connections: Option<u32>,
-        /// Check through the edge that the target takes connections this
-        /// often (1s to 1h), e.g. 10s: the probe column then tells "site
-        /// down" from "service down".
-        #[arg(long, value_name = "DURATION", value_parser = parse_probe_interval)]
-        probe_interval: Option<Duration>,
-    },
+    Add(AddMapping),
     /// Drain a mapping: stop new connections, let open ones finish.
     Drain {
         /// The mapping's name.

@@ -4,7 +4,7 @@
 
 use std::process::ExitCode;
 
-use api::{EdgeHealth, EdgeView, MappingSpec, MappingState, MappingView, NodeView, PeerAnswer};
+use api::{EdgeHealth, EdgeView, MappingState, MappingView, NodeView, PeerAnswer};
 use serde::Serialize;
 
 use crate::cli::{Command, EdgesCommand, MappingsCommand, Output};
@@ -99,24 +99,8 @@ fn mappings(
         MappingsCommand::List => {
             client.mappings().map(|m| print(output, &m, |m| mappings_table(m)))
         }
-        MappingsCommand::Add {
-            name,
-            listen,
-            edge,
-            target,
-            allow,
-            max_connections,
-            probe_interval,
-        } => {
-            let spec = MappingSpec {
-                name,
-                listen,
-                edge,
-                target,
-                allow,
-                max_connections,
-                probe_interval_secs: probe_interval.map(|d| d.as_secs()),
-            };
+        MappingsCommand::Add(add) => {
+            let spec = add.spec();
             let c = client.add_mapping(&spec)?;
             let view = &c.value;
             let bound = view.bound.clone().unwrap_or_else(|| view.spec.listen.clone());

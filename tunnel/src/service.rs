@@ -79,41 +79,44 @@ pub async fn shutdown_requested() {
     }
 }
 
-/// SIGHUP, one `recv` per signal (`systemctl reload`). Where the signal
-/// cannot be handled, `recv` never returns.
-#[derive(Debug)]
-pub struct Hangups {
+/// Waits for a shutdown request (as [`shutdown_requested`]), running
+/// `on_hangup` for each SIGHUP meanwhile (`systemctl reload`). From the
+/// call on, SIGHUP no longer ends the process; where it cannot be handled,
+/// only shutdown is awaited.
+pub async fn until_shutdown<F, Fut>(mut on_hangup: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = ()>,
+{
     #[cfg(unix)]
-    signal: Option<tokio::signal::unix::Signal>,
-}
-
-impl Hangups {
-    /// Installs the handler: from now on SIGHUP no longer ends the process.
-    pub fn new() -> Self {
+    let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    let shutdown = shutdown_requested();
+    tokio::pin!(shutdown);
+    loop {
         #[cfg(unix)]
-        {
-            let signal =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
-            Self { signal }
-        }
-        #[cfg(not(unix))]
-        Self {}
-    }
-
-    /// The next SIGHUP.
-    pub async fn recv(&mut self) {
-        #[cfg(unix)]
-        if let Some(signal) = &mut self.signal {
-            if signal.recv().await.is_some() {
-                return;
+        let hangup = async {
+            let received = match &mut hangups {
+                Some(signal) => signal.recv().await.is_some(),
+                None => false,
+            };
+            if !received {
+                std::future::pending::<()>().await;
             }
+        };
+        #[cfg(not(unix))]
+        let hangup = std::future::pending::<()>();
+        tokio::select! {
+            () = &mut shutdown => return,
+            () = hangup => on_hangup().await,
         }
-        std::future::pending::<()>().await;
     }
 }
 
-impl Default for Hangups {
-    fn default() -> Self {
-        Self::new()
-    }
+/// This machine's host name (Linux), for messages and the enrolment
+/// exchange; `None` when it cannot be read.
+pub fn hostname() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
 }

@@ -98,14 +98,9 @@ impl<'a> ClientTrust<'a> {
 /// [`TlsError`] if `ca_file` cannot be read or holds no usable certificate,
 /// or if nothing at all would be trusted.
 pub fn client_config(trust: ClientTrust<'_>) -> Result<Arc<rustls::ClientConfig>, TlsError> {
-    let public: &[TrustAnchor<'static>] =
-        if trust.public_roots { webpki_roots::TLS_SERVER_ROOTS } else { &[] };
-    let roots = root_store(trust.ca_file, public)?;
+    let verifier = webpki_verifier(trust, &[])?;
     let no_path =
         |e: &dyn std::fmt::Display| TlsError { path: String::new(), reason: e.to_string() };
-    let verifier = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
-        .build()
-        .map_err(|e| no_path(&format!("no trust roots: set ca_file or public_roots ({e})")))?;
     let builder = rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| no_path(&e))?;
@@ -116,6 +111,29 @@ pub fn client_config(trust: ClientTrust<'_>) -> Result<Arc<rustls::ClientConfig>
         builder.dangerous().with_custom_certificate_verifier(Arc::new(pinned)).with_no_client_auth()
     };
     Ok(Arc::new(config))
+}
+
+/// The chain verifier for `trust`'s roots and the certificates `extra`;
+/// pins are not applied.
+fn webpki_verifier(
+    trust: ClientTrust<'_>,
+    extra: &[CertificateDer<'static>],
+) -> Result<Arc<WebPkiServerVerifier>, TlsError> {
+    let public: &[TrustAnchor<'static>] =
+        if trust.public_roots { webpki_roots::TLS_SERVER_ROOTS } else { &[] };
+    let mut roots = root_store(trust.ca_file, public)?;
+    for cert in extra {
+        roots.add(cert.clone()).map_err(|e| TlsError {
+            path: String::new(),
+            reason: format!("unusable CA certificate: {e}"),
+        })?;
+    }
+    WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider()).build().map_err(|e| {
+        TlsError {
+            path: String::new(),
+            reason: format!("no trust roots: set ca_file or public_roots ({e})"),
+        }
+    })
 }
 
 /// The trust roots: those in `ca_file`, then `public`.
@@ -131,6 +149,18 @@ fn root_store(
     }
     roots.extend(public.iter().cloned());
     Ok(roots)
+}
+
+/// The SHA-256 of `end_entity`'s public key, as a TLS error if it does
+/// not parse.
+fn key_pin(end_entity: &CertificateDer<'_>) -> Result<[u8; 32], rustls::Error> {
+    spki_sha256(end_entity)
+        .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))
+}
+
+/// A key pin as `pin_sha256` writes it, for messages.
+fn shown_pin(digest: [u8; 32]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(digest)
 }
 
 /// The SHA-256 digest of a certificate's SubjectPublicKeyInfo (DER): the
@@ -153,7 +183,7 @@ pub fn spki_sha256(cert: &CertificateDer<'_>) -> Result<[u8; 32], webpki::Error>
 /// # Errors
 /// [`TlsError`] if the file cannot be read or its certificate parsed.
 pub fn pin_of_cert_file(path: &Path) -> Result<String, TlsError> {
-    Ok(base64::engine::general_purpose::STANDARD.encode(key_digest_of_cert_file(path)?))
+    Ok(shown_pin(key_digest_of_cert_file(path)?))
 }
 
 /// [`spki_sha256`] of the first (leaf) certificate in a PEM file.
@@ -196,15 +226,13 @@ impl ServerCertVerifier for PinnedKeys {
             ocsp_response,
             now,
         )?;
-        let digest = spki_sha256(end_entity)
-            .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
+        let digest = key_pin(end_entity)?;
         if self.pins.contains(&digest) {
             return Ok(verified);
         }
         // `General`, not `InvalidCertificate(Other(..))`: rustls shows
         // only the latter's Debug form, and the operator needs this text.
-        let shown = base64::engine::general_purpose::STANDARD.encode(digest);
-        Err(rustls::Error::General(UnpinnedKey(shown).to_string()))
+        Err(rustls::Error::General(UnpinnedKey(shown_pin(digest)).to_string()))
     }
 
     fn verify_tls12_signature(
@@ -252,26 +280,22 @@ pub fn enrolment_client_config(pin: [u8; 32]) -> (Arc<rustls::ClientConfig>, Pre
     (Arc::new(config), presented)
 }
 
-/// Whether `chain` (leaf first) verifies for `server_name` with `trust`
-/// (its roots; pins are not applied): what a later `relay-edge --config`
-/// with that trust will accept.
+/// Whether `chain` (leaf first) verifies for `server_name` with `trust`'s
+/// roots and the certificates `extra` (pins are not applied): what a later
+/// `relay-edge --config` with that trust will accept.
 ///
 /// # Errors
 /// Why not, as text; [`TlsError`] cases (an unreadable `ca_file`) too.
 pub fn chain_verifies(
     trust: ClientTrust<'_>,
+    extra: &[CertificateDer<'static>],
     chain: &[CertificateDer<'static>],
     server_name: &str,
 ) -> Result<(), String> {
     let Some((leaf, intermediates)) = chain.split_first() else {
         return Err("the cloud presented no certificate".into());
     };
-    let public: &[TrustAnchor<'static>] =
-        if trust.public_roots { webpki_roots::TLS_SERVER_ROOTS } else { &[] };
-    let roots = root_store(trust.ca_file, public).map_err(|e| e.to_string())?;
-    let verifier = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
-        .build()
-        .map_err(|e| e.to_string())?;
+    let verifier = webpki_verifier(trust, extra).map_err(|e| e.to_string())?;
     let name = ServerName::try_from(server_name.to_owned()).map_err(|e| e.to_string())?;
     verifier
         .verify_server_cert(leaf, intermediates, &name, &[], UnixTime::now())
@@ -296,10 +320,9 @@ impl ServerCertVerifier for PinOnly {
         _ocsp_response: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let digest = spki_sha256(end_entity)
-            .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
+        let digest = key_pin(end_entity)?;
         if digest != self.pin {
-            let shown = base64::engine::general_purpose::STANDARD.encode(digest);
+            let shown = shown_pin(digest);
             return Err(rustls::Error::General(format!(
                 "the cloud's public key (pin_sha256 \"{shown}\") is not the one the enrolment \
                  code names: a different cloud, or a man in the middle; the code was not sent"

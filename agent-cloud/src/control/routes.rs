@@ -295,15 +295,9 @@ async fn batch(
         Ok(b) => b,
         Err(e) => return bad_body(&e),
     };
-    let mut outcome = state.mappings.apply(&request.changes, request.dry_run).await;
+    let outcome = state.mappings.apply(&request.changes, request.dry_run).await;
     if outcome.applied {
         events::record_changes(&state.events, &request.changes, "batch");
-    }
-    // An `enroll`'s code gets this cloud's pin, as from its own endpoint.
-    if let Some(enrolment) = &state.enrolment {
-        for o in &mut outcome.outcomes {
-            o.code = o.code.as_deref().map(|c| enrolment.full_code(c));
-        }
     }
     let status = match &outcome.failure {
         Some(e) => {

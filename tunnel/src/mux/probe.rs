@@ -2,7 +2,8 @@
 //! check a destination; the edge answers with the outcome and its connect
 //! time. Not streams: they carry no data and count as no connection.
 //! Bounded on both sides: [`MAX_PENDING`] unanswered probes per tunnel at
-//! the cloud, [`MAX_IN_FLIGHT`] being checked per tunnel at the edge.
+//! the cloud, [`MAX_IN_FLIGHT`] waiting per tunnel at the edge (the edge
+//! agent bounds how many it checks at once).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -13,11 +14,11 @@ use proto::{Frame, OpenCode};
 use thiserror::Error;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Shared, Tunnel};
+use super::Tunnel;
 
 /// Probes the cloud awaits at once on one tunnel.
 pub(crate) const MAX_PENDING: usize = 256;
-/// Probes the edge checks at once on one tunnel; more are answered busy.
+/// Probes waiting at the edge on one tunnel; more are dropped unanswered.
 pub(crate) const MAX_IN_FLIGHT: usize = 64;
 
 /// The edge's answer to a probe.
@@ -85,19 +86,12 @@ impl Probes {
         self.pending.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Reader, edge side: a probe arrived. Answered busy at once when the
-    /// edge is checking as many as it allows.
-    pub(crate) fn arrived(&self, shared: &Shared, probe: IncomingProbe) {
-        if let Err(mpsc::error::TrySendError::Full(p) | mpsc::error::TrySendError::Closed(p)) =
-            self.incoming_tx.try_send(probe)
-        {
-            shared.send_control(Frame::ProbeResult {
-                id: p.id,
-                code: OpenCode::Error,
-                connect_us: 0,
-                message: "the edge is checking too many probes at once".into(),
-            });
-        }
+    /// Reader, edge side: a probe arrived. While the edge holds as many as
+    /// it allows, more are dropped unanswered (the cloud reports no
+    /// answer): answering each would queue without bound behind a cloud
+    /// that floods probes and reads nothing.
+    pub(crate) fn arrived(&self, probe: IncomingProbe) {
+        let _ = self.incoming_tx.try_send(probe);
     }
 
     /// Reader, cloud side: an answer arrived (one for a probe no longer

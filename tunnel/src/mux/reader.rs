@@ -328,21 +328,21 @@ fn on_frame(
             *shared.last_report.lock().unwrap_or_else(|p| p.into_inner()) = Some(report);
         }
         Frame::Nodes { this_node, nodes } => {
-            cluster_frame_allowed(shared, "nodes", Role::Edge)?;
+            versioned_frame_allowed(shared, "nodes", proto::NODES_VERSION, Role::Edge)?;
             shared.nodes_in.send_replace(Some(super::NodeList { this_node, nodes }));
         }
         Frame::NodeLinks { links } => {
-            cluster_frame_allowed(shared, "node links", Role::Cloud)?;
+            versioned_frame_allowed(shared, "node links", proto::NODES_VERSION, Role::Cloud)?;
             *shared.node_links_in.lock().unwrap_or_else(|p| p.into_inner()) = Some(links);
         }
         Frame::Probe { id, timeout_ms, mapping, host, port } => {
-            probe_frame_allowed(shared, "probe", Role::Edge)?;
+            versioned_frame_allowed(shared, "probe", proto::PROBE_VERSION, Role::Edge)?;
             let timeout = std::time::Duration::from_millis(u64::from(timeout_ms));
             let probe = super::IncomingProbe { id, mapping, host, port, timeout };
-            shared.probes.arrived(shared, probe);
+            shared.probes.arrived(probe);
         }
         Frame::ProbeResult { id, code, connect_us, message } => {
-            probe_frame_allowed(shared, "probe result", Role::Cloud)?;
+            versioned_frame_allowed(shared, "probe result", proto::PROBE_VERSION, Role::Cloud)?;
             let connect = std::time::Duration::from_micros(u64::from(connect_us));
             shared.probes.answered(id, super::ProbeAnswer { code, connect, message });
         }
@@ -356,23 +356,15 @@ fn on_frame(
     Ok(())
 }
 
-/// A probe frame needs a version 6 tunnel and the right direction.
-fn probe_frame_allowed(shared: &Shared, kind: &str, receiver: Role) -> Result<(), Stop> {
-    if shared.settings.version < proto::PROBE_VERSION {
-        return Err(Stop::Violation(format!(
-            "{kind} frame on a version {} tunnel",
-            shared.settings.version
-        )));
-    }
-    if shared.role != receiver {
-        return Err(Stop::Violation(format!("{kind} frame sent the wrong way")));
-    }
-    Ok(())
-}
-
-/// A cluster frame needs a version 4 tunnel and the right direction.
-fn cluster_frame_allowed(shared: &Shared, kind: &str, receiver: Role) -> Result<(), Stop> {
-    if shared.settings.version < proto::NODES_VERSION {
+/// A frame of a later version (cluster: 4, probes: 6) needs a tunnel of
+/// that version and the right direction.
+fn versioned_frame_allowed(
+    shared: &Shared,
+    kind: &str,
+    since: u16,
+    receiver: Role,
+) -> Result<(), Stop> {
+    if shared.settings.version < since {
         return Err(Stop::Violation(format!(
             "{kind} frame on a version {} tunnel",
             shared.settings.version
