@@ -17,6 +17,8 @@ const AGENT_SOURCES: &[&str] = &["proto", "config", "tunnel", "agent-cloud", "ag
 pub(crate) struct Bins {
     pub(crate) cloud: PathBuf,
     pub(crate) edge: PathBuf,
+    /// relayctl, for the console's figures, when it was built.
+    pub(crate) console: Option<PathBuf>,
     /// This executable (run again with `--serve-targets`).
     pub(crate) bench: PathBuf,
 }
@@ -39,7 +41,8 @@ pub(crate) fn find(dir: Option<&Path>) -> Result<Bins> {
         }
         Ok(path)
     };
-    Ok(Bins { cloud: find("relay-cloud")?, edge: find("relay-edge")?, bench })
+    let console = Some(dir.join("relayctl")).filter(|p| p.is_file());
+    Ok(Bins { cloud: find("relay-cloud")?, edge: find("relay-edge")?, console, bench })
 }
 
 /// Warnings for binaries older than the newest source file of the agents,

@@ -126,6 +126,10 @@ async fn bench(args: Args) -> ExitCode {
         }
     };
     println!("{}", table::render(&report));
+    if let Err(e) = console_cost(&bins, smoke) {
+        eprintln!("relay-bench: {e:#}");
+        return ExitCode::FAILURE;
+    }
     for warning in report.agent_warnings.iter().take(20) {
         eprintln!("agent warning: {warning}");
     }
@@ -147,6 +151,28 @@ async fn bench(args: Args) -> ExitCode {
         return ExitCode::FAILURE;
     }
     ExitCode::SUCCESS
+}
+
+/// The console's cost at a thousand sites (`relayctl measure-tui`: parse,
+/// apply and draw a snapshot of 1,000 edges and 5,000 mappings, and the
+/// keys), printed after the tunnel's figures.
+fn console_cost(bins: &bins::Bins, smoke: bool) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let relayctl = bins.console.as_ref().context(
+        "relayctl not found next to relay-bench: build it too (cargo build --release --bins)",
+    )?;
+    let rounds = if smoke { "2" } else { "20" };
+    let out = std::process::Command::new(relayctl)
+        .args(["measure-tui", "--edges", "1000", "--mappings", "5000", "--rounds", rounds])
+        .output()
+        .with_context(|| format!("running {}", relayctl.display()))?;
+    anyhow::ensure!(
+        out.status.success(),
+        "relayctl measure-tui failed: {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    println!("{}", String::from_utf8_lossy(&out.stdout));
+    Ok(())
 }
 
 fn parse_env(s: &str) -> Result<(String, String), String> {

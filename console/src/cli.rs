@@ -100,6 +100,17 @@ pub(crate) enum Command {
     /// Run a cloud agent, an edge agent and a sample service on loopback,
     /// and open the TUI on them.
     Demo,
+    /// Time the TUI on a made-up fleet of this size: parse, apply, draw
+    /// and keys (for relay-bench; needs no cloud agent).
+    #[command(hide = true)]
+    MeasureTui {
+        #[arg(long, default_value_t = 1000)]
+        edges: usize,
+        #[arg(long, default_value_t = 5000)]
+        mappings: usize,
+        #[arg(long, default_value_t = 20)]
+        rounds: usize,
+    },
 }
 
 #[derive(Debug, Subcommand)]

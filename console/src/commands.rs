@@ -29,6 +29,9 @@ pub(crate) fn run(client: &ControlClient, command: Command, output: Output) -> E
             return crate::batch::run(client, &file, dry_run, output);
         }
         Command::Demo => return crate::demo::run(),
+        Command::MeasureTui { edges, mappings, rounds } => {
+            return crate::tui::measure(edges, mappings, rounds, output);
+        }
         Command::Events { since, follow } => crate::events::run(client, since, follow, output),
         Command::Status => status(client, output),
         Command::Edges(EdgesCommand::List) => {
@@ -191,7 +194,7 @@ struct Status {
 }
 
 fn status(client: &ControlClient, output: Output) -> Result<(), ClientError> {
-    let s = client.cluster_snapshot()?;
+    let s = client.cluster_snapshot(None)?;
     let status = Status {
         version: s.version,
         edges_connected: s.edges.iter().filter(|e| e.health == EdgeHealth::Connected).count(),

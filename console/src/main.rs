@@ -48,6 +48,9 @@ fn main() -> ExitCode {
     if let Command::Demo = command {
         return demo::run();
     }
+    if let Command::MeasureTui { edges, mappings, rounds } = command {
+        return tui::measure(edges, mappings, rounds, cli.global.output());
+    }
     let settings = match settings::resolve(&cli.global) {
         Ok(settings) => settings,
         Err(e) => {

@@ -277,6 +277,16 @@ async fn scope_cluster_sums_every_nodes_figures_and_marks_a_peer_that_does_not_a
     let answered: Vec<_> = summed.peers.iter().map(|p| (p.node.as_str(), p.answered)).collect();
     assert_eq!(answered, [("a", true), ("b", true)], "{:?}", summed.peers);
     assert_eq!(summed.nodes.len(), 3);
+    // The series asked for, summed over the nodes too; the others are left
+    // out, on every node.
+    let (_, body) = nodes[2].api.call("GET", "/v1/snapshot?scope=cluster&series=web", None).await;
+    let one: api::Snapshot = serde_json::from_value(body).unwrap();
+    let names: Vec<&str> = one.series.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["web"]);
+    assert_eq!(one.series[0].throughput_in.len(), summed.series[0].throughput_in.len());
+    let (_, body) = nodes[2].api.call("GET", "/v1/snapshot?scope=cluster&series=none", None).await;
+    let none: api::Snapshot = serde_json::from_value(body).unwrap();
+    assert!(none.series.is_empty() && total(&none) == total(&summed), "{:?}", none.series);
 
     // A peer that stops answering is marked, and its figures are left out.
     nodes[1].agent.signal("STOP");

@@ -538,6 +538,21 @@ async fn figures_match_a_known_transfer() {
         .map(|v| v.as_u64().expect("u64"))
         .sum();
     assert_eq!(sparkline_total, 900_000, "per-second samples must add up to the bytes moved");
+    // A console asks for the series it draws only.
+    let names = |snap: &Value| -> Vec<String> {
+        snap["series"].as_array().expect("series").iter().map(|x| x["name"].to_string()).collect()
+    };
+    for (query, want) in [
+        ("?series=none", vec![]),
+        ("?series=web", vec!["\"web\"".to_owned()]),
+        ("?series=nope,web", vec!["\"web\"".to_owned()]),
+        ("?series=all", vec!["\"web\"".to_owned()]),
+    ] {
+        let (status, snap) = s.api.call("GET", &format!("/v1/snapshot{query}"), None).await;
+        assert_eq!(status, 200, "{query}: {snap}");
+        assert_eq!(names(&snap), want, "{query}");
+        assert_eq!(snap["mappings"].as_array().map(Vec::len), Some(1), "{query}: mappings stay");
+    }
     let edge =
         snap["edges"].as_array().expect("edges").iter().find(|e| e["id"] == "e1").expect("e1");
     assert_eq!(edge["tunnels_up"], 2, "{edge}");

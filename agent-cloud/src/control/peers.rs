@@ -19,20 +19,38 @@ pub(super) async fn cluster_snapshot(
     cluster: &Cluster,
     admin_token: &config::Secret,
     local: Snapshot,
+    series: Option<&str>,
 ) -> Snapshot {
     let token = String::from_utf8_lossy(admin_token.expose()).into_owned();
+    let query = series.map_or_else(String::new, |s| format!("?series={}", query_value(s)));
     let fetches = cluster.nodes().into_iter().filter(|n| !n.this_node).map(|node| {
-        let token = token.clone();
+        let (token, query) = (token.clone(), query.clone());
         async move {
             let answer = match node.control_url {
                 None => Err("the node has no control_url peers can reach".to_owned()),
-                Some(url) => fetch(format!("{url}/v1/snapshot"), token).await,
+                Some(url) => fetch(format!("{url}/v1/snapshot{query}"), token).await,
             };
             (node.id, answer)
         }
     });
     let peers = futures_util::future::join_all(fetches).await;
     api::cluster_snapshot(local, peers)
+}
+
+/// `value` percent-encoded for a query string: mapping names and commas
+/// pass as they are, anything else a client sent is encoded, so it cannot
+/// add parameters to the peer's URL.
+fn query_value(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for b in value.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b'-' | b',' => {
+                out.push(char::from(b));
+            }
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
 }
 
 async fn fetch(url: String, token: String) -> Result<Snapshot, String> {
@@ -65,5 +83,17 @@ async fn fetch(url: String, token: String) -> Result<Snapshot, String> {
         Ok(Ok(answer)) => answer,
         Ok(Err(e)) => Err(e.to_string()),
         Err(_) => Err(format!("no answer within {:?}", PEER_TIMEOUT * 2)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::query_value;
+
+    #[test]
+    fn a_series_list_passes_and_anything_else_is_encoded() {
+        assert_eq!(query_value("web,db-1.x_y"), "web,db-1.x_y");
+        assert_eq!(query_value("a&scope=cluster#"), "a%26scope%3Dcluster%23");
+        assert_eq!(query_value("é"), "%C3%A9");
     }
 }

@@ -148,44 +148,78 @@ async fn metrics(State(state): State<Shared>) -> Response {
         .into_response()
 }
 
-/// `?scope=cluster`: figures summed over the cluster's nodes.
+/// The query of `/v1/snapshot` and `/v1/stream`: `scope=cluster` sums the
+/// figures over the cluster's nodes; `series=none` or `series=NAME,...`
+/// keeps only those mappings' series (all by default). At 5,000 mappings
+/// the series are seven eighths of the snapshot's bytes, and a console
+/// draws one mapping's.
 #[derive(Debug, Default, serde::Deserialize)]
-struct Scope {
+struct SnapshotQuery {
     scope: Option<String>,
+    series: Option<String>,
 }
 
-impl Scope {
+impl SnapshotQuery {
     fn cluster<'a>(&self, state: &'a ControlState) -> Option<&'a Arc<crate::cluster::Cluster>> {
         state.cluster.as_ref().filter(|_| self.scope.as_deref() == Some("cluster"))
     }
+
+    /// A copy of `snapshot` with only the series asked for (a stream's
+    /// copy each second leaves the others where they are).
+    fn copy(&self, snapshot: &api::Snapshot) -> api::Snapshot {
+        let wanted: Option<std::collections::HashSet<&str>> = match self.series.as_deref() {
+            None | Some("all") => None,
+            Some("none" | "") => Some(std::collections::HashSet::new()),
+            Some(names) => Some(names.split(',').collect()),
+        };
+        let series = match &wanted {
+            None => snapshot.series.clone(),
+            Some(w) => {
+                snapshot.series.iter().filter(|s| w.contains(s.name.as_str())).cloned().collect()
+            }
+        };
+        api::Snapshot {
+            at_unix_ms: snapshot.at_unix_ms,
+            version: snapshot.version.clone(),
+            edges: snapshot.edges.clone(),
+            mappings: snapshot.mappings.clone(),
+            series,
+            window_secs: snapshot.window_secs,
+            nodes: snapshot.nodes.clone(),
+            peers: snapshot.peers.clone(),
+        }
+    }
+
+    /// The snapshot asked for: this node's, or the cluster's (each peer is
+    /// asked for the same series).
+    async fn answer(&self, state: &ControlState, local: &api::Snapshot) -> api::Snapshot {
+        let local = self.copy(local);
+        match self.cluster(state) {
+            Some(cluster) => {
+                let series = self.series.as_deref();
+                super::peers::cluster_snapshot(cluster, &state.admin_token, local, series).await
+            }
+            None => local,
+        }
+    }
 }
 
-async fn snapshot(State(state): State<Shared>, Query(scope): Query<Scope>) -> Response {
+async fn snapshot(State(state): State<Shared>, Query(query): Query<SnapshotQuery>) -> Response {
     let local = fresh_snapshot(&state);
-    match scope.cluster(&state) {
-        Some(cluster) => {
-            Json(super::peers::cluster_snapshot(cluster, &state.admin_token, local).await)
-                .into_response()
-        }
-        None => Json(local).into_response(),
-    }
+    Json(query.answer(&state, &local).await).into_response()
 }
 
 /// A WebSocket that receives a JSON snapshot about once a second.
 async fn stream(
     State(state): State<Shared>,
-    Query(scope): Query<Scope>,
+    Query(query): Query<SnapshotQuery>,
     upgrade: WebSocketUpgrade,
 ) -> Response {
     let mut snapshots = state.snapshots.clone();
-    let cluster = scope.cluster(&state).cloned();
     upgrade.on_upgrade(move |mut socket: WebSocket| async move {
         loop {
-            let local = (**snapshots.borrow_and_update()).clone();
-            let snapshot = match &cluster {
-                Some(c) => super::peers::cluster_snapshot(c, &state.admin_token, local).await,
-                None => local,
-            };
+            let local = Arc::clone(&snapshots.borrow_and_update());
+            let snapshot = query.answer(&state, &local).await;
             let json = serde_json::to_string(&snapshot);
             let Ok(json) = json else { return };
             // A console that stopped reading must not hold this task and

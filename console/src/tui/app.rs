@@ -3,8 +3,11 @@
 
 use api::{EdgeView, MappingSpec, MappingView, NodeView, PeerAnswer, Snapshot};
 
+use std::cell::Cell;
+
 use super::events::EventFeed;
 use super::form::AddForm;
+use super::order::{self, Rows, SortKey};
 use super::theme::Theme;
 use crate::client::ClientError;
 
@@ -29,6 +32,16 @@ pub(crate) enum Action {
     OpenEvents,
     PageUp,
     PageDown,
+    /// Home / `g`: the first row.
+    First,
+    /// End / `G`: the last row.
+    Last,
+    /// `s`: the next sort key.
+    CycleSort,
+    /// `p`: problems only, or everything.
+    ToggleProblems,
+    /// Enter on an edge: its own view.
+    OpenEdge,
     /// Esc: close what is open, clear the filter.
     Cancel,
     /// Enter (or `y` in a confirmation).
@@ -165,6 +178,8 @@ pub(crate) enum Mode {
     Help,
     /// The events view instead of the tables.
     Events,
+    /// One edge's view: its tunnels per node, mappings, host, events.
+    Edge(String),
     Add(AddForm),
     Confirm(Confirm),
 }
@@ -202,6 +217,16 @@ pub(crate) struct App {
     pub(crate) selected_edge: Option<String>,
     pub(crate) selected_node: Option<String>,
     pub(crate) filter: String,
+    pub(crate) sort: SortKey,
+    pub(crate) problems_only: bool,
+    /// The rows the tables show, for the choices in `rows_for`.
+    pub(crate) rows: Rows,
+    rows_for: Option<(order::Choice, u64)>,
+    /// Snapshots applied so far: the rows follow each.
+    snapshots_seen: u64,
+    /// Rows each table showed in the last frame (edges, nodes, mappings),
+    /// for the page keys; the drawing sets it.
+    pub(crate) page_rows: Cell<[usize; 3]>,
     pub(crate) mode: Mode,
     pub(crate) status: Option<Status>,
     /// What runs in the background, and how many calls are out.
@@ -228,6 +253,12 @@ impl App {
             selected_edge: None,
             selected_node: None,
             filter: String::new(),
+            sort: SortKey::default(),
+            problems_only: false,
+            rows: Rows::default(),
+            rows_for: None,
+            snapshots_seen: 0,
+            page_rows: Cell::new([10; 3]),
             mode: Mode::Normal,
             status: None,
             busy: None,
@@ -252,52 +283,74 @@ impl App {
         self.snapshot.as_ref().map_or(&[], |s| &s.edges)
     }
 
-    /// The mappings the filter lets through.
+    /// Recomputes the rows when the snapshot or a choice changed since.
+    pub(crate) fn reindex(&mut self) {
+        let choice = order::Choice {
+            filter: self.filter.clone(),
+            sort: self.sort,
+            problems_only: self.problems_only,
+        };
+        let key = (choice, self.snapshots_seen);
+        if self.rows_for.as_ref() == Some(&key) {
+            return;
+        }
+        self.rows = self.snapshot.as_ref().map_or_else(Rows::default, |s| order::rows(s, &key.0));
+        self.rows_for = Some(key);
+    }
+
+    /// Counts a new snapshot, so the rows are recomputed.
+    pub(crate) fn snapshot_applied(&mut self) {
+        self.snapshots_seen += 1;
+    }
+
+    /// The mappings the filter lets through, in the sort order.
     pub(crate) fn visible_mappings(&self) -> Vec<&MappingView> {
-        let needle = self.filter.to_lowercase();
         let all = self.snapshot.as_ref().map_or(&[][..], |s| &s.mappings);
-        all.iter()
-            .filter(|m| {
-                let s = &m.spec;
-                [&s.name, &s.edge, &s.target, &s.listen]
-                    .iter()
-                    .any(|f| f.to_lowercase().contains(&needle))
-            })
-            .collect()
+        self.rows.mappings.iter().filter_map(|&i| all.get(i)).collect()
+    }
+
+    /// The edges the filter lets through, in the sort order.
+    pub(crate) fn visible_edges(&self) -> Vec<&EdgeView> {
+        let all = self.edges();
+        self.rows.edges.iter().filter_map(|&i| all.get(i)).collect()
     }
 
     /// Index of the selected mapping among the visible ones.
     pub(crate) fn mapping_index(&self) -> Option<usize> {
-        let visible = self.visible_mappings();
-        if visible.is_empty() {
-            return None;
-        }
-        let found = self
-            .selected_mapping
-            .as_ref()
-            .and_then(|name| visible.iter().position(|m| &m.spec.name == name));
-        Some(found.unwrap_or(0))
+        let all = self.snapshot.as_ref().map_or(&[][..], |s| &s.mappings);
+        position(&self.rows.mappings, self.selected_mapping.as_deref(), |i| {
+            all.get(i).map(|m| m.spec.name.as_str())
+        })
     }
 
     /// The selected mapping, if any is visible.
     pub(crate) fn selected_mapping(&self) -> Option<&MappingView> {
-        self.mapping_index().map(|i| self.visible_mappings()[i])
+        let i = *self.rows.mappings.get(self.mapping_index()?)?;
+        self.snapshot.as_ref()?.mappings.get(i)
     }
 
-    /// Index of the selected edge.
+    /// Index of the selected edge among the visible ones.
     pub(crate) fn edge_index(&self) -> Option<usize> {
-        let edges = self.edges();
-        if edges.is_empty() {
-            return None;
-        }
-        let found =
-            self.selected_edge.as_ref().and_then(|id| edges.iter().position(|e| &e.id == id));
-        Some(found.unwrap_or(0))
+        let all = self.edges();
+        position(&self.rows.edges, self.selected_edge.as_deref(), |i| {
+            all.get(i).map(|e| e.id.as_str())
+        })
     }
 
-    /// The selected edge, if there are edges.
+    /// The selected edge, if any is visible.
     pub(crate) fn selected_edge(&self) -> Option<&EdgeView> {
-        self.edge_index().map(|i| &self.edges()[i])
+        self.edges().get(*self.rows.edges.get(self.edge_index()?)?)
+    }
+
+    /// Whether no edge that could carry a mapping on `edge` (an edge, or
+    /// each member of a group) is up.
+    pub(crate) fn edge_down(&self, edge: &str) -> bool {
+        self.snapshot.as_ref().is_some_and(|s| order::carriers_down(s, edge))
+    }
+
+    /// An edge by id.
+    pub(crate) fn edge(&self, id: &str) -> Option<&EdgeView> {
+        self.edges().iter().find(|e| e.id == id)
     }
 
     /// The nodes of the cluster; empty when the agent runs alone.
@@ -346,4 +399,18 @@ impl App {
         let at = self.snapshot.as_ref()?.at_unix_ms;
         Some(at.saturating_sub(seen) + self.data_age_ms())
     }
+}
+
+/// Where the row named `selected` is among `rows` (the first row when it
+/// is not there); `None` when there are no rows.
+fn position<'a>(
+    rows: &[usize],
+    selected: Option<&str>,
+    name: impl Fn(usize) -> Option<&'a str>,
+) -> Option<usize> {
+    if rows.is_empty() {
+        return None;
+    }
+    let found = selected.and_then(|want| rows.iter().position(|&i| name(i) == Some(want)));
+    Some(found.unwrap_or(0))
 }

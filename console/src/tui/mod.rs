@@ -7,7 +7,11 @@
 //! - `keys`: key presses to actions, per mode (the help text too).
 //! - `form`: the add-mapping form and its validation.
 //! - `events`: the newest events the events view shows (`E`).
+//! - `order`: which rows the tables show, and in what order (filter,
+//!   sort, problems only), and the page that holds the selection.
 //! - `view`: drawing, a pure function of the state.
+//! - `synthetic`, `measure`: a made-up fleet of any size, and what the
+//!   TUI costs on it (`relayctl measure-tui`).
 //! - `worker`: the snapshot poller and the threads that make changes.
 //! - `theme`: colours (off with `NO_COLOR`); human units come from
 //!   `crate::format`.
@@ -20,7 +24,10 @@ mod app;
 mod events;
 mod form;
 mod keys;
+mod measure;
+mod order;
 mod outcome;
+mod synthetic;
 mod theme;
 mod update;
 mod view;
@@ -30,6 +37,8 @@ mod worker;
 mod behaviour;
 #[cfg(test)]
 pub(crate) mod fixtures;
+#[cfg(test)]
+mod fleet_tests;
 #[cfg(test)]
 mod tests;
 
@@ -52,6 +61,29 @@ use ratatui::backend::CrosstermBackend;
 use self::app::{Action, App, Request};
 use self::theme::Theme;
 use crate::client::ControlClient;
+
+/// `relayctl measure-tui`: prints what the TUI costs at a fleet's size.
+pub(crate) fn measure(
+    edges: usize,
+    mappings: usize,
+    rounds: usize,
+    output: crate::cli::Output,
+) -> std::process::ExitCode {
+    match measure::run(edges, mappings, rounds) {
+        Ok(cost) if output == crate::cli::Output::Json => {
+            println!("{}", serde_json::to_string(&cost).unwrap_or_default());
+            std::process::ExitCode::SUCCESS
+        }
+        Ok(cost) => {
+            print!("{}", measure::render(&cost));
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("relayctl: measuring the TUI: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
 
 /// Options for the TUI.
 #[derive(Debug, Clone, Default)]
@@ -77,8 +109,10 @@ pub(crate) fn run(client: ControlClient, options: TuiOptions) -> anyhow::Result<
     let mut app = App::new(&client.endpoint(), options.hint, theme, worker::unix_ms());
     let (tx, rx) = mpsc::channel();
     let mut screen = Screen::enter()?;
-    let wake = worker::spawn_poller(client.clone(), tx.clone())?;
-    let result = event_loop(&mut screen.terminal, &mut app, &Channels { client, tx, rx, wake });
+    let watched = worker::Watched::default();
+    let wake = worker::spawn_poller(client.clone(), tx.clone(), Arc::clone(&watched))?;
+    let io = Channels { client, tx, rx, wake, watched };
+    let result = event_loop(&mut screen.terminal, &mut app, &io);
     drop(screen);
     result
 }
@@ -88,6 +122,20 @@ struct Channels {
     tx: Sender<Action>,
     rx: Receiver<Action>,
     wake: Sender<()>,
+    watched: worker::Watched,
+}
+
+impl Channels {
+    /// Tells the poller which mapping's series to fetch; fetches at once
+    /// when that changed, so the detail pane fills without waiting.
+    fn watch(&self, app: &App) {
+        let wanted = app.selected_mapping().map(|m| m.spec.name.clone());
+        let Ok(mut watched) = self.watched.lock() else { return };
+        if *watched != wanted {
+            *watched = wanted;
+            let _ = self.wake.send(());
+        }
+    }
 }
 
 fn event_loop(
@@ -129,6 +177,7 @@ fn event_loop(
         if app.quit {
             return Ok(());
         }
+        io.watch(app);
     }
 }
 

@@ -15,6 +15,7 @@ impl App {
         match result {
             Ok(snapshot) => {
                 self.snapshot = Some(snapshot);
+                self.snapshot_applied();
                 self.fetched_ms = Some(now_ms);
                 self.link = Link::Up;
             }
@@ -65,6 +66,8 @@ impl App {
     /// Shows a change at once, before the next snapshot confirms it.
     fn apply_locally(&mut self, request: &Request, view: Option<Box<MappingView>>) {
         let view = view.map(|v| *v);
+        // The snapshot changes here: the rows follow.
+        self.snapshot_applied();
         let mappings = self.snapshot.as_mut().map(|s| &mut s.mappings);
         match request {
             Request::Add(spec) => {
@@ -76,8 +79,10 @@ impl App {
                 if matches!(self.mode, Mode::Add(_)) {
                     self.mode = Mode::Normal;
                 }
+                self.reindex();
                 if !self.visible_mappings().iter().any(|m| m.spec.name == spec.name) {
                     self.filter.clear();
+                    self.problems_only = false;
                 }
                 self.focus = Focus::Mappings;
                 self.selected_mapping = Some(spec.name.clone());

@@ -21,7 +21,6 @@ impl Theme {
     }
 
     /// With or without colours.
-    #[cfg(test)]
     pub(crate) const fn new(color: bool) -> Theme {
         Theme { color }
     }

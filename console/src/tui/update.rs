@@ -10,8 +10,15 @@ use crate::format;
 pub(crate) const DEFAULT_DEADLINE: &str = "30s";
 
 impl App {
-    /// Applies `action`; returns a call to make, if any.
+    /// Applies `action`; returns a call to make, if any. The rows shown
+    /// follow the new state.
     pub(crate) fn update(&mut self, action: Action) -> Option<Request> {
+        let request = self.apply(action);
+        self.reindex();
+        request
+    }
+
+    fn apply(&mut self, action: Action) -> Option<Request> {
         match action {
             Action::Quit => self.quit = true,
             Action::Tick(now_ms) => self.now_ms = self.now_ms.max(now_ms),
@@ -31,6 +38,10 @@ impl App {
                     }
                     Mode::Events => {
                         self.events_view(action);
+                        None
+                    }
+                    Mode::Edge(id) => {
+                        self.edge_view(id, action);
                         None
                     }
                     Mode::Add(form) => self.form(form, action),
@@ -55,6 +66,27 @@ impl App {
         match action {
             Action::Up => self.step(-1),
             Action::Down => self.step(1),
+            Action::PageUp => self.step(-(self.page() as isize)),
+            Action::PageDown => self.step(self.page() as isize),
+            Action::First => self.step(isize::MIN / 2),
+            Action::Last => self.step(isize::MAX / 2),
+            Action::CycleSort => {
+                self.sort = self.sort.next();
+                self.say(format!("sorted by {}", self.sort.word()), false);
+            }
+            Action::ToggleProblems => {
+                self.problems_only = !self.problems_only;
+                let text = if self.problems_only {
+                    "problems only: p shows everything again"
+                } else {
+                    "showing everything"
+                };
+                self.say(text, false);
+            }
+            Action::OpenEdge if self.focus == Focus::Edges => match self.selected_edge() {
+                Some(edge) => self.mode = Mode::Edge(edge.id.clone()),
+                None => self.say("no edge to show", true),
+            },
             Action::ToggleFocus => {
                 self.focus = match self.focus {
                     Focus::Mappings => Focus::Edges,
@@ -115,6 +147,8 @@ impl App {
             Action::Down => self.events.scroll_by(1),
             Action::PageUp => self.events.scroll_by(-PAGE),
             Action::PageDown => self.events.scroll_by(PAGE),
+            Action::First => self.events.scroll_by(isize::MIN / 2),
+            Action::Last => self.events.scroll_by(isize::MAX / 2),
             Action::OpenHelp => self.mode = Mode::Help,
             Action::OpenEvents | Action::Cancel => {}
             _ => {}
@@ -124,10 +158,40 @@ impl App {
         }
     }
 
+    /// Keys in an edge's view: back, or on to another edge.
+    fn edge_view(&mut self, id: String, action: Action) {
+        match action {
+            Action::OpenEvents => self.mode = Mode::Events,
+            Action::OpenHelp => self.mode = Mode::Help,
+            Action::Cancel | Action::OpenEdge | Action::Confirm => {}
+            Action::Up | Action::Down => {
+                self.selected_edge = Some(id);
+                self.focus = Focus::Edges;
+                self.step(if action == Action::Up { -1 } else { 1 });
+                let next = self.selected_edge().map_or_else(String::new, |e| e.id.clone());
+                self.mode = Mode::Edge(next);
+            }
+            _ => self.mode = Mode::Edge(id),
+        }
+    }
+
+    /// Rows a page key moves by in the focused table.
+    fn page(&self) -> usize {
+        let [edges, nodes, mappings] = self.page_rows.get();
+        match self.focus {
+            Focus::Edges => edges,
+            Focus::Nodes => nodes,
+            Focus::Mappings => mappings,
+        }
+        .max(1)
+    }
+
+    /// The mappings an edge carries, its groups' too.
     fn mappings_on(&self, edge: &str) -> usize {
-        self.snapshot
-            .as_ref()
-            .map_or(0, |s| s.mappings.iter().filter(|m| m.spec.edge == edge).count())
+        match (self.snapshot.as_ref(), self.edge(edge)) {
+            (Some(s), Some(e)) => super::order::carried_by(s, e).count(),
+            _ => 0,
+        }
     }
 
     fn open_node_confirm(&mut self) {
@@ -175,8 +239,9 @@ impl App {
                 self.selected_mapping = next.map(|i| visible[i].spec.name.clone());
             }
             Focus::Edges => {
-                let next = move_to(self.edge_index(), self.edges().len());
-                self.selected_edge = next.map(|i| self.edges()[i].id.clone());
+                let visible = self.visible_edges();
+                let next = move_to(self.edge_index(), visible.len());
+                self.selected_edge = next.map(|i| visible[i].id.clone());
             }
             Focus::Nodes => {
                 let next = move_to(self.node_index(), self.nodes().len());

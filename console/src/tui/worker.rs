@@ -1,10 +1,12 @@
 //! Calls to the cloud agent, off the UI thread: a poller that fetches a
-//! snapshot about once a second (the cluster's figures, `scope=cluster`;
-//! it says when another of several endpoints answers) and the events
+//! snapshot about once a second (the cluster's figures, `scope=cluster`,
+//! with the series of the selected mapping only; it says when another of
+//! several endpoints answers) and the events
 //! recorded since its last fetch, and one short-lived thread per change.
 //! Both report back as [`Action`]s on a channel.
 
 use std::sync::mpsc::{self, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -21,6 +23,10 @@ pub(crate) fn unix_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
+/// The mapping whose series the detail pane draws: the only series the
+/// poller asks for.
+pub(crate) type Watched = Arc<Mutex<Option<String>>>;
+
 /// Starts the poller. Sending on the returned channel fetches at once;
 /// dropping it (or the receiver of `tx`) stops the poller.
 ///
@@ -29,6 +35,7 @@ pub(crate) fn unix_ms() -> u64 {
 pub(crate) fn spawn_poller(
     client: ControlClient,
     tx: Sender<Action>,
+    watched: Watched,
 ) -> anyhow::Result<Sender<()>> {
     let (wake, woken) = mpsc::channel::<()>();
     thread::Builder::new()
@@ -38,7 +45,8 @@ pub(crate) fn spawn_poller(
             let mut events = EventCursor::default();
             loop {
                 let started = Instant::now();
-                let result = client.cluster_snapshot();
+                let series = watched.lock().map(|w| w.clone()).unwrap_or_default();
+                let result = client.cluster_snapshot(series.as_deref());
                 let endpoint = client.endpoint();
                 if endpoint != answered {
                     answered = endpoint.clone();

@@ -175,8 +175,7 @@ pub(super) fn edge(frame: &mut Frame<'_>, app: &App, area: Rect) {
     let mappings: Vec<&str> = app
         .snapshot
         .iter()
-        .flat_map(|s| &s.mappings)
-        .filter(|m| m.spec.edge == e.id)
+        .flat_map(|s| crate::tui::order::carried_by(s, e))
         .map(|m| m.spec.name.as_str())
         .collect();
     let info = format!(
@@ -238,7 +237,7 @@ pub(super) fn edge(frame: &mut Frame<'_>, app: &App, area: Rect) {
 
 /// In a cluster, an edge's tunnels to each node: one line with them all,
 /// then one per node it cannot reach, with why.
-fn node_links(app: &App, e: &api::EdgeView, width: usize) -> Vec<Line<'static>> {
+pub(super) fn node_links(app: &App, e: &api::EdgeView, width: usize) -> Vec<Line<'static>> {
     let theme = app.theme;
     if e.node_links.is_empty() {
         return Vec::new();

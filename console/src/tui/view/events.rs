@@ -52,7 +52,7 @@ pub(super) fn draw(frame: &mut Frame<'_>, app: &App, area: Rect) {
 }
 
 /// `12-02 06:44:25`: month, day and time of day, UTC.
-fn time(at_unix_ms: u64) -> String {
+pub(super) fn time(at_unix_ms: u64) -> String {
     let full = crate::events::time(at_unix_ms); // 2026-12-02T06:44:25Z
     full.get(5..19).map_or(full.clone(), |t| t.replacen('T', " ", 1))
 }

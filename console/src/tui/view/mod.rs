@@ -7,6 +7,7 @@
 //! top.
 
 mod detail;
+mod edge;
 mod events;
 mod popup;
 mod tables;
@@ -30,7 +31,7 @@ pub(crate) fn draw(frame: &mut Frame<'_>, app: &App) {
     let message = message(app, area.width);
     let message_h = message.as_ref().map_or(0, |m| m.len() as u16);
     let rest = area.height.saturating_sub(2 + banner_h + message_h);
-    let ne = app.edges().len().max(1) as u16;
+    let ne = app.visible_edges().len().max(1) as u16;
     let nn = app.nodes().len() as u16;
     let nm = app.visible_mappings().len().max(1) as u16;
     let detail_min = 12.min(rest / 2);
@@ -59,6 +60,8 @@ pub(crate) fn draw(frame: &mut Frame<'_>, app: &App) {
     }
     if app.mode == Mode::Events {
         events::draw(frame, app, edges.union(detail_area));
+    } else if let Mode::Edge(id) = &app.mode {
+        edge::draw(frame, app, edges.union(detail_area), id);
     } else if app.snapshot.is_none() {
         let text = match &app.link {
             Link::Down(_) => "no data yet".to_owned(),
@@ -167,6 +170,13 @@ fn draw_footer(frame: &mut Frame<'_>, app: &App, area: Rect) {
             frame.set_cursor_position((x, area.y));
             return;
         }
+        (Mode::Edge(_), _) => &[
+            ("↑↓", "next edge"),
+            ("Esc Enter", "back"),
+            ("E", "events"),
+            ("?", "help"),
+            ("q", "quit"),
+        ],
         (Mode::Events, _) => &[
             ("↑↓", "scroll"),
             ("PgUp PgDn", "page"),
@@ -184,10 +194,16 @@ fn draw_footer(frame: &mut Frame<'_>, app: &App, area: Rect) {
             ("?", "help"),
             ("q", "quit"),
         ],
-        (Mode::Normal, Focus::Edges) if !app.nodes().is_empty() => {
-            &[("D", "drain edge"), ("/", "filter"), ("Tab", "nodes"), ("?", "help"), ("q", "quit")]
-        }
+        (Mode::Normal, Focus::Edges) if !app.nodes().is_empty() => &[
+            ("Enter", "view"),
+            ("D", "drain edge"),
+            ("/", "filter"),
+            ("Tab", "nodes"),
+            ("?", "help"),
+            ("q", "quit"),
+        ],
         (Mode::Normal, Focus::Edges) => &[
+            ("Enter", "view"),
             ("D", "drain edge"),
             ("/", "filter"),
             ("Tab", "mappings"),

@@ -21,7 +21,7 @@ pub(super) fn draw(frame: &mut Frame<'_>, app: &App, area: Rect) {
         Mode::Add(form) => add_form(frame, app.theme, area, form),
         Mode::Confirm(confirm) => self::confirm(frame, app.theme, area, confirm),
         Mode::Help => help(frame, app.theme, area),
-        Mode::Normal | Mode::Filter | Mode::Events => {}
+        Mode::Normal | Mode::Filter | Mode::Events | Mode::Edge(_) => {}
     }
 }
 

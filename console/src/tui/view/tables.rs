@@ -12,6 +12,7 @@ use ratatui::widgets::{Cell, Row, Table, TableState};
 use super::section;
 use crate::format;
 use crate::tui::app::{App, Focus};
+use crate::tui::order::{self, SortKey};
 
 /// One column: its header, its cells, how wide it may grow, and how much
 /// it matters (0 most) when space runs out.
@@ -97,6 +98,46 @@ fn render(
     frame.render_stateful_widget(table, area, &mut state);
 }
 
+/// The page of a table of `len` rows that holds `selected`, for an area
+/// `height` rows high (one is the header); records its size for the page
+/// keys. Returns the range and the selection within it.
+fn paged(
+    app: &App,
+    table: usize,
+    len: usize,
+    height: u16,
+    selected: Option<usize>,
+) -> (std::ops::Range<usize>, Option<usize>) {
+    let rows = (height as usize).saturating_sub(1).max(1);
+    let mut shown = app.page_rows.get();
+    shown[table] = rows;
+    app.page_rows.set(shown);
+    let range = order::page(len, rows, selected);
+    let within = selected.map(|i| i.saturating_sub(range.start));
+    (range, within)
+}
+
+/// "(5000)", or "(41–80 of 5000)" when the table has more than a page;
+/// with the filter, the sort key and "problems only" when they apply.
+fn count(app: &App, range: &std::ops::Range<usize>, shown: usize, total: usize) -> String {
+    let rows = if range.len() < shown {
+        format!("{}–{} of {shown}", range.start + 1, range.end)
+    } else {
+        shown.to_string()
+    };
+    let mut parts = vec![if shown < total { format!("{rows}, of {total} in all") } else { rows }];
+    if !app.filter.is_empty() {
+        parts.push(format!("filter \"{}\"", app.filter));
+    }
+    if app.problems_only {
+        parts.push("problems only".to_owned());
+    }
+    if app.sort != SortKey::Name {
+        parts.push(format!("by {}", app.sort.word()));
+    }
+    format!("({})", parts.join(", "))
+}
+
 fn title(app: &App, name: &str, count: String, focus: Focus) -> Line<'static> {
     let theme = app.theme;
     let focused = app.focus == focus;
@@ -125,13 +166,20 @@ fn styles(app: &App, focus: Focus) -> (Style, Style) {
 /// The edges: health, tunnels, heartbeat round trips, host figures.
 pub(super) fn edges(frame: &mut Frame<'_>, app: &App, area: Rect) {
     let theme = app.theme;
-    let edges = app.edges();
-    let area = section(
-        frame,
-        theme,
-        area,
-        title(app, "Edges", format!("({})", edges.len()), Focus::Edges),
-    );
+    let visible = app.visible_edges();
+    let selected = app.edge_index();
+    let (range, selected) = paged(app, 0, visible.len(), area.height.saturating_sub(1), selected);
+    let heading = count(app, &range, visible.len(), app.edges().len());
+    let area = section(frame, theme, area, title(app, "Edges", heading, Focus::Edges));
+    if visible.is_empty() {
+        let text = if app.edges().is_empty() {
+            "no edges yet"
+        } else {
+            "no edge matches (Esc clears the filter, p shows everything)"
+        };
+        frame.render_widget(Line::styled(text, theme.dim()), area);
+        return;
+    }
     let mut cols = [
         Column::new("edge", 0, 24),
         Column::new("health", 0, 24),
@@ -143,7 +191,7 @@ pub(super) fn edges(frame: &mut Frame<'_>, app: &App, area: Rect) {
         Column::new("version", 4, 12),
     ];
     let plain = |t: String| (t, if app.stale() { theme.dim() } else { theme.text() });
-    for e in edges {
+    for e in &visible[range] {
         let (word, style) = match e.health {
             EdgeHealth::Connected => ("connected", theme.good()),
             EdgeHealth::Reconnecting => ("reconnecting", theme.warn()),
@@ -175,7 +223,7 @@ pub(super) fn edges(frame: &mut Frame<'_>, app: &App, area: Rect) {
             col.push(value);
         }
     }
-    let selected = app.edge_index().filter(|_| app.focus == Focus::Edges);
+    let selected = selected.filter(|_| app.focus == Focus::Edges);
     render(frame, area, cols.into(), selected, styles(app, Focus::Edges));
 }
 
@@ -193,33 +241,34 @@ pub(super) fn mappings(frame: &mut Frame<'_>, app: &App, area: Rect) {
     let theme = app.theme;
     let visible = app.visible_mappings();
     let total = app.snapshot.as_ref().map_or(0, |s| s.mappings.len());
-    let count = if app.filter.is_empty() {
-        format!("({total})")
-    } else {
-        format!("({} of {total}, filter \"{}\")", visible.len(), app.filter)
-    };
-    let area = section(frame, theme, area, title(app, "Mappings", count, Focus::Mappings));
+    let selected = app.mapping_index();
+    let (range, selected) = paged(app, 2, visible.len(), area.height.saturating_sub(1), selected);
+    let heading = count(app, &range, visible.len(), total);
+    let area = section(frame, theme, area, title(app, "Mappings", heading, Focus::Mappings));
     if visible.is_empty() {
         let text = if total == 0 {
             "no mappings yet: press a to add one"
         } else {
-            "no mapping matches the filter (Esc clears it)"
+            "no mapping matches (Esc clears the filter, p shows everything)"
         };
         frame.render_widget(Line::styled(text, theme.dim()), area);
         return;
     }
+    // A probe column only when some mapping on the page is probed.
+    let probed = visible[range.clone()].iter().any(|m| m.probe.is_some());
     let mut cols = [
         Column::new("name", 0, 24),
         Column::new("state", 0, 26),
         Column::new("listen", 1, 26),
         Column::new("edge", 2, 16),
         Column::new("target", 3, 30),
+        Column::new("probe", if probed { 1 } else { u8::MAX }, 16),
         Column::new("conns", 1, 6).right(),
         Column::new("in", 1, 10).right(),
         Column::new("out", 1, 10).right(),
     ];
     let plain = |t: String| (t, if app.stale() { theme.dim() } else { theme.text() });
-    for m in &visible {
+    for m in &visible[range] {
         let (state, style) = match m.state {
             MappingState::Active => ("active".to_owned(), theme.good()),
             MappingState::Draining => {
@@ -245,6 +294,8 @@ pub(super) fn mappings(frame: &mut Frame<'_>, app: &App, area: Rect) {
         };
         let (state, style) = if m.edge_revoked {
             (format!("{state}, edge revoked"), theme.bad())
+        } else if m.state == MappingState::Active && app.edge_down(&m.spec.edge) {
+            (format!("{state}, edge down"), theme.bad())
         } else {
             (state, style)
         };
@@ -255,6 +306,7 @@ pub(super) fn mappings(frame: &mut Frame<'_>, app: &App, area: Rect) {
             plain(m.bound.clone().unwrap_or_else(|| m.spec.listen.clone())),
             plain(m.spec.edge.clone()),
             plain(m.spec.target.clone()),
+            probe(app, m),
             plain(m.active_connections.to_string()),
             plain(format::rate(m.throughput_in_bps)),
             plain(format::rate(m.throughput_out_bps)),
@@ -263,7 +315,23 @@ pub(super) fn mappings(frame: &mut Frame<'_>, app: &App, area: Rect) {
             col.push(value);
         }
     }
-    render(frame, area, cols.into(), app.mapping_index(), styles(app, Focus::Mappings));
+    let mut cols: Vec<Column> = cols.into();
+    cols.retain(|c| c.priority != u8::MAX);
+    render(frame, area, cols, selected, styles(app, Focus::Mappings));
+}
+
+/// A mapping's probe in a few words (`ok 0.2ms`, `failed: refused`),
+/// coloured by what it found.
+pub(super) fn probe(app: &App, m: &api::MappingView) -> (String, Style) {
+    use api::ProbeStatus;
+    let theme = app.theme;
+    let style = match m.probe.as_ref().map(|p| p.status) {
+        Some(ProbeStatus::Ok) => theme.good(),
+        Some(ProbeStatus::Slow) => theme.warn(),
+        Some(ProbeStatus::Failed | ProbeStatus::NoTunnel) => theme.bad(),
+        _ => theme.dim(),
+    };
+    (format::probe(m.probe.as_ref()), if app.stale() { theme.dim() } else { style })
 }
 
 /// The nodes of a cluster: ready or draining, the store, the revision
