@@ -465,7 +465,7 @@ pub struct EnrollRequest {
 
 /// The answer to `POST /v1/edges/{id}/enroll`: the code, shown this once,
 /// and what to run on the on-prem machine.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EnrolmentTicket {
     /// The edge id the code is bound to.
     pub edge_id: String,

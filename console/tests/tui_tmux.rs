@@ -1,6 +1,7 @@
 //! The real `relayctl tui` in a real terminal: tmux runs it against real
-//! agents on loopback; the test types into the add form, waits for the
-//! mapping to be listed, uses it, and quits.
+//! agents on loopback; one test types into the add form, waits for the
+//! mapping to be listed, uses it, and quits; another enrols a new site
+//! from the TUI and runs the real `relay-edge` with the code it shows.
 //!
 //! Without tmux it fails under `CI=true`, and elsewhere skips with a
 //! message saying what to install (`e2e_tests::skip`).
@@ -38,6 +39,12 @@ impl Tmux {
     fn ok(&self, args: &[&str]) {
         let out = self.run(args);
         assert!(out.status.success(), "tmux {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// The visible screen only (not the scrollback).
+    fn visible(&self) -> String {
+        String::from_utf8_lossy(&self.run(&["capture-pane", "-p", "-t", SESSION]).stdout)
+            .into_owned()
     }
 
     fn screen(&self) -> String {
@@ -194,4 +201,111 @@ async fn assert_echo(public: SocketAddr) {
         .expect("echo within 10s")
         .expect("echo round trip");
     assert_eq!(back, payload);
+}
+
+/// The text inside a dialog's borders, its lines joined: a long command
+/// broken over several lines comes back whole.
+fn dialog_text(screen: &str) -> String {
+    let inside = |l: &str| {
+        let (Some(a), Some(b)) = (l.find('│'), l.rfind('│')) else { return String::new() };
+        l.get(a + '│'.len_utf8()..b).unwrap_or_default().trim().to_owned()
+    };
+    screen.lines().map(inside).collect()
+}
+
+/// A cloud agent whose tunnel listener speaks TLS with a self-signed
+/// certificate, as a small deployment has it.
+async fn tls_cloud(dir: &Path) -> Cloud {
+    let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()]).expect("a certificate");
+    std::fs::write(dir.join("cert.pem"), cert.cert.pem()).expect("write cert");
+    std::fs::write(dir.join("key.pem"), cert.signing_key.serialize_pem()).expect("write key");
+    let p = |name: &str| dir.join(name).display().to_string();
+    let toml = format!(
+        "[control]\nlisten = \"127.0.0.1:0\"\nadmin_token = \"{ADMIN_TOKEN}\"\n\
+         state_file = \"{}\"\n\
+         [tunnel]\nlisten = \"127.0.0.1:0\"\nheartbeat_interval = \"500ms\"\n\
+         [tunnel.tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+        p("state.json"),
+        p("cert.pem"),
+        p("key.pem"),
+    );
+    Cloud::start(cloud_config(&toml)).await.expect("TLS cloud")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enrol_a_site_from_the_tui_and_run_it() {
+    if !tmux_installed() {
+        let why = "tmux is not installed (apt-get install -y tmux)";
+        e2e_tests::skip::cannot_run("tui_tmux::enrol_a_site_from_the_tui_and_run_it", why);
+        return;
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let echo = echo_server().await;
+    let cloud = tls_cloud(dir.path()).await;
+    let token_file = dir.path().join("admin.token");
+    std::fs::write(&token_file, format!("{ADMIN_TOKEN}\n")).expect("write token");
+    let conf = dir.path().join("tmux.conf");
+    std::fs::write(&conf, "set -g remain-on-exit on\n").expect("write tmux.conf");
+    let endpoint = format!("http://{}", cloud.control_addr().expect("control API"));
+
+    let tmux = Tmux { socket: format!("relayctl-enrol-{}", std::process::id()) };
+    start(&tmux, &conf, &endpoint, &token_file);
+    tmux.wait_for("the empty fleet", |s| s.contains("no edges yet")).await;
+
+    // n, the edge's name, Enter through the group and the default 15m.
+    tmux.keys(&["n"]);
+    tmux.wait_for("the enrol form", |s| s.contains("Enrol a new site")).await;
+    tmux.text("branch-7");
+    tmux.keys(&["Enter", "Enter", "Enter"]);
+    let shown = tmux.wait_for("the code's dialog", |s| s.contains("Site enrolment")).await;
+    let text = dialog_text(&tmux.visible());
+    let command = text
+        .split_once("relay-edge enroll")
+        .and_then(|(_, rest)| rest.split_once("--dir"))
+        .map(|(args, _)| args.split_whitespace().map(str::to_owned).collect::<Vec<_>>())
+        .unwrap_or_else(|| panic!("no command in the dialog:\n{shown}"));
+    // `--cloud URL --code CODE`, as the dialog shows them.
+    let [flag_cloud, url, flag_code, code] = &command[..] else {
+        panic!("unexpected command {command:?}:\n{shown}")
+    };
+    assert_eq!((flag_cloud.as_str(), flag_code.as_str()), ("--cloud", "--code"));
+    assert_eq!(url, &format!("wss://127.0.0.1:{}/tunnel", cloud.tunnel_addr().port()));
+    let screen = tmux.wait_for("the new edge listed", |s| s.contains("branch-7")).await;
+    assert!(screen.contains("Site enrolment"), "the dialog stays until closed:\n{screen}");
+
+    // On the "on-prem machine": the real relay-edge redeems the code
+    // (checking the cloud's key against the code's pin) and runs.
+    let edge_dir = dir.path().join("edge");
+    let out = Command::new(e2e_tests::bin("relay-edge"))
+        .args(["enroll", "--cloud", url, "--code", code, "--dir"])
+        .arg(&edge_dir)
+        .args(["--allow", &echo.to_string()])
+        .output()
+        .expect("relay-edge enroll");
+    let said =
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "relay-edge enroll failed: {said}");
+    assert!(said.contains("enrolled as edge branch-7"), "{said}");
+    let mut edge = Command::new(e2e_tests::bin("relay-edge"))
+        .arg("--config")
+        .arg(edge_dir.join("edge.toml"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("relay-edge runs");
+
+    tmux.keys(&["Escape"]);
+    let connected =
+        |s: &str| s.lines().any(|l| l.starts_with("branch-7 ") && l.contains("connected"));
+    tmux.wait_for("branch-7 connected", |s| connected(s) && !s.contains("Site enrolment")).await;
+
+    // On exit the command is printed again, for the scrollback.
+    tmux.keys(&["q"]);
+    let screen = tmux.wait_for("relayctl to exit", |s| s.contains("relayctl exited with")).await;
+    assert!(screen.contains("relayctl exited with 0"), "{screen}");
+    assert!(screen.contains("enrolment code for edge branch-7"), "{screen}");
+    let _ = edge.kill();
+    let _ = edge.wait();
+    drop(tmux);
+    cloud.shutdown().await;
 }

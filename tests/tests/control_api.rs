@@ -538,20 +538,24 @@ async fn figures_match_a_known_transfer() {
         .map(|v| v.as_u64().expect("u64"))
         .sum();
     assert_eq!(sparkline_total, 900_000, "per-second samples must add up to the bytes moved");
-    // A console asks for the series it draws only.
+    // A console asks for the series it draws only; the rest is the same.
     let names = |snap: &Value| -> Vec<String> {
-        snap["series"].as_array().expect("series").iter().map(|x| x["name"].to_string()).collect()
+        let series = snap["series"].as_array().expect("series").iter();
+        series.map(|x| x["name"].as_str().unwrap_or_default().to_owned()).collect()
     };
+    let every = names(&snap);
+    assert!(every.len() >= 2 && every.contains(&"web".to_owned()), "{every:?}");
+    let mappings = snap["mappings"].as_array().map(Vec::len);
     for (query, want) in [
         ("?series=none", vec![]),
-        ("?series=web", vec!["\"web\"".to_owned()]),
-        ("?series=nope,web", vec!["\"web\"".to_owned()]),
-        ("?series=all", vec!["\"web\"".to_owned()]),
+        ("?series=web", vec!["web".to_owned()]),
+        ("?series=nope,web", vec!["web".to_owned()]),
+        ("?series=all", every.clone()),
     ] {
         let (status, snap) = s.api.call("GET", &format!("/v1/snapshot{query}"), None).await;
         assert_eq!(status, 200, "{query}: {snap}");
         assert_eq!(names(&snap), want, "{query}");
-        assert_eq!(snap["mappings"].as_array().map(Vec::len), Some(1), "{query}: mappings stay");
+        assert_eq!(snap["mappings"].as_array().map(Vec::len), mappings, "{query}: mappings stay");
     }
     let edge =
         snap["edges"].as_array().expect("edges").iter().find(|e| e["id"] == "e1").expect("e1");

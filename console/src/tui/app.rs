@@ -5,6 +5,7 @@ use api::{EdgeView, MappingSpec, MappingView, NodeView, PeerAnswer, Snapshot};
 
 use std::cell::Cell;
 
+use super::enrol::{EnrolForm, EnrolRequest};
 use super::events::EventFeed;
 use super::form::AddForm;
 use super::order::{self, Rows, SortKey};
@@ -42,6 +43,8 @@ pub(crate) enum Action {
     ToggleProblems,
     /// Enter on an edge: its own view.
     OpenEdge,
+    /// `n`: the enrol form, for a new site.
+    OpenEnrol,
     /// Esc: close what is open, clear the filter.
     Cancel,
     /// Enter (or `y` in a confirmation).
@@ -67,6 +70,11 @@ pub(crate) enum Action {
     Endpoint(String),
     /// Events newer than those held, oldest first.
     Events(Vec<api::Event>),
+    /// An enrolment code was made, or refused.
+    Enrolled {
+        request: EnrolRequest,
+        result: Result<api::EnrolmentTicket, ClientError>,
+    },
     /// A change sent to the cloud agent got its answer.
     Finished {
         request: Request,
@@ -78,6 +86,8 @@ pub(crate) enum Action {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Request {
     Add(MappingSpec),
+    /// Make a one-time enrolment code (and the edge, if it is new).
+    Enroll(EnrolRequest),
     Drain {
         name: String,
         deadline_secs: u64,
@@ -110,6 +120,7 @@ impl Request {
     pub(crate) fn progress(&self) -> String {
         match self {
             Request::Add(spec) => format!("adding {}…", spec.name),
+            Request::Enroll(r) => format!("making an enrolment code for {}…", r.id),
             Request::Drain { name, .. } => format!("draining {name}…"),
             Request::Remove { name } => format!("removing {name}…"),
             Request::DrainEdge { id } => format!("draining edge {id}…"),
@@ -182,6 +193,10 @@ pub(crate) enum Mode {
     Edge(String),
     Add(AddForm),
     Confirm(Confirm),
+    /// The enrol form.
+    Enrol(EnrolForm),
+    /// A code was made: the command to run on the on-prem machine.
+    Enrolled(Box<api::EnrolmentTicket>),
 }
 
 /// How the last snapshot fetch went.
@@ -235,6 +250,9 @@ pub(crate) struct App {
     pub(crate) quit: bool,
     /// The newest events, for the events view.
     pub(crate) events: EventFeed,
+    /// Printed when the TUI exits: the enrolment commands made (the
+    /// screen is gone by then, the text stays in the scrollback).
+    pub(crate) exit_notes: Vec<String>,
 }
 
 impl App {
@@ -265,6 +283,7 @@ impl App {
             in_flight: 0,
             quit: false,
             events: EventFeed::default(),
+            exit_notes: Vec::new(),
         }
     }
 

@@ -129,3 +129,70 @@ fn an_edge_counts_the_mappings_of_its_groups() {
     // ssh-legacy on it by name, and web on its group.
     assert_eq!((id.as_str(), *mappings), ("site-b", 2));
 }
+
+fn ticket() -> api::EnrolmentTicket {
+    let code = "hr1.q3JxYk3yN8m1cU1xJm4C1w.Zz9t7WkX0kq2b4d2bXo0q7J8fP1aT8VmQeQm3xq8pV0";
+    api::EnrolmentTicket {
+        edge_id: "branch-7".into(),
+        code: code.into(),
+        expires_unix_ms: NOW + 15 * 60_000,
+        cloud_url: "wss://relay.example.com:7000/tunnel".into(),
+        command: format!(
+            "relay-edge enroll --cloud wss://relay.example.com:7000/tunnel --code {code} --dir /etc/relay"
+        ),
+    }
+}
+
+#[test]
+fn enrolling_a_site_from_the_tui() {
+    use super::app::Request;
+    use super::enrol::EnrolRequest;
+    let mut app = fixtures::app();
+    key(&mut app, 'n');
+    assert!(matches!(app.mode, Mode::Enrol(_)));
+    // Enter on an empty name: the field says why, nothing is sent.
+    assert_eq!(press(&mut app, KeyCode::Enter, KeyModifiers::NONE), None);
+    press(&mut app, KeyCode::Enter, KeyModifiers::NONE);
+    assert_eq!(press(&mut app, KeyCode::Enter, KeyModifiers::NONE), None);
+    let Mode::Enrol(form) = &app.mode else { panic!("form closed") };
+    assert_eq!(form.error.as_ref().map(|e| e.0), Some(super::enrol::EnrolField::Name));
+    insta::assert_snapshot!("enrol_form_error_80x24", screen(&app, (80, 24)));
+    typed(&mut app, "branch-7");
+    press(&mut app, KeyCode::Tab, KeyModifiers::NONE);
+    typed(&mut app, "east");
+    press(&mut app, KeyCode::Tab, KeyModifiers::NONE);
+    press(&mut app, KeyCode::Char('u'), KeyModifiers::CONTROL);
+    typed(&mut app, "1h");
+    let request = press(&mut app, KeyCode::Enter, KeyModifiers::NONE);
+    let want = EnrolRequest { id: "branch-7".into(), group: Some("east".into()), ttl_secs: 3600 };
+    assert_eq!(request, Some(Request::Enroll(want.clone())));
+    assert_eq!(app.busy.as_deref(), Some("making an enrolment code for branch-7…"));
+
+    // Refused: the form stays, with the reason.
+    let refused = crate::client::ClientError::Api {
+        status: 409,
+        code: "conflict".into(),
+        error: "edge branch-7 is in group west".into(),
+    };
+    app.update(Action::Enrolled { request: want.clone(), result: Err(refused) });
+    let Mode::Enrol(form) = &app.mode else { panic!("form closed") };
+    assert!(form.server_error.as_deref().is_some_and(|e| e.contains("group west")));
+    // Made: the command, whole, in its dialog; kept for the exit.
+    press(&mut app, KeyCode::Char('s'), KeyModifiers::CONTROL);
+    let after = app.update(Action::Enrolled { request: want, result: Ok(ticket()) });
+    assert_eq!(after, Some(Request::Refresh), "the new edge shows at once");
+    let shot = screen(&app, (80, 24));
+    // The dialog's lines, between its borders, joined.
+    let inside = |l: &str| {
+        let (Some(a), Some(b)) = (l.find('│'), l.rfind('│')) else { return String::new() };
+        l.get(a + '│'.len_utf8()..b).unwrap_or_default().trim().to_owned()
+    };
+    let joined: String = shot.lines().map(inside).collect();
+    assert!(joined.contains(&ticket().command), "the whole command:\n{shot}");
+    insta::assert_snapshot!("enrolled_80x24", shot);
+    assert_eq!(app.exit_notes.len(), 1);
+    assert!(app.exit_notes[0].contains(&ticket().command));
+    press(&mut app, KeyCode::Esc, KeyModifiers::NONE);
+    assert_eq!(app.mode, Mode::Normal);
+    assert_eq!(app.busy, None);
+}

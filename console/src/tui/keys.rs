@@ -11,7 +11,7 @@ pub(crate) const HELP: &[(&str, &str)] = &[
     ("↑↓jk PgUp PgDn gG", "select; a page at a time; first / last"),
     ("Tab", "switch between mappings, edges and nodes"),
     ("Enter", "the selected edge's view: tunnels, mappings, events"),
-    ("a", "add a mapping"),
+    ("a  n", "add a mapping / enrol a new site: a one-time code"),
     ("d", "drain the selected mapping (asks for a deadline)"),
     ("x  Delete", "remove the selected mapping now (asks first)"),
     ("D", "drain or undrain the selected edge or node (asks first)"),
@@ -57,7 +57,11 @@ pub(crate) fn action(app: &App, key: KeyEvent) -> Option<Action> {
             code => normal(code),
         },
         Mode::Edge(_) => normal(key.code),
-        Mode::Add(_) => form(key.code, ctrl),
+        Mode::Add(_) | Mode::Enrol(_) => form(key.code, ctrl),
+        Mode::Enrolled(_) => match key.code {
+            KeyCode::Char('q') => Some(Action::Quit),
+            _ => Some(Action::Cancel),
+        },
         Mode::Confirm(confirm) => {
             let typing = matches!(confirm, Confirm::Drain { .. } | Confirm::DrainNode { .. });
             match key.code {
@@ -77,6 +81,7 @@ fn normal(code: KeyCode) -> Option<Action> {
         KeyCode::Down | KeyCode::Char('j') => Action::Down,
         KeyCode::Tab | KeyCode::BackTab => Action::ToggleFocus,
         KeyCode::Char('a') => Action::OpenAdd,
+        KeyCode::Char('n') => Action::OpenEnrol,
         KeyCode::Char('d') => Action::OpenDrain,
         KeyCode::Char('x') | KeyCode::Delete => Action::OpenRemove,
         KeyCode::Char('D') => Action::OpenDrainEdgeOrNode,

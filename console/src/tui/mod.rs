@@ -5,7 +5,7 @@
 //!   [`app::Request`]s it makes; `update` applies actions, `outcome` the
 //!   answers of the cloud agent.
 //! - `keys`: key presses to actions, per mode (the help text too).
-//! - `form`: the add-mapping form and its validation.
+//! - `form`, `enrol`: the add-mapping and enrol forms and their validation.
 //! - `events`: the newest events the events view shows (`E`).
 //! - `order`: which rows the tables show, and in what order (filter,
 //!   sort, problems only), and the page that holds the selection.
@@ -21,6 +21,7 @@
 //! something changed.
 
 mod app;
+mod enrol;
 mod events;
 mod form;
 mod keys;
@@ -114,6 +115,9 @@ pub(crate) fn run(client: ControlClient, options: TuiOptions) -> anyhow::Result<
     let io = Channels { client, tx, rx, wake, watched };
     let result = event_loop(&mut screen.terminal, &mut app, &io);
     drop(screen);
+    for note in &app.exit_notes {
+        println!("{note}");
+    }
     result
 }
 

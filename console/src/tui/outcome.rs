@@ -23,6 +23,45 @@ impl App {
         }
     }
 
+    /// An enrolment code came back: its dialog opens (and the command is
+    /// kept for the exit); a refusal stays in the form.
+    pub(super) fn on_enrolled(
+        &mut self,
+        request: &super::enrol::EnrolRequest,
+        result: Result<api::EnrolmentTicket, ClientError>,
+    ) -> Option<Request> {
+        self.in_flight = self.in_flight.saturating_sub(1);
+        if self.in_flight == 0 {
+            self.busy = None;
+        }
+        match result {
+            Ok(ticket) => {
+                let expires = crate::events::time(ticket.expires_unix_ms);
+                self.say(
+                    format!("enrolment code for {} made, valid until {expires}", request.id),
+                    false,
+                );
+                self.exit_notes.push(format!(
+                    "enrolment code for edge {} (valid until {expires}); on the on-prem machine run:\n  {}",
+                    ticket.edge_id, ticket.command
+                ));
+                self.selected_edge = Some(ticket.edge_id.clone());
+                self.mode = Mode::Enrolled(Box::new(ticket));
+                Some(Request::Refresh)
+            }
+            Err(e) => {
+                match &mut self.mode {
+                    Mode::Enrol(form) => {
+                        form.pending = false;
+                        form.server_error = Some(e.to_string());
+                    }
+                    _ => self.say(format!("could not enrol {}: {e}", request.id), true),
+                }
+                None
+            }
+        }
+    }
+
     /// A change got its answer; on success, asks for a fresh snapshot.
     pub(super) fn on_finished(
         &mut self,
@@ -57,6 +96,7 @@ impl App {
             Request::RevokeEdge { id } => format!("could not revoke edge {id}"),
             Request::DrainNode { id, .. } => format!("could not drain node {id}"),
             Request::UndrainNode { id } => format!("could not undrain node {id}"),
+            Request::Enroll(r) => format!("could not enrol {}", r.id),
             Request::Refresh => "could not refresh".to_owned(),
         };
         self.say(format!("{what}: {error}"), true);
@@ -141,7 +181,7 @@ impl App {
             Request::UndrainNode { id } => {
                 self.say(format!("node {id} takes new connections again"), false);
             }
-            Request::Refresh => {}
+            Request::Enroll(_) | Request::Refresh => {}
         }
     }
 }

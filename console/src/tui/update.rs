@@ -3,6 +3,7 @@
 use api::MappingState;
 
 use super::app::{Action, App, Confirm, Focus, Mode, Request, Status};
+use super::enrol::EnrolForm;
 use super::form::AddForm;
 use crate::format;
 
@@ -24,6 +25,7 @@ impl App {
             Action::Tick(now_ms) => self.now_ms = self.now_ms.max(now_ms),
             Action::Snapshot { result, now_ms } => self.on_snapshot(result, now_ms),
             Action::Finished { request, result } => return self.on_finished(request, result),
+            Action::Enrolled { request, result } => return self.on_enrolled(&request, result),
             Action::Endpoint(endpoint) => self.endpoint = endpoint,
             Action::Events(events) => self.events.add(events),
             action => {
@@ -45,6 +47,13 @@ impl App {
                         None
                     }
                     Mode::Add(form) => self.form(form, action),
+                    Mode::Enrol(form) => self.enrol_form(form, action),
+                    Mode::Enrolled(ticket) => {
+                        if !matches!(action, Action::Cancel | Action::Confirm) {
+                            self.mode = Mode::Enrolled(ticket);
+                        }
+                        None
+                    }
                     Mode::Confirm(confirm) => self.confirm(confirm, action),
                 };
             }
@@ -101,6 +110,7 @@ impl App {
                 self.filter.clear();
                 self.status = None;
             }
+            Action::OpenEnrol => self.mode = Mode::Enrol(EnrolForm::default()),
             Action::OpenAdd => {
                 let edges = self.edges().iter().map(|e| e.id.clone()).collect();
                 self.mode = Mode::Add(AddForm::new(edges));
@@ -324,6 +334,56 @@ impl App {
             None
         };
         self.mode = Mode::Add(form);
+        request
+    }
+
+    fn enrol_form(&mut self, mut form: EnrolForm, action: Action) -> Option<Request> {
+        let submit = match action {
+            Action::Cancel => return None,
+            _ if form.pending => false,
+            Action::NextField => {
+                form.move_focus(1);
+                false
+            }
+            Action::PrevField => {
+                form.move_focus(-1);
+                false
+            }
+            Action::Input(c) => {
+                form.input(c);
+                false
+            }
+            Action::Backspace => {
+                form.backspace();
+                false
+            }
+            Action::ClearInput => {
+                form.clear();
+                false
+            }
+            Action::Confirm if !form.on_last() => {
+                form.move_focus(1);
+                false
+            }
+            Action::Confirm | Action::Submit => true,
+            _ => false,
+        };
+        let request = if submit {
+            match form.validate() {
+                Ok(request) => {
+                    (form.error, form.server_error, form.pending) = (None, None, true);
+                    self.send(Request::Enroll(request))
+                }
+                Err((field, message)) => {
+                    form.focus = field;
+                    form.error = Some((field, message));
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        self.mode = Mode::Enrol(form);
         request
     }
 

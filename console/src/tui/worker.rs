@@ -121,6 +121,13 @@ pub(crate) fn perform(
         .name("relayctl-call".into())
         .spawn(move || {
             let result = match &request {
+                Request::Enroll(r) => {
+                    let body =
+                        api::EnrollRequest { group: r.group.clone(), ttl_secs: Some(r.ttl_secs) };
+                    let result = client.enroll(&r.id, &body).map(|c| c.value);
+                    let _ = tx.send(Action::Enrolled { request: r.clone(), result });
+                    return;
+                }
                 Request::Add(spec) => client.add_mapping(spec).map(|c| Some(Box::new(c.value))),
                 Request::Drain { name, deadline_secs } => {
                     client.drain_mapping(name, Some(*deadline_secs)).map(|c| c.value.map(Box::new))

@@ -197,6 +197,7 @@ fn draw_footer(frame: &mut Frame<'_>, app: &App, area: Rect) {
         (Mode::Normal, Focus::Edges) if !app.nodes().is_empty() => &[
             ("Enter", "view"),
             ("D", "drain edge"),
+            ("n", "enrol"),
             ("/", "filter"),
             ("Tab", "nodes"),
             ("?", "help"),
@@ -205,6 +206,7 @@ fn draw_footer(frame: &mut Frame<'_>, app: &App, area: Rect) {
         (Mode::Normal, Focus::Edges) => &[
             ("Enter", "view"),
             ("D", "drain edge"),
+            ("n", "enrol"),
             ("/", "filter"),
             ("Tab", "mappings"),
             ("?", "help"),

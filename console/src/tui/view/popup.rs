@@ -8,6 +8,7 @@ use ratatui::widgets::{Block, Clear, Padding, Paragraph};
 
 use crate::format;
 use crate::tui::app::{App, Confirm, Mode};
+use crate::tui::enrol::{EnrolField, EnrolForm};
 use crate::tui::form::{AddForm, Field};
 use crate::tui::keys::HELP;
 use crate::tui::theme::Theme;
@@ -21,6 +22,8 @@ pub(super) fn draw(frame: &mut Frame<'_>, app: &App, area: Rect) {
         Mode::Add(form) => add_form(frame, app.theme, area, form),
         Mode::Confirm(confirm) => self::confirm(frame, app.theme, area, confirm),
         Mode::Help => help(frame, app.theme, area),
+        Mode::Enrol(form) => enrol_form(frame, app.theme, area, form),
+        Mode::Enrolled(ticket) => enrolled(frame, app.theme, area, ticket),
         Mode::Normal | Mode::Filter | Mode::Events | Mode::Edge(_) => {}
     }
 }
@@ -128,6 +131,89 @@ fn add_form(frame: &mut Frame<'_>, theme: Theme, area: Rect, form: &AddForm) {
         let y = inner.y + (cursor.1 as u16).min(inner.height.saturating_sub(1));
         frame.set_cursor_position((x, y));
     }
+}
+
+fn enrol_form(frame: &mut Frame<'_>, theme: Theme, area: Rect, form: &EnrolForm) {
+    let width = area.width.saturating_sub(4).min(72);
+    let text_width = (width as usize).saturating_sub(4 + LABEL);
+    let mut lines: Vec<Line<'_>> = Vec::new();
+    let mut cursor = (0, 0);
+    for field in EnrolField::ALL {
+        let focused = form.focus == field;
+        let value = form.value(field);
+        let label_style = if focused { theme.key() } else { theme.heading() };
+        let marker = if focused { "›" } else { " " };
+        let mut spans = vec![Span::styled(
+            format!("{marker}{:<w$}", field.label(), w = LABEL - 1),
+            label_style,
+        )];
+        let shown = format::fit(value, text_width.saturating_sub(1));
+        if focused {
+            cursor = (LABEL + shown.chars().count(), lines.len());
+        }
+        if value.is_empty() {
+            spans.push(Span::styled(format::fit(field.hint(), text_width), theme.dim()));
+        } else {
+            spans.push(Span::raw(shown));
+        }
+        lines.push(Line::from(spans));
+        if let Some((_, message)) = form.error.as_ref().filter(|(f, _)| *f == field) {
+            for line in format::wrap(message, text_width.saturating_sub(2)) {
+                lines.push(Line::styled(format!("{:LABEL$}✗ {line}", ""), theme.bad()));
+            }
+        }
+    }
+    lines.push(Line::raw(""));
+    let wrap = (width as usize).saturating_sub(5);
+    if form.pending {
+        lines.push(Line::styled("making the code…", theme.warn()));
+    } else if let Some(error) = &form.server_error {
+        for line in format::wrap(&format!("the cloud agent refused: {error}"), wrap) {
+            lines.push(Line::styled(format!(" {line}"), theme.bad()));
+        }
+    } else {
+        let about = "A one-time code for the site's machine; an edge of this name is added \
+                     if there is none. Its destinations are set there, not here.";
+        lines.extend(format::wrap(about, wrap).into_iter().map(|l| Line::styled(l, theme.dim())));
+    }
+    lines.push(keys_line(
+        theme,
+        &[("Tab/↑↓", "field"), ("Enter", "next, make on last"), ("Esc", "cancel")],
+    ));
+    let inner = open(frame, theme, area, "Enrol a new site", width, lines.len() as u16 + 2);
+    frame.render_widget(Paragraph::new(lines), inner);
+    if !form.pending {
+        let x = inner.x + (cursor.0 as u16).min(inner.width.saturating_sub(1));
+        let y = inner.y + (cursor.1 as u16).min(inner.height.saturating_sub(1));
+        frame.set_cursor_position((x, y));
+    }
+}
+
+/// The code made: the command to run on the on-prem machine, whole (it
+/// is broken where the width ends, never cut: it is to be copied).
+fn enrolled(frame: &mut Frame<'_>, theme: Theme, area: Rect, ticket: &api::EnrolmentTicket) {
+    let width = area.width.saturating_sub(2).min(100);
+    let wrap = (width as usize).saturating_sub(4).max(1);
+    let escape = |t: &str| tunnel::untrusted::escape(t).into_owned();
+    let expires = crate::events::time(ticket.expires_unix_ms);
+    let mut lines: Vec<Line<'_>> = Vec::new();
+    let head = format!(
+        "A one-time code for edge {}, valid until {expires}. On the on-prem machine, run:",
+        escape(&ticket.edge_id)
+    );
+    lines.extend(format::wrap(&head, wrap).into_iter().map(Line::raw));
+    lines.push(Line::raw(""));
+    let command: Vec<char> = escape(&ticket.command).chars().collect();
+    for chunk in command.chunks(wrap) {
+        lines.push(Line::styled(chunk.iter().collect::<String>(), theme.key()));
+    }
+    lines.push(Line::raw(""));
+    let after = "then `relay-edge --config /etc/relay/edge.toml` (or the systemd unit). \
+                 relayctl prints this command again when it exits.";
+    lines.extend(format::wrap(after, wrap).into_iter().map(|l| Line::styled(l, theme.dim())));
+    lines.push(keys_line(theme, &[("Enter/Esc", "close")]));
+    let inner = open(frame, theme, area, "Site enrolment", width, lines.len() as u16 + 2);
+    frame.render_widget(Paragraph::new(lines), inner);
 }
 
 fn confirm(frame: &mut Frame<'_>, theme: Theme, area: Rect, confirm: &Confirm) {
