@@ -15,6 +15,7 @@ use tunnel::untrusted::escaped;
 use tunnel::{IncomingProbe, IncomingStream};
 
 use crate::edge::EdgeShared;
+use crate::reload::StreamPolicy;
 
 /// Whether the destination `host:port`, as the cloud sent it, is on the
 /// allowlist (see [`AllowEntry::admits`]). Checked on every stream.
@@ -92,9 +93,8 @@ fn open_code(e: &io::Error) -> OpenCode {
 }
 
 /// Resolves (once) and connects to the first address that answers.
-async fn connect(shared: &EdgeShared, host: &str, port: u16) -> Result<TcpStream, NoConnect> {
-    let config = &shared.config;
-    let addrs = addresses(&config.allow, config.check_resolved, host, port, lookup).await?;
+async fn connect(policy: &StreamPolicy, host: &str, port: u16) -> Result<TcpStream, NoConnect> {
+    let addrs = addresses(&policy.allow, policy.check_resolved, host, port, lookup).await?;
     TcpStream::connect(addrs.as_slice()).await.map_err(NoConnect::Failed)
 }
 
@@ -109,12 +109,13 @@ pub(crate) async fn probe(shared: Arc<EdgeShared>, tunnel: tunnel::Tunnel, probe
     if shared.draining.load(Ordering::Relaxed) {
         return answer(OpenCode::Draining, Duration::ZERO, "edge is shutting down");
     }
-    if !allowed(&shared.config.allow, host, port) {
+    let policy = shared.policy();
+    if !allowed(&policy.allow, host, port) {
         return answer(OpenCode::Denied, Duration::ZERO, "destination not on the edge's allowlist");
     }
-    let timeout = shared.config.connect_timeout.min(probe.timeout);
+    let timeout = policy.connect_timeout.min(probe.timeout);
     let started = tokio::time::Instant::now();
-    match tokio::time::timeout(timeout, connect(&shared, host, port)).await {
+    match tokio::time::timeout(timeout, connect(&policy, host, port)).await {
         Ok(Ok(tcp)) => {
             let took = started.elapsed();
             drop(tcp);
@@ -132,14 +133,15 @@ pub(crate) async fn serve(shared: Arc<EdgeShared>, stream: IncomingStream) {
         stream.reject(OpenCode::Draining, "edge is shutting down").await;
         return;
     }
-    if !allowed(&shared.config.allow, &host, port) {
+    let policy = shared.policy();
+    if !allowed(&policy.allow, &host, port) {
         shared.denied.fetch_add(1, Ordering::Relaxed);
         info!(host = %escaped(&host), port, "destination not on the allowlist; refused");
         stream.reject(OpenCode::Denied, "destination not on the edge's allowlist").await;
         return;
     }
-    let timeout = shared.config.connect_timeout;
-    let tcp = match tokio::time::timeout(timeout, connect(&shared, &host, port)).await {
+    let timeout = policy.connect_timeout;
+    let tcp = match tokio::time::timeout(timeout, connect(&policy, &host, port)).await {
         Ok(Ok(tcp)) => tcp,
         Ok(Err(NoConnect::Denied(why))) => {
             shared.denied.fetch_add(1, Ordering::Relaxed);

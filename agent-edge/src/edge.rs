@@ -11,12 +11,18 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::pool::{Pool, TunnelHandles};
+use crate::reload::{ReloadReport, StreamPolicy};
 use crate::{fleet, report};
 
 /// State shared by the tunnel slots and stream tasks.
 #[derive(Debug)]
 pub(crate) struct EdgeShared {
+    /// The config the edge started with (what a reload may change is in
+    /// `policy`).
     pub(crate) config: EdgeConfig,
+    /// What each new stream and probe is checked against; a reload
+    /// replaces it.
+    policy: std::sync::RwLock<Arc<StreamPolicy>>,
     /// For `wss://` URLs: the configured one's, or a node's (a plain
     /// `cloud_url` may still be told `wss://` nodes; then this holds the
     /// same trust settings if they load).
@@ -52,6 +58,11 @@ pub(crate) struct EdgeShared {
 }
 
 impl EdgeShared {
+    /// The stream policy now.
+    pub(crate) fn policy(&self) -> Arc<StreamPolicy> {
+        Arc::clone(&self.policy.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
     pub(crate) fn lock_node_pools(&self) -> MutexGuard<'_, BTreeMap<String, Arc<Pool>>> {
         self.node_pools.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -107,6 +118,7 @@ impl Edge {
             node_pools: Mutex::new(BTreeMap::new()),
             handles: TunnelHandles::default(),
             tasks: TaskTracker::new(),
+            policy: std::sync::RwLock::new(Arc::new(StreamPolicy::of(&config))),
             config,
         });
         info!(edge = %shared.config.edge_id, url = %shared.config.cloud_url,
@@ -114,6 +126,24 @@ impl Edge {
         shared.tasks.spawn(fleet::run(Arc::clone(&shared)));
         shared.tasks.spawn(report::run(Arc::clone(&shared)));
         Ok(Self { shared })
+    }
+
+    /// Applies a re-read config file: the stream policy (`allow`,
+    /// `check_resolved`, `connect_timeout`) for every stream and probe
+    /// from now on; the rest is reported as needing a restart, compared
+    /// with the config the edge started with.
+    pub fn reload(&self, new: &EdgeConfig) -> ReloadReport {
+        // What needs a restart differs from the start; what applied, from
+        // the policy running (earlier reloads included).
+        let restart_needed = crate::reload::diff(&self.shared.config, new).restart_needed;
+        let mut current = self.shared.policy.write().unwrap_or_else(|p| p.into_inner());
+        let applied = crate::reload::diff(&config_with(&self.shared.config, &current), new).applied;
+        *current = Arc::new(StreamPolicy::of(new));
+        drop(current);
+        if new.allow.is_empty() {
+            warn!("the allowlist is empty: every stream will be refused");
+        }
+        ReloadReport { applied, restart_needed }
     }
 
     /// Tunnels connected right now, to every node together.
@@ -169,5 +199,15 @@ impl Edge {
         self.shared.tasks.close();
         self.shared.tasks.wait().await;
         info!("stopped");
+    }
+}
+
+/// `config` with `policy`'s settings: what the edge runs after reloads.
+fn config_with(config: &EdgeConfig, policy: &StreamPolicy) -> EdgeConfig {
+    EdgeConfig {
+        allow: policy.allow.clone(),
+        check_resolved: policy.check_resolved,
+        connect_timeout: policy.connect_timeout,
+        ..config.clone()
     }
 }

@@ -391,7 +391,8 @@ fn config_text(
     let _ = writeln!(out, "# The destinations this edge may connect to. The cloud cannot");
     let _ =
         writeln!(out, "# choose them: add each service here (\"10.0.0.5:22\", \"db.lan:5432\",");
-    let _ = writeln!(out, "# \"10.0.0.0/24:443\"), then restart relay-edge.");
+    let _ =
+        writeln!(out, "# \"10.0.0.0/24:443\"), then `systemctl reload relay-edge` (or kill -HUP).");
     let entries: Vec<String> = allow.iter().map(|a| quote(a)).collect();
     let _ = writeln!(out, "allow = [{}]", entries.join(", "));
     out

@@ -15,6 +15,8 @@
 //! - `pool`: a pool per URL; one task per tunnel slot: dial, serve, back
 //!   off, redial; a retired pool's tunnels drain and close when idle.
 //! - `connector`: allowlist check, destination connect, relay.
+//! - `reload`: what a re-read config file changes (SIGHUP): the stream
+//!   policy live, the rest after a restart.
 //! - `report`: host load (sysinfo) and counters, sent to the cloud every
 //!   few seconds.
 //! - [`backoff`]: the retry delay schedule (pure, unit-tested).
@@ -26,10 +28,12 @@ mod edge;
 pub mod enrol;
 mod fleet;
 mod pool;
+mod reload;
 mod report;
 
 pub use dial::DialError;
 pub use edge::Edge;
+pub use reload::ReloadReport;
 
 /// Checks what `--check` can check beyond parsing: the CA file loads.
 /// The config's `warnings` are the caller's to show.

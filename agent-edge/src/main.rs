@@ -102,11 +102,34 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    run(config)
+    run(config, path)
+}
+
+/// Re-reads the config file and applies what can change live.
+fn reload(edge: &agent_edge::Edge, path: &std::path::Path) {
+    let config = match config::EdgeConfig::load(path) {
+        Ok(config) => config,
+        Err(e) => {
+            tracing::error!("config reload refused, nothing changed: {e}");
+            return;
+        }
+    };
+    let report = edge.reload(&config);
+    if report.applied.is_empty() {
+        tracing::info!("config reloaded: nothing to apply");
+    } else {
+        tracing::info!("config reloaded: {}", report.applied.join("; "));
+    }
+    if !report.restart_needed.is_empty() {
+        tracing::warn!(
+            "config reloaded, but not applied until a restart: {} changed",
+            report.restart_needed.join(", ")
+        );
+    }
 }
 
 #[tokio::main]
-async fn run(config: config::EdgeConfig) -> ExitCode {
+async fn run(config: config::EdgeConfig, path: PathBuf) -> ExitCode {
     let edge = match agent_edge::Edge::start(config) {
         Ok(edge) => edge,
         Err(e) => {
@@ -115,14 +138,9 @@ async fn run(config: config::EdgeConfig) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    // The edge does not reload its config yet; a SIGHUP (`systemctl
-    // reload`) must not end it either.
-    tunnel::service::until_shutdown(|| async {
-        tracing::warn!(
-            "SIGHUP: relay-edge does not reload its config file; restart it to apply changes"
-        );
-    })
-    .await;
+    // SIGHUP (`systemctl reload`): re-read the file; a bad one changes
+    // nothing and says where, as at start.
+    tunnel::service::until_shutdown(|| async { reload(&edge, &path) }).await;
     edge.shutdown().await;
     ExitCode::SUCCESS
 }

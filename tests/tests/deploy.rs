@@ -44,6 +44,8 @@ fn units_keep_state_writable_and_secrets_private() {
     ] {
         let settings = service_settings(unit);
         assert_eq!(values(&settings, "DynamicUser"), ["yes"], "{unit}");
+        // `systemctl reload` re-reads the config file (SIGHUP).
+        assert_eq!(values(&settings, "ExecReload"), ["/bin/kill -HUP $MAINPID"], "{unit}");
         assert_eq!(values(&settings, "ProtectSystem"), ["strict"], "{unit}");
         let loaded: Vec<(&str, &str)> = values(&settings, "LoadCredential")
             .into_iter()

@@ -3,6 +3,8 @@
 //! the tunnels and connections already up; a file with an error changes
 //! nothing and is reported with file, line and key; a mapping removed from
 //! the file drains; what cannot change live is reported and left as is.
+//! And the edge's: its allowlist changes live for new streams, open ones
+//! continue, a bad file changes nothing.
 
 use std::time::Duration;
 
@@ -129,4 +131,58 @@ async fn sighup_applies_new_edges_and_mappings_refuses_a_bad_file_and_reports_wh
         .count();
     assert_eq!(reloads, 2, "one event per applied reload: {events}");
     drop((e1, e2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_changes_the_edges_allowlist_for_new_streams_and_keeps_open_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state.json");
+    let (web_service, db_service) = (echo_server().await, echo_server().await);
+    let p = Ports { tunnel: free_port(), control: free_port(), web: free_port(), db: free_port() };
+    // web goes to one service, db to the other; the edge allows db's only.
+    let cloud_text = format!(
+        "{}[[mappings]]\nname = \"db\"\nlisten = \"{}\"\nedge = \"e1\"\ntarget = \"{db_service}\"\n",
+        cloud_text(&p, &state, web_service, false, true),
+        p.db
+    );
+    let mut cloud = Agent::spawn("relay-cloud", &cloud_text);
+    cloud.wait_for_log(&["control API listening"], WITHIN).await;
+    let mut edge =
+        Agent::spawn("relay-edge", &edge_toml(p.tunnel, &[db_service.to_string()], TOKEN));
+    assert!(eventually(WITHIN, || serves(p.db)).await, "db never served");
+    assert!(!serves(p.web).await, "web's service is not on the allowlist yet");
+    let mut held = tokio::net::TcpStream::connect(p.db).await.unwrap();
+    let echoes = async |held: &mut tokio::net::TcpStream| {
+        held.write_all(b"ping").await.unwrap();
+        let mut back = [0u8; 4];
+        tokio::time::timeout(WITHIN, held.read_exact(&mut back)).await.is_ok_and(|r| r.is_ok())
+            && &back == b"ping"
+    };
+    assert!(echoes(&mut held).await);
+
+    // Swap the allowlist: web's service in, db's out.
+    let swapped = edge_toml(p.tunnel, &[web_service.to_string()], TOKEN);
+    std::fs::write(edge.config_path(), &swapped).unwrap();
+    edge.hang_up();
+    let said = edge.wait_for_log(&["config reloaded", "allowed now"], WITHIN).await;
+    assert!(said.contains(&web_service.to_string()), "{said}");
+    edge.wait_for_log(&["no longer allowed", "connections open to them continue"], WITHIN).await;
+    assert!(serves(p.web).await, "web serves at once, without a restart");
+    assert!(!serves(p.db).await, "a new db stream is refused");
+    assert!(echoes(&mut held).await, "the db connection open before goes on");
+
+    // A file with an error changes nothing and says where.
+    std::fs::write(edge.config_path(), format!("{swapped}alow = []\n")).unwrap();
+    edge.hang_up();
+    let refused = edge.wait_for_log(&["config reload refused"], WITHIN).await;
+    assert!(refused.contains("agent.toml") && refused.contains("alow"), "{refused}");
+    assert!(serves(p.web).await, "the allowlist stays as it was");
+
+    // What needs a restart is said, and left as it runs.
+    std::fs::write(edge.config_path(), swapped.replacen("edge_id", "tunnels = 5\nedge_id", 1))
+        .unwrap();
+    edge.hang_up();
+    edge.wait_for_log(&["not applied until a restart", "tunnels"], WITHIN).await;
+    assert!(serves(p.web).await);
+    drop(cloud);
 }
