@@ -91,14 +91,21 @@ fn follow_stream(
                 let why = read_stream(&mut socket, &mut last_seen, printer);
                 eprintln!("relayctl: event stream from {url} ended ({why}); reconnecting");
             }
-            Err(StreamError::Unauthorized) => {
-                return Err(ClientError::Unauthorized { endpoint: url.clone() });
-            }
-            Err(StreamError::Other(e)) => {
+            Err(error) => {
+                let (unreachable, e) = match error {
+                    StreamError::Unauthorized => {
+                        return Err(ClientError::Unauthorized { endpoint: url.clone() });
+                    }
+                    StreamError::Unreachable(e) => (true, e),
+                    StreamError::Other(e) => (false, e),
+                };
                 if !ever_connected && endpoint + 1 >= endpoints.len() {
-                    return Err(ClientError::BadAnswer {
-                        endpoint: url.clone(),
-                        reason: format!("cannot follow events: {e}"),
+                    let reason = format!("cannot follow events: {e}");
+                    return Err(if unreachable {
+                        // Exit code 2, as for any other call that finds no agent.
+                        ClientError::Unreachable { endpoint: url.clone(), reason }
+                    } else {
+                        ClientError::BadAnswer { endpoint: url.clone(), reason }
                     });
                 }
                 if ever_connected {
@@ -117,6 +124,8 @@ fn follow_stream(
 #[derive(Debug)]
 enum StreamError {
     Unauthorized,
+    /// No TCP connection: the agent is down or not there.
+    Unreachable(String),
     Other(String),
 }
 
@@ -136,7 +145,7 @@ fn open_stream(client: &ControlClient, endpoint: &str, since: u64) -> Result<Soc
             format!("Bearer {token}").parse().map_err(|_| other(&"token is not a header"))?;
         request.headers_mut().insert("authorization", value);
     }
-    let tcp = connect(host).map_err(|e| other(&e))?;
+    let tcp = connect(host).map_err(|e| StreamError::Unreachable(e.to_string()))?;
     tcp.set_read_timeout(Some(STREAM_IDLE)).map_err(|e| other(&e))?;
     let config = tungstenite::protocol::WebSocketConfig::default()
         .max_message_size(Some(MAX_MESSAGE))

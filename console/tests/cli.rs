@@ -242,6 +242,10 @@ async fn unreachable_endpoint_and_wrong_token_fail_with_one_line_and_distinct_co
         err.starts_with("relayctl: cannot reach the cloud agent at http://127.0.0.1:"),
         "{err}"
     );
+    // Following the events of an agent that is not there: the same code.
+    let out = relayctl_with(&nobody, None, &["events", "-f"]).await;
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert_eq!(stderr(&out).lines().count(), 1, "{}", stderr(&out));
 
     let a = agents().await;
     let wrong = tempfile::NamedTempFile::new().expect("file");

@@ -196,3 +196,17 @@ fn enrolling_a_site_from_the_tui() {
     assert_eq!(app.mode, Mode::Normal);
     assert_eq!(app.busy, None);
 }
+
+#[test]
+fn another_endpoints_events_are_not_hidden_by_the_first_ones() {
+    let mut app = fixtures::app();
+    app.update(Action::Events(fixtures::events(30)));
+    assert_eq!(app.events.len(), 30);
+    // Another node answers now: its log starts lower.
+    app.update(Action::Endpoint("http://127.0.0.1:7071".into()));
+    app.update(Action::Events(fixtures::events(3)));
+    assert_eq!(app.events.len(), 3, "the other node's events, not the first one's");
+    // The same endpoint again keeps what it holds.
+    app.update(Action::Endpoint("http://127.0.0.1:7071".into()));
+    assert_eq!(app.events.len(), 3);
+}

@@ -26,7 +26,14 @@ impl App {
             Action::Snapshot { result, now_ms } => self.on_snapshot(result, now_ms),
             Action::Finished { request, result } => return self.on_finished(request, result),
             Action::Enrolled { request, result } => return self.on_enrolled(&request, result),
-            Action::Endpoint(endpoint) => self.endpoint = endpoint,
+            Action::Endpoint(endpoint) => {
+                // Another node's log: its seqs are its own, so what is
+                // held would hide its events (older seqs are skipped).
+                if endpoint != self.endpoint {
+                    self.events = super::events::EventFeed::default();
+                }
+                self.endpoint = endpoint;
+            }
             Action::Events(events) => self.events.add(events),
             action => {
                 return match std::mem::replace(&mut self.mode, Mode::Normal) {
