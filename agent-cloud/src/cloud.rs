@@ -199,9 +199,10 @@ impl Cloud {
 
         let cluster = match &config.cluster {
             Some(c) => {
-                let cluster = Cluster::start(c.clone(), &mappings, Arc::clone(&edges))
-                    .await
-                    .map_err(StartError::Cluster)?;
+                let cluster =
+                    Cluster::start(c.clone(), &mappings, Arc::clone(&edges), events.clone())
+                        .await
+                        .map_err(StartError::Cluster)?;
                 let _ = mappings.cluster.set(Arc::clone(&cluster));
                 Some(cluster)
             }

@@ -87,6 +87,32 @@ async fn a_mapping_added_through_one_node_serves_on_every_node() {
             "listener closed"
         );
     }
+    // Every node's event log tells both changes: the node that took each
+    // through its interface, the others through that node.
+    let texts = |body: serde_json::Value, kind: &str| -> Vec<String> {
+        body["events"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|e| e["kind"] == kind && e["subject"] == "web")
+            .filter_map(|e| e["text"].as_str().map(str::to_owned))
+            .collect()
+    };
+    for (n, added, removed) in [
+        (&nodes[0], "added through node b", "removed through node c"),
+        (&nodes[1], "added through the batch", "removed through node c"),
+        (&nodes[2], "added through node b", "removed through the api"),
+    ] {
+        let (_, body) = n.api.call("GET", "/v1/events", None).await;
+        let (adds, removes) =
+            (texts(body.clone(), "mapping_added"), texts(body, "mapping_removed"));
+        assert!(adds.len() == 1 && adds[0].starts_with(added), "node {}: {adds:?}", n.spec.id);
+        assert!(
+            removes.len() == 1 && removes[0].starts_with(removed),
+            "node {}: {removes:?}",
+            n.spec.id
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -17,6 +17,7 @@ mod etcd;
 mod local_copy;
 mod reconcile;
 mod record;
+mod remote_events;
 mod state;
 
 use std::collections::BTreeMap;
@@ -76,6 +77,8 @@ pub(crate) struct Cluster {
     control_url: Option<String>,
     mappings: Weak<Mappings>,
     edges: Arc<EdgeRegistry>,
+    /// Where changes other nodes made are recorded.
+    events: crate::events::EventLog,
     stop: CancellationToken,
     tasks: TaskTracker,
 }
@@ -91,6 +94,7 @@ impl Cluster {
         config: ClusterConfig,
         mappings: &Arc<Mappings>,
         edges: Arc<EdgeRegistry>,
+        events: crate::events::EventLog,
     ) -> Result<Arc<Self>, String> {
         let etcd = Etcd::new(&config)?;
         let keys = Keys::new(&config.etcd_prefix);
@@ -108,6 +112,7 @@ impl Cluster {
             drain_reset_done: AtomicBool::new(false),
             loaded: AtomicBool::new(false),
             record_dirty: Notify::new(),
+            events,
             commit_lock: tokio::sync::Mutex::new(()),
             mappings: Arc::downgrade(mappings),
             edges,

@@ -118,10 +118,18 @@ async fn follow(
                 cluster.store_ok();
                 seen = seen.max(revision);
                 let mut problems = Vec::new();
-                let touched =
-                    cluster.lock_state().apply(&cluster.keys, revision, events, &mut problems);
+                let (touched, remote) = {
+                    let mut state = cluster.lock_state();
+                    let node = &cluster.config.node_id;
+                    let remote =
+                        super::remote_events::describe(&cluster.keys, &state, &events, node);
+                    (state.apply(&cluster.keys, revision, events, &mut problems), remote)
+                };
                 for p in problems {
                     warn!(problem = %p, "invalid value in etcd");
+                }
+                for (kind, subject, text) in remote {
+                    cluster.events.record(kind, &subject, &text);
                 }
                 if touched.nodes {
                     cluster.publish_nodes();

@@ -51,7 +51,7 @@ pub(crate) struct Keys {
 
 /// What a key is.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Key<'a> {
+pub(super) enum Key<'a> {
     Guard,
     Mapping(&'a str),
     DrainedEdge(&'a str),
@@ -94,7 +94,7 @@ impl Keys {
         format!("{}nodes/{id}", self.prefix)
     }
 
-    fn classify<'a>(&self, key: &'a str) -> Key<'a> {
+    pub(super) fn classify<'a>(&self, key: &'a str) -> Key<'a> {
         let Some(rest) = key.strip_prefix(self.prefix.as_str()) else { return Key::Other };
         if rest == "changes" {
             return Key::Guard;
