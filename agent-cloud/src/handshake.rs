@@ -94,7 +94,7 @@ where
         Err(e) => return Err(e.into()),
     };
     if let Frame::Enroll { version, secret, hostname, agent_version } = auth {
-        if version < proto::ENROL_VERSION || version > PROTOCOL_VERSION {
+        if !(proto::ENROL_VERSION..=PROTOCOL_VERSION).contains(&version) {
             let message = format!(
                 "enrolment at protocol version {version} not supported (this cloud enrols at {}..={PROTOCOL_VERSION})",
                 proto::ENROL_VERSION

@@ -619,6 +619,8 @@ pub(crate) fn fuzz_plan(changes: &[Change]) -> usize {
         for (name, bound) in [("web", Ok(web)), ("db", Err("not bound".to_owned()))] {
             let spec = MappingSpec {
                 probe_interval_secs: None,
+                probe_send: None,
+                probe_expect: None,
                 name: name.into(),
                 listen: "127.0.0.1:8080".into(),
                 edge: "e1".into(),
@@ -658,6 +660,8 @@ pub(crate) fn spec_of(m: &MappingConfig) -> MappingSpec {
         allow: m.allow.iter().map(ToString::to_string).collect(),
         max_connections: m.max_connections,
         probe_interval_secs: m.probe_interval.map(|d| d.as_secs()),
+        probe_send: m.probe_send.clone(),
+        probe_expect: m.probe_expect.clone(),
     }
 }
 
@@ -717,6 +721,8 @@ mod tests {
         Change::Add {
             spec: MappingSpec {
                 probe_interval_secs: None,
+                probe_send: None,
+                probe_expect: None,
                 name: name.into(),
                 listen: "127.0.0.1:0".into(),
                 edge: "e1".into(),

@@ -33,9 +33,15 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 /// What one probe found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Found {
-    Answer { code: OpenCode, connect: Duration, message: String, rtt: Duration },
+    Answer {
+        code: OpenCode,
+        connect: Duration,
+        message: String,
+        rtt: Duration,
+    },
     NoTunnel,
-    Unsupported(u16),
+    /// The edge is too old: the sentence says for what.
+    Unsupported(String),
     NoAnswer(String),
 }
 
@@ -78,12 +84,7 @@ pub(crate) fn next(prev: Option<&ProbeView>, found: &Found, now_ms: u64) -> Prob
             (ProbeStatus::Failed, detail, Some(micros(*connect)), Some(micros(*rtt)))
         }
         Found::NoTunnel => (ProbeStatus::NoTunnel, "no tunnel to the edge".to_owned(), None, None),
-        Found::Unsupported(v) => (
-            ProbeStatus::Unsupported,
-            format!("the edge speaks protocol {v}; probes need 6 (upgrade relay-edge)"),
-            None,
-            None,
-        ),
+        Found::Unsupported(why) => (ProbeStatus::Unsupported, why.clone(), None, None),
         Found::NoAnswer(why) => (ProbeStatus::Failed, format!("no answer: {why}"), None, None),
     };
     let since_unix_ms = match prev {
@@ -142,14 +143,18 @@ async fn probe_once(entry: &MappingEntry, edges: &EdgeRegistry, interval: Durati
     let timeout = PROBE_TIMEOUT.min(interval);
     let started = Instant::now();
     let target = &entry.spec.target;
-    match tunnel.probe(&entry.spec.name, &target.host, target.port, timeout).await {
+    let exchange = entry.spec.probe_expect.as_ref().map(|expect| proto::ProbeExchange {
+        send: entry.spec.probe_send.clone().unwrap_or_default(),
+        expect: expect.clone(),
+    });
+    match tunnel.probe(&entry.spec.name, &target.host, target.port, timeout, exchange).await {
         Ok(answer) => Found::Answer {
             code: answer.code,
             connect: answer.connect,
             message: answer.message,
             rtt: started.elapsed(),
         },
-        Err(tunnel::ProbeError::Unsupported(v)) => Found::Unsupported(v),
+        Err(e @ tunnel::ProbeError::Unsupported { .. }) => Found::Unsupported(e.to_string()),
         Err(e) => Found::NoAnswer(e.to_string()),
     }
 }
@@ -242,7 +247,8 @@ mod tests {
         let recovered = changed(Some(&site), &back);
         assert_eq!((back.status, recovered, back.consecutive_failures), (ProbeStatus::Ok, true, 0));
         assert!(event_text(Some(&site), &back).is_some(), "recovering is news");
-        let old = next(None, &Found::Unsupported(5), 7_000);
+        let why = "the edge speaks protocol 5; a probe needs 6: upgrade relay-edge".to_owned();
+        let old = next(None, &Found::Unsupported(why), 7_000);
         assert_eq!(old.status, ProbeStatus::Unsupported);
     }
 }

@@ -222,6 +222,8 @@ mod tests {
     fn spec(name: &str) -> MappingSpec {
         MappingSpec {
             probe_interval_secs: None,
+            probe_send: None,
+            probe_expect: None,
             name: name.into(),
             listen: "127.0.0.1:0".into(),
             edge: "e1".into(),

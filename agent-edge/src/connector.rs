@@ -118,13 +118,80 @@ pub(crate) async fn probe(shared: Arc<EdgeShared>, tunnel: tunnel::Tunnel, probe
     match tokio::time::timeout(timeout, connect(&policy, host, port)).await {
         Ok(Ok(tcp)) => {
             let took = started.elapsed();
-            drop(tcp);
-            answer(OpenCode::Ok, took, "");
+            let Some(exchange) = &probe.exchange else {
+                drop(tcp);
+                return answer(OpenCode::Ok, took, "");
+            };
+            // The rest of the cloud's limit is the exchange's.
+            let left = probe.timeout.saturating_sub(took);
+            match converse(tcp, exchange, left).await {
+                Ok(()) => answer(OpenCode::Ok, took, ""),
+                Err((code, why)) => answer(code, took, &why),
+            }
         }
         Ok(Err(NoConnect::Denied(why))) => answer(OpenCode::Denied, started.elapsed(), &why),
         Ok(Err(NoConnect::Failed(e))) => answer(open_code(&e), started.elapsed(), &e.to_string()),
         Err(_) => answer(OpenCode::Timeout, timeout, &format!("no answer within {timeout:?}")),
     }
+}
+
+/// Most bytes a probe reads looking for its `expect`: a probe checks a
+/// greeting, it does not download.
+const MAX_PROBE_READ: usize = 4096;
+
+/// A probe's send/expect on the connection just made: writes `send`, then
+/// reads until `expect` appears, the service closes, [`MAX_PROBE_READ`]
+/// bytes came without it, or `limit` passes.
+async fn converse(
+    mut tcp: TcpStream,
+    exchange: &proto::ProbeExchange,
+    limit: Duration,
+) -> Result<(), (OpenCode, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let expect = exchange.expect.as_bytes();
+    let talk = async {
+        if !exchange.send.is_empty() {
+            tcp.write_all(exchange.send.as_bytes())
+                .await
+                .map_err(|e| (OpenCode::Error, format!("sending: {e}")))?;
+        }
+        let mut seen = Vec::with_capacity(256);
+        let mut chunk = [0u8; 1024];
+        loop {
+            let room = MAX_PROBE_READ - seen.len();
+            let n = tcp
+                .read(&mut chunk[..room.min(1024)])
+                .await
+                .map_err(|e| (OpenCode::Error, format!("reading: {e}")))?;
+            seen.extend_from_slice(&chunk[..n]);
+            if contains(&seen, expect) {
+                return Ok(());
+            }
+            if n == 0 || seen.len() >= MAX_PROBE_READ {
+                let how = if n == 0 { "closed after" } else { "sent" };
+                return Err((OpenCode::Error, mismatch(expect, &seen, how)));
+            }
+        }
+    };
+    match tokio::time::timeout(limit, talk).await {
+        Ok(outcome) => outcome,
+        Err(_) => Err((OpenCode::Timeout, format!("no {} within {limit:?}", shown(expect)))),
+    }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    needle.is_empty() || haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// `"+PONG" expected; the service closed after 6 bytes: "-ERR x"`.
+fn mismatch(expect: &[u8], seen: &[u8], how: &str) -> String {
+    let start = &seen[..seen.len().min(60)];
+    format!("{} expected; the service {how} {} bytes: {}", shown(expect), seen.len(), shown(start))
+}
+
+/// Bytes as escaped text in quotes (service output is untrusted).
+fn shown(bytes: &[u8]) -> String {
+    format!("\"{}\"", escaped(&String::from_utf8_lossy(bytes)))
 }
 
 pub(crate) async fn serve(shared: Arc<EdgeShared>, stream: IncomingStream) {
@@ -187,6 +254,55 @@ mod tests {
 
     fn addrs(list: &[&str]) -> Vec<SocketAddr> {
         list.iter().map(|a| a.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn a_probe_expectation_is_found_anywhere_and_a_miss_says_what_came() {
+        assert!(contains(b"SSH-2.0-OpenSSH_9.6\r\n", b"SSH-"));
+        assert!(contains(b"xx+PONG\r\n", b"+PONG"));
+        assert!(!contains(b"-ERR unknown", b"+PONG"));
+        assert_eq!(
+            mismatch(b"+PONG", b"-ERR\x1b[2J", "closed after"),
+            "\"+PONG\" expected; the service closed after 8 bytes: \"-ERR\\u{1b}[2J\""
+        );
+    }
+
+    #[tokio::test]
+    async fn converse_passes_fails_and_times_out_against_a_real_socket() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        // A tiny Redis-like service: +PONG to PING, nothing to anything else.
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut s, _)) = listener.accept().await else { return };
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 64];
+                    let n = s.read(&mut buf).await.unwrap_or(0);
+                    if buf[..n].starts_with(b"PING") {
+                        let _ = s.write_all(b"+PONG\r\n").await;
+                    } else if buf[..n].starts_with(b"QUIT") {
+                        let _ = s.write_all(b"-ERR bye\r\n").await;
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                });
+            }
+        });
+        let ask = |send: &str, expect: &str| proto::ProbeExchange {
+            send: send.into(),
+            expect: expect.into(),
+        };
+        let limit = Duration::from_millis(300);
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        assert_eq!(converse(tcp, &ask("PING\r\n", "+PONG"), limit).await, Ok(()));
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let (code, why) = converse(tcp, &ask("QUIT\r\n", "+PONG"), limit).await.unwrap_err();
+        assert_eq!(code, OpenCode::Error);
+        assert!(why.contains("closed after 10 bytes") && why.contains("-ERR bye"), "{why}");
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let (code, why) = converse(tcp, &ask("HELLO\r\n", "+PONG"), limit).await.unwrap_err();
+        assert_eq!((code, why.as_str()), (OpenCode::Timeout, "no \"+PONG\" within 300ms"));
     }
 
     #[test]

@@ -38,6 +38,13 @@ pub struct MappingSpec {
     /// to 3600); none means no probe.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub probe_interval_secs: Option<u64>,
+    /// What the probe writes after connecting (needs `probe_expect`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe_send: Option<String>,
+    /// Text the service must answer with for the probe to pass (needs
+    /// `probe_interval_secs`; an edge of protocol 7 or newer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe_expect: Option<String>,
 }
 
 impl MappingSpec {
@@ -64,6 +71,14 @@ impl MappingSpec {
                 ),
                 None => None,
             };
+            config::check_probe_exchange(
+                self.probe_send.as_deref(),
+                self.probe_expect.as_deref(),
+                m.probe_interval.is_some(),
+            )
+            .map_err(|(field, message)| config::FieldError { field, message })?;
+            m.probe_send.clone_from(&self.probe_send);
+            m.probe_expect.clone_from(&self.probe_expect);
             Ok(m)
         })
     }

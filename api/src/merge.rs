@@ -252,6 +252,8 @@ mod tests {
             probe: None,
             spec: MappingSpec {
                 probe_interval_secs: None,
+                probe_send: None,
+                probe_expect: None,
                 name: name.into(),
                 listen: "0.0.0.0:8080".into(),
                 edge: "e1".into(),

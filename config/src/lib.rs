@@ -107,7 +107,9 @@ pub use error::{ConfigError, FieldError};
 pub use events::EventsConfig;
 pub use hostport::{HostPort, ParseError};
 pub use log::{LogConfig, LogRotation};
-pub use mapping::{MappingConfig, PROBE_INTERVAL_RANGE, check_probe_interval};
+pub use mapping::{
+    MAX_PROBE_TEXT, MappingConfig, PROBE_INTERVAL_RANGE, check_probe_exchange, check_probe_interval,
+};
 pub use node_url::NodeUrlError;
 pub use proxy_protocol::ProxyProtocolConfig;
 pub use secret::{Secret, is_demo_token};

@@ -34,11 +34,48 @@ pub struct MappingConfig {
     /// `probe_interval`: how often the cloud checks, through the edge, that
     /// `target` takes connections (1 s to 1 h); no probe if `None`.
     pub probe_interval: Option<std::time::Duration>,
+    /// `probe_send`: what the probe writes after connecting (needs
+    /// `probe_expect`).
+    pub probe_send: Option<String>,
+    /// `probe_expect`: text the service must answer with for the probe to
+    /// pass (needs `probe_interval`).
+    pub probe_expect: Option<String>,
 }
 
 /// Shortest and longest `probe_interval`.
 pub const PROBE_INTERVAL_RANGE: std::ops::RangeInclusive<std::time::Duration> =
     std::time::Duration::from_secs(1)..=std::time::Duration::from_secs(3600);
+
+/// Longest `probe_send` or `probe_expect`, bytes (one frame's text).
+pub const MAX_PROBE_TEXT: usize = 255;
+
+/// Checks a probe's send/expect: `probe_expect` non-empty and needed by
+/// `probe_send`, both needing `probe_interval`, each at most
+/// [`MAX_PROBE_TEXT`] bytes. Returns the field at fault and why.
+///
+/// # Errors
+/// `(field, message)`.
+pub fn check_probe_exchange(
+    send: Option<&str>,
+    expect: Option<&str>,
+    has_interval: bool,
+) -> Result<(), (&'static str, String)> {
+    for (field, value) in [("probe_send", send), ("probe_expect", expect)] {
+        if value.is_some_and(|v| v.len() > MAX_PROBE_TEXT) {
+            return Err((field, format!("longer than {MAX_PROBE_TEXT} bytes")));
+        }
+    }
+    match (send, expect) {
+        (_, Some("")) => Err(("probe_expect", "must not be empty".to_owned())),
+        (Some(_), None) => {
+            Err(("probe_send", "needs probe_expect: what the service must answer".to_owned()))
+        }
+        (_, Some(_)) if !has_interval => {
+            Err(("probe_expect", "needs probe_interval: how often to probe".to_owned()))
+        }
+        _ => Ok(()),
+    }
+}
 
 /// Checks a probe interval against [`PROBE_INTERVAL_RANGE`].
 ///
@@ -98,6 +135,8 @@ impl MappingConfig {
             allow,
             max_connections,
             probe_interval: None,
+            probe_send: None,
+            probe_expect: None,
         })
     }
 }
@@ -113,6 +152,8 @@ pub(crate) struct RawMapping {
     allow: Vec<Net>,
     max_connections: Option<Spanned<u32>>,
     probe_interval: Option<Spanned<values::Dur>>,
+    probe_send: Option<Spanned<String>>,
+    probe_expect: Option<Spanned<String>>,
 }
 
 impl RawMapping {
@@ -162,6 +203,16 @@ impl RawMapping {
                 })?),
                 None => None,
             };
+        let (send, expect) = (self.probe_send.as_ref(), self.probe_expect.as_ref());
+        if let Err((field, m)) = check_probe_exchange(
+            send.map(|s| s.get_ref().as_str()),
+            expect.map(|s| s.get_ref().as_str()),
+            probe_interval.is_some(),
+        ) {
+            let span = if field == "probe_send" { send } else { expect.or(send) };
+            let span = span.map_or_else(|| self.name.span(), Spanned::span);
+            return Err(doc.error_at(span, format!("{}: {m}", key(field))));
+        }
         Ok(MappingConfig {
             name: self.name.into_inner(),
             listen,
@@ -170,6 +221,8 @@ impl RawMapping {
             allow: self.allow.into_iter().map(|n| n.0).collect(),
             max_connections,
             probe_interval,
+            probe_send: self.probe_send.map(Spanned::into_inner),
+            probe_expect: self.probe_expect.map(Spanned::into_inner),
         })
     }
 }
@@ -203,6 +256,20 @@ fn overlaps(a: SocketAddr, b: SocketAddr) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_probe_exchange_needs_an_expectation_and_an_interval() {
+        assert_eq!(check_probe_exchange(None, None, false), Ok(()));
+        assert_eq!(check_probe_exchange(Some("PING\r\n"), Some("+PONG"), true), Ok(()));
+        assert_eq!(check_probe_exchange(None, Some("SSH-"), true), Ok(()), "a greeting alone");
+        let field =
+            |send, expect, interval| check_probe_exchange(send, expect, interval).unwrap_err().0;
+        assert_eq!(field(Some("PING"), None, true), "probe_send");
+        assert_eq!(field(None, Some(""), true), "probe_expect");
+        assert_eq!(field(None, Some("SSH-"), false), "probe_expect");
+        let long = "x".repeat(MAX_PROBE_TEXT + 1);
+        assert_eq!(field(Some(&long), Some("y"), true), "probe_send");
+    }
 
     #[test]
     fn overlap_rules() {

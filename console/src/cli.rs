@@ -224,6 +224,38 @@ pub(crate) struct AddMapping {
     /// down" from "service down".
     #[arg(long, value_name = "DURATION", value_parser = parse_probe_interval)]
     probe_interval: Option<Duration>,
+    /// With --probe-interval: what the probe writes after connecting,
+    /// e.g. 'PING\r\n' (\r \n \t \\ are understood).
+    #[arg(long, value_name = "TEXT", value_parser = parse_probe_text)]
+    probe_send: Option<String>,
+    /// With --probe-interval: what the service must answer for the probe
+    /// to pass, e.g. SSH- or +PONG.
+    #[arg(long, value_name = "TEXT", value_parser = parse_probe_text)]
+    probe_expect: Option<String>,
+}
+
+/// A probe text with `\r`, `\n`, `\t` and `\\` read as escapes, since a
+/// shell or batch line cannot easily hold a line break.
+fn parse_probe_text(s: &str) -> Result<String, String> {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('r') => out.push('\r'),
+            Some('n') => out.push('\n'),
+            Some('t') => out.push('\t'),
+            Some('\\') => out.push('\\'),
+            other => {
+                let got = other.map_or_else(|| "the end".to_owned(), |c| format!("\\{c}"));
+                return Err(format!("unknown escape {got}: use \\r, \\n, \\t or \\\\"));
+            }
+        }
+    }
+    Ok(out)
 }
 
 impl AddMapping {
@@ -237,6 +269,8 @@ impl AddMapping {
             allow: self.allow,
             max_connections: self.max_connections,
             probe_interval_secs: self.probe_interval.map(|d| d.as_secs()),
+            probe_send: self.probe_send,
+            probe_expect: self.probe_expect,
         }
     }
 }

@@ -84,8 +84,16 @@ pub enum Frame {
     NodeLinks { links: Vec<NodeLink> },
     /// Cloud to edge (version 6): check that `host:port` is reachable from
     /// the edge, under the edge's allowlist, within `timeout_ms`. Not a
-    /// stream: no data, no client.
-    Probe { id: u32, timeout_ms: u32, mapping: String, host: String, port: u16 },
+    /// stream: no data, no client. From version 7 it may carry an
+    /// `exchange`: after connecting, send its bytes and expect its text.
+    Probe {
+        id: u32,
+        timeout_ms: u32,
+        mapping: String,
+        host: String,
+        port: u16,
+        exchange: Option<ProbeExchange>,
+    },
     /// Edge to cloud (version 6): the outcome of [`Frame::Probe`] `id`, and
     /// how long the edge's connect took, in microseconds.
     ProbeResult { id: u32, code: OpenCode, connect_us: u32, message: String },
@@ -165,6 +173,15 @@ macro_rules! wire_enum {
     };
 }
 pub(crate) use wire_enum;
+
+/// A probe's short conversation (version 7): after the connect, the edge
+/// writes `send` (may be empty: a service that speaks first, like SSH)
+/// and reads until `expect` appears. Each at most 255 bytes of UTF-8.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbeExchange {
+    pub send: String,
+    pub expect: String,
+}
 
 wire_enum! {
     /// Outcome of opening a stream at the edge.
@@ -411,11 +428,22 @@ fn decode_payload(kind: u8, stream: u32, mut p: Bytes) -> Result<Frame, DecodeEr
             let port = r.u16()?;
             let host = r.text()?;
             let mapping = r.text()?;
+            // Version 7: an exchange follows; older clouds end here.
+            let exchange = if r.buf.has_remaining() {
+                let send = r.text()?;
+                let expect = r.text()?;
+                if expect.is_empty() {
+                    return Err(DecodeError::malformed("probe", "empty expect"));
+                }
+                Some(ProbeExchange { send, expect })
+            } else {
+                None
+            };
             r.finish()?;
             if host.is_empty() {
                 return Err(DecodeError::malformed("probe", "empty host"));
             }
-            Frame::Probe { id, timeout_ms, mapping, host, port }
+            Frame::Probe { id, timeout_ms, mapping, host, port, exchange }
         }
         kind::PROBE_RESULT => {
             let mut r = Reader::new("probe result", &mut p);
@@ -643,7 +671,11 @@ impl Frame {
             Frame::Report(r) => 2 + 2 + 8 * 4 + text_len(&r.agent_version),
             Frame::Nodes { this_node, nodes } => nodes::nodes_len(this_node, nodes),
             Frame::NodeLinks { links } => nodes::links_len(links),
-            Frame::Probe { mapping, host, .. } => 4 + 4 + 2 + text_len(host) + text_len(mapping),
+            Frame::Probe { mapping, host, exchange, .. } => {
+                let exchange =
+                    exchange.as_ref().map_or(0, |x| text_len(&x.send) + text_len(&x.expect));
+                4 + 4 + 2 + text_len(host) + text_len(mapping) + exchange
+            }
             Frame::ProbeResult { message, .. } => 4 + 1 + 4 + text_len(message),
             Frame::Challenge { .. } => 2 + 2 + NONCE_LEN,
             Frame::Auth { edge_id, agent_version, .. } => {
@@ -703,12 +735,16 @@ impl Frame {
             }
             Frame::Nodes { this_node, nodes } => nodes::put_nodes(out, this_node, nodes),
             Frame::NodeLinks { links } => nodes::put_links(out, links),
-            Frame::Probe { id, timeout_ms, mapping, host, port } => {
+            Frame::Probe { id, timeout_ms, mapping, host, port, exchange } => {
                 out.put_u32(*id);
                 out.put_u32(*timeout_ms);
                 out.put_u16(*port);
                 put_text(out, host);
                 put_text(out, mapping);
+                if let Some(x) = exchange {
+                    put_text(out, &x.send);
+                    put_text(out, &x.expect);
+                }
             }
             Frame::ProbeResult { id, code, connect_us, message } => {
                 out.put_u32(*id);
@@ -971,6 +1007,15 @@ mod tests {
                 mapping: "db".into(),
                 host: "10.0.0.5".into(),
                 port: 5432,
+                exchange: None,
+            },
+            Frame::Probe {
+                id: 8,
+                timeout_ms: 3000,
+                mapping: "redis".into(),
+                host: "10.0.0.6".into(),
+                port: 6379,
+                exchange: Some(ProbeExchange { send: "PING\r\n".into(), expect: "+PONG".into() }),
             },
             Frame::ProbeResult {
                 id: 7,

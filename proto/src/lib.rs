@@ -30,7 +30,8 @@ pub mod stream;
 pub use enrolment::{BadCode, ENROL_SECRET_LEN, EnrolmentCode, secret_digest};
 pub use flow::{FlowError, INITIAL_STREAM_WINDOW, RecvBudget, RecvWindow, SendWindow};
 pub use frame::{
-    DecodeError, EdgeReport, Frame, GoAwayCode, HEADER_LEN, OpenCode, ResetCode, decode, frame_len,
+    DecodeError, EdgeReport, Frame, GoAwayCode, HEADER_LEN, MAX_TEXT_LEN, OpenCode, ProbeExchange,
+    ResetCode, decode, frame_len,
 };
 pub use handshake::{
     AUTH_PROOF_LEN, NONCE_LEN, RefuseCode, auth_proof, server_proof, verify_auth_proof,
@@ -40,14 +41,16 @@ pub use nodes::{MAX_NODES, NodeAddr, NodeLink};
 pub use stream::{StreamError, StreamIds, StreamState};
 
 /// The protocol version this build speaks. Bumped on any incompatible change.
-pub const PROTOCOL_VERSION: u16 = 6;
+pub const PROTOCOL_VERSION: u16 = 7;
 /// The oldest protocol version this build still accepts. Version 1's
 /// window updates carried a consumed offset, version 2's a limit; version 3
 /// refuses empty `Data` frames and answers the latest ping; version 4 adds
 /// the cluster frames (`Nodes`, `NodeLinks`) and nothing else, so a cloud
 /// serves version 3 edges as before, without them; version 5 adds the
 /// fleet's refusal code (`Revoked`); version 6 adds enrolment, which happens
-/// on a connection of its own (docs/protocol.md, "Versioning").
+/// on a connection of its own, and probes; version 7 lets a probe carry a
+/// send/expect exchange, sent only to edges that speak it
+/// (docs/protocol.md, "Versioning").
 pub const MIN_PROTOCOL_VERSION: u16 = 3;
 /// The first version whose tunnels may carry the cluster frames.
 pub const NODES_VERSION: u16 = 4;
@@ -59,6 +62,8 @@ pub const ENROL_VERSION: u16 = 6;
 /// The first version whose tunnels carry end-to-end probes (`Probe`,
 /// `ProbeResult`).
 pub const PROBE_VERSION: u16 = 6;
+/// The first version whose `Probe` may carry a send/expect exchange.
+pub const PROBE_EXCHANGE_VERSION: u16 = 7;
 
 /// Largest frame payload a peer may send unless the handshake lowers it.
 /// Checked on the length field, before any allocation.

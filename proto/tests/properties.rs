@@ -134,14 +134,16 @@ fn frame() -> impl Strategy<Value = Frame> {
             any::<u32>(),
             text(),
             text().prop_filter("host", |h| !h.is_empty()),
-            any::<u16>()
+            any::<u16>(),
+            proptest::option::of((text(), text().prop_filter("expect", |e| !e.is_empty())))
         )
-            .prop_map(|(id, timeout_ms, mapping, host, port)| Frame::Probe {
+            .prop_map(|(id, timeout_ms, mapping, host, port, exchange)| Frame::Probe {
                 id,
                 timeout_ms,
                 mapping,
                 host,
-                port
+                port,
+                exchange: exchange.map(|(send, expect)| proto::ProbeExchange { send, expect }),
             }),
         (any::<u32>(), open_code, any::<u32>(), text()).prop_map(
             |(id, code, connect_us, message)| Frame::ProbeResult { id, code, connect_us, message }

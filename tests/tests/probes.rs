@@ -127,3 +127,69 @@ async fn a_probe_turns_red_when_the_service_stops_green_when_it_returns_and_tell
     destination.stop().await;
     cloud.shutdown().await;
 }
+
+/// A service that answers `+PONG` to `PING`, like Redis, and `-ERR` to
+/// anything else.
+async fn pong_service() -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 64];
+                let n = tcp.read(&mut buf).await.unwrap_or(0);
+                let answer: &[u8] =
+                    if buf[..n].starts_with(b"PING") { b"+PONG\r\n" } else { b"-ERR unknown\r\n" };
+                let _ = tcp.write_all(answer).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_probe_with_send_and_expect_checks_what_the_service_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let service = pong_service().await;
+    let toml = format!(
+        "[control]\nlisten = \"127.0.0.1:0\"\nadmin_token = \"{ADMIN_TOKEN}\"\nstate_file = \"{}\"\n\
+         [tunnel]\nlisten = \"127.0.0.1:0\"\nheartbeat_interval = \"500ms\"\n\
+         [[edges]]\nid = \"e1\"\ntoken = \"{TOKEN}\"\n\
+         [[mappings]]\nname = \"redis\"\nlisten = \"127.0.0.1:0\"\nedge = \"e1\"\ntarget = \"{service}\"\n\
+         probe_interval = \"1s\"\nprobe_send = \"PING\\r\\n\"\nprobe_expect = \"+PONG\"\n",
+        dir.path().join("state.json").display()
+    );
+    let cloud = Cloud::start(cloud_config(&toml)).await.expect("cloud starts");
+    let api = Api::new(cloud.control_addr().unwrap(), Some(ADMIN_TOKEN));
+    let edge =
+        Edge::start(edge_config(&edge_toml(cloud.tunnel_addr(), &[service.to_string()], TOKEN)))
+            .unwrap();
+    assert!(eventually(WITHIN, || async { probe_status(&api, "redis").await == "ok" }).await);
+    let redis = mapping(&api, "redis").await;
+    assert_eq!(
+        (&redis["probe_send"], &redis["probe_expect"]),
+        (&"PING\r\n".into(), &"+PONG".into())
+    );
+
+    // Through the API: the same service, but the answer it gives is not
+    // the one expected: failed, saying what came instead.
+    let body = serde_json::json!({"name": "wrong", "listen": "127.0.0.1:0", "edge": "e1",
+        "target": service.to_string(), "probe_interval_secs": 1,
+        "probe_send": "HELLO\r\n", "probe_expect": "+PONG"});
+    let (status, answer) = api.call("POST", "/v1/mappings", Some(body)).await;
+    assert_eq!(status, 201, "{answer}");
+    assert!(eventually(WITHIN, || async { probe_status(&api, "wrong").await == "failed" }).await);
+    let wrong = mapping(&api, "wrong").await;
+    let detail = wrong["probe"]["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains("\"+PONG\" expected") && detail.contains("-ERR unknown"), "{detail}");
+
+    // An expectation without an interval is refused, naming the field.
+    let body = serde_json::json!({"name": "bad", "listen": "127.0.0.1:0", "edge": "e1",
+        "target": service.to_string(), "probe_expect": "+PONG"});
+    let (status, answer) = api.call("POST", "/v1/mappings", Some(body)).await;
+    assert_eq!(status, 400, "{answer}");
+    assert!(answer["error"].as_str().unwrap_or_default().contains("probe_expect"), "{answer}");
+    edge.shutdown().await;
+    cloud.shutdown().await;
+}

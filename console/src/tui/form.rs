@@ -178,6 +178,8 @@ impl AddForm {
         }
         Ok(MappingSpec {
             probe_interval_secs: None,
+            probe_send: None,
+            probe_expect: None,
             name: name.to_owned(),
             listen: listen.to_owned(),
             edge: edge.to_owned(),

@@ -90,6 +90,8 @@ fn mapping(i: usize, edges: usize, at: u64) -> MappingView {
         allow: Vec::new(),
         max_connections: None,
         probe_interval_secs: Some(10),
+        probe_send: None,
+        probe_expect: None,
     };
     let state = match i % 400 {
         399 => MappingState::Failed,

@@ -37,8 +37,8 @@ pub struct ProbeAnswer {
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum ProbeError {
     /// The tunnel's version predates probes.
-    #[error("the edge speaks protocol {0}, probes need 6: upgrade relay-edge")]
-    Unsupported(u16),
+    #[error("the edge speaks protocol {version}; {what} needs {need}: upgrade relay-edge")]
+    Unsupported { version: u16, need: u16, what: &'static str },
     /// Too many probes are awaited on this tunnel already.
     #[error("too many probes awaited on this tunnel")]
     Busy,
@@ -60,6 +60,8 @@ pub struct IncomingProbe {
     pub port: u16,
     /// The cloud's limit on the check.
     pub timeout: Duration,
+    /// What to send and expect after the connect (version 7).
+    pub exchange: Option<proto::ProbeExchange>,
 }
 
 /// Per-tunnel probe bookkeeping, in [`Shared`].
@@ -114,10 +116,20 @@ impl Tunnel {
         host: &str,
         port: u16,
         timeout: Duration,
+        exchange: Option<proto::ProbeExchange>,
     ) -> Result<ProbeAnswer, ProbeError> {
         let shared = &self.shared;
-        if shared.settings.version < proto::PROBE_VERSION {
-            return Err(ProbeError::Unsupported(shared.settings.version));
+        let version = shared.settings.version;
+        if version < proto::PROBE_VERSION {
+            return Err(ProbeError::Unsupported {
+                version,
+                need: proto::PROBE_VERSION,
+                what: "a probe",
+            });
+        }
+        if exchange.is_some() && version < proto::PROBE_EXCHANGE_VERSION {
+            let need = proto::PROBE_EXCHANGE_VERSION;
+            return Err(ProbeError::Unsupported { version, need, what: "a probe's send/expect" });
         }
         if self.is_closed() {
             return Err(ProbeError::Closed);
@@ -140,6 +152,7 @@ impl Tunnel {
             mapping: mapping.to_owned(),
             host: host.to_owned(),
             port,
+            exchange,
         });
         // The edge's own limit, plus a margin for the round trip.
         let answer = tokio::select! {

@@ -335,10 +335,14 @@ fn on_frame(
             versioned_frame_allowed(shared, "node links", proto::NODES_VERSION, Role::Cloud)?;
             *shared.node_links_in.lock().unwrap_or_else(|p| p.into_inner()) = Some(links);
         }
-        Frame::Probe { id, timeout_ms, mapping, host, port } => {
+        Frame::Probe { id, timeout_ms, mapping, host, port, exchange } => {
             versioned_frame_allowed(shared, "probe", proto::PROBE_VERSION, Role::Edge)?;
+            if exchange.is_some() {
+                let need = proto::PROBE_EXCHANGE_VERSION;
+                versioned_frame_allowed(shared, "probe exchange", need, Role::Edge)?;
+            }
             let timeout = std::time::Duration::from_millis(u64::from(timeout_ms));
-            let probe = super::IncomingProbe { id, mapping, host, port, timeout };
+            let probe = super::IncomingProbe { id, mapping, host, port, timeout, exchange };
             shared.probes.arrived(probe);
         }
         Frame::ProbeResult { id, code, connect_us, message } => {
