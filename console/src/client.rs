@@ -578,12 +578,17 @@ mod endpoint_tests {
 
     use super::*;
 
-    /// A port with nothing listening (bound, then closed).
-    fn closed_port() -> String {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        drop(listener);
-        format!("http://{addr}")
+    /// An endpoint that refuses connections: a socket bound but never
+    /// listening keeps the port taken (a port merely bound and closed
+    /// could be handed to another test's server meanwhile), and a connect
+    /// to it is refused. Keep the socket while the endpoint is used.
+    fn closed_port() -> (String, socket2::Socket) {
+        use socket2::{Domain, Socket, Type};
+        let socket = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
+        let any: std::net::SocketAddr = "127.0.0.1:0".parse().expect("addr");
+        socket.bind(&any.into()).expect("bind");
+        let addr = socket.local_addr().expect("addr").as_socket().expect("inet");
+        (format!("http://{addr}"), socket)
     }
 
     /// Reads one request; returns its request line.
@@ -651,7 +656,7 @@ mod endpoint_tests {
 
     #[test]
     fn a_closed_port_is_skipped_and_the_next_endpoint_answers() {
-        let closed = closed_port();
+        let (closed, _held) = closed_port();
         let (live, requests) = server(200, EDGES);
         let client = ControlClient::new(&[closed.clone(), live.clone()], None);
         assert_eq!(client.edges(), Ok(Vec::new()));
@@ -690,7 +695,8 @@ mod endpoint_tests {
         assert!(rude_requests.try_recv().is_ok() && requests.try_recv().is_ok());
         // Start again at the rude one: a change it may have applied is not
         // sent again elsewhere.
-        let client = ControlClient::new(&[rude.clone(), closed_port()], None);
+        let (closed, _held) = closed_port();
+        let client = ControlClient::new(&[rude.clone(), closed], None);
         let err = client.drain_edge("e1").expect_err("not answered");
         assert!(
             matches!(&err, ClientError::Unreachable { endpoint, .. } if *endpoint == rude),
@@ -737,7 +743,7 @@ mod endpoint_tests {
 
     #[test]
     fn none_answering_names_each_on_one_line() {
-        let (a, b) = (closed_port(), closed_port());
+        let ((a, _held_a), (b, _held_b)) = (closed_port(), closed_port());
         let client = ControlClient::new(&[a.clone(), b.clone()], None);
         let err = client.edges().expect_err("nothing listens");
         let text = err.to_string();

@@ -69,6 +69,8 @@ impl Default for EnrolForm {
     }
 }
 
+super::form::fields_by_methods!(EnrolForm);
+
 impl EnrolForm {
     pub(crate) fn value(&self, field: EnrolField) -> &str {
         &self.values[field as usize]

@@ -56,6 +56,41 @@ impl Field {
     }
 }
 
+/// What the shared editing keys need of a form (`update::edit`).
+pub(crate) trait Fields {
+    fn move_focus(&mut self, delta: isize);
+    fn input(&mut self, c: char);
+    fn backspace(&mut self);
+    fn clear(&mut self);
+    fn on_last(&self) -> bool;
+}
+
+/// [`Fields`] by the form's own methods of those names.
+macro_rules! fields_by_methods {
+    ($form:ty) => {
+        impl $crate::tui::form::Fields for $form {
+            fn move_focus(&mut self, delta: isize) {
+                <$form>::move_focus(self, delta);
+            }
+            fn input(&mut self, c: char) {
+                <$form>::input(self, c);
+            }
+            fn backspace(&mut self) {
+                <$form>::backspace(self);
+            }
+            fn clear(&mut self) {
+                <$form>::clear(self);
+            }
+            fn on_last(&self) -> bool {
+                <$form>::on_last(self)
+            }
+        }
+    };
+}
+pub(crate) use fields_by_methods;
+
+fields_by_methods!(AddForm);
+
 /// The form's state.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct AddForm {

@@ -288,40 +288,11 @@ impl App {
         let submit = match action {
             Action::Cancel => return None,
             _ if form.pending => false,
-            Action::NextField => {
-                form.move_focus(1);
+            Action::Left | Action::Right => {
+                form.cycle_edge(if action == Action::Left { -1 } else { 1 });
                 false
             }
-            Action::PrevField => {
-                form.move_focus(-1);
-                false
-            }
-            Action::Left => {
-                form.cycle_edge(-1);
-                false
-            }
-            Action::Right => {
-                form.cycle_edge(1);
-                false
-            }
-            Action::Input(c) => {
-                form.input(c);
-                false
-            }
-            Action::Backspace => {
-                form.backspace();
-                false
-            }
-            Action::ClearInput => {
-                form.clear();
-                false
-            }
-            Action::Confirm if !form.on_last() => {
-                form.move_focus(1);
-                false
-            }
-            Action::Confirm | Action::Submit => true,
-            _ => false,
+            action => edit(&mut form, action),
         };
         let request = if submit {
             match form.validate() {
@@ -348,32 +319,7 @@ impl App {
         let submit = match action {
             Action::Cancel => return None,
             _ if form.pending => false,
-            Action::NextField => {
-                form.move_focus(1);
-                false
-            }
-            Action::PrevField => {
-                form.move_focus(-1);
-                false
-            }
-            Action::Input(c) => {
-                form.input(c);
-                false
-            }
-            Action::Backspace => {
-                form.backspace();
-                false
-            }
-            Action::ClearInput => {
-                form.clear();
-                false
-            }
-            Action::Confirm if !form.on_last() => {
-                form.move_focus(1);
-                false
-            }
-            Action::Confirm | Action::Submit => true,
-            _ => false,
+            action => edit(&mut form, action),
         };
         let request = if submit {
             match form.validate() {
@@ -463,4 +409,20 @@ impl App {
             }
         }
     }
+}
+
+/// The editing keys every form shares; whether `action` submits it
+/// (Enter on the last field, or Ctrl-S).
+fn edit(form: &mut impl super::form::Fields, action: Action) -> bool {
+    match action {
+        Action::NextField => form.move_focus(1),
+        Action::PrevField => form.move_focus(-1),
+        Action::Input(c) => form.input(c),
+        Action::Backspace => form.backspace(),
+        Action::ClearInput => form.clear(),
+        Action::Confirm if !form.on_last() => form.move_focus(1),
+        Action::Confirm | Action::Submit => return true,
+        _ => {}
+    }
+    false
 }

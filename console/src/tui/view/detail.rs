@@ -184,20 +184,7 @@ pub(super) fn edge(frame: &mut Frame<'_>, app: &App, area: Rect) {
         if e.draining { "draining: no new connections" } else { "taking new connections" },
         if mappings.is_empty() { "none".to_owned() } else { mappings.join(", ") },
     );
-    let host = match (e.cpu_percent, e.memory_used_bytes, e.memory_total_bytes) {
-        (Some(cpu), Some(used), Some(total)) => {
-            format!("host cpu {cpu:.0}% · memory {}", format::memory(used, total))
-        }
-        _ => "no host report".to_owned(),
-    };
-    let rtt = match (e.rtt_p50_us, e.rtt_p99_us) {
-        (Some(p50), Some(p99)) => {
-            format!("rtt p50 {}  p99 {}", format::micros(p50), format::micros(p99))
-        }
-        _ => "no rtt samples".to_owned(),
-    };
-    let seen = app.edge_silence_ms(e).map_or_else(|| "never".to_owned(), format::age);
-    let figures = format!("{host} · {rtt} · last seen {seen}");
+    let figures = edge_figures(app, e);
     let width = inner.width as usize;
     let mut lines = vec![
         Line::styled(format::fit(&info, width), theme.dim()),
@@ -233,6 +220,24 @@ pub(super) fn edge(frame: &mut Frame<'_>, app: &App, area: Rect) {
         Row::new([Span::raw("tunnel"), Span::raw("streams"), Span::raw("rtt"), Span::raw("state")]);
     let table = Table::new(rows, widths).header(header.style(theme.heading())).column_spacing(2);
     frame.render_widget(table, table_area);
+}
+
+/// An edge's host load, round trips and last frame, in one line.
+pub(super) fn edge_figures(app: &App, e: &api::EdgeView) -> String {
+    let host = match (e.cpu_percent, e.memory_used_bytes, e.memory_total_bytes) {
+        (Some(cpu), Some(used), Some(total)) => {
+            format!("host cpu {cpu:.0}% · memory {}", format::memory(used, total))
+        }
+        _ => "no host report".to_owned(),
+    };
+    let rtt = match (e.rtt_p50_us, e.rtt_p99_us) {
+        (Some(p50), Some(p99)) => {
+            format!("rtt p50 {}  p99 {}", format::micros(p50), format::micros(p99))
+        }
+        _ => "no rtt samples".to_owned(),
+    };
+    let seen = app.edge_silence_ms(e).map_or_else(|| "never".to_owned(), format::age);
+    format!("{host} · {rtt} · last seen {seen}")
 }
 
 /// In a cluster, an edge's tunnels to each node: one line with them all,

@@ -45,22 +45,8 @@ pub(super) fn draw(frame: &mut Frame<'_>, app: &App, area: Rect, id: &str) {
         state.push_str(&format!(" · old token accepted {} more", format::duration_ms(left)));
     }
     lines.push(Line::styled(format::fit(&escape(&state), width), style));
-    let host = match (e.cpu_percent, e.memory_used_bytes, e.memory_total_bytes) {
-        (Some(cpu), Some(used), Some(total)) => {
-            format!("host cpu {cpu:.0}% · memory {}", format::memory(used, total))
-        }
-        _ => "no host report yet".to_owned(),
-    };
-    let rtt = match (e.rtt_p50_us, e.rtt_p99_us) {
-        (Some(p50), Some(p99)) => {
-            format!("rtt p50 {} p99 {}", format::micros(p50), format::micros(p99))
-        }
-        _ => "no rtt samples".to_owned(),
-    };
-    let seen = app.edge_silence_ms(e).map_or_else(|| "never".to_owned(), format::age);
     let failures = format::count(e.connect_failures);
-    let text =
-        format!("{host} · {rtt} · last seen {seen} · {failures} destination connects failed");
+    let text = format!("{} · {failures} destination connects failed", detail::edge_figures(app, e));
     lines.push(Line::styled(format::fit(&text, width), theme.dim()));
     lines.extend(detail::node_links(app, e, width));
 
