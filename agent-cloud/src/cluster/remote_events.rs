@@ -24,24 +24,23 @@ pub(super) fn describe(
     this_node: &str,
 ) -> Vec<Remote> {
     // The committer of each revision, from its guard write.
-    let committer = |revision: i64| {
-        events.iter().find_map(|e| match e {
-            Event::Put(kv)
-                if kv.mod_revision == revision && matches!(keys.classify(&kv.key), Key::Guard) =>
-            {
-                Some(String::from_utf8_lossy(&kv.value).into_owned())
+    let committers: std::collections::HashMap<i64, String> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Put(kv) if matches!(keys.classify(&kv.key), Key::Guard) => {
+                Some((kv.mod_revision, String::from_utf8_lossy(&kv.value).into_owned()))
             }
             _ => None,
         })
-    };
+        .collect();
     let mut out = Vec::new();
     for event in events {
         let (key, revision) = match event {
             Event::Put(kv) => (kv.key.as_str(), kv.mod_revision),
             Event::Delete { key, revision } => (key.as_str(), *revision),
         };
-        let Some(node) = committer(revision).filter(|n| n != this_node) else { continue };
-        let node = tunnel::untrusted::escape(&node).into_owned();
+        let Some(node) = committers.get(&revision).filter(|n| *n != this_node) else { continue };
+        let node = tunnel::untrusted::escape(node).into_owned();
         let value = match event {
             Event::Put(kv) => Some(kv.value.as_slice()),
             Event::Delete { .. } => None,

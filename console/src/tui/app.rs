@@ -364,7 +364,7 @@ impl App {
     /// Whether no edge that could carry a mapping on `edge` (an edge, or
     /// each member of a group) is up.
     pub(crate) fn edge_down(&self, edge: &str) -> bool {
-        self.snapshot.as_ref().is_some_and(|s| order::carriers_down(s, edge))
+        self.snapshot.is_some() && !self.rows.up.contains(edge)
     }
 
     /// An edge by id.

@@ -3,7 +3,7 @@
 //! Pure functions of a snapshot, computed once per change of any of them
 //! (not per frame), so a fleet of a thousand sites stays cheap to draw.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use api::{EdgeHealth, EdgeView, MappingState, MappingView, ProbeStatus, Snapshot};
 
@@ -49,6 +49,10 @@ impl SortKey {
 pub(crate) struct Rows {
     pub(crate) edges: Vec<usize>,
     pub(crate) mappings: Vec<usize>,
+    /// Edge ids and group names with an edge up that could carry their
+    /// mappings ([`names_up`]): a mapping's edge is down when its name is
+    /// not here.
+    pub(crate) up: HashSet<String>,
 }
 
 /// The choices the rows depend on, besides the snapshot.
@@ -117,16 +121,14 @@ pub(crate) fn rows(snapshot: &Snapshot, choice: &Choice) -> Rows {
             groups.entry(g.as_str()).or_default().push(e);
         }
     }
-    // A mapping's edge is down when no edge that could carry it is up.
-    let carriers = |name: &str| -> Vec<&EdgeView> {
-        match by_id.get(name) {
-            Some(e) => vec![*e],
-            None => groups.get(name).cloned().unwrap_or_default(),
-        }
-    };
-    let edge_down =
-        |name: &str| carriers(name).iter().all(|e| e.health == EdgeHealth::Down || e.revoked);
+    let up = names_up(snapshot);
+    let edge_down = |name: &str| !up.contains(name);
     let hit = |text: &str| needle.is_empty() || text.to_lowercase().contains(&needle);
+    // Whether an edge that could carry a mapping on `name` matches.
+    let carrier_hit = |name: &str| match by_id.get(name) {
+        Some(e) => hit(&e.id),
+        None => groups.get(name).is_some_and(|members| members.iter().any(|e| hit(&e.id))),
+    };
 
     let mut edges: Vec<usize> = (0..snapshot.edges.len())
         .filter(|&i| {
@@ -142,7 +144,7 @@ pub(crate) fn rows(snapshot: &Snapshot, choice: &Choice) -> Rows {
             let m = &snapshot.mappings[i];
             let s = &m.spec;
             let shown = [&s.name, &s.edge, &s.target, &s.listen].iter().any(|f| hit(f))
-                || (!needle.is_empty() && carriers(&s.edge).iter().any(|e| hit(&e.id)));
+                || (!needle.is_empty() && carrier_hit(&s.edge));
             shown && (!choice.problems_only || mapping_problem(m, edge_down).is_some())
         })
         .collect();
@@ -188,18 +190,20 @@ pub(crate) fn rows(snapshot: &Snapshot, choice: &Choice) -> Rows {
             });
         }
     }
-    Rows { edges, mappings }
+    Rows { edges, mappings, up }
 }
 
-/// Whether no edge that could carry a mapping on `edge` (the edge, or
-/// each member of the group of that name) is up. One lookup; [`rows`]
-/// does the same for every mapping with indexes built once.
-pub(crate) fn carriers_down(snapshot: &Snapshot, edge: &str) -> bool {
-    let down = |e: &EdgeView| e.health == EdgeHealth::Down || e.revoked;
-    match snapshot.edges.iter().find(|e| e.id == edge) {
-        Some(e) => down(e),
-        None => snapshot.edges.iter().filter(|e| e.groups.iter().any(|g| g == edge)).all(down),
+/// The names a mapping's `edge` may hold (an edge id, or a group's name,
+/// whose members carry it) for which an edge that could carry it is up:
+/// not down, not revoked. An id wins over a group of the same name.
+fn names_up(snapshot: &Snapshot) -> HashSet<String> {
+    let ids: HashSet<&str> = snapshot.edges.iter().map(|e| e.id.as_str()).collect();
+    let mut up = HashSet::new();
+    for e in snapshot.edges.iter().filter(|e| e.health != EdgeHealth::Down && !e.revoked) {
+        up.insert(e.id.clone());
+        up.extend(e.groups.iter().filter(|g| !ids.contains(g.as_str())).cloned());
     }
+    up
 }
 
 /// The mappings an edge carries: its own, and its groups'.
@@ -289,7 +293,8 @@ mod tests {
             e.tunnels_up = e.tunnels_configured;
         }
         let problems = Choice { problems_only: true, ..Choice::default() };
-        assert_eq!(rows(&snapshot, &problems), Rows::default(), "all is well");
+        let well = rows(&snapshot, &problems);
+        assert_eq!((well.edges, well.mappings), (vec![], vec![]), "all is well");
 
         snapshot.mappings[1].state = MappingState::Draining;
         assert!(rows(&snapshot, &problems).mappings.is_empty(), "draining is no problem");

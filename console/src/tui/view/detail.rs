@@ -6,7 +6,7 @@
 use api::{Distribution, MappingState};
 use ratatui::Frame;
 use ratatui::layout::{Constraint, Layout, Rect};
-use ratatui::text::{Line, Span};
+use ratatui::text::Line;
 use ratatui::widgets::{Bar, BarChart, Paragraph, Row, Sparkline, Table};
 
 use super::section;
@@ -198,28 +198,50 @@ pub(super) fn edge(frame: &mut Frame<'_>, app: &App, area: Rect) {
     ])
     .areas(inner);
     frame.render_widget(Paragraph::new(lines), info_area);
+    tunnels(frame, app, e, table_area, false);
+}
+
+/// An edge's live tunnels as a table (with the token each proved, when
+/// `with_token`), or "no tunnel up".
+pub(super) fn tunnels(
+    frame: &mut Frame<'_>,
+    app: &App,
+    e: &api::EdgeView,
+    area: Rect,
+    with_token: bool,
+) {
+    let theme = app.theme;
     if e.tunnels.is_empty() {
-        frame.render_widget(Line::styled("no tunnel up", theme.bad()), table_area);
+        frame.render_widget(Line::styled("no tunnel up", theme.bad()), area);
         return;
     }
     let rows = e.tunnels.iter().map(|t| {
-        Row::new([
+        let mut cells = vec![
             format!("#{}", t.id),
             t.streams.to_string(),
             t.rtt_us.map_or_else(|| "–".to_owned(), format::micros),
             if t.draining { "draining".to_owned() } else { "up".to_owned() },
-        ])
+        ];
+        if with_token {
+            let token = t.credential.as_deref().unwrap_or("–");
+            cells.push(tunnel::untrusted::escape(token).into_owned());
+        }
+        Row::new(cells)
     });
-    let widths = [
+    let mut widths = vec![
         Constraint::Length(8),
         Constraint::Length(8),
         Constraint::Length(10),
         Constraint::Length(9),
     ];
-    let header =
-        Row::new([Span::raw("tunnel"), Span::raw("streams"), Span::raw("rtt"), Span::raw("state")]);
-    let table = Table::new(rows, widths).header(header.style(theme.heading())).column_spacing(2);
-    frame.render_widget(table, table_area);
+    let mut header = vec!["tunnel", "streams", "rtt", "state"];
+    if with_token {
+        widths.push(Constraint::Fill(1));
+        header.push("token");
+    }
+    let header = Row::new(header).style(theme.heading());
+    let table = Table::new(rows, widths).header(header).column_spacing(2);
+    frame.render_widget(table, area);
 }
 
 /// An edge's host load, round trips and last frame, in one line.

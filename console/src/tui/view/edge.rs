@@ -74,29 +74,7 @@ fn draw_tunnels(frame: &mut Frame<'_>, app: &App, e: &EdgeView, area: Rect) {
     let theme = app.theme;
     let title = Line::styled(format!(" tunnels ({}) ", e.tunnels.len()), theme.heading());
     let inner = section(frame, theme, area, title);
-    if e.tunnels.is_empty() {
-        frame.render_widget(Line::styled("no tunnel up", theme.bad()), inner);
-        return;
-    }
-    let rows = e.tunnels.iter().map(|t| {
-        Row::new([
-            format!("#{}", t.id),
-            t.streams.to_string(),
-            t.rtt_us.map_or_else(|| "–".to_owned(), format::micros),
-            if t.draining { "draining".to_owned() } else { "up".to_owned() },
-            tunnel::untrusted::escape(t.credential.as_deref().unwrap_or("–")).into_owned(),
-        ])
-    });
-    let widths = [
-        Constraint::Length(8),
-        Constraint::Length(8),
-        Constraint::Length(10),
-        Constraint::Length(9),
-        Constraint::Fill(1),
-    ];
-    let header = Row::new(["tunnel", "streams", "rtt", "state", "token"]);
-    let table = Table::new(rows, widths).header(header.style(theme.heading())).column_spacing(2);
-    frame.render_widget(table, inner);
+    detail::tunnels(frame, app, e, inner, true);
 }
 
 fn draw_mappings(frame: &mut Frame<'_>, app: &App, mappings: &[&api::MappingView], area: Rect) {
@@ -111,7 +89,7 @@ fn draw_mappings(frame: &mut Frame<'_>, app: &App, mappings: &[&api::MappingView
     let room = (inner.height as usize).saturating_sub(1);
     let more = mappings.len().saturating_sub(room);
     let shown = if more > 0 { room.saturating_sub(1) } else { room };
-    let edge_down = |_: &str| false;
+    let edge_down = |name: &str| app.edge_down(name);
     let mut rows: Vec<Row<'_>> = mappings[..shown.min(mappings.len())]
         .iter()
         .map(|m| {
