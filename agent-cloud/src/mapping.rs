@@ -156,6 +156,7 @@ const OPEN_ATTEMPTS: usize = 3;
 async fn open_stream(
     entry: &MappingEntry,
     edges: &EdgeRegistry,
+    origin: &proto::StreamOrigin,
 ) -> Option<(tunnel::Tunnel, tunnel::MuxStream)> {
     let m = &entry.spec;
     let mut tried = Vec::new();
@@ -169,7 +170,7 @@ async fn open_stream(
             }
             return None;
         };
-        let open = tunnel.open_stream(&m.name, &m.target.host, m.target.port);
+        let open = tunnel.open_stream(&m.name, &m.target.host, m.target.port, Some(origin.clone()));
         let result = tokio::select! {
             () = entry.reset_connections.cancelled() => return None,
             result = tokio::time::timeout(OPEN_TIMEOUT, open) => result,
@@ -188,7 +189,8 @@ async fn open_stream(
                 e @ (tunnel::OpenError::Closed(_)
                 | tunnel::OpenError::Draining
                 | tunnel::OpenError::TooManyStreams(_)
-                | tunnel::OpenError::IdsExhausted),
+                | tunnel::OpenError::IdsExhausted
+                | tunnel::OpenError::Unsupported { .. }),
             )) => {
                 info!(tunnel = tunnel.id(), error = %e, "tunnel cannot take the stream; trying another");
                 tried.push(tunnel.id());
@@ -297,17 +299,19 @@ pub(crate) async fn run(
         let proxy = proxy.clone();
         let conn = entry.connections.track_future(async move {
             let mut tcp = tcp;
-            let span = match &proxy {
-                None => info_span!("conn", mapping = %conn_entry.spec.name, %peer),
+            let (client, span) = match &proxy {
+                None => (peer, info_span!("conn", mapping = %conn_entry.spec.name, %peer)),
                 Some(proxy) => {
                     let Some(client) = proxied_client(&conn_entry, proxy, &mut tcp, peer).await
                     else {
                         return;
                     };
-                    info_span!("conn", mapping = %conn_entry.spec.name, peer = %client, lb = %peer)
+                    let span = info_span!("conn", mapping = %conn_entry.spec.name,
+                        peer = %client, lb = %peer);
+                    (client, span)
                 }
             };
-            serve_client(&conn_entry, &edges, tcp).instrument(span).await;
+            serve_client(&conn_entry, &edges, tcp, client).instrument(span).await;
             drop(permit);
         });
         all.spawn(conn);
@@ -363,12 +367,28 @@ async fn proxied_client(
     }
 }
 
-async fn serve_client(entry: &MappingEntry, edges: &EdgeRegistry, tcp: TcpStream) {
+/// Carries one client's connection: `client` is who it is (the peer, or
+/// the client its load balancer named).
+async fn serve_client(
+    entry: &MappingEntry,
+    edges: &EdgeRegistry,
+    tcp: TcpStream,
+    client: SocketAddr,
+) {
     let counters = &entry.metrics.counters;
     counters.total.fetch_add(1, Ordering::Relaxed);
     let _active = ActiveGuard::new(&counters.active);
     let started = Instant::now();
-    let Some((tunnel, stream)) = open_stream(entry, edges).await else {
+    let origin = proto::StreamOrigin {
+        client,
+        public: tcp.local_addr().unwrap_or(client),
+        server_name: String::new(),
+        send_proxy: entry.spec.proxy_protocol.map(|v| match v {
+            config::ProxyVersion::V1 => proto::SendProxy::V1,
+            config::ProxyVersion::V2 => proto::SendProxy::V2,
+        }),
+    };
+    let Some((tunnel, stream)) = open_stream(entry, edges, &origin).await else {
         counters.failed.fetch_add(1, Ordering::Relaxed);
         reset(tcp);
         return;

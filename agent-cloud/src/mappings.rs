@@ -618,15 +618,11 @@ pub(crate) fn fuzz_plan(changes: &[Change]) -> usize {
         let web = SocketAddr::from(([127, 0, 0, 1], 8080));
         for (name, bound) in [("web", Ok(web)), ("db", Err("not bound".to_owned()))] {
             let spec = MappingSpec {
-                probe_interval_secs: None,
-                probe_send: None,
-                probe_expect: None,
                 name: name.into(),
                 listen: "127.0.0.1:8080".into(),
                 edge: "e1".into(),
                 target: "127.0.0.1:9".into(),
-                allow: vec![],
-                max_connections: None,
+                ..MappingSpec::default()
             };
             let Ok(config) = spec.to_config() else { continue };
             let entry =
@@ -662,6 +658,7 @@ pub(crate) fn spec_of(m: &MappingConfig) -> MappingSpec {
         probe_interval_secs: m.probe_interval.map(|d| d.as_secs()),
         probe_send: m.probe_send.clone(),
         probe_expect: m.probe_expect.clone(),
+        proxy_protocol: m.proxy_protocol,
     }
 }
 
@@ -720,15 +717,11 @@ mod tests {
     fn add(name: &str) -> Change {
         Change::Add {
             spec: MappingSpec {
-                probe_interval_secs: None,
-                probe_send: None,
-                probe_expect: None,
                 name: name.into(),
                 listen: "127.0.0.1:0".into(),
                 edge: "e1".into(),
                 target: "127.0.0.1:9".into(),
-                allow: vec![],
-                max_connections: None,
+                ..MappingSpec::default()
             },
         }
     }

@@ -221,15 +221,11 @@ mod tests {
 
     fn spec(name: &str) -> MappingSpec {
         MappingSpec {
-            probe_interval_secs: None,
-            probe_send: None,
-            probe_expect: None,
             name: name.into(),
             listen: "127.0.0.1:0".into(),
             edge: "e1".into(),
             target: "127.0.0.1:22".into(),
-            allow: vec![],
-            max_connections: None,
+            ..MappingSpec::default()
         }
     }
 

@@ -208,7 +208,7 @@ pub(crate) async fn serve(shared: Arc<EdgeShared>, stream: IncomingStream) {
         return;
     }
     let timeout = policy.connect_timeout;
-    let tcp = match tokio::time::timeout(timeout, connect(&policy, &host, port)).await {
+    let mut tcp = match tokio::time::timeout(timeout, connect(&policy, &host, port)).await {
         Ok(Ok(tcp)) => tcp,
         Ok(Err(NoConnect::Denied(why))) => {
             shared.denied.fetch_add(1, Ordering::Relaxed);
@@ -229,9 +229,20 @@ pub(crate) async fn serve(shared: Arc<EdgeShared>, stream: IncomingStream) {
             return;
         }
     };
+    let client = stream.origin.as_ref().map(|o| o.client);
+    if let Some((origin, kind)) = stream.origin.as_ref().and_then(|o| Some((o, o.send_proxy?))) {
+        // Before the stream is accepted, so it is the destination's first
+        // bytes: no client byte can overtake it.
+        if let Err(e) = write_proxy_header(&mut tcp, origin, kind).await {
+            shared.connects_failed.fetch_add(1, Ordering::Relaxed);
+            info!(host = %escaped(&host), port, error = %e, "writing the PROXY header failed");
+            stream.reject(OpenCode::Error, &format!("writing the PROXY header: {e}")).await;
+            return;
+        }
+    }
     shared.connects_ok.fetch_add(1, Ordering::Relaxed);
     let Ok(stream) = stream.accept().await else { return };
-    debug!(host = %escaped(&host), port, "stream open");
+    debug!(host = %escaped(&host), port, client = ?client, "stream open");
     let outcome = tunnel::relay(
         tcp,
         stream,
@@ -242,6 +253,15 @@ pub(crate) async fn serve(shared: Arc<EdgeShared>, stream: IncomingStream) {
     .await;
     debug!(sent = outcome.bytes_to_peer, received = outcome.bytes_from_peer, end = ?outcome.end,
         "stream closed");
+}
+
+async fn write_proxy_header(
+    tcp: &mut TcpStream,
+    origin: &proto::StreamOrigin,
+    kind: proto::SendProxy,
+) -> io::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    tcp.write_all(&crate::proxy_header::encode(origin, kind)).await
 }
 
 #[cfg(test)]

@@ -28,6 +28,7 @@ mod edge;
 pub mod enrol;
 mod fleet;
 mod pool;
+mod proxy_header;
 mod reload;
 mod report;
 

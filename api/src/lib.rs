@@ -17,7 +17,7 @@ pub use events::{DEFAULT_EVENTS_LIMIT, Event, EventKind, EventsPage, MAX_EVENTS_
 pub use merge::{cluster_snapshot, sum_distributions};
 
 /// A mapping as an operator writes it: `POST /v1/mappings`, batch `add`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MappingSpec {
     /// Unique name, 1..=64 characters of `[A-Za-z0-9._-]`.
@@ -45,6 +45,11 @@ pub struct MappingSpec {
     /// `probe_interval_secs`; an edge of protocol 7 or newer).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub probe_expect: Option<String>,
+    /// `"v1"` or `"v2"`: the edge writes a PROXY protocol header naming the
+    /// real client to `target` before its bytes (an edge of protocol 8 or
+    /// newer); none means no header.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy_protocol: Option<config::ProxyVersion>,
 }
 
 impl MappingSpec {
@@ -79,6 +84,9 @@ impl MappingSpec {
             .map_err(|(field, message)| config::FieldError { field, message })?;
             m.probe_send.clone_from(&self.probe_send);
             m.probe_expect.clone_from(&self.probe_expect);
+            m.proxy_protocol = self.proxy_protocol;
+            m.check_combination()
+                .map_err(|(field, message)| config::FieldError { field, message })?;
             Ok(m)
         })
     }

@@ -251,15 +251,11 @@ mod tests {
         MappingView {
             probe: None,
             spec: MappingSpec {
-                probe_interval_secs: None,
-                probe_send: None,
-                probe_expect: None,
                 name: name.into(),
                 listen: "0.0.0.0:8080".into(),
                 edge: "e1".into(),
                 target: "10.0.0.5:80".into(),
-                allow: Vec::new(),
-                max_connections: None,
+                ..MappingSpec::default()
             },
             source: MappingSource::Runtime,
             state: MappingState::Active,

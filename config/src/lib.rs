@@ -108,7 +108,8 @@ pub use events::EventsConfig;
 pub use hostport::{HostPort, ParseError};
 pub use log::{LogConfig, LogRotation};
 pub use mapping::{
-    MAX_PROBE_TEXT, MappingConfig, PROBE_INTERVAL_RANGE, check_probe_exchange, check_probe_interval,
+    MAX_PROBE_TEXT, MappingConfig, PROBE_INTERVAL_RANGE, ProxyVersion, check_probe_exchange,
+    check_probe_interval,
 };
 pub use node_url::NodeUrlError;
 pub use proxy_protocol::ProxyProtocolConfig;

@@ -40,6 +40,40 @@ pub struct MappingConfig {
     /// `probe_expect`: text the service must answer with for the probe to
     /// pass (needs `probe_interval`).
     pub probe_expect: Option<String>,
+    /// `proxy_protocol`: the PROXY protocol header the edge writes to
+    /// `target` before the client's bytes, naming the real client; none if
+    /// `None`.
+    pub proxy_protocol: Option<ProxyVersion>,
+}
+
+/// A PROXY protocol version, as `proxy_protocol = "v1"` or `"v2"` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProxyVersion {
+    /// The text header (`PROXY TCP4 ...`).
+    V1,
+    /// The binary header, which also carries the TLS server name.
+    V2,
+}
+
+impl std::fmt::Display for ProxyVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ProxyVersion::V1 => "v1",
+            ProxyVersion::V2 => "v2",
+        })
+    }
+}
+
+impl std::str::FromStr for ProxyVersion {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "v1" => Ok(ProxyVersion::V1),
+            "v2" => Ok(ProxyVersion::V2),
+            _ => Err(format!("{s:?} is not a PROXY protocol version: expected \"v1\" or \"v2\"")),
+        }
+    }
 }
 
 /// Shortest and longest `probe_interval`.
@@ -137,7 +171,26 @@ impl MappingConfig {
             probe_interval: None,
             probe_send: None,
             probe_expect: None,
+            proxy_protocol: None,
         })
+    }
+
+    /// The rules between fields, for both the file and the API: which
+    /// settings cannot go together. Returns the field at fault and why.
+    ///
+    /// # Errors
+    /// `(field, message)`.
+    pub fn check_combination(&self) -> Result<(), (&'static str, String)> {
+        if self.proxy_protocol.is_some() && self.probe_expect.is_some() {
+            return Err((
+                "probe_expect",
+                "not with proxy_protocol: a probe writes no PROXY header, so a service that \
+                 expects one would not answer it (a probe without send/expect still checks the \
+                 connect)"
+                    .to_owned(),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -154,6 +207,7 @@ pub(crate) struct RawMapping {
     probe_interval: Option<Spanned<values::Dur>>,
     probe_send: Option<Spanned<String>>,
     probe_expect: Option<Spanned<String>>,
+    proxy_protocol: Option<Spanned<ProxyVersion>>,
 }
 
 impl RawMapping {
@@ -213,8 +267,12 @@ impl RawMapping {
             let span = span.map_or_else(|| self.name.span(), Spanned::span);
             return Err(doc.error_at(span, format!("{}: {m}", key(field))));
         }
-        Ok(MappingConfig {
-            name: self.name.into_inner(),
+        let spans = [
+            ("probe_expect", self.probe_expect.as_ref().map(Spanned::span)),
+            ("proxy_protocol", self.proxy_protocol.as_ref().map(Spanned::span)),
+        ];
+        let mapping = MappingConfig {
+            name: self.name.get_ref().clone(),
             listen,
             edge: edge.clone(),
             target: self.target,
@@ -223,7 +281,14 @@ impl RawMapping {
             probe_interval,
             probe_send: self.probe_send.map(Spanned::into_inner),
             probe_expect: self.probe_expect.map(Spanned::into_inner),
-        })
+            proxy_protocol: self.proxy_protocol.map(Spanned::into_inner),
+        };
+        if let Err((field, m)) = mapping.check_combination() {
+            let span = spans.iter().find(|(f, _)| *f == field).and_then(|(_, s)| s.clone());
+            let span = span.unwrap_or_else(|| self.name.span());
+            return Err(doc.error_at(span, format!("{}: {m}", key(field))));
+        }
+        Ok(mapping)
     }
 }
 

@@ -58,3 +58,32 @@ fn timeout_range_ends() {
         }
     }
 }
+
+const MAPPING: &str = "[[mappings]]\nname = \"m\"\nlisten = \"127.0.0.1:2\"\nedge = \"e\"\n\
+                       target = \"h:1\"\n";
+
+#[test]
+fn a_mapping_may_send_a_v1_or_v2_header_to_its_target() {
+    let c = cloud(&format!("{MAPPING}proxy_protocol = \"v2\"\n")).unwrap();
+    assert_eq!(c.mappings[0].proxy_protocol, Some(ProxyVersion::V2));
+    let c = cloud(&format!("{MAPPING}proxy_protocol = \"v1\"\n")).unwrap();
+    assert_eq!(c.mappings[0].proxy_protocol, Some(ProxyVersion::V1));
+    assert_eq!(cloud(MAPPING).unwrap().mappings[0].proxy_protocol, None);
+}
+
+#[test]
+fn a_wrong_header_version_or_a_probe_expectation_beside_it_names_line_and_key() {
+    let err = cloud(&format!("{MAPPING}proxy_protocol = \"v3\"\n")).unwrap_err();
+    assert_eq!(err.line(), Some(11), "{err}");
+    assert!(err.message().contains("mappings[0].proxy_protocol"), "{err}");
+    assert!(err.message().contains("`v1`, `v2`") || err.message().contains("v1"), "{err}");
+    let text = format!(
+        "{MAPPING}proxy_protocol = \"v2\"\nprobe_interval = \"10s\"\nprobe_expect = \"SSH-\"\n"
+    );
+    let err = cloud(&text).unwrap_err();
+    assert_eq!(err.line(), Some(13), "{err}");
+    assert!(
+        err.message().starts_with("mappings[0].probe_expect: not with proxy_protocol"),
+        "{err}"
+    );
+}

@@ -232,6 +232,11 @@ pub(crate) struct AddMapping {
     /// to pass, e.g. SSH- or +PONG.
     #[arg(long, value_name = "TEXT", value_parser = parse_probe_text)]
     probe_expect: Option<String>,
+    /// Have the edge write a PROXY protocol header (v1 or v2) naming the
+    /// real client to the target before its bytes; the service must expect
+    /// it (nginx `listen ... proxy_protocol`, HAProxy `accept-proxy`).
+    #[arg(long, value_name = "VERSION")]
+    proxy_protocol: Option<config::ProxyVersion>,
 }
 
 /// A probe text with `\r`, `\n`, `\t` and `\\` read as escapes, since a
@@ -271,6 +276,7 @@ impl AddMapping {
             probe_interval_secs: self.probe_interval.map(|d| d.as_secs()),
             probe_send: self.probe_send,
             probe_expect: self.probe_expect,
+            proxy_protocol: self.proxy_protocol,
         }
     }
 }

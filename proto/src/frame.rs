@@ -15,6 +15,7 @@ use thiserror::Error;
 use crate::enrolment::ENROL_SECRET_LEN;
 use crate::handshake::{AUTH_PROOF_LEN, NONCE_LEN, RefuseCode};
 use crate::nodes::{self, NodeAddr, NodeLink};
+use crate::origin::{self, StreamOrigin};
 
 /// Length of the fixed frame header.
 pub const HEADER_LEN: usize = 9;
@@ -52,7 +53,18 @@ mod kind {
 pub enum Frame {
     /// Cloud to edge: open stream `stream` to `host:port` for `mapping`.
     /// `window` is the receive window the opener grants for this stream.
-    Open { stream: u32, window: u32, mapping: String, host: String, port: u16 },
+    /// From version 8 it carries the stream's `origin`: its client, and
+    /// whether to pass that on to the destination in a PROXY header.
+    Open {
+        stream: u32,
+        window: u32,
+        mapping: String,
+        host: String,
+        port: u16,
+        /// Boxed: opens are rare, and every queued frame is as large as
+        /// the largest variant.
+        origin: Option<Box<StreamOrigin>>,
+    },
     /// Edge to cloud: the outcome of an [`Frame::Open`]. On success `window`
     /// is the receive window the edge grants.
     OpenResult { stream: u32, code: OpenCode, window: u32, message: String },
@@ -338,11 +350,17 @@ fn decode_payload(kind: u8, stream: u32, mut p: Bytes) -> Result<Frame, DecodeEr
             let port = r.u16()?;
             let host = r.text()?;
             let mapping = r.text()?;
+            // Version 8: the origin follows; older clouds end here.
+            let origin = if r.buf.has_remaining() {
+                Some(Box::new(origin::read_origin(&mut r)?))
+            } else {
+                None
+            };
             r.finish()?;
             if host.is_empty() {
                 return Err(DecodeError::malformed("open", "empty host"));
             }
-            Frame::Open { stream, window, mapping, host, port }
+            Frame::Open { stream, window, mapping, host, port, origin }
         }
         kind::OPEN_RESULT => {
             let mut r = Reader::new("open result", &mut p);
@@ -567,7 +585,7 @@ impl<'a> Reader<'a> {
         Ok(self.buf.get_u64())
     }
 
-    fn array<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
+    pub(crate) fn array<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
         self.need(N)?;
         let mut out = [0u8; N];
         self.buf.copy_to_slice(&mut out);
@@ -608,13 +626,13 @@ fn clip(s: &str) -> &str {
     nodes::clip_to(s, MAX_TEXT_LEN)
 }
 
-fn put_text(out: &mut impl BufMut, s: &str) {
+pub(crate) fn put_text(out: &mut impl BufMut, s: &str) {
     let s = clip(s);
     out.put_u8(s.len() as u8);
     out.put_slice(s.as_bytes());
 }
 
-fn text_len(s: &str) -> usize {
+pub(crate) fn text_len(s: &str) -> usize {
     1 + clip(s).len()
 }
 
@@ -660,7 +678,10 @@ impl Frame {
 
     fn payload_len(&self) -> usize {
         match self {
-            Frame::Open { mapping, host, .. } => 4 + 2 + text_len(host) + text_len(mapping),
+            Frame::Open { mapping, host, origin, .. } => {
+                let origin = origin.as_deref().map_or(0, origin::origin_len);
+                4 + 2 + text_len(host) + text_len(mapping) + origin
+            }
             Frame::OpenResult { message, .. } => 1 + 4 + text_len(message),
             Frame::Data { payload, .. } => payload.len(),
             Frame::Window { .. } | Frame::Ping { .. } | Frame::Pong { .. } => 8,
@@ -701,11 +722,14 @@ impl Frame {
         out.put_u32(self.stream());
         out.put_u32(self.payload_len() as u32);
         match self {
-            Frame::Open { window, mapping, host, port, .. } => {
+            Frame::Open { window, mapping, host, port, origin, .. } => {
                 out.put_u32(*window);
                 out.put_u16(*port);
                 put_text(out, host);
                 put_text(out, mapping);
+                if let Some(o) = origin {
+                    origin::put_origin(out, o);
+                }
             }
             Frame::OpenResult { code, window, message, .. } => {
                 out.put_u8(code.to_u8());
@@ -846,6 +870,7 @@ mod tests {
             mapping: "db".into(),
             host: "h".into(),
             port: 5432,
+            origin: None,
         };
         let mut buf = BytesMut::new();
         frame.encode(&mut buf);
@@ -857,6 +882,61 @@ mod tests {
             2, b'd', b'b', // mapping
         ];
         assert_eq!(&buf[..], expected);
+    }
+
+    #[test]
+    fn an_open_with_its_origin_has_exact_bytes() {
+        let frame = Frame::Open {
+            stream: 1,
+            window: 0x0004_0000,
+            mapping: "db".into(),
+            host: "h".into(),
+            port: 5432,
+            origin: Some(Box::new(StreamOrigin {
+                client: "192.0.2.7:40000".parse().unwrap(),
+                public: "[2001:db8::1]:443".parse().unwrap(),
+                server_name: "a.example".into(),
+                send_proxy: Some(crate::SendProxy::V2),
+            })),
+        };
+        let mut buf = BytesMut::new();
+        frame.encode(&mut buf);
+        let mut expected: Vec<u8> = vec![
+            0x01, 0, 0, 0, 1, 0, 0, 0, 48, // header
+            0, 4, 0, 0, // window
+            0x15, 0x38, // port 5432
+            1, b'h', // host
+            2, b'd', b'b', // mapping
+            2,    // PROXY v2
+            4, 192, 0, 2, 7, 0x9c, 0x40, // client 192.0.2.7:40000
+            6, 0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0x01,
+            0xbb, // public
+            9,    // server name
+        ];
+        expected.extend_from_slice(b"a.example");
+        assert_eq!(&buf[..], &expected[..]);
+        assert_eq!(round_trip(&frame), frame);
+    }
+
+    #[test]
+    fn an_origin_with_an_unknown_family_or_proxy_version_is_malformed() {
+        let open = |tail: &[u8]| {
+            let mut p = vec![0, 0, 0, 1, 0, 1, 1, b'h', 1, b'm'];
+            p.extend_from_slice(tail);
+            let mut buf = vec![0x01, 0, 0, 0, 1];
+            buf.extend_from_slice(&(p.len() as u32).to_be_bytes());
+            buf.extend_from_slice(&p);
+            decode(&mut Bytes::from(buf), 1024)
+        };
+        let v4 = [4, 127, 0, 0, 1, 0, 1];
+        let good = [&[1u8][..], &v4, &v4, &[0]].concat();
+        assert!(matches!(open(&good), Ok(Some(Frame::Open { origin: Some(_), .. }))));
+        let family = [&[1u8][..], &[5, 127, 0, 0, 1, 0, 1], &v4, &[0]].concat();
+        assert_eq!(open(&family), Err(DecodeError::malformed("open", "unknown address family")));
+        let version = [&[3u8][..], &v4, &v4, &[0]].concat();
+        let err = DecodeError::malformed("open", "unknown proxy header version");
+        assert_eq!(open(&version), Err(err));
+        assert!(open(&good[..good.len() - 1]).is_err(), "a cut origin");
     }
 
     #[test]
@@ -951,7 +1031,14 @@ mod tests {
     #[test]
     fn every_kind_round_trips() {
         let frames = vec![
-            Frame::Open { stream: 1, window: 5, mapping: "m".into(), host: "::1".into(), port: 1 },
+            Frame::Open {
+                stream: 1,
+                window: 5,
+                mapping: "m".into(),
+                host: "::1".into(),
+                port: 1,
+                origin: None,
+            },
             Frame::OpenResult {
                 stream: 2,
                 code: OpenCode::Denied,

@@ -25,6 +25,7 @@ pub mod flow;
 pub mod frame;
 pub mod handshake;
 pub mod nodes;
+pub mod origin;
 pub mod stream;
 
 pub use enrolment::{BadCode, ENROL_SECRET_LEN, EnrolmentCode, secret_digest};
@@ -38,10 +39,11 @@ pub use handshake::{
     verify_server_proof,
 };
 pub use nodes::{MAX_NODES, NodeAddr, NodeLink};
+pub use origin::{SendProxy, StreamOrigin};
 pub use stream::{StreamError, StreamIds, StreamState};
 
 /// The protocol version this build speaks. Bumped on any incompatible change.
-pub const PROTOCOL_VERSION: u16 = 7;
+pub const PROTOCOL_VERSION: u16 = 8;
 /// The oldest protocol version this build still accepts. Version 1's
 /// window updates carried a consumed offset, version 2's a limit; version 3
 /// refuses empty `Data` frames and answers the latest ping; version 4 adds
@@ -49,8 +51,10 @@ pub const PROTOCOL_VERSION: u16 = 7;
 /// serves version 3 edges as before, without them; version 5 adds the
 /// fleet's refusal code (`Revoked`); version 6 adds enrolment, which happens
 /// on a connection of its own, and probes; version 7 lets a probe carry a
-/// send/expect exchange, sent only to edges that speak it
-/// (docs/protocol.md, "Versioning").
+/// send/expect exchange, sent only to edges that speak it; version 8 lets
+/// an `Open` carry the stream's origin (its client, and a PROXY header to
+/// write), likewise sent only to edges that speak it (docs/protocol.md,
+/// "Versioning").
 pub const MIN_PROTOCOL_VERSION: u16 = 3;
 /// The first version whose tunnels may carry the cluster frames.
 pub const NODES_VERSION: u16 = 4;
@@ -64,6 +68,8 @@ pub const ENROL_VERSION: u16 = 6;
 pub const PROBE_VERSION: u16 = 6;
 /// The first version whose `Probe` may carry a send/expect exchange.
 pub const PROBE_EXCHANGE_VERSION: u16 = 7;
+/// The first version whose `Open` may carry a [`StreamOrigin`].
+pub const ORIGIN_VERSION: u16 = 8;
 
 /// Largest frame payload a peer may send unless the handshake lowers it.
 /// Checked on the length field, before any allocation.

@@ -19,6 +19,26 @@ fn stream_id() -> impl Strategy<Value = u32> {
     1..=u32::MAX
 }
 
+fn socket_addr() -> impl Strategy<Value = std::net::SocketAddr> {
+    prop_oneof![
+        (any::<[u8; 4]>(), any::<u16>()).prop_map(|(ip, port)| (ip, port).into()),
+        (any::<[u8; 16]>(), any::<u16>()).prop_map(|(ip, port)| (ip, port).into()),
+    ]
+}
+
+fn origin() -> impl Strategy<Value = proto::StreamOrigin> {
+    let send_proxy =
+        prop::option::of(prop::sample::select(vec![proto::SendProxy::V1, proto::SendProxy::V2]));
+    (socket_addr(), socket_addr(), text(), send_proxy).prop_map(
+        |(client, public, server_name, send_proxy)| proto::StreamOrigin {
+            client,
+            public,
+            server_name,
+            send_proxy,
+        },
+    )
+}
+
 fn frame() -> impl Strategy<Value = Frame> {
     let open_code = prop::sample::select(vec![
         OpenCode::Ok,
@@ -61,14 +81,16 @@ fn frame() -> impl Strategy<Value = Frame> {
             any::<u32>(),
             text(),
             text().prop_filter("host", |h| !h.is_empty()),
-            any::<u16>()
+            any::<u16>(),
+            prop::option::of(origin().prop_map(Box::new))
         )
-            .prop_map(|(stream, window, mapping, host, port)| Frame::Open {
+            .prop_map(|(stream, window, mapping, host, port, origin)| Frame::Open {
                 stream,
                 window,
                 mapping,
                 host,
-                port
+                port,
+                origin
             }),
         (stream_id(), open_code.clone(), any::<u32>(), text()).prop_map(
             |(stream, code, window, message)| Frame::OpenResult { stream, code, window, message }

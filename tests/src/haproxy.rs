@@ -96,12 +96,26 @@ pub struct Frontend {
     pub name: String,
     /// The servers, balanced by [`HaproxyConfig::balance`].
     pub servers: Vec<Server>,
+    /// Not a load balancer but a destination: `accept-proxy` on its bind,
+    /// and every HTTP request answered by HAProxy itself with what the
+    /// PROXY header said (see [`Frontend::proxy_reporter`]).
+    pub reports_proxy_header: bool,
 }
 
 impl Frontend {
     /// A frontend `name` balancing over `servers`.
     pub fn new(name: &str, servers: Vec<Server>) -> Frontend {
-        Frontend { name: name.to_owned(), servers }
+        Frontend { name: name.to_owned(), servers, reports_proxy_header: false }
+    }
+
+    /// A service that requires a PROXY header (v1 or v2, as HAProxy's
+    /// `accept-proxy` takes either) and answers each HTTP request with
+    /// `200` and one line parsed by HAProxy, not by this project:
+    /// `src=IP:PORT dst=IP:PORT authority=NAME` (source and destination
+    /// as the header gave them; the v2 authority TLV, empty without one).
+    /// A connection without a valid header is closed.
+    pub fn proxy_reporter(name: &str) -> Frontend {
+        Frontend { name: name.to_owned(), servers: Vec::new(), reports_proxy_header: true }
     }
 }
 
@@ -177,6 +191,15 @@ impl HaproxyConfig {
         }
         let check = &self.check;
         for (frontend, bind) in self.frontends.iter().zip(binds) {
+            if frontend.reports_proxy_header {
+                cfg.push_str(&format!(
+                    "\nlisten {}\n  bind {bind} accept-proxy\n  mode http\n\
+                     \x20 http-request return status 200 content-type text/plain lf-string \
+                     \"src=%[src]:%[src_port] dst=%[dst]:%[dst_port] authority=%[fc_pp_authority]\\n\"\n",
+                    frontend.name
+                ));
+                continue;
+            }
             cfg.push_str(&format!(
                 "\nlisten {}\n  bind {bind}\n  balance {}\n  option httpchk GET {}\n",
                 frontend.name, self.balance, check.path

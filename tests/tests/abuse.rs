@@ -222,6 +222,7 @@ async fn an_edge_drops_a_tunnel_whose_cloud_reuses_a_stream_id() {
             mapping: "m".into(),
             host: "127.0.0.1".into(),
             port: echo.port(),
+            origin: None,
         };
         ws.send(Message::Binary(encode(&open))).await.expect("open");
         ws.send(Message::Binary(encode(&open))).await.expect("open again");

@@ -162,6 +162,7 @@ async fn oversized_websocket_message_and_bad_frames_close_that_tunnel_only() {
                 mapping: "x".into(),
                 host: "127.0.0.1".into(),
                 port: 1,
+                origin: None,
             }),
         ),
         (

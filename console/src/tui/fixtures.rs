@@ -71,15 +71,11 @@ pub(crate) fn disconnected() -> App {
 
 fn spec(name: &str, listen: &str, edge: &str, target: &str) -> MappingSpec {
     MappingSpec {
-        probe_interval_secs: None,
-        probe_send: None,
-        probe_expect: None,
         name: name.into(),
         listen: listen.into(),
         edge: edge.into(),
         target: target.into(),
-        allow: Vec::new(),
-        max_connections: None,
+        ..MappingSpec::default()
     }
 }
 

@@ -212,15 +212,12 @@ impl AddForm {
             return Err((Field::Edge, format!("unknown edge \"{edge}\": expected one of {known}")));
         }
         Ok(MappingSpec {
-            probe_interval_secs: None,
-            probe_send: None,
-            probe_expect: None,
             name: name.to_owned(),
             listen: listen.to_owned(),
             edge: edge.to_owned(),
             target: target.to_owned(),
             allow,
-            max_connections: None,
+            ..MappingSpec::default()
         })
     }
 }

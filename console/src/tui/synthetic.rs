@@ -87,11 +87,8 @@ fn mapping(i: usize, edges: usize, at: u64) -> MappingView {
         listen: format!("0.0.0.0:{port}"),
         edge,
         target: format!("10.{}.{}.{}:{}", i / 65_536 % 256, i / 256 % 256, i % 256, 80 + i % 5),
-        allow: Vec::new(),
-        max_connections: None,
         probe_interval_secs: Some(10),
-        probe_send: None,
-        probe_expect: None,
+        ..MappingSpec::default()
     };
     let state = match i % 400 {
         399 => MappingState::Failed,

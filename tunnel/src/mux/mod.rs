@@ -161,6 +161,10 @@ pub enum OpenError {
     /// The tunnel is gone.
     #[error(transparent)]
     Closed(#[from] TunnelClosed),
+    /// The edge speaks a protocol version too old for what the stream
+    /// needs.
+    #[error("the edge speaks protocol {version}; {what} needs {need}")]
+    Unsupported { version: u16, need: u16, what: &'static str },
 }
 
 #[derive(Debug)]
@@ -418,6 +422,8 @@ pub struct IncomingStream {
     pub host: String,
     /// Destination port.
     pub port: u16,
+    /// Who the stream is for (version 8 clouds send it).
+    pub origin: Option<Box<proto::StreamOrigin>>,
     stream: MuxStream,
 }
 
@@ -688,11 +694,23 @@ impl Tunnel {
         mapping: &str,
         host: &str,
         port: u16,
+        origin: Option<proto::StreamOrigin>,
     ) -> Result<MuxStream, OpenError> {
         let shared = &self.shared;
         if shared.peer_draining.load(Ordering::Relaxed) {
             return Err(OpenError::Draining);
         }
+        let version = shared.settings.version;
+        // An older edge would take the origin for trailing garbage: it is
+        // only told where that is harmless to leave out.
+        let origin = match origin {
+            Some(o) if version < proto::ORIGIN_VERSION && o.send_proxy.is_some() => {
+                let (need, what) = (proto::ORIGIN_VERSION, "a PROXY header to the destination");
+                return Err(OpenError::Unsupported { version, need, what });
+            }
+            Some(_) if version < proto::ORIGIN_VERSION => None,
+            origin => origin,
+        };
         let (result_tx, result_rx) = oneshot::channel();
         // The edge requires strictly increasing ids, so the id is taken and
         // its Open queued under one lock: take room in the queue first (the
@@ -727,6 +745,7 @@ impl Tunnel {
                 mapping: mapping.to_owned(),
                 host: host.to_owned(),
                 port,
+                origin: origin.map(Box::new),
             };
             let _ = shared.stream_tx.send(Queued { frame: open, _room: Some(room) });
             stream

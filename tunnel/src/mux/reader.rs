@@ -258,7 +258,7 @@ fn on_frame(
                 entry.stream.mark_reset(code, &format!("reset by peer: {message}"));
             }
         }
-        Frame::Open { stream, window, mapping, host, port } => {
+        Frame::Open { stream, window, mapping, host, port, origin } => {
             if shared.role != Role::Edge {
                 return Err(Stop::Violation("only the cloud may open streams".into()));
             }
@@ -280,7 +280,7 @@ fn on_frame(
                 s
             };
             let stream = MuxStream::new(stream_shared, Arc::clone(shared));
-            let _ = incoming_tx.send(IncomingStream { mapping, host, port, stream });
+            let _ = incoming_tx.send(IncomingStream { mapping, host, port, origin, stream });
         }
         Frame::OpenResult { stream, code, window, message } => {
             if shared.role != Role::Cloud {

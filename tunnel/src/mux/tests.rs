@@ -43,7 +43,7 @@ async fn open(
     cloud: &Tunnel,
     incoming: &mut mpsc::UnboundedReceiver<IncomingStream>,
 ) -> (StreamSender, StreamReceiver) {
-    let (opened, accepted) = tokio::join!(cloud.open_stream("m", "127.0.0.1", 9), async {
+    let (opened, accepted) = tokio::join!(cloud.open_stream("m", "127.0.0.1", 9, None), async {
         incoming.recv().await.unwrap().accept().await.unwrap()
     });
     (opened.unwrap().split().0, accepted.split().1)
@@ -251,7 +251,7 @@ fn quiet() -> MuxSettings {
 
 /// Opens a stream on `cloud`, answered by the raw edge with `answer`.
 async fn open_raw(cloud: &Tunnel, edge: &mut RawEdge, answer: Vec<Frame>) -> MuxStream {
-    let opening = cloud.open_stream("m", "127.0.0.1", 9);
+    let opening = cloud.open_stream("m", "127.0.0.1", 9, None);
     tokio::pin!(opening);
     let frames = tokio::select! {
         frames = edge.stream_frames(|seen| !seen.is_empty()) => frames,
@@ -293,7 +293,7 @@ async fn a_reset_of_an_abandoned_open_follows_the_open() {
     {
         // Polled once: the open is queued, then the future is dropped (an
         // open timeout, a drain deadline, a removed mapping).
-        let opening = cloud.open_stream("m", "127.0.0.1", 9);
+        let opening = cloud.open_stream("m", "127.0.0.1", 9, None);
         tokio::pin!(opening);
         assert!(futures_util::poll!(&mut opening).is_pending());
     }
@@ -388,7 +388,10 @@ async fn a_tunnel_out_of_stream_ids_takes_no_more_and_retires_when_idle() {
     assert!(cloud.accepts_streams());
     let (sender, receiver) = open(&cloud, &mut incoming).await;
     assert!(!cloud.accepts_streams(), "the last id is used: pick another tunnel");
-    assert!(matches!(cloud.open_stream("m", "127.0.0.1", 9).await, Err(OpenError::IdsExhausted)));
+    assert!(matches!(
+        cloud.open_stream("m", "127.0.0.1", 9, None).await,
+        Err(OpenError::IdsExhausted)
+    ));
     assert!(!cloud.is_closed(), "its last stream still runs");
     drop((sender, receiver));
     closes_because(
@@ -463,7 +466,7 @@ async fn a_peer_that_stops_reading_does_not_hold_the_writer_and_socket() {
     // Opens whose frames fill the socket: the writer blocks in a send.
     let (mapping, host) = ("m".repeat(200), "h".repeat(200));
     for _ in 0..200 {
-        let opening = cloud.open_stream(&mapping, &host, 9);
+        let opening = cloud.open_stream(&mapping, &host, 9, None);
         let _ = tokio::time::timeout(std::time::Duration::from_millis(1), opening).await;
     }
     tokio::time::timeout(std::time::Duration::from_secs(10), cloud.closed())
@@ -608,7 +611,7 @@ async fn a_held_first_frame_goes_out_ahead_of_everything_queued_before_its_relea
     // Queued while held: an open (the tunnel is registered, a client came).
     let opening = tokio::spawn({
         let cloud = cloud.clone();
-        async move { cloud.open_stream("m", "127.0.0.1", 9).await.map(|_| ()) }
+        async move { cloud.open_stream("m", "127.0.0.1", 9, None).await.map(|_| ()) }
     });
     let early = crate::wire::recv_frame(&mut edge_ws, Duration::from_millis(200)).await;
     assert!(early.is_err(), "nothing is written while held: {early:?}");
@@ -627,4 +630,48 @@ async fn a_held_first_frame_goes_out_ahead_of_everything_queued_before_its_relea
     drop(held);
     cloud.closed().await;
     assert!(crate::wire::recv_frame(&mut edge_ws, Duration::from_millis(500)).await.is_err());
+}
+
+fn origin(send_proxy: Option<proto::SendProxy>) -> proto::StreamOrigin {
+    proto::StreamOrigin {
+        client: "192.0.2.7:40000".parse().unwrap(),
+        public: "127.0.0.1:443".parse().unwrap(),
+        server_name: "a.example".into(),
+        send_proxy,
+    }
+}
+
+#[tokio::test]
+async fn a_stream_origin_reaches_the_edge_on_a_version_8_tunnel() {
+    let (cloud, _edge, mut incoming) = pair(quiet()).await;
+    let sent = origin(Some(proto::SendProxy::V1));
+    let opening = tokio::spawn({
+        let (cloud, sent) = (cloud.clone(), sent.clone());
+        async move { cloud.open_stream("m", "127.0.0.1", 9, Some(sent)).await.map(|_| ()) }
+    });
+    let stream = incoming.recv().await.unwrap();
+    assert_eq!(stream.origin.as_deref(), Some(&sent));
+    stream.accept().await.unwrap();
+    assert!(opening.await.unwrap().is_ok());
+}
+
+#[tokio::test]
+async fn an_older_edge_gets_no_origin_and_a_proxy_header_is_refused_for_it() {
+    let v7 = MuxSettings { version: 7, ..quiet() };
+    let (cloud, mut edge) = cloud_and_raw_edge(v7).await;
+    let refused = cloud.open_stream("m", "127.0.0.1", 9, Some(origin(Some(proto::SendProxy::V2))));
+    match refused.await {
+        Err(OpenError::Unsupported { version: 7, need: 8, .. }) => {}
+        other => panic!("expected unsupported, got {other:?}"),
+    }
+    let opening = tokio::spawn({
+        let cloud = cloud.clone();
+        async move { cloud.open_stream("m", "127.0.0.1", 9, Some(origin(None))).await.map(|_| ()) }
+    });
+    let frames = edge.recv(true).await.unwrap();
+    assert!(
+        matches!(frames.as_slice(), [Frame::Open { origin: None, .. }]),
+        "a version 7 open, as before: {frames:?}"
+    );
+    opening.abort();
 }

@@ -54,6 +54,9 @@ pub(super) fn mapping(frame: &mut Frame<'_>, app: &App, area: Rect) {
         format::decimal(m.bytes_out),
     );
     lines.push(Line::styled(format::fit(&info, inner.width as usize), theme.dim()));
+    if let Some(settings) = settings(s) {
+        lines.push(Line::styled(format::fit(&settings, inner.width as usize), theme.dim()));
+    }
     let [info_area, charts] =
         Layout::vertical([Constraint::Length(lines.len() as u16), Constraint::Fill(1)])
             .areas(inner);
@@ -98,6 +101,19 @@ pub(super) fn mapping(frame: &mut Frame<'_>, app: &App, area: Rect) {
             .areas(hist_area);
     histogram(frame, app, left, "throughput", &series.throughput, format::rate);
     histogram(frame, app, right, "connect", &series.connect_latency_us, format::micros);
+}
+
+/// What the mapping is set to do beyond carrying bytes, on one line;
+/// `None` for a mapping with none of it.
+fn settings(s: &api::MappingSpec) -> Option<String> {
+    let mut parts = Vec::new();
+    if let Some(max) = s.max_connections {
+        parts.push(format!("at most {} connections", format::count(u64::from(max))));
+    }
+    if let Some(version) = s.proxy_protocol {
+        parts.push(format!("PROXY {version} header to the target"));
+    }
+    (!parts.is_empty()).then(|| parts.join(" · "))
 }
 
 /// A distribution as bars over log-2 slots, with p50 and p99 above and
