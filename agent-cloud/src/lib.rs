@@ -52,6 +52,8 @@ mod probes;
 mod proxy_header;
 mod reload;
 mod sampler;
+mod shared_port;
+mod sniff;
 mod state_check;
 mod store;
 mod tunnel_listener;

@@ -8,10 +8,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use api::{MappingSource, MappingState};
+use bytes::Bytes;
 use config::{MappingConfig, ProxyProtocolConfig};
 use proto::{OpenCode, ResetCode};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -213,7 +214,7 @@ async fn open_stream(
 
 /// Closes a client connection with an RST, as a refused or failed direct
 /// connection would look.
-fn reset(tcp: TcpStream) {
+pub(crate) fn reset(tcp: TcpStream) {
     reset_on_close(&tcp);
 }
 
@@ -273,26 +274,9 @@ pub(crate) async fn run(
             }
             None => {}
         }
-        let permit = match &entry.slots {
-            Some(slots) => match Arc::clone(slots).try_acquire_owned() {
-                Ok(permit) => Some(permit),
-                Err(_) => {
-                    if entry.refusals.allow() {
-                        info!(mapping = %name, %peer, "mapping at its connection limit; closed");
-                    }
-                    if let Some(events) = &events {
-                        let cap = entry.spec.max_connections.unwrap_or_default();
-                        events.limit_hit(
-                            "max_connections",
-                            &name,
-                            &format!("mapping {name} refused a client: at max_connections {cap}"),
-                        );
-                    }
-                    reset(tcp);
-                    continue;
-                }
-            },
-            None => None,
+        let Ok(permit) = take_slot(&entry, peer, events.as_ref()) else {
+            reset(tcp);
+            continue;
         };
         let conn_entry = Arc::clone(&entry);
         let edges = Arc::clone(&edges);
@@ -311,13 +295,93 @@ pub(crate) async fn run(
                     (client, span)
                 }
             };
-            serve_client(&conn_entry, &edges, tcp, client).instrument(span).await;
+            let origin = Origin { client, first: Bytes::new(), server_name: String::new() };
+            serve_client(&conn_entry, &edges, tcp, origin).instrument(span).await;
             drop(permit);
         });
         all.spawn(conn);
     }
     drop(listener);
     info!(mapping = %name, "listener closed");
+}
+
+/// One of the mapping's connection slots (with `max_connections`), or
+/// `Err` when it is at its limit (logged, within bounds; an event).
+fn take_slot(
+    entry: &MappingEntry,
+    peer: SocketAddr,
+    events: Option<&EventLog>,
+) -> Result<Option<OwnedSemaphorePermit>, ()> {
+    let Some(slots) = &entry.slots else { return Ok(None) };
+    if let Ok(permit) = Arc::clone(slots).try_acquire_owned() {
+        return Ok(Some(permit));
+    }
+    let name = &entry.spec.name;
+    if entry.refusals.allow() {
+        info!(mapping = %name, %peer, "mapping at its connection limit; closed");
+    }
+    if let Some(events) = events {
+        let cap = entry.spec.max_connections.unwrap_or_default();
+        events.limit_hit(
+            "max_connections",
+            name,
+            &format!("mapping {name} refused a client: at max_connections {cap}"),
+        );
+    }
+    Err(())
+}
+
+/// A connection a shared listen address routed to `entry` by name, from
+/// `client` (the peer, or the client its load balancer named): admitted
+/// as a connection of the mapping's own listener would be (allowlist,
+/// connection limit), then carried, tracked by the mapping for its drain.
+/// The caller's task is tracked for shutdown.
+pub(crate) async fn serve_routed(
+    entry: Arc<MappingEntry>,
+    edges: Arc<EdgeRegistry>,
+    tcp: TcpStream,
+    origin: Origin,
+    events: Option<EventLog>,
+) {
+    let name = &entry.spec.name;
+    let client = origin.client;
+    if entry.phase() != Phase::Active {
+        // Drained between the routing and now.
+        reset(tcp);
+        return;
+    }
+    if !entry.client_allowed(client) {
+        if entry.refusals.allow() {
+            info!(mapping = %name, peer = %client, "client not in the mapping's allowlist; closed");
+        }
+        reset(tcp);
+        return;
+    }
+    let Ok(permit) = take_slot(&entry, client, events.as_ref()) else {
+        reset(tcp);
+        return;
+    };
+    let span = info_span!("conn", mapping = %name, peer = %client, host = %origin.server_name);
+    let conn = Arc::clone(&entry);
+    entry
+        .connections
+        .track_future(async move {
+            serve_client(&conn, &edges, tcp, origin).await;
+            drop(permit);
+        })
+        .instrument(span)
+        .await;
+}
+
+/// Who a connection is for, beyond its socket.
+#[derive(Debug)]
+pub(crate) struct Origin {
+    /// The peer, or the client its load balancer named.
+    pub(crate) client: SocketAddr,
+    /// Bytes already read from the socket (to route it), sent first.
+    pub(crate) first: Bytes,
+    /// The name it was routed by; empty if it was not.
+    pub(crate) server_name: String,
 }
 
 /// The client a load balancer's connection carries, from its PROXY
@@ -367,14 +431,9 @@ async fn proxied_client(
     }
 }
 
-/// Carries one client's connection: `client` is who it is (the peer, or
-/// the client its load balancer named).
-async fn serve_client(
-    entry: &MappingEntry,
-    edges: &EdgeRegistry,
-    tcp: TcpStream,
-    client: SocketAddr,
-) {
+/// Carries one client's connection.
+async fn serve_client(entry: &MappingEntry, edges: &EdgeRegistry, tcp: TcpStream, origin: Origin) {
+    let Origin { client, first, server_name } = origin;
     let counters = &entry.metrics.counters;
     counters.total.fetch_add(1, Ordering::Relaxed);
     let _active = ActiveGuard::new(&counters.active);
@@ -382,7 +441,7 @@ async fn serve_client(
     let origin = proto::StreamOrigin {
         client,
         public: tcp.local_addr().unwrap_or(client),
-        server_name: String::new(),
+        server_name,
         send_proxy: entry.spec.proxy_protocol.map(|v| match v {
             config::ProxyVersion::V1 => proto::SendProxy::V1,
             config::ProxyVersion::V2 => proto::SendProxy::V2,
@@ -397,7 +456,8 @@ async fn serve_client(
     entry.metrics.record_connect(micros, crate::clock::now_secs());
     let stream_id = stream.id();
     debug!(tunnel = tunnel.id(), stream = stream_id, "stream open");
-    let outcome = tunnel::relay(
+    let outcome = tunnel::relay_after(
+        first,
         tcp,
         stream,
         entry.reset_connections.clone(),

@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use api::{Change, ChangeOutcome, MappingSource, MappingSpec, MappingView};
-use config::MappingConfig;
+use config::{HostPattern, MappingConfig, Sharing};
 use tokio::net::TcpListener;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -33,6 +33,7 @@ use crate::edges::EdgeRegistry;
 use crate::errors::{ChangeError, ErrorKind};
 use crate::fleet::Fleet;
 use crate::mapping::{self, MappingEntry, Phase};
+use crate::shared_port::{self, PeekLimits, PortContext, SharedPort};
 use crate::store::{PersistedState, Saved, Store};
 
 /// Drain deadline when a request names none.
@@ -71,8 +72,9 @@ impl BatchOutcome {
 pub(crate) struct PlanTable {
     /// Every mapping name with its phase.
     pub(crate) names: BTreeMap<String, Phase>,
-    /// The listen address of every active mapping.
-    pub(crate) listening: BTreeMap<String, SocketAddr>,
+    /// The listen address of every active mapping, and the host it takes
+    /// there if it shares the address.
+    pub(crate) listening: BTreeMap<String, (SocketAddr, Option<HostPattern>)>,
     /// The edge or group each mapping that is not draining names.
     pub(crate) targets: BTreeMap<String, String>,
     pub(crate) fleet: Fleet,
@@ -103,6 +105,20 @@ pub(crate) struct Mappings {
     /// SHA-256 of the tunnel certificate's public key (with TLS): the pin
     /// every enrolment code carries.
     pub(crate) enrol_pin: std::sync::OnceLock<[u8; 32]>,
+    /// The listen addresses mappings share by host, by the address bound.
+    ports: Mutex<BTreeMap<SocketAddr, Arc<SharedPort>>>,
+    /// What reading their connections' names may take.
+    peek_limits: PeekLimits,
+}
+
+/// How an added mapping gets its listener.
+#[derive(Debug)]
+enum Listening {
+    /// Its own, bound in the prepare step.
+    Own(TcpListener),
+    /// A shared address's: a new one bound in the prepare step, or one
+    /// already listening (or bound by an earlier add of the batch).
+    Shared(Option<TcpListener>),
 }
 
 fn clash(a: SocketAddr, b: SocketAddr) -> bool {
@@ -133,7 +149,91 @@ impl Mappings {
             proxy_protocol: proxy_protocol.map(Arc::new),
             events: std::sync::OnceLock::new(),
             enrol_pin: std::sync::OnceLock::new(),
+            ports: Mutex::new(BTreeMap::new()),
+            peek_limits: PeekLimits::new(crate::sniff::DEFAULT_PEEK_TIMEOUT),
         })
+    }
+
+    fn ports(&self) -> std::sync::MutexGuard<'_, BTreeMap<SocketAddr, Arc<SharedPort>>> {
+        self.ports.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The shared address listening on `addr`, if any.
+    fn port_at(&self, addr: SocketAddr) -> Option<Arc<SharedPort>> {
+        self.ports().get(&addr).cloned()
+    }
+
+    /// Every shared address, for the API and `/metrics`.
+    pub(crate) fn shared_ports(&self) -> Vec<Arc<SharedPort>> {
+        let mut ports: Vec<Arc<SharedPort>> = Vec::new();
+        for port in self.ports().values() {
+            // A port-0 address is held under the address asked and bound.
+            if !ports.iter().any(|p| Arc::ptr_eq(p, port)) {
+                ports.push(Arc::clone(port));
+            }
+        }
+        ports
+    }
+
+    /// Binds `listen` for a mapping: its own listener, or for a mapping
+    /// with a host the shared address's (bound only if no mapping listens
+    /// there yet).
+    fn bind_for(&self, spec: &MappingConfig, addr: SocketAddr) -> std::io::Result<Listening> {
+        if spec.host.is_none() {
+            return crate::net::listen(addr).map(Listening::Own);
+        }
+        if self.port_at(addr).is_some() {
+            return Ok(Listening::Shared(None));
+        }
+        crate::net::listen(addr).map(|l| Listening::Shared(Some(l)))
+    }
+
+    /// Routes `spec`'s host on the shared address at `addr`, starting its
+    /// listener from `listener` if it is new. Returns the address bound.
+    fn join_port(
+        self: &Arc<Self>,
+        entry: &Arc<MappingEntry>,
+        addr: SocketAddr,
+        listener: Option<TcpListener>,
+    ) -> Option<SocketAddr> {
+        let mut ports = self.ports();
+        if let Some(port) = ports.get(&addr) {
+            port.add(Arc::clone(entry));
+            return Some(port.bound);
+        }
+        let listener = listener?;
+        let bound = listener.local_addr().unwrap_or(addr);
+        let port = SharedPort::new(bound);
+        port.add(Arc::clone(entry));
+        ports.insert(addr, Arc::clone(&port));
+        // Port 0: later mappings name the address as written.
+        if bound != addr {
+            ports.insert(bound, Arc::clone(&port));
+        }
+        let cx = PortContext {
+            edges: Arc::clone(&self.edges),
+            all: self.all_connections.clone(),
+            proxy: self.proxy_protocol.clone(),
+            events: self.events.get().cloned(),
+            limits: self.peek_limits.clone(),
+            abort: self.abort_all.clone(),
+        };
+        info!(listen = %bound, "shared listener started");
+        tokio::spawn(shared_port::run(port, listener, cx));
+        Some(bound)
+    }
+
+    /// Takes a mapping's route off its shared address (drain, remove,
+    /// shutdown); the address closes with its last route.
+    fn leave_port(&self, entry: &Arc<MappingEntry>) {
+        if entry.spec.host.is_none() {
+            return;
+        }
+        let mut ports = self.ports();
+        let Some(port) = ports.values().find(|p| p.has(entry)).cloned() else { return };
+        if port.remove(entry) {
+            ports.retain(|_, p| !Arc::ptr_eq(p, &port));
+        }
     }
 
     fn table(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Arc<MappingEntry>>> {
@@ -145,7 +245,7 @@ impl Mappings {
     pub(crate) async fn start_one(self: &Arc<Self>, spec: MappingConfig, source: MappingSource) {
         let bound = if self.edges.knows(&spec.edge) {
             let addr = self.bind_addr(spec.listen);
-            match crate::net::listen(addr) {
+            match self.bind_for(&spec, addr) {
                 Ok(listener) => Ok(listener),
                 Err(e) => Err(format!("cannot listen on {addr}: {e}")),
             }
@@ -174,8 +274,12 @@ impl Mappings {
         self: &Arc<Self>,
         spec: MappingConfig,
         source: MappingSource,
-        listener: TcpListener,
+        listening: Listening,
     ) {
+        let listener = match listening {
+            Listening::Own(listener) => listener,
+            Listening::Shared(listener) => return self.insert_routed(spec, source, listener),
+        };
         let addr = listener.local_addr().unwrap_or(spec.listen);
         info!(mapping = %spec.name, listen = %addr, edge = %spec.edge, target = %spec.target, "mapping listening");
         let entry = Arc::new(MappingEntry::new(spec, source, Ok(addr), &self.abort_all));
@@ -188,6 +292,33 @@ impl Mappings {
             self.proxy_protocol.clone(),
             self.events.get().cloned(),
         ));
+    }
+
+    /// A mapping with a host, on its shared address.
+    fn insert_routed(
+        self: &Arc<Self>,
+        spec: MappingConfig,
+        source: MappingSource,
+        listener: Option<TcpListener>,
+    ) {
+        let addr = self.bind_addr(spec.listen);
+        // The bound address is known once the entry is on the port; the
+        // entry is built with the one asked for and corrected below.
+        let port_bound = self.port_at(addr).map(|p| p.bound);
+        let bound = port_bound.or_else(|| listener.as_ref().and_then(|l| l.local_addr().ok()));
+        let Some(bound) = bound else {
+            let reason = format!("no listener for the shared address {addr}");
+            error!(mapping = %spec.name, %reason, "mapping failed; the other mappings keep serving");
+            let entry = MappingEntry::new(spec, source, Err(reason), &self.abort_all);
+            self.table().insert(entry.spec.name.clone(), Arc::new(entry));
+            return;
+        };
+        let host = spec.host.as_ref().map(ToString::to_string).unwrap_or_default();
+        info!(mapping = %spec.name, listen = %bound, host = %host, edge = %spec.edge,
+            target = %spec.target, "mapping listening");
+        let entry = Arc::new(MappingEntry::new(spec, source, Ok(bound), &self.abort_all));
+        self.table().insert(entry.spec.name.clone(), Arc::clone(&entry));
+        self.join_port(&entry, addr, listener);
     }
 
     /// The entry named `name`.
@@ -233,6 +364,9 @@ impl Mappings {
         for entry in self.entries() {
             entry.stop_listener.cancel();
         }
+        for port in self.shared_ports() {
+            port.stop();
+        }
     }
 
     /// Plans, prepares and commits `changes` (see the module docs).
@@ -246,12 +380,24 @@ impl Mappings {
             Err(refused) => return refused,
         };
 
-        // Prepare: bind every new listener before changing anything.
+        // Prepare: bind every new listener before changing anything (an
+        // address shared by several adds of the batch once).
         let mut listeners = Vec::new();
+        let mut new_ports = Vec::new();
         for (index, p) in planned.iter().enumerate() {
             if let Planned::Add(spec) = p {
-                match crate::net::listen(spec.listen) {
-                    Ok(l) => listeners.push(l),
+                let bound = if spec.host.is_some() && new_ports.contains(&spec.listen) {
+                    Ok(Listening::Shared(None))
+                } else {
+                    self.bind_for(spec, spec.listen)
+                };
+                match bound {
+                    Ok(l) => {
+                        if matches!(l, Listening::Shared(Some(_))) {
+                            new_ports.push(spec.listen);
+                        }
+                        listeners.push(l);
+                    }
                     Err(e) => {
                         let err = ChangeError::new(
                             ErrorKind::BindFailed,
@@ -306,7 +452,12 @@ impl Mappings {
         }
         with_tokens(&mut outcomes, &planned);
         let mut listeners = listeners.into_iter();
-        for p in planned {
+        // Adds first: a batch that moves a host from one mapping to
+        // another on a shared address must not close the address between
+        // the two.
+        let (adds, others): (Vec<_>, Vec<_>) =
+            planned.into_iter().partition(|p| matches!(p, Planned::Add(_)));
+        for p in adds.into_iter().chain(others) {
             match p {
                 Planned::Add(spec) => {
                     if let Some(listener) = listeners.next() {
@@ -380,7 +531,7 @@ impl Mappings {
         let listening = table
             .iter()
             .filter(|(_, e)| e.phase() == Phase::Active)
-            .map(|(n, e)| (n.clone(), e.spec.listen))
+            .map(|(n, e)| (n.clone(), (e.spec.listen, e.spec.host.clone())))
             .collect();
         let targets = table
             .iter()
@@ -404,7 +555,7 @@ impl Mappings {
                 Change::Add { spec } => {
                     let planned = self.check_add(spec, &names, &listening, &fleet)?;
                     names.insert(spec.name.clone(), Phase::Active);
-                    listening.insert(spec.name.clone(), planned.listen);
+                    listening.insert(spec.name.clone(), (planned.listen, planned.host.clone()));
                     targets.insert(spec.name.clone(), planned.edge.clone());
                     Ok(Planned::Add(planned))
                 }
@@ -462,7 +613,7 @@ impl Mappings {
         &self,
         spec: &MappingSpec,
         names: &BTreeMap<String, Phase>,
-        listening: &BTreeMap<String, SocketAddr>,
+        listening: &BTreeMap<String, (SocketAddr, Option<HostPattern>)>,
         fleet: &Fleet,
     ) -> Result<MappingConfig, ChangeError> {
         let m =
@@ -483,11 +634,25 @@ impl Mappings {
                 format!("name: a mapping named {:?} already exists", m.name),
             ));
         }
-        if let Some((other, _)) = listening.iter().find(|(_, addr)| clash(m.listen, **addr)) {
-            return Err(ChangeError::new(
-                ErrorKind::Conflict,
-                format!("listen: {} is already used by mapping {other:?}", m.listen),
-            ));
+        for (other, (addr, host)) in listening {
+            let shared = (m.listen, m.host.as_ref());
+            let message = match config::listen_sharing(shared, (*addr, host.as_ref())) {
+                Sharing::Apart | Sharing::Shared => continue,
+                Sharing::SameHost => format!(
+                    "host: {} on {} is already taken by mapping {other:?}",
+                    m.host.as_ref().map(ToString::to_string).unwrap_or_default(),
+                    m.listen
+                ),
+                Sharing::Clash if m.host.is_some() || host.is_some() => format!(
+                    "listen: {} is already used by mapping {other:?} (mappings share a listen \
+                     address only when each names a host and the addresses are written the same)",
+                    m.listen
+                ),
+                Sharing::Clash => {
+                    format!("listen: {} is already used by mapping {other:?}", m.listen)
+                }
+            };
+            return Err(ChangeError::new(ErrorKind::Conflict, message));
         }
         if self.reserved.iter().any(|r| clash(m.listen, *r)) {
             return Err(ChangeError::new(
@@ -522,6 +687,7 @@ impl Mappings {
         let deadline = until.saturating_duration_since(Instant::now());
         entry.set_phase(Phase::Draining { until });
         entry.stop_listener.cancel();
+        self.leave_port(&entry);
         info!(mapping = %name, ?deadline, open = entry.connections.len(), "draining");
         let this = Arc::clone(self);
         tokio::spawn(async move {
@@ -541,8 +707,10 @@ impl Mappings {
     }
 
     pub(crate) fn remove_now(&self, name: &str) {
-        if let Some(entry) = self.table().remove(name) {
+        let removed = self.table().remove(name);
+        if let Some(entry) = removed {
             entry.stop_listener.cancel();
+            self.leave_port(&entry);
             entry.reset_connections.cancel();
             info!(mapping = %name, reset = entry.connections.len(), "removed");
         }
@@ -659,6 +827,7 @@ pub(crate) fn spec_of(m: &MappingConfig) -> MappingSpec {
         probe_send: m.probe_send.clone(),
         probe_expect: m.probe_expect.clone(),
         proxy_protocol: m.proxy_protocol,
+        host: m.host.as_ref().map(ToString::to_string),
     }
 }
 

@@ -50,6 +50,11 @@ pub struct MappingSpec {
     /// newer); none means no header.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proxy_protocol: Option<config::ProxyVersion>,
+    /// The name this mapping takes on a listen address it shares with
+    /// others: `app.example.com`, `*.example.com` (one label), or `*` (the
+    /// address's default). None: the mapping owns its address alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
 }
 
 impl MappingSpec {
@@ -85,6 +90,12 @@ impl MappingSpec {
             m.probe_send.clone_from(&self.probe_send);
             m.probe_expect.clone_from(&self.probe_expect);
             m.proxy_protocol = self.proxy_protocol;
+            m.host = match &self.host {
+                Some(h) => Some(
+                    h.parse().map_err(|message| config::FieldError { field: "host", message })?,
+                ),
+                None => None,
+            };
             m.check_combination()
                 .map_err(|(field, message)| config::FieldError { field, message })?;
             Ok(m)

@@ -78,7 +78,7 @@ impl RawControl {
         } else {
             (format!("\"{listen}\""), self.listen.span())
         };
-        if let Some(m) = listen_clash(listen, &shown, tunnel, mappings) {
+        if let Some(m) = listen_clash(listen, None, &shown, tunnel, mappings) {
             return Err(doc.error_at(at, format!("control.listen: {m}")));
         }
         // Where a clash with an edge token is reported: the key that was set.

@@ -81,6 +81,7 @@ pub mod defaults;
 mod edge;
 mod error;
 mod events;
+mod host;
 mod hostport;
 mod load;
 mod log;
@@ -105,11 +106,12 @@ pub use defaults::*;
 pub use edge::{BackoffConfig, EdgeConfig};
 pub use error::{ConfigError, FieldError};
 pub use events::EventsConfig;
+pub use host::{HostPattern, Specificity, normalize_host};
 pub use hostport::{HostPort, ParseError};
 pub use log::{LogConfig, LogRotation};
 pub use mapping::{
-    MAX_PROBE_TEXT, MappingConfig, PROBE_INTERVAL_RANGE, ProxyVersion, check_probe_exchange,
-    check_probe_interval,
+    MAX_PROBE_TEXT, MappingConfig, PROBE_INTERVAL_RANGE, ProxyVersion, Sharing,
+    check_probe_exchange, check_probe_interval, listen_sharing,
 };
 pub use node_url::NodeUrlError;
 pub use proxy_protocol::ProxyProtocolConfig;

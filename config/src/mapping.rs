@@ -12,7 +12,7 @@ use crate::defaults::MAX_CONNECTIONS_RANGE;
 use crate::error::{ConfigError, Doc, FieldError};
 use crate::tunnel::TunnelListenConfig;
 use crate::values::{self, Addr, Net};
-use crate::{EdgeEntry, EdgeGroup, HostPort};
+use crate::{EdgeEntry, EdgeGroup, HostPattern, HostPort};
 
 /// `[[mappings]]`: a public listener whose connections are relayed through
 /// an edge to a target.
@@ -44,6 +44,10 @@ pub struct MappingConfig {
     /// `target` before the client's bytes, naming the real client; none if
     /// `None`.
     pub proxy_protocol: Option<ProxyVersion>,
+    /// `host`: on a listen address several mappings share, the name this
+    /// one takes (TLS server name or HTTP `Host`); a mapping without one
+    /// owns its address alone.
+    pub host: Option<HostPattern>,
 }
 
 /// A PROXY protocol version, as `proxy_protocol = "v1"` or `"v2"` names it.
@@ -172,6 +176,7 @@ impl MappingConfig {
             probe_send: None,
             probe_expect: None,
             proxy_protocol: None,
+            host: None,
         })
     }
 
@@ -208,6 +213,7 @@ pub(crate) struct RawMapping {
     probe_send: Option<Spanned<String>>,
     probe_expect: Option<Spanned<String>>,
     proxy_protocol: Option<Spanned<ProxyVersion>>,
+    host: Option<Spanned<HostPattern>>,
 }
 
 impl RawMapping {
@@ -224,7 +230,8 @@ impl RawMapping {
     ) -> Result<MappingConfig, ConfigError> {
         let key = |k: &str| format!("mappings[{i}].{k}");
         let listen = self.listen.get_ref().0;
-        if let Some(m) = listen_clash(listen, &format!("\"{listen}\""), tunnel, earlier) {
+        let host = self.host.as_ref().map(|h| h.get_ref());
+        if let Some(m) = listen_clash(listen, host, &format!("\"{listen}\""), tunnel, earlier) {
             return Err(doc.error_at(self.listen.span(), format!("{}: {m}", key("listen"))));
         }
         let edge = self.edge.get_ref();
@@ -282,6 +289,7 @@ impl RawMapping {
             probe_send: self.probe_send.map(Spanned::into_inner),
             probe_expect: self.probe_expect.map(Spanned::into_inner),
             proxy_protocol: self.proxy_protocol.map(Spanned::into_inner),
+            host: self.host.map(Spanned::into_inner),
         };
         if let Err((field, m)) = mapping.check_combination() {
             let span = spans.iter().find(|(f, _)| *f == field).and_then(|(_, s)| s.clone());
@@ -292,10 +300,12 @@ impl RawMapping {
     }
 }
 
-/// Why `listen` (shown as `shown`) cannot be used next to the tunnel
-/// listener and `mappings`, or `None` if it clashes with neither.
+/// Why `listen` (shown as `shown`), for a mapping routing `host` (none
+/// for the control listener), cannot be used next to the tunnel listener
+/// and `mappings`, or `None` if it clashes with neither.
 pub(crate) fn listen_clash(
     listen: SocketAddr,
+    host: Option<&HostPattern>,
     shown: &str,
     tunnel: &TunnelListenConfig,
     mappings: &[MappingConfig],
@@ -303,11 +313,64 @@ pub(crate) fn listen_clash(
     if overlaps(listen, tunnel.listen) {
         return Some(format!("{shown} conflicts with tunnel.listen \"{}\"", tunnel.listen));
     }
-    let (j, other) = mappings.iter().enumerate().find(|(_, m)| overlaps(listen, m.listen))?;
-    Some(format!(
-        "{shown} conflicts with mappings[{j}].listen \"{}\" (mapping {:?})",
-        other.listen, other.name
-    ))
+    mappings.iter().enumerate().find_map(|(j, other)| {
+        let at = format!("mappings[{j}].listen \"{}\" (mapping {:?})", other.listen, other.name);
+        match listen_sharing((listen, host), (other.listen, other.host.as_ref())) {
+            Sharing::Apart | Sharing::Shared => None,
+            Sharing::SameHost => Some(format!(
+                "{shown} with host \"{}\" conflicts with {at}, which routes the same host",
+                other.host.as_ref().map(ToString::to_string).unwrap_or_default()
+            )),
+            Sharing::Clash => {
+                Some(format!("{shown} conflicts with {at}{}", share_hint(host, other)))
+            }
+        }
+    })
+}
+
+/// What to say when two mappings could have shared an address.
+fn share_hint(host: Option<&HostPattern>, other: &MappingConfig) -> &'static str {
+    if host.is_some() || other.host.is_some() {
+        "; mappings share a listen address only when each names a host and the addresses are \
+         written the same"
+    } else {
+        ""
+    }
+}
+
+/// How two listeners `(listen, host)` stand to each other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sharing {
+    /// Different ports or addresses: no interaction.
+    Apart,
+    /// The same address, each routing its own host: one listener.
+    Shared,
+    /// The same address and the same host.
+    SameHost,
+    /// They would fight over a port.
+    Clash,
+}
+
+/// Whether two mappings can listen side by side: apart, on one shared
+/// listener (the same `listen`, written the same, and each naming a
+/// different host), or not at all. Port 0 is a port of its own for each
+/// listener, except that mappings with hosts and the same `listen` share
+/// the one port picked.
+pub fn listen_sharing(
+    (a, a_host): (SocketAddr, Option<&HostPattern>),
+    (b, b_host): (SocketAddr, Option<&HostPattern>),
+) -> Sharing {
+    match (a_host, b_host) {
+        (Some(x), Some(y)) if a == b => {
+            if x == y {
+                Sharing::SameHost
+            } else {
+                Sharing::Shared
+            }
+        }
+        _ if overlaps(a, b) => Sharing::Clash,
+        _ => Sharing::Apart,
+    }
 }
 
 /// Whether two listeners would fight over a port: same non-zero port and the

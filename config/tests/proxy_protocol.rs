@@ -87,3 +87,51 @@ fn a_wrong_header_version_or_a_probe_expectation_beside_it_names_line_and_key() 
         "{err}"
     );
 }
+
+fn shared(name: &str, listen: &str, host: Option<&str>) -> String {
+    let host = host.map(|h| format!("host = \"{h}\"\n")).unwrap_or_default();
+    format!(
+        "[[mappings]]\nname = \"{name}\"\nlisten = \"{listen}\"\nedge = \"e\"\ntarget = \"h:1\"\n{host}"
+    )
+}
+
+#[test]
+fn mappings_share_a_listen_address_only_when_each_names_a_different_host() {
+    let ok = [
+        shared("a", "0.0.0.0:443", Some("a.example.com")),
+        shared("w", "0.0.0.0:443", Some("*.example.com")),
+        shared("d", "0.0.0.0:443", Some("*")),
+    ]
+    .concat();
+    let c = cloud(&ok).unwrap();
+    let hosts: Vec<String> =
+        c.mappings.iter().map(|m| m.host.as_ref().unwrap().to_string()).collect();
+    assert_eq!(hosts, ["a.example.com", "*.example.com", "*"]);
+
+    let same = [
+        shared("a", "0.0.0.0:443", Some("a.example.com")),
+        shared("b", "0.0.0.0:443", Some("A.example.com")),
+    ]
+    .concat();
+    let err = cloud(&same).unwrap_err();
+    assert!(err.message().contains("routes the same host"), "{err}");
+
+    let lone =
+        [shared("a", "0.0.0.0:443", Some("a.example.com")), shared("b", "0.0.0.0:443", None)]
+            .concat();
+    let err = cloud(&lone).unwrap_err();
+    assert!(err.message().contains("share a listen address only when each names a host"), "{err}");
+
+    let overlapping = [
+        shared("a", "0.0.0.0:443", Some("a.example.com")),
+        shared("b", "127.0.0.1:443", Some("b.example.com")),
+    ]
+    .concat();
+    assert!(cloud(&overlapping).is_err(), "an address written differently does not share");
+
+    let err = cloud(&shared("a", "0.0.0.0:443", Some("a.example.com:443"))).unwrap_err();
+    assert!(
+        err.message().contains("mappings[0].host") && err.message().contains("no port"),
+        "{err}"
+    );
+}

@@ -237,6 +237,11 @@ pub(crate) struct AddMapping {
     /// it (nginx `listen ... proxy_protocol`, HAProxy `accept-proxy`).
     #[arg(long, value_name = "VERSION")]
     proxy_protocol: Option<config::ProxyVersion>,
+    /// Share --listen with other mappings, taking connections for this
+    /// name: by TLS server name (TLS is not terminated) or HTTP Host.
+    /// app.example.com, *.example.com (one label), or '*' (the default).
+    #[arg(long, value_name = "NAME")]
+    host: Option<String>,
 }
 
 /// A probe text with `\r`, `\n`, `\t` and `\\` read as escapes, since a
@@ -277,6 +282,7 @@ impl AddMapping {
             probe_send: self.probe_send,
             probe_expect: self.probe_expect,
             proxy_protocol: self.proxy_protocol,
+            host: self.host,
         }
     }
 }

@@ -100,12 +100,15 @@ pub struct Frontend {
     /// and every HTTP request answered by HAProxy itself with what the
     /// PROXY header said (see [`Frontend::proxy_reporter`]).
     pub reports_proxy_header: bool,
+    /// With `reports_proxy_header`: terminate TLS with this PEM (the
+    /// certificate, then its key) after the PROXY header.
+    pub tls_pem: Option<PathBuf>,
 }
 
 impl Frontend {
     /// A frontend `name` balancing over `servers`.
     pub fn new(name: &str, servers: Vec<Server>) -> Frontend {
-        Frontend { name: name.to_owned(), servers, reports_proxy_header: false }
+        Frontend { name: name.to_owned(), servers, reports_proxy_header: false, tls_pem: None }
     }
 
     /// A service that requires a PROXY header (v1 or v2, as HAProxy's
@@ -115,7 +118,19 @@ impl Frontend {
     /// as the header gave them; the v2 authority TLV, empty without one).
     /// A connection without a valid header is closed.
     pub fn proxy_reporter(name: &str) -> Frontend {
-        Frontend { name: name.to_owned(), servers: Vec::new(), reports_proxy_header: true }
+        Frontend {
+            name: name.to_owned(),
+            servers: Vec::new(),
+            reports_proxy_header: true,
+            tls_pem: None,
+        }
+    }
+
+    /// [`Frontend::proxy_reporter`] speaking HTTPS with the certificate
+    /// and key in `pem`: the PROXY header, then TLS (as nginx's `listen
+    /// 443 ssl proxy_protocol`).
+    pub fn proxy_reporter_tls(name: &str, pem: PathBuf) -> Frontend {
+        Frontend { tls_pem: Some(pem), ..Frontend::proxy_reporter(name) }
     }
 }
 
@@ -192,8 +207,13 @@ impl HaproxyConfig {
         let check = &self.check;
         for (frontend, bind) in self.frontends.iter().zip(binds) {
             if frontend.reports_proxy_header {
+                let tls = frontend
+                    .tls_pem
+                    .as_ref()
+                    .map(|pem| format!(" ssl crt {}", pem.display()))
+                    .unwrap_or_default();
                 cfg.push_str(&format!(
-                    "\nlisten {}\n  bind {bind} accept-proxy\n  mode http\n\
+                    "\nlisten {}\n  bind {bind} accept-proxy{tls}\n  mode http\n\
                      \x20 http-request return status 200 content-type text/plain lf-string \
                      \"src=%[src]:%[src_port] dst=%[dst]:%[dst_port] authority=%[fc_pp_authority]\\n\"\n",
                     frontend.name

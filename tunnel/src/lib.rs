@@ -39,5 +39,5 @@ pub use mux::{
     Held, IncomingProbe, IncomingStream, MuxSettings, NodeList, OpenError, ProbeAnswer, ProbeError,
     Role, Tunnel, TunnelClosed, WindowBudget,
 };
-pub use relay::{ByteCounters, RelayEnd, RelayOutcome, relay};
+pub use relay::{ByteCounters, RelayEnd, RelayOutcome, relay, relay_after};
 pub use stream::{Inbound, MuxStream, StreamClosed};

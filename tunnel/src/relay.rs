@@ -106,13 +106,27 @@ pub async fn relay(
     cancel_code: ResetCode,
     counters: &ByteCounters,
 ) -> RelayOutcome {
+    relay_after(Bytes::new(), tcp, stream, cancel, cancel_code, counters).await
+}
+
+/// [`relay`], sending `first` to the peer before anything read from `tcp`:
+/// bytes already read from the socket (to route the connection by name),
+/// sent within the stream's credit like any others.
+pub async fn relay_after(
+    first: Bytes,
+    tcp: TcpStream,
+    stream: MuxStream,
+    cancel: CancellationToken,
+    cancel_code: ResetCode,
+    counters: &ByteCounters,
+) -> RelayOutcome {
     let _ = tcp.set_nodelay(true);
     set_keepalive(&tcp);
     let (sender, mut receiver) = stream.split();
     let mut to_peer = 0u64;
     let mut from_peer = 0u64;
     let end = {
-        let upstream = socket_to_stream(&tcp, &sender, &mut to_peer, counters);
+        let upstream = socket_to_stream(first, &tcp, &sender, &mut to_peer, counters);
         let downstream = stream_to_socket(&tcp, &mut receiver, &sender, &mut from_peer, counters);
         tokio::pin!(upstream, downstream);
         let (mut up_done, mut down_done) = (false, false);
@@ -177,11 +191,19 @@ fn abort(tcp: &TcpStream) {
 }
 
 async fn socket_to_stream(
+    mut first: Bytes,
     tcp: &TcpStream,
     sender: &StreamSender,
     total: &mut u64,
     counters: &ByteCounters,
 ) -> Result<(), String> {
+    while !first.is_empty() {
+        let credit = sender.credit(first.len()).await.map_err(|e| e.reason)?;
+        let chunk = first.split_to(credit.min(first.len()));
+        *total += chunk.len() as u64;
+        counters.add_sent(chunk.len() as u64);
+        sender.send(chunk).await.map_err(|e| e.reason)?;
+    }
     let mut read_size = FIRST_READ;
     loop {
         let credit = sender.credit(read_size).await.map_err(|e| e.reason)?;

@@ -89,7 +89,7 @@ impl Cluster {
                 table.names.insert(name.clone(), Phase::Active);
                 table.targets.insert(name.clone(), stored.spec.edge.clone());
                 if let Ok(m) = stored.spec.to_config() {
-                    table.listening.insert(name.clone(), m.listen);
+                    table.listening.insert(name.clone(), (m.listen, m.host));
                 }
             }
         }

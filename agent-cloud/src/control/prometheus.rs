@@ -34,6 +34,36 @@ fn histogram(out: &mut String, name: &str, label: &str, value: &str, h: &Histogr
     let _ = writeln!(out, "{name}_count{{{label}=\"{value}\"}} {}", h.count);
 }
 
+/// Connections on the listen addresses mappings share by host, by what
+/// became of them. Labelled by the address, not the host: a host is one
+/// mapping, already a series of its own, and an unmatched name is the
+/// client's choice (unbounded).
+fn render_shared_ports(out: &mut String, mappings: &Mappings) {
+    let name = "relay_shared_port_connections_total";
+    family(
+        out,
+        name,
+        "counter",
+        "Connections on a shared listen address: routed to a mapping by name, or not (unknown_tls \
+         alerted, unknown_http answered 421, unrecognized closed, timed_out, too_large, overloaded).",
+    );
+    for port in mappings.shared_ports() {
+        let c = &port.counters;
+        for (outcome, counter) in [
+            ("routed", &c.routed),
+            ("unknown_tls", &c.unknown_tls),
+            ("unknown_http", &c.unknown_http),
+            ("unrecognized", &c.unrecognized),
+            ("timed_out", &c.timed_out),
+            ("too_large", &c.too_large),
+            ("overloaded", &c.overloaded),
+        ] {
+            let n = counter.load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}{{listen=\"{}\",outcome=\"{outcome}\"}} {n}", port.bound);
+        }
+    }
+}
+
 /// Renders a snapshot, and the latency histograms of `mappings` and
 /// `edges`. Mapping names and edge ids are limited to `[A-Za-z0-9._-]`, so
 /// label values need no escaping.
@@ -51,6 +81,7 @@ pub(super) fn render(
         let _ = writeln!(out, "relay_mapping_up{{mapping=\"{}\"}} {up}", m.spec.name);
     }
     render_probes(&mut out, s);
+    render_shared_ports(&mut out, mappings);
     let counters: [MappingFamily; 5] = [
         ("relay_mapping_connections_active", "gauge", "Client connections open now.", |m| {
             m.active_connections
