@@ -168,8 +168,15 @@ impl Cloud {
         let removed = persisted.removed.clone();
         let bind_ip = config.cluster.as_ref().and_then(|c| c.public_ip);
         let proxy_protocol = config.proxy_protocol.clone();
-        let mappings =
-            Mappings::new(store, persisted, Arc::clone(&edges), reserved, bind_ip, proxy_protocol);
+        let mappings = Mappings::new(
+            store,
+            persisted,
+            Arc::clone(&edges),
+            reserved,
+            bind_ip,
+            proxy_protocol,
+            config.host_routing_timeout,
+        );
         let _ = mappings.events.set(events.clone());
         for m in &config.mappings {
             if removed.contains(&m.name) {

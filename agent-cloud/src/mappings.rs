@@ -135,6 +135,7 @@ impl Mappings {
         reserved: Vec<SocketAddr>,
         bind_ip: Option<std::net::IpAddr>,
         proxy_protocol: Option<config::ProxyProtocolConfig>,
+        host_routing_timeout: Duration,
     ) -> Arc<Self> {
         Arc::new(Self {
             table: Mutex::new(BTreeMap::new()),
@@ -150,7 +151,7 @@ impl Mappings {
             events: std::sync::OnceLock::new(),
             enrol_pin: std::sync::OnceLock::new(),
             ports: Mutex::new(BTreeMap::new()),
-            peek_limits: PeekLimits::new(crate::sniff::DEFAULT_PEEK_TIMEOUT),
+            peek_limits: PeekLimits::new(host_routing_timeout),
         })
     }
 
@@ -782,7 +783,15 @@ pub(crate) fn fuzz_plan(changes: &[Change]) -> usize {
         let e1 = config::EdgeEntry { id: "e1".into(), token: config::Secret::new(b"t".to_vec()) };
         let fleet = Fleet::new(&[e1], &[group], [], &mut Vec::new());
         let edges = Arc::new(EdgeRegistry::new(8, fleet));
-        let mappings = Mappings::new(None, PersistedState::new(), edges, vec![], None, None);
+        let mappings = Mappings::new(
+            None,
+            PersistedState::new(),
+            edges,
+            vec![],
+            None,
+            None,
+            crate::sniff::DEFAULT_PEEK_TIMEOUT,
+        );
         let web = SocketAddr::from(([127, 0, 0, 1], 8080));
         for (name, bound) in [("web", Ok(web)), ("db", Err("not bound".to_owned()))] {
             let spec = MappingSpec {
@@ -900,8 +909,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.json");
         let store = Store::with_failing_dir_sync(path.clone());
-        let mappings =
-            Mappings::new(Some(store), PersistedState::new(), registry(), vec![], None, None);
+        let mappings = Mappings::new(
+            Some(store),
+            PersistedState::new(),
+            registry(),
+            vec![],
+            None,
+            None,
+            crate::sniff::DEFAULT_PEEK_TIMEOUT,
+        );
         let outcome = mappings.apply(&[add("a")], false).await;
         let on_disk = Store::new(path).load().unwrap();
         assert_eq!(on_disk.added.len(), 1, "the rename happened: the disk holds the change");
@@ -913,8 +929,15 @@ mod tests {
     async fn a_drain_deadline_out_of_range_is_refused_at_planning_and_changes_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::new(dir.path().join("state.json"));
-        let mappings =
-            Mappings::new(Some(store), PersistedState::new(), registry(), vec![], None, None);
+        let mappings = Mappings::new(
+            Some(store),
+            PersistedState::new(),
+            registry(),
+            vec![],
+            None,
+            None,
+            crate::sniff::DEFAULT_PEEK_TIMEOUT,
+        );
         for secs in [api::MAX_DRAIN_DEADLINE_SECS + 1, u64::MAX] {
             let batch = [add("a"), Change::Drain { name: "a".into(), deadline_secs: Some(secs) }];
             let outcome = mappings.apply(&batch, false).await;

@@ -79,7 +79,7 @@ pub(crate) fn diff(old: &CloudConfig, new: &CloudConfig) -> ConfigDiff {
 
     // Secrets print as `****`, so a changed admin token or etcd password
     // is not seen here: those need a restart, as the docs say.
-    let sections: [(&'static str, String, String); 7] = [
+    let sections: [(&'static str, String, String); 8] = [
         ("[tunnel]", format!("{:?}", old.tunnel), format!("{:?}", new.tunnel)),
         ("[control]", format!("{:?}", old.control), format!("{:?}", new.control)),
         ("[cluster]", format!("{:?}", old.cluster), format!("{:?}", new.cluster)),
@@ -89,6 +89,11 @@ pub(crate) fn diff(old: &CloudConfig, new: &CloudConfig) -> ConfigDiff {
             "[proxy_protocol]",
             format!("{:?}", old.proxy_protocol),
             format!("{:?}", new.proxy_protocol),
+        ),
+        (
+            "host_routing_timeout",
+            format!("{:?}", old.host_routing_timeout),
+            format!("{:?}", new.host_routing_timeout),
         ),
         (
             "shutdown_grace",

@@ -219,7 +219,9 @@ pub(crate) async fn run(port: Arc<SharedPort>, listener: TcpListener, cx: PortCo
             };
             drop(slot);
             if let Some((entry, tcp, origin)) = routed {
-                mapping::serve_routed(entry, cx2.edges, tcp, origin, cx2.events).await;
+                // Boxed: a connection still naming its host should not
+                // carry the relay's state (several KiB) while it waits.
+                Box::pin(mapping::serve_routed(entry, cx2.edges, tcp, origin, cx2.events)).await;
             }
         });
     }
@@ -239,7 +241,9 @@ async fn route(
     let deadline = Instant::now() + cx.limits.timeout;
     let client = match &cx.proxy {
         None => peer,
-        Some(proxy) => match proxy_header::read(&mut tcp, peer, proxy.timeout).await {
+        // Boxed: its 1 KiB buffer would otherwise be in every waiting
+        // connection's state, with a load balancer or without.
+        Some(proxy) => match Box::pin(proxy_header::read(&mut tcp, peer, proxy.timeout)).await {
             Ok(Header::Client(client)) => client,
             Ok(Header::Check(_)) => return None,
             Err(e) => {

@@ -10,7 +10,7 @@
 
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use rustls::server::Acceptor;
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -117,23 +117,26 @@ pub(crate) async fn read_name(
     deadline: Instant,
     budget: &std::sync::Arc<Semaphore>,
 ) -> Result<(Peeked, Bytes), PeekError> {
+    // Grown only as bytes come (no scratch array: a silent connection's
+    // state is a few hundred bytes, however many wait).
     let mut buf = BytesMut::new();
     let mut held: Option<OwnedSemaphorePermit> = None;
-    let mut chunk = [0u8; 2048];
     loop {
         match tokio::time::timeout_at(deadline, tcp.readable()).await {
             Err(_) => return Err(PeekError::Timeout(buf.len())),
             Ok(Err(_)) => return Err(PeekError::Closed),
             Ok(Ok(())) => {}
         }
-        let room = (MAX_PEEK - buf.len()).min(chunk.len());
-        let n = match tcp.try_read(&mut chunk[..room]) {
+        // Doubling from 512 bytes, never past the bound.
+        let room = (MAX_PEEK - buf.len()).min(buf.len().max(512));
+        buf.reserve(room);
+        match tcp.try_read_buf(&mut (&mut buf).limit(room)) {
             Ok(0) => return Err(PeekError::Closed),
-            Ok(n) => n,
+            Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
             Err(_) => return Err(PeekError::Closed),
-        };
-        let kib = (buf.len() + n).div_ceil(1024) as u32;
+        }
+        let kib = buf.len().div_ceil(1024) as u32;
         let have = held.as_ref().map_or(0, |p| p.num_permits() as u32);
         if kib > have {
             let more = std::sync::Arc::clone(budget)
@@ -144,7 +147,6 @@ pub(crate) async fn read_name(
                 None => held = Some(more),
             }
         }
-        buf.extend_from_slice(&chunk[..n]);
         if let Some(peeked) = peek(&buf) {
             return Ok((peeked, buf.freeze()));
         }
@@ -164,8 +166,9 @@ pub(crate) const MISDIRECTED: &[u8] = b"HTTP/1.1 421 Misdirected Request\r\n\
     Content-Type: text/plain\r\nContent-Length: 44\r\nConnection: close\r\n\r\n\
     no service is configured for this host name\n";
 
-/// How long a client on a shared address has to name its host.
-pub(crate) const DEFAULT_PEEK_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a client on a shared address has to name its host, unless
+/// `host_routing_timeout` says otherwise.
+pub(crate) const DEFAULT_PEEK_TIMEOUT: Duration = config::DEFAULT_HOST_ROUTING_TIMEOUT;
 
 #[cfg(test)]
 mod tests {

@@ -10,7 +10,7 @@ use toml::Spanned;
 
 use crate::cluster::{ClusterConfig, RawCluster};
 use crate::control::{ControlConfig, RawControl};
-use crate::defaults::{DEFAULT_CLOUD_LOG_FILE_PREFIX, serde_fns};
+use crate::defaults::{DEFAULT_CLOUD_LOG_FILE_PREFIX, HOST_ROUTING_TIMEOUT_RANGE, serde_fns};
 use crate::error::{ConfigError, Doc, line_col};
 use crate::events::{EventsConfig, RawEvents};
 use crate::load;
@@ -38,6 +38,9 @@ pub struct CloudConfig {
     pub mappings: Vec<MappingConfig>,
     /// `shutdown_grace`: how long open connections may drain on shutdown.
     pub shutdown_grace: Duration,
+    /// `host_routing_timeout`: how long a client on a shared listen
+    /// address has to name its host before it is closed.
+    pub host_routing_timeout: Duration,
     /// `[control]`: the control API; `None` when the table is absent.
     pub control: Option<ControlConfig>,
     /// `[log]`: log files; `None` logs to standard error only.
@@ -133,6 +136,8 @@ struct RawCloud {
     mappings: Vec<RawMapping>,
     #[serde(default = "serde_fns::shutdown_grace")]
     shutdown_grace: Spanned<Dur>,
+    #[serde(default = "serde_fns::host_routing_timeout")]
+    host_routing_timeout: Spanned<Dur>,
     control: Option<Spanned<RawControl>>,
     events: Option<RawEvents>,
     log: Option<RawLog>,
@@ -281,12 +286,25 @@ impl RawCloud {
         };
         let proxy_protocol = self.proxy_protocol.map(|raw| raw.validate(doc)).transpose()?;
         let shutdown_grace = self.shutdown_grace.into_inner().0;
+        let host_routing_timeout = self.host_routing_timeout.get_ref().0;
+        if !HOST_ROUTING_TIMEOUT_RANGE.contains(&host_routing_timeout) {
+            return Err(doc.error_at(
+                self.host_routing_timeout.span(),
+                format!(
+                    "host_routing_timeout: {host_routing_timeout:?} is out of range, expected \
+                     {:?} to {:?}",
+                    HOST_ROUTING_TIMEOUT_RANGE.start(),
+                    HOST_ROUTING_TIMEOUT_RANGE.end()
+                ),
+            ));
+        }
         Ok(CloudConfig {
             tunnel,
             edges,
             groups,
             mappings,
             shutdown_grace,
+            host_routing_timeout,
             control,
             log,
             events,

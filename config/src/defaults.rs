@@ -91,6 +91,13 @@ pub const DEFAULT_PROXY_PROTOCOL_TIMEOUT: Duration = Duration::from_secs(5);
 pub const PROXY_PROTOCOL_TIMEOUT_RANGE: RangeInclusive<Duration> =
     Duration::from_millis(1)..=Duration::from_secs(60);
 
+/// Default `host_routing_timeout`: how long a client on a listen address
+/// mappings share has to name its host (TLS ClientHello, HTTP request).
+pub const DEFAULT_HOST_ROUTING_TIMEOUT: Duration = Duration::from_secs(5);
+/// Allowed `host_routing_timeout`.
+pub const HOST_ROUTING_TIMEOUT_RANGE: RangeInclusive<Duration> =
+    Duration::from_millis(100)..=Duration::from_secs(60);
+
 /// Default `[events] max_events`: events kept in memory and in the file.
 pub const DEFAULT_EVENTS_MAX: u32 = 10_000;
 /// Allowed `[events] max_events`.
@@ -152,6 +159,9 @@ pub(crate) mod serde_fns {
     }
     pub(crate) fn window_budget() -> Spanned<u32> {
         unplaced(DEFAULT_WINDOW_BUDGET)
+    }
+    pub(crate) fn host_routing_timeout() -> Spanned<Dur> {
+        unplaced(Dur(DEFAULT_HOST_ROUTING_TIMEOUT))
     }
     pub(crate) fn shutdown_grace() -> Spanned<Dur> {
         unplaced(Dur(DEFAULT_SHUTDOWN_GRACE))
