@@ -289,10 +289,16 @@ fn mappings_table(mappings: &[MappingView]) -> String {
             (_, None) => state,
         };
         let state = if m.edge_revoked { format!("{state} (edge revoked)") } else { state };
+        let listen = m.bound.clone().unwrap_or_else(|| m.spec.listen.clone());
+        // A shared address: the name this mapping takes there.
+        let listen = match &m.spec.host {
+            Some(host) => format!("{listen} {host}"),
+            None => listen,
+        };
         t.row(vec![
             m.spec.name.clone(),
             state,
-            m.bound.clone().unwrap_or_else(|| m.spec.listen.clone()),
+            listen,
             m.spec.edge.clone(),
             m.spec.target.clone(),
             format::probe(m.probe.as_ref()),

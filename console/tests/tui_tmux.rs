@@ -134,7 +134,7 @@ async fn add_a_mapping_in_the_tui_and_use_it() {
     tmux.text(&public.to_string());
     tmux.keys(&["Tab", "Tab"]); // the edge field starts at e1, the only edge
     tmux.text(&echo.to_string());
-    tmux.keys(&["Tab", "Enter"]); // allow left empty; Enter on the last field adds
+    tmux.keys(&["Tab", "Tab", "Enter"]); // allow and host left empty; Enter on the last adds
     let added = format!("added web on {public}");
     let screen = tmux.wait_for(&added, |s| s.contains(&added)).await;
     assert!(!screen.contains("Add mapping"), "form still open:\n{screen}");

@@ -361,3 +361,58 @@ async fn https_get(to: SocketAddr, sni: &str, root: &CertificateDer<'static>) ->
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
     text.split("\r\n\r\n").nth(1).unwrap_or_default().trim().to_owned()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hosts_are_added_moved_and_drained_at_run_time_on_a_live_port() {
+    let (a, a_cert) = tls_service("a", &["a.example.com"]).await;
+    let (b, b_cert) = tls_service("b", &["b.example.com"]).await;
+    let (a2, a2_cert) = tls_service("a2", &["a.example.com"]).await;
+    let relay = Relay::start("", &[a, b, a2]).await;
+    let port = free_port();
+    let spec = |name: &str, host: Option<&str>, target: SocketAddr| {
+        let mut s = serde_json::json!({
+            "name": name, "listen": port.to_string(), "edge": "e1", "target": target.to_string(),
+        });
+        if let Some(h) = host {
+            s["host"] = h.into();
+        }
+        s
+    };
+    let add = |body: serde_json::Value| relay.api.call("POST", "/v1/mappings", Some(body));
+    assert_eq!(add(spec("a", Some("a.example.com"), a)).await.0, 201);
+    assert_eq!(add(spec("b", Some("b.example.com"), b)).await.0, 201);
+    let (status, body) = add(spec("a-twin", Some("A.example.com"), a2)).await;
+    assert_eq!(status, 409, "{body}");
+    assert!(body.to_string().contains("already taken by mapping \\\"a\\\""), "{body}");
+    let (status, body) = add(spec("alone", None, a2)).await;
+    assert_eq!(status, 409, "{body}");
+    assert!(body.to_string().contains("only when each names a host"), "{body}");
+    let (status, body) = add(spec("bad", Some("a.example.com:443"), a2)).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"].as_str().is_some_and(|e| e.starts_with("host: invalid host")), "{body}");
+    assert_eq!(tls_ask(port, "a.example.com", &a_cert).await.as_deref(), Ok("a"));
+    assert_eq!(tls_ask(port, "b.example.com", &b_cert).await.as_deref(), Ok("b"));
+
+    // One batch moves a.example.com to another service: the port stays up
+    // and the new route takes the next connection.
+    let batch = serde_json::json!({"changes": [
+        {"op": "drain", "name": "a", "deadline_secs": 1},
+        {"op": "add", "name": "a2", "listen": port.to_string(), "edge": "e1",
+         "target": a2.to_string(), "host": "a.example.com"},
+    ]});
+    let (status, body) = relay.api.call("POST", "/v1/batch", Some(batch)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(tls_ask(port, "a.example.com", &a2_cert).await.as_deref(), Ok("a2"));
+    assert_eq!(tls_ask(port, "b.example.com", &b_cert).await.as_deref(), Ok("b"));
+
+    // The last routes go: the address closes.
+    for name in ["a2", "b"] {
+        let (status, body) = relay.api.call("DELETE", &format!("/v1/mappings/{name}"), None).await;
+        assert!(status == 200 || status == 204, "{status} {body}");
+    }
+    let closed =
+        e2e_tests::eventually(IO_TIMEOUT, || async { TcpStream::connect(port).await.is_err() })
+            .await;
+    assert!(closed, "the shared address closed with its last mapping");
+    relay.edge.shutdown().await;
+}

@@ -59,6 +59,7 @@ fn an_invalid_field_blocks_submit() {
     let mut app = fixtures::app();
     key(&mut app, 'a');
     fill(&mut app, "web2", "0.0.0.0:8081", "db");
+    tab(&mut app); // past allow to host, the last field
     assert_eq!(enter(&mut app), None, "Enter on the last field submits, but the target is bad");
     let Mode::Add(form) = &app.mode else { panic!("form closed: {:?}", app.mode) };
     let (field, message) = form.error.clone().expect("an error");
@@ -73,7 +74,10 @@ fn a_valid_form_adds_and_selects_the_new_mapping() {
     key(&mut app, 'a');
     fill(&mut app, "web2", "0.0.0.0:8081", "db.internal:5432");
     typed(&mut app, "10.0.0.0/8");
+    tab(&mut app);
+    typed(&mut app, "web2.example.com");
     let Some(Request::Add(spec)) = enter(&mut app) else { panic!("no add request") };
+    assert_eq!(spec.host.as_deref(), Some("web2.example.com"));
     assert_eq!(spec.edge, "site-b", "→ picked the second edge");
     assert_eq!(spec.allow, ["10.0.0.0/8"]);
     assert_eq!(app.busy.as_deref(), Some("adding web2…"));

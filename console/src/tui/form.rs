@@ -11,12 +11,13 @@ pub(crate) enum Field {
     Edge,
     Target,
     Allow,
+    Host,
 }
 
 impl Field {
     /// Every field, top to bottom.
-    pub(crate) const ALL: [Field; 5] =
-        [Field::Name, Field::Listen, Field::Edge, Field::Target, Field::Allow];
+    pub(crate) const ALL: [Field; 6] =
+        [Field::Name, Field::Listen, Field::Edge, Field::Target, Field::Allow, Field::Host];
 
     /// The label shown left of the value.
     pub(crate) fn label(self) -> &'static str {
@@ -26,6 +27,7 @@ impl Field {
             Field::Edge => "edge",
             Field::Target => "target",
             Field::Allow => "allow",
+            Field::Host => "host",
         }
     }
 
@@ -37,6 +39,7 @@ impl Field {
             Field::Edge => "←/→ to choose",
             Field::Target => "host:port as the edge sees it, e.g. 10.0.0.5:80",
             Field::Allow => "optional: client CIDRs, comma-separated; empty = any",
+            Field::Host => "optional, to share listen: a.example.com, *.example.com, *",
         }
     }
 
@@ -47,6 +50,7 @@ impl Field {
             "listen" => Field::Listen,
             "edge" => Field::Edge,
             "target" => Field::Target,
+            "host" => Field::Host,
             _ => Field::Allow,
         }
     }
@@ -94,7 +98,7 @@ fields_by_methods!(AddForm);
 /// The form's state.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct AddForm {
-    values: [String; 5],
+    values: [String; 6],
     /// The field being edited.
     pub(crate) focus: Field,
     /// The field at fault and why, from the last submit.
@@ -110,7 +114,7 @@ pub(crate) struct AddForm {
 impl AddForm {
     /// An empty form; the edge field starts at the first edge.
     pub(crate) fn new(edges: Vec<String>) -> AddForm {
-        let mut values: [String; 5] = Default::default();
+        let mut values: [String; 6] = Default::default();
         if let Some(first) = edges.first() {
             values[Field::Edge.index()] = first.clone();
         }
@@ -136,7 +140,7 @@ impl AddForm {
 
     /// Whether the focus is on the last field (Enter submits there).
     pub(crate) fn on_last(&self) -> bool {
-        self.focus == Field::Allow
+        self.focus == Field::Host
     }
 
     fn edited(&mut self) {
@@ -202,11 +206,15 @@ impl AddForm {
     /// # Errors
     /// The first field at fault and what is wrong with it.
     pub(crate) fn validate(&self) -> Result<MappingSpec, (Field, String)> {
-        let [name, listen, edge, target, _] = &self.values;
+        let [name, listen, edge, target, _, host] = &self.values;
         let (name, listen, edge, target) = (name.trim(), listen.trim(), edge.trim(), target.trim());
         let allow = self.allow();
         config::MappingConfig::from_parts(name, listen, edge, target, &allow, None)
             .map_err(|e| (Field::from_error(e.field), e.message))?;
+        let host = Some(host.trim()).filter(|h| !h.is_empty());
+        if let Some(Err(why)) = host.map(str::parse::<config::HostPattern>) {
+            return Err((Field::Host, why));
+        }
         if !self.edges.is_empty() && !self.edges.iter().any(|e| e == edge) {
             let known = self.edges.join(", ");
             return Err((Field::Edge, format!("unknown edge \"{edge}\": expected one of {known}")));
@@ -217,6 +225,7 @@ impl AddForm {
             edge: edge.to_owned(),
             target: target.to_owned(),
             allow,
+            host: host.map(str::to_owned),
             ..MappingSpec::default()
         })
     }
@@ -227,13 +236,29 @@ mod tests {
     use super::*;
 
     fn filled(values: [&str; 5]) -> AddForm {
+        filled_with_host(values, "")
+    }
+
+    fn filled_with_host(values: [&str; 5], host: &str) -> AddForm {
         let mut form = AddForm::new(vec!["site-a".into(), "site-b".into()]);
+        let values = values.into_iter().chain([host]);
         for (field, value) in Field::ALL.into_iter().zip(values) {
             form.focus = field;
             form.clear();
             value.chars().for_each(|c| form.input(c));
         }
         form
+    }
+
+    #[test]
+    fn a_host_is_optional_and_checked_as_the_cloud_would() {
+        let base = ["web", "0.0.0.0:443", "site-a", "10.0.0.5:443", ""];
+        assert_eq!(filled(base).validate().unwrap().host, None);
+        let spec = filled_with_host(base, " *.example.com ").validate().unwrap();
+        assert_eq!(spec.host.as_deref(), Some("*.example.com"));
+        let (field, why) = filled_with_host(base, "a.example.com:443").validate().unwrap_err();
+        assert_eq!(field, Field::Host);
+        assert!(why.contains("no port"), "{why}");
     }
 
     #[test]
@@ -270,8 +295,8 @@ mod tests {
         form.cycle_edge(1);
         assert_eq!(form.value(Field::Edge), "site-a", "only on the edge field");
         form.move_focus(-1);
-        assert_eq!(form.focus, Field::Allow);
-        form.move_focus(-2);
+        assert_eq!(form.focus, Field::Host);
+        form.move_focus(-3);
         assert_eq!(form.focus, Field::Edge);
         form.cycle_edge(1);
         assert_eq!(form.value(Field::Edge), "site-b");

@@ -300,3 +300,21 @@ fn events_view_without_events() {
     let shot = screen(&app, (80, 24));
     assert!(shot.contains("no events yet"), "{shot}");
 }
+
+#[test]
+fn mappings_sharing_a_port_show_their_host_in_a_column_and_the_detail() {
+    let mut app = fixtures::app();
+    let plain = screen(&app, (160, 40));
+    let header = plain.lines().find(|l| l.contains("listen")).expect("header");
+    assert!(!header.contains("host"), "no host column without a shared port: {header}");
+    let mut snapshot = fixtures::snapshot();
+    for m in &mut snapshot.mappings {
+        m.spec.host = Some(format!("{}.example.com", m.spec.name));
+    }
+    app.update(super::app::Action::Snapshot { result: Ok(snapshot), now_ms: fixtures::NOW });
+    let shot = screen(&app, (160, 40));
+    let header = shot.lines().find(|l| l.contains("listen")).expect("header");
+    assert!(header.contains("host"), "{header}");
+    let name = app.selected_mapping().map(|m| m.spec.name.clone()).expect("a selection");
+    assert!(shot.contains(&format!("shares its address: takes host {name}.example.com")), "{shot}");
+}

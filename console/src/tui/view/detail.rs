@@ -107,6 +107,9 @@ pub(super) fn mapping(frame: &mut Frame<'_>, app: &App, area: Rect) {
 /// `None` for a mapping with none of it.
 fn settings(s: &api::MappingSpec) -> Option<String> {
     let mut parts = Vec::new();
+    if let Some(host) = &s.host {
+        parts.push(format!("shares its address: takes host {host}"));
+    }
     if let Some(max) = s.max_connections {
         parts.push(format!("at most {} connections", format::count(u64::from(max))));
     }

@@ -256,10 +256,13 @@ pub(super) fn mappings(frame: &mut Frame<'_>, app: &App, area: Rect) {
     }
     // A probe column only when some mapping on the page is probed.
     let probed = visible[range.clone()].iter().any(|m| m.probe.is_some());
+    // And a host column only when some mapping on the page shares a port.
+    let hosted = visible[range.clone()].iter().any(|m| m.spec.host.is_some());
     let mut cols = [
         Column::new("name", 0, 24),
         Column::new("state", 0, 26),
         Column::new("listen", 1, 26),
+        Column::new("host", if hosted { 1 } else { u8::MAX }, 28),
         Column::new("edge", 2, 16),
         Column::new("target", 3, 30),
         Column::new("probe", if probed { 1 } else { u8::MAX }, 16),
@@ -304,6 +307,7 @@ pub(super) fn mappings(frame: &mut Frame<'_>, app: &App, area: Rect) {
             plain(m.spec.name.clone()),
             (state, style),
             plain(m.bound.clone().unwrap_or_else(|| m.spec.listen.clone())),
+            plain(m.spec.host.clone().unwrap_or_default()),
             plain(m.spec.edge.clone()),
             plain(m.spec.target.clone()),
             probe(app, m),
