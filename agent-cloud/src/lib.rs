@@ -84,6 +84,15 @@ pub mod fuzzing {
     pub fn proxy_header(data: &[u8]) -> usize {
         crate::proxy_header::fuzz_read(data)
     }
+
+    /// What a shared listen address makes of `data` as a connection's
+    /// first bytes, and of each of its prefixes.
+    ///
+    /// # Panics
+    /// When a name is found that is not normalized (a bug).
+    pub fn sniff(data: &[u8]) {
+        crate::sniff::fuzz_peek(data);
+    }
 }
 
 /// Checks what `--check` can check beyond parsing: the TLS files load,

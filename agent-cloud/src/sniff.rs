@@ -156,6 +156,16 @@ pub(crate) async fn read_name(
     }
 }
 
+/// [`peek`] on `data` and on each prefix of it, for the `sniff` fuzz
+/// target: any name found is normalized.
+pub(crate) fn fuzz_peek(data: &[u8]) {
+    for end in (0..=data.len()).step_by(data.len() / 16 + 1).chain([data.len()]) {
+        if let Some(Peeked::Tls(Some(name)) | Peeked::Http(Some(name))) = peek(&data[..end]) {
+            assert_eq!(name, config::normalize_host(&name), "a name as routing compares it");
+        }
+    }
+}
+
 /// The TLS alert a client whose server name no mapping takes gets:
 /// fatal `unrecognized_name` (112), in a TLS 1.0 record as a server that
 /// has not chosen a version sends it.
