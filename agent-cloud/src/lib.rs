@@ -30,6 +30,7 @@
 //!   memory and in a JSON-lines file, with webhooks.
 //! - `control`: the HTTP control API (`docs/control-api.md`).
 
+mod client_limits;
 mod clock;
 mod cloud;
 mod cluster;

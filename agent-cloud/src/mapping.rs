@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, info_span, warn};
 
+use crate::client_limits::ClientLimits;
 use crate::edges::EdgeRegistry;
 use crate::events::EventLog;
 use crate::log_limit::{self, LogLimit};
@@ -63,6 +64,10 @@ pub(crate) struct MappingEntry {
     refusals: LogLimit,
     /// The latest end-to-end probe (with `probe_interval`).
     probe: Mutex<Option<api::ProbeView>>,
+    /// Caps per client, and what they refused.
+    pub(crate) client_limits: Arc<ClientLimits>,
+    /// The mapping's byte rates, shared by its connections.
+    pub(crate) relay_limits: tunnel::RelayLimits,
 }
 
 impl MappingEntry {
@@ -74,6 +79,8 @@ impl MappingEntry {
     ) -> Self {
         let slots = spec.max_connections.map(|n| Arc::new(Semaphore::new(n as usize)));
         let refusals = LogLimit::new(format!("clients refused by mapping {}", spec.name));
+        let (client_limits, relay_limits) =
+            (ClientLimits::new(&spec.policy), relay_limits(&spec.policy));
         let (bound, error, phase) = match bound {
             Ok(addr) => (Some(addr), None, Phase::Active),
             Err(e) => (None, Some(e), Phase::Failed),
@@ -91,6 +98,8 @@ impl MappingEntry {
             slots,
             refusals,
             probe: Mutex::new(None),
+            client_limits,
+            relay_limits,
         }
     }
 
@@ -140,6 +149,16 @@ impl MappingEntry {
     fn client_allowed(&self, peer: SocketAddr) -> bool {
         let ip = peer.ip().to_canonical();
         self.spec.allow.is_empty() || self.spec.allow.iter().any(|net| net.contains(&ip))
+    }
+}
+
+/// The limiters for `policy`'s rates: `rate_limit_in` on what the cloud
+/// reads from clients, `rate_limit_out` on what it writes to them.
+fn relay_limits(policy: &config::TrafficPolicy) -> tunnel::RelayLimits {
+    let limiter = |rate: Option<u64>| rate.map(|r| Arc::new(tunnel::rate::RateLimiter::new(r)));
+    tunnel::RelayLimits {
+        to_peer: limiter(policy.rate_limit_in),
+        from_peer: limiter(policy.rate_limit_out),
     }
 }
 
@@ -281,6 +300,7 @@ pub(crate) async fn run(
         let conn_entry = Arc::clone(&entry);
         let edges = Arc::clone(&edges);
         let proxy = proxy.clone();
+        let events = events.clone();
         let conn = entry.connections.track_future(async move {
             let mut tcp = tcp;
             let (client, span) = match &proxy {
@@ -295,9 +315,13 @@ pub(crate) async fn run(
                     (client, span)
                 }
             };
+            let Some(counted) = admit_client(&conn_entry, client, events.as_ref()) else {
+                reset(tcp);
+                return;
+            };
             let origin = Origin { client, first: Bytes::new(), server_name: String::new() };
             serve_client(&conn_entry, &edges, tcp, origin).instrument(span).await;
-            drop(permit);
+            drop((permit, counted));
         });
         all.spawn(conn);
     }
@@ -331,6 +355,30 @@ fn take_slot(
     Err(())
 }
 
+/// Counts a connection from `client` against the mapping's caps per
+/// client; `None` when refused (logged within bounds, an event).
+fn admit_client(
+    entry: &MappingEntry,
+    client: SocketAddr,
+    events: Option<&EventLog>,
+) -> Option<crate::client_limits::ClientGuard> {
+    match entry.client_limits.admit(client.ip()) {
+        Ok(guard) => Some(guard),
+        Err(refusal) => {
+            let name = &entry.spec.name;
+            let why = refusal.describe();
+            if entry.refusals.allow() {
+                info!(mapping = %name, peer = %client, "client {why}; closed");
+            }
+            if let Some(events) = events {
+                let text = format!("mapping {name} refused a client: {why}");
+                events.limit_hit(refusal.key(), name, &text);
+            }
+            None
+        }
+    }
+}
+
 /// A connection a shared listen address routed to `entry` by name, from
 /// `client` (the peer, or the client its load balancer named): admitted
 /// as a connection of the mapping's own listener would be (allowlist,
@@ -361,13 +409,17 @@ pub(crate) async fn serve_routed(
         reset(tcp);
         return;
     };
+    let Some(counted) = admit_client(&entry, client, events.as_ref()) else {
+        reset(tcp);
+        return;
+    };
     let span = info_span!("conn", mapping = %name, peer = %client, host = %origin.server_name);
     let conn = Arc::clone(&entry);
     entry
         .connections
         .track_future(async move {
             serve_client(&conn, &edges, tcp, origin).await;
-            drop(permit);
+            drop((permit, counted));
         })
         .instrument(span)
         .await;
@@ -463,6 +515,7 @@ async fn serve_client(entry: &MappingEntry, edges: &EdgeRegistry, tcp: TcpStream
         entry.reset_connections.clone(),
         ResetCode::Drained,
         &counters.bytes,
+        &entry.relay_limits,
     )
     .await;
     debug!(tunnel = tunnel.id(), stream = stream_id, sent = outcome.bytes_to_peer,

@@ -837,6 +837,10 @@ pub(crate) fn spec_of(m: &MappingConfig) -> MappingSpec {
         probe_expect: m.probe_expect.clone(),
         proxy_protocol: m.proxy_protocol,
         host: m.host.as_ref().map(ToString::to_string),
+        max_connections_per_client: m.policy.max_connections_per_client,
+        new_connections_per_client: m.policy.new_connections_per_client,
+        rate_limit_in_bps: m.policy.rate_limit_in,
+        rate_limit_out_bps: m.policy.rate_limit_out,
     }
 }
 
@@ -880,6 +884,17 @@ pub(crate) fn view(e: &MappingEntry, fleet: &Fleet) -> MappingView {
         throughput_out_bps,
         nodes: Vec::new(),
         edge_revoked: fleet.all_revoked(&e.spec.edge),
+        policy_hits: (!e.spec.policy.is_empty()).then(|| {
+            let throttled = |l: &Option<Arc<tunnel::rate::RateLimiter>>| {
+                l.as_ref().map_or(0, |l| l.throttled())
+            };
+            api::PolicyHits {
+                refused_concurrent: e.client_limits.refused_concurrent.load(Relaxed),
+                refused_rate: e.client_limits.refused_rate.load(Relaxed),
+                throttled_in: throttled(&e.relay_limits.to_peer),
+                throttled_out: throttled(&e.relay_limits.from_peer),
+            }
+        }),
     }
 }
 
@@ -894,13 +909,13 @@ mod tests {
 
     fn add(name: &str) -> Change {
         Change::Add {
-            spec: MappingSpec {
+            spec: Box::new(MappingSpec {
                 name: name.into(),
                 listen: "127.0.0.1:0".into(),
                 edge: "e1".into(),
                 target: "127.0.0.1:9".into(),
                 ..MappingSpec::default()
-            },
+            }),
         }
     }
 

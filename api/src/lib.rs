@@ -55,6 +55,19 @@ pub struct MappingSpec {
     /// address's default). None: the mapping owns its address alone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
+    /// Concurrent connections one client (an IPv4 address, an IPv6 /64)
+    /// may hold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections_per_client: Option<u32>,
+    /// New connections one client may open per second.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub new_connections_per_client: Option<u32>,
+    /// Bytes per second from all clients to the service, together.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit_in_bps: Option<u64>,
+    /// Bytes per second from the service to all clients, together.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit_out_bps: Option<u64>,
 }
 
 impl MappingSpec {
@@ -96,11 +109,37 @@ impl MappingSpec {
                 ),
                 None => None,
             };
-            m.check_combination()
-                .map_err(|(field, message)| config::FieldError { field, message })?;
+            m.policy = config::TrafficPolicy {
+                max_connections_per_client: self.max_connections_per_client,
+                new_connections_per_client: self.new_connections_per_client,
+                rate_limit_in: self.rate_limit_in_bps,
+                rate_limit_out: self.rate_limit_out_bps,
+            };
+            m.check_combination().map_err(|(field, message)| {
+                // The API's names for the rates.
+                let field = match field {
+                    "rate_limit_in" => "rate_limit_in_bps",
+                    "rate_limit_out" => "rate_limit_out_bps",
+                    other => other,
+                };
+                config::FieldError { field, message }
+            })?;
             Ok(m)
         })
     }
+}
+
+/// How often a mapping's traffic policy bit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyHits {
+    /// Clients refused at `max_connections_per_client`.
+    pub refused_concurrent: u64,
+    /// Clients refused over `new_connections_per_client`.
+    pub refused_rate: u64,
+    /// Times a connection waited for `rate_limit_in`.
+    pub throttled_in: u64,
+    /// Times a connection waited for `rate_limit_out`.
+    pub throttled_out: u64,
 }
 
 /// Where a mapping came from.
@@ -169,6 +208,10 @@ pub struct MappingView {
     /// The latest end-to-end probe, when the mapping has `probe_interval`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub probe: Option<ProbeView>,
+    /// With a traffic policy: how often its limits bit since the agent
+    /// started (summed over the nodes of a cluster).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy_hits: Option<PolicyHits>,
 }
 
 /// What a mapping's probe found: can the edge reach the target?
@@ -405,8 +448,10 @@ pub enum Change {
     /// Add a mapping.
     Add {
         /// The mapping.
+        /// Boxed: a batch of thousands of small changes should not pay
+        /// for a whole mapping each.
         #[serde(flatten)]
-        spec: MappingSpec,
+        spec: Box<MappingSpec>,
     },
     /// Drain a mapping.
     Drain {

@@ -91,6 +91,13 @@ fn add_mapping(into: &mut MappingView, other: MappingView) {
     into.bytes_out = into.bytes_out.saturating_add(other.bytes_out);
     into.throughput_in_bps = into.throughput_in_bps.saturating_add(other.throughput_in_bps);
     into.throughput_out_bps = into.throughput_out_bps.saturating_add(other.throughput_out_bps);
+    if let Some(theirs) = other.policy_hits {
+        let ours = into.policy_hits.get_or_insert_default();
+        ours.refused_concurrent = ours.refused_concurrent.saturating_add(theirs.refused_concurrent);
+        ours.refused_rate = ours.refused_rate.saturating_add(theirs.refused_rate);
+        ours.throttled_in = ours.throttled_in.saturating_add(theirs.throttled_in);
+        ours.throttled_out = ours.throttled_out.saturating_add(theirs.throttled_out);
+    }
 }
 
 fn merge_series(
@@ -271,6 +278,7 @@ mod tests {
             throughput_out_bps: 200,
             nodes: Vec::new(),
             edge_revoked: false,
+            policy_hits: None,
         }
     }
 

@@ -88,6 +88,7 @@ mod log;
 mod mapping;
 mod node_url;
 mod parse_error;
+mod policy;
 mod proxy_protocol;
 mod reach;
 mod secret;
@@ -114,6 +115,7 @@ pub use mapping::{
     check_probe_exchange, check_probe_interval, listen_sharing,
 };
 pub use node_url::NodeUrlError;
+pub use policy::{MAX_RATE, MIN_RATE, TrafficPolicy, parse_rate, rate};
 pub use proxy_protocol::ProxyProtocolConfig;
 pub use secret::{Secret, is_demo_token};
 pub use tunnel::{TlsFiles, TunnelListenConfig};

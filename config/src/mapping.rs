@@ -10,6 +10,7 @@ use toml::Spanned;
 
 use crate::defaults::MAX_CONNECTIONS_RANGE;
 use crate::error::{ConfigError, Doc, FieldError};
+use crate::policy::{Rate, TrafficPolicy};
 use crate::tunnel::TunnelListenConfig;
 use crate::values::{self, Addr, Net};
 use crate::{EdgeEntry, EdgeGroup, HostPattern, HostPort};
@@ -48,6 +49,8 @@ pub struct MappingConfig {
     /// one takes (TLS server name or HTTP `Host`); a mapping without one
     /// owns its address alone.
     pub host: Option<HostPattern>,
+    /// Caps per client and byte rates, enforced by the cloud.
+    pub policy: TrafficPolicy,
 }
 
 /// A PROXY protocol version, as `proxy_protocol = "v1"` or `"v2"` names it.
@@ -177,6 +180,7 @@ impl MappingConfig {
             probe_expect: None,
             proxy_protocol: None,
             host: None,
+            policy: TrafficPolicy::default(),
         })
     }
 
@@ -186,6 +190,7 @@ impl MappingConfig {
     /// # Errors
     /// `(field, message)`.
     pub fn check_combination(&self) -> Result<(), (&'static str, String)> {
+        self.policy.check()?;
         if self.proxy_protocol.is_some() && self.probe_expect.is_some() {
             return Err((
                 "probe_expect",
@@ -214,6 +219,10 @@ pub(crate) struct RawMapping {
     probe_expect: Option<Spanned<String>>,
     proxy_protocol: Option<Spanned<ProxyVersion>>,
     host: Option<Spanned<HostPattern>>,
+    max_connections_per_client: Option<Spanned<u32>>,
+    new_connections_per_client: Option<Spanned<u32>>,
+    rate_limit_in: Option<Spanned<Rate>>,
+    rate_limit_out: Option<Spanned<Rate>>,
 }
 
 impl RawMapping {
@@ -277,7 +286,23 @@ impl RawMapping {
         let spans = [
             ("probe_expect", self.probe_expect.as_ref().map(Spanned::span)),
             ("proxy_protocol", self.proxy_protocol.as_ref().map(Spanned::span)),
+            (
+                "max_connections_per_client",
+                self.max_connections_per_client.as_ref().map(Spanned::span),
+            ),
+            (
+                "new_connections_per_client",
+                self.new_connections_per_client.as_ref().map(Spanned::span),
+            ),
+            ("rate_limit_in", self.rate_limit_in.as_ref().map(Spanned::span)),
+            ("rate_limit_out", self.rate_limit_out.as_ref().map(Spanned::span)),
         ];
+        let policy = TrafficPolicy {
+            max_connections_per_client: self.max_connections_per_client.map(Spanned::into_inner),
+            new_connections_per_client: self.new_connections_per_client.map(Spanned::into_inner),
+            rate_limit_in: self.rate_limit_in.map(|r| r.into_inner().0),
+            rate_limit_out: self.rate_limit_out.map(|r| r.into_inner().0),
+        };
         let mapping = MappingConfig {
             name: self.name.get_ref().clone(),
             listen,
@@ -290,6 +315,7 @@ impl RawMapping {
             probe_expect: self.probe_expect.map(Spanned::into_inner),
             proxy_protocol: self.proxy_protocol.map(Spanned::into_inner),
             host: self.host.map(Spanned::into_inner),
+            policy,
         };
         if let Err((field, m)) = mapping.check_combination() {
             let span = spans.iter().find(|(f, _)| *f == field).and_then(|(_, s)| s.clone());

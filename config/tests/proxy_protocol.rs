@@ -135,3 +135,27 @@ fn mappings_share_a_listen_address_only_when_each_names_a_different_host() {
         "{err}"
     );
 }
+
+#[test]
+fn a_traffic_policy_reads_counts_and_rates_and_a_bad_one_names_its_key() {
+    let text = format!(
+        "{MAPPING}max_connections_per_client = 4\nnew_connections_per_client = 10\n\
+         rate_limit_in = \"10MiB\"\nrate_limit_out = 1048576\n"
+    );
+    let p = cloud(&text).unwrap().mappings[0].policy;
+    assert_eq!(p.max_connections_per_client, Some(4));
+    assert_eq!(p.new_connections_per_client, Some(10));
+    assert_eq!((p.rate_limit_in, p.rate_limit_out), (Some(10 << 20), Some(1 << 20)));
+    let err = cloud(&format!("{MAPPING}rate_limit_out = \"10 furlongs\"\n")).unwrap_err();
+    assert_eq!(err.line(), Some(11), "{err}");
+    assert!(
+        err.message().contains("mappings[0].rate_limit_out")
+            && err.message().contains("invalid rate"),
+        "{err}"
+    );
+    let err = cloud(&format!("{MAPPING}max_connections_per_client = 0\n")).unwrap_err();
+    assert!(
+        err.message().starts_with("mappings[0].max_connections_per_client: must be at least 1"),
+        "{err}"
+    );
+}

@@ -57,7 +57,7 @@ pub(crate) fn parse(text: &str) -> Result<Vec<(usize, Change)>, SyntaxError> {
             }
         };
         let change = match command {
-            MappingsCommand::Add(add) => Change::Add { spec: add.spec() },
+            MappingsCommand::Add(add) => Change::Add { spec: Box::new(add.spec()) },
             MappingsCommand::Drain { name, deadline } => {
                 Change::Drain { name, deadline_secs: deadline.map(|d| d.as_secs()) }
             }

@@ -62,6 +62,8 @@ pub(crate) enum Output {
 }
 
 #[derive(Debug, Subcommand)]
+// Parsed once per run (or per batch line): its size does not matter.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Command {
     /// Open the terminal UI.
     Tui,
@@ -242,6 +244,18 @@ pub(crate) struct AddMapping {
     /// app.example.com, *.example.com (one label), or '*' (the default).
     #[arg(long, value_name = "NAME")]
     host: Option<String>,
+    /// Concurrent connections one client address (an IPv6 /64) may hold.
+    #[arg(long, value_name = "N")]
+    max_connections_per_client: Option<u32>,
+    /// New connections one client address may open per second.
+    #[arg(long, value_name = "N")]
+    new_connections_per_client: Option<u32>,
+    /// Bytes per second from all clients to the service, e.g. 10MiB.
+    #[arg(long, value_name = "RATE", value_parser = config::parse_rate)]
+    rate_limit_in: Option<u64>,
+    /// Bytes per second from the service to all clients, e.g. 10MiB.
+    #[arg(long, value_name = "RATE", value_parser = config::parse_rate)]
+    rate_limit_out: Option<u64>,
 }
 
 /// A probe text with `\r`, `\n`, `\t` and `\\` read as escapes, since a
@@ -283,11 +297,17 @@ impl AddMapping {
             probe_expect: self.probe_expect,
             proxy_protocol: self.proxy_protocol,
             host: self.host,
+            max_connections_per_client: self.max_connections_per_client,
+            new_connections_per_client: self.new_connections_per_client,
+            rate_limit_in_bps: self.rate_limit_in,
+            rate_limit_out_bps: self.rate_limit_out,
         }
     }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
+// Parsed once per run (or per batch line): its size does not matter.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum MappingsCommand {
     /// List mappings with state and live figures.
     List,
@@ -317,6 +337,8 @@ pub(crate) struct BatchLine {
 }
 
 #[derive(Debug, Subcommand)]
+// Parsed once per run (or per batch line): its size does not matter.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum BatchCommand {
     /// A mapping command.
     #[command(subcommand)]

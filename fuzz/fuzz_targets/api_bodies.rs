@@ -18,7 +18,7 @@ fuzz_target!(|data: &[u8]| {
     }
     if let Ok(spec) = serde_json::from_slice::<api::MappingSpec>(data) {
         let _ = spec.to_config();
-        agent_cloud::fuzzing::plan(&[api::Change::Add { spec }]);
+        agent_cloud::fuzzing::plan(&[api::Change::Add { spec: Box::new(spec) }]);
     }
     if let Ok(drain) = serde_json::from_slice::<api::DrainRequest>(data) {
         for name in ["web", "db", "nobody"] {

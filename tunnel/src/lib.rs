@@ -27,6 +27,7 @@
 mod buffers;
 mod inbox;
 pub mod mux;
+pub mod rate;
 pub mod relay;
 pub mod service;
 pub mod stream;
@@ -39,5 +40,5 @@ pub use mux::{
     Held, IncomingProbe, IncomingStream, MuxSettings, NodeList, OpenError, ProbeAnswer, ProbeError,
     Role, Tunnel, TunnelClosed, WindowBudget,
 };
-pub use relay::{ByteCounters, RelayEnd, RelayOutcome, relay, relay_after};
+pub use relay::{ByteCounters, RelayEnd, RelayLimits, RelayOutcome, relay, relay_after};
 pub use stream::{Inbound, MuxStream, StreamClosed};

@@ -27,6 +27,7 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::buffers;
+use crate::rate::RateLimiter;
 use crate::stream::{Inbound, MuxStream, StreamReceiver, StreamSender};
 
 /// Largest read from the socket, and so the largest data frame.
@@ -106,7 +107,17 @@ pub async fn relay(
     cancel_code: ResetCode,
     counters: &ByteCounters,
 ) -> RelayOutcome {
-    relay_after(Bytes::new(), tcp, stream, cancel, cancel_code, counters).await
+    let none = RelayLimits::default();
+    relay_after(Bytes::new(), tcp, stream, cancel, cancel_code, counters, &none).await
+}
+
+/// Byte rates a relay keeps to, shared with other relays (a mapping's).
+#[derive(Debug, Clone, Default)]
+pub struct RelayLimits {
+    /// From the socket to the peer.
+    pub to_peer: Option<std::sync::Arc<RateLimiter>>,
+    /// From the peer to the socket.
+    pub from_peer: Option<std::sync::Arc<RateLimiter>>,
 }
 
 /// [`relay`], sending `first` to the peer before anything read from `tcp`:
@@ -119,6 +130,7 @@ pub async fn relay_after(
     cancel: CancellationToken,
     cancel_code: ResetCode,
     counters: &ByteCounters,
+    limits: &RelayLimits,
 ) -> RelayOutcome {
     let _ = tcp.set_nodelay(true);
     set_keepalive(&tcp);
@@ -126,8 +138,10 @@ pub async fn relay_after(
     let mut to_peer = 0u64;
     let mut from_peer = 0u64;
     let end = {
-        let upstream = socket_to_stream(first, &tcp, &sender, &mut to_peer, counters);
-        let downstream = stream_to_socket(&tcp, &mut receiver, &sender, &mut from_peer, counters);
+        let (to_limit, from_limit) = (limits.to_peer.as_deref(), limits.from_peer.as_deref());
+        let upstream = socket_to_stream(first, &tcp, &sender, &mut to_peer, counters, to_limit);
+        let downstream =
+            stream_to_socket(&tcp, &mut receiver, &sender, &mut from_peer, counters, from_limit);
         tokio::pin!(upstream, downstream);
         let (mut up_done, mut down_done) = (false, false);
         loop {
@@ -196,9 +210,14 @@ async fn socket_to_stream(
     sender: &StreamSender,
     total: &mut u64,
     counters: &ByteCounters,
+    limit: Option<&RateLimiter>,
 ) -> Result<(), String> {
     while !first.is_empty() {
         let credit = sender.credit(first.len()).await.map_err(|e| e.reason)?;
+        let credit = match limit {
+            Some(limit) => limit.grant(credit).await,
+            None => credit,
+        };
         let chunk = first.split_to(credit.min(first.len()));
         *total += chunk.len() as u64;
         counters.add_sent(chunk.len() as u64);
@@ -208,7 +227,17 @@ async fn socket_to_stream(
     loop {
         let credit = sender.credit(read_size).await.map_err(|e| e.reason)?;
         tcp.readable().await.map_err(|e| e.to_string())?;
-        match buffers::try_read_chunk(tcp, credit) {
+        // Granted once there is something to read: an idle connection
+        // holds no turn. What it may not read stays in the kernel.
+        let credit = match limit {
+            Some(limit) => limit.grant(credit).await,
+            None => credit,
+        };
+        let read = buffers::try_read_chunk(tcp, credit);
+        if let Some(limit) = limit {
+            limit.give_back(credit - read.as_ref().map_or(0, Bytes::len));
+        }
+        match read {
             Ok(chunk) if chunk.is_empty() => {
                 sender.finish().await.map_err(|e| e.reason)?;
                 return Ok(());
@@ -248,13 +277,14 @@ async fn stream_to_socket(
     sender: &StreamSender,
     total: &mut u64,
     counters: &ByteCounters,
+    limit: Option<&RateLimiter>,
 ) -> Result<(), String> {
     loop {
         match receiver.recv().await {
             Inbound::Data(bytes) => {
                 let len = bytes.len();
                 let written = tokio::select! {
-                    written = write_all(tcp, bytes) => written,
+                    written = write_limited(tcp, bytes, limit) => written,
                     () = receiver.reset_signal() => {
                         return Err("reset while writing to a slow socket".to_owned());
                     }
@@ -274,6 +304,21 @@ async fn stream_to_socket(
             Inbound::Reset { message, .. } => return Err(format!("reset by peer: {message}")),
         }
     }
+}
+
+/// [`write_all`], in grants of `limit` when there is one. The bytes wait
+/// in the stream's receive window (not yet consumed), so the peer slows.
+async fn write_limited(
+    tcp: &TcpStream,
+    mut bytes: Bytes,
+    limit: Option<&RateLimiter>,
+) -> io::Result<()> {
+    let Some(limit) = limit else { return write_all(tcp, bytes).await };
+    while !bytes.is_empty() {
+        let n = limit.grant(bytes.len()).await;
+        write_all(tcp, bytes.split_to(n.min(bytes.len()))).await?;
+    }
+    Ok(())
 }
 
 async fn write_all(tcp: &TcpStream, mut bytes: Bytes) -> io::Result<()> {

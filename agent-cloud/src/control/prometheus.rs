@@ -34,6 +34,33 @@ fn histogram(out: &mut String, name: &str, label: &str, value: &str, h: &Histogr
     let _ = writeln!(out, "{name}_count{{{label}=\"{value}\"}} {}", h.count);
 }
 
+/// How often each mapping's traffic policy bit (mappings with one only).
+fn render_policy_hits(out: &mut String, s: &Snapshot) {
+    let refused = "relay_mapping_policy_refused_total";
+    family(out, refused, "counter", "Clients refused by a cap per client (limit: the key).");
+    for m in &s.mappings {
+        let Some(h) = &m.policy_hits else { continue };
+        for (limit, n) in [
+            ("max_connections_per_client", h.refused_concurrent),
+            ("new_connections_per_client", h.refused_rate),
+        ] {
+            let _ = writeln!(out, "{refused}{{mapping=\"{}\",limit=\"{limit}\"}} {n}", m.spec.name);
+        }
+    }
+    let throttled = "relay_mapping_throttled_total";
+    family(out, throttled, "counter", "Times a connection waited for the mapping's byte rate.");
+    for m in &s.mappings {
+        let Some(h) = &m.policy_hits else { continue };
+        for (direction, n) in [("in", h.throttled_in), ("out", h.throttled_out)] {
+            let _ = writeln!(
+                out,
+                "{throttled}{{mapping=\"{}\",direction=\"{direction}\"}} {n}",
+                m.spec.name
+            );
+        }
+    }
+}
+
 /// Connections on the listen addresses mappings share by host, by what
 /// became of them. Labelled by the address, not the host: a host is one
 /// mapping, already a series of its own, and an unmatched name is the
@@ -82,6 +109,7 @@ pub(super) fn render(
     }
     render_probes(&mut out, s);
     render_shared_ports(&mut out, mappings);
+    render_policy_hits(&mut out, s);
     let counters: [MappingFamily; 5] = [
         ("relay_mapping_connections_active", "gauge", "Client connections open now.", |m| {
             m.active_connections

@@ -262,7 +262,7 @@ async fn add_mapping(
         Err(e) => return bad_body(&e),
     };
     let name = spec.name.clone();
-    let changes = [Change::Add { spec }];
+    let changes = [Change::Add { spec: Box::new(spec) }];
     let outcome = state.mappings.apply(&changes, false).await;
     if outcome.applied {
         events::record_changes(&state.events, &changes, "api");

@@ -85,7 +85,8 @@ pub(crate) enum Action {
 /// A call to make off the UI thread.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Request {
-    Add(MappingSpec),
+    /// Boxed: the largest request by far, and a rare one.
+    Add(Box<MappingSpec>),
     /// Make a one-time enrolment code (and the edge, if it is new).
     Enroll(EnrolRequest),
     Drain {

@@ -317,7 +317,7 @@ fn an_add_that_failed_on_one_node_says_which() {
     let mut app = fixtures::cluster_app();
     let mut view = fixtures::cluster_snapshot().mappings.pop().expect("web");
     view.spec.name = "web2".into();
-    let request = Request::Add(view.spec.clone());
+    let request = Request::Add(Box::new(view.spec.clone()));
     app.update(Action::Finished { request, result: Ok(Some(Box::new(view))) });
     let status = app.status.as_ref().expect("status");
     assert!(status.error, "a node failed it: {status:?}");

@@ -97,6 +97,7 @@ fn mapping(spec: MappingSpec, state: MappingState) -> MappingView {
         throughput_out_bps: 0,
         nodes: Vec::new(),
         edge_revoked: false,
+        policy_hits: None,
     }
 }
 

@@ -134,6 +134,7 @@ fn mapping(i: usize, edges: usize, at: u64) -> MappingView {
         throughput_out_bps: busy * 85_000,
         nodes: Vec::new(),
         edge_revoked,
+        policy_hits: None,
         probe: Some(probe),
     }
 }

@@ -300,7 +300,7 @@ impl App {
                     form.error = None;
                     form.server_error = None;
                     form.pending = true;
-                    self.send(Request::Add(spec))
+                    self.send(Request::Add(Box::new(spec)))
                 }
                 Err((field, message)) => {
                     form.focus = field;

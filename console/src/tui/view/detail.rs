@@ -54,8 +54,10 @@ pub(super) fn mapping(frame: &mut Frame<'_>, app: &App, area: Rect) {
         format::decimal(m.bytes_out),
     );
     lines.push(Line::styled(format::fit(&info, inner.width as usize), theme.dim()));
-    if let Some(settings) = settings(s) {
-        lines.push(Line::styled(format::fit(&settings, inner.width as usize), theme.dim()));
+    if let Some(settings) = settings(m) {
+        for line in format::wrap(&settings, inner.width as usize).into_iter().take(2) {
+            lines.push(Line::styled(line, theme.dim()));
+        }
     }
     let [info_area, charts] =
         Layout::vertical([Constraint::Length(lines.len() as u16), Constraint::Fill(1)])
@@ -105,7 +107,8 @@ pub(super) fn mapping(frame: &mut Frame<'_>, app: &App, area: Rect) {
 
 /// What the mapping is set to do beyond carrying bytes, on one line;
 /// `None` for a mapping with none of it.
-fn settings(s: &api::MappingSpec) -> Option<String> {
+fn settings(m: &api::MappingView) -> Option<String> {
+    let s = &m.spec;
     let mut parts = Vec::new();
     if let Some(host) = &s.host {
         parts.push(format!("shares its address: takes host {host}"));
@@ -115,6 +118,21 @@ fn settings(s: &api::MappingSpec) -> Option<String> {
     }
     if let Some(version) = s.proxy_protocol {
         parts.push(format!("PROXY {version} header to the target"));
+    }
+    let hits = m.policy_hits.unwrap_or_default();
+    if let Some(n) = s.max_connections_per_client {
+        parts.push(format!("{n} per client (refused {})", format::count(hits.refused_concurrent)));
+    }
+    if let Some(n) = s.new_connections_per_client {
+        parts.push(format!("{n} new/s per client (refused {})", format::count(hits.refused_rate)));
+    }
+    for (dir, rate, waits) in [
+        ("in", s.rate_limit_in_bps, hits.throttled_in),
+        ("out", s.rate_limit_out_bps, hits.throttled_out),
+    ] {
+        if let Some(rate) = rate {
+            parts.push(format!("{dir} ≤ {} (waited {})", config::rate(rate), format::count(waits)));
+        }
     }
     (!parts.is_empty()).then(|| parts.join(" · "))
 }
