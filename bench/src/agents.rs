@@ -23,6 +23,8 @@ const EDGE_LOG: &str = "warn";
 const TUNNELS: u32 = 2;
 const STARTUP: Duration = Duration::from_secs(15);
 const EDGE_ID: &str = "bench-edge";
+/// The byte rate of the limited mappings: 10 MiB/s.
+pub(crate) const RATE_LIMIT: u64 = 10 * 1024 * 1024;
 
 /// How the agents are started, beyond the defaults: for experiments
 /// (`--agent-env`, `--stream-window`); recorded in the report.
@@ -44,6 +46,9 @@ pub(crate) struct Agents {
     pub(crate) edge: Proc,
     /// The public mapping ports, one per target service.
     pub(crate) mapped: Addrs,
+    /// The sink and the source again, through mappings limited to
+    /// [`RATE_LIMIT`] bytes per second (`rate_limit_in`, `rate_limit_out`).
+    pub(crate) limited: (SocketAddr, SocketAddr),
     /// Log lines each agent had written once ready (later warnings are
     /// reported).
     startup_lines: (usize, usize),
@@ -75,6 +80,10 @@ impl Agents {
             source: mapping_addr(&mut cloud, "source").await?,
         };
 
+        let limited = (
+            mapping_addr(&mut cloud, "limited-sink").await?,
+            mapping_addr(&mut cloud, "limited-source").await?,
+        );
         let edge_path = dir.path().join("edge.toml");
         std::fs::write(&edge_path, edge_toml(&token, tunnel, targets))?;
         let edge =
@@ -87,7 +96,7 @@ impl Agents {
             )));
         }
 
-        let mut agents = Self { cloud, edge, mapped, startup_lines: (0, 0), _dir: dir };
+        let mut agents = Self { cloud, edge, mapped, limited, startup_lines: (0, 0), _dir: dir };
         agents.check_echo().await?;
         agents.startup_lines = (agents.cloud.lines().len(), agents.edge.lines().len());
         Ok(agents)
@@ -176,6 +185,14 @@ fn cloud_toml(token: &str, t: &Addrs, max_streams: u32, window: Option<u32>) -> 
         s.push_str(&format!(
             "\n[[mappings]]\nname = \"{name}\"\nlisten = \"127.0.0.1:0\"\n\
              edge = \"{EDGE_ID}\"\ntarget = \"{target}\"\n"
+        ));
+    }
+    for (name, target, key) in
+        [("limited-sink", t.sink, "rate_limit_in"), ("limited-source", t.source, "rate_limit_out")]
+    {
+        s.push_str(&format!(
+            "\n[[mappings]]\nname = \"{name}\"\nlisten = \"127.0.0.1:0\"\n\
+             edge = \"{EDGE_ID}\"\ntarget = \"{target}\"\n{key} = {RATE_LIMIT}\n"
         ));
     }
     s

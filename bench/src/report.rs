@@ -29,12 +29,27 @@ pub(crate) struct Report {
     pub(crate) memory: Memory,
     pub(crate) connections: Connections,
     pub(crate) cpu: Cpu,
+    /// Bulk through mappings with a byte rate (`rate_limit_in/out`).
+    pub(crate) rate_limited: Vec<RateLimited>,
     pub(crate) targets: Vec<Check>,
     /// WARN/ERROR lines the agents logged while being measured.
     pub(crate) agent_warnings: Vec<String>,
     /// CPU used by other processes meanwhile (None if /proc is unreadable).
     pub(crate) load: Option<Load>,
     pub(crate) elapsed_secs: f64,
+}
+
+/// One direction through a rate-limited mapping: what the limit let
+/// through, in all and per connection, MiB/s.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct RateLimited {
+    pub(crate) direction: Direction,
+    pub(crate) streams: usize,
+    pub(crate) limit_mib_s: f64,
+    pub(crate) total_mib_s: f64,
+    pub(crate) per_stream_mib_s: Vec<f64>,
+    /// Total over the limit (1.0 is exact).
+    pub(crate) ratio: f64,
 }
 
 /// Bulk throughput, MiB/s.

@@ -13,6 +13,7 @@ pub(crate) fn render(r: &Report) -> String {
     header(&mut s, r);
     figures(&mut s, r);
     reference(&mut s, r);
+    rate_limited(&mut s, r);
     agents(&mut s, r);
     load(&mut s, r);
     targets(&mut s, r);
@@ -111,6 +112,29 @@ fn latency(s: &mut String, what: &str, c: &Compared) {
 
 /// The reference chain beside the direct path, with the relay's ratio from
 /// the main table for comparison.
+fn rate_limited(s: &mut String, r: &Report) {
+    let Some(first) = r.rate_limited.first() else { return };
+    let _ = writeln!(
+        s,
+        "\nrate limit: mappings with rate_limit_in / rate_limit_out = {:.0} MiB/s, shared by their \
+         connections",
+        first.limit_mib_s
+    );
+    let _ = writeln!(s, "{:<34} {:>12} {:>8} {:>24}", "figure", "total", "of limit", "per stream");
+    for row in &r.rate_limited {
+        let each: Vec<String> = row.per_stream_mib_s.iter().map(|m| format!("{m:.2}")).collect();
+        let _ = writeln!(
+            s,
+            "{:<34} {:>7.2} MiB/s {:>7.3} {:>24}",
+            format!("{}, {} stream(s)", row.direction.label(), row.streams),
+            row.total_mib_s,
+            row.ratio,
+            each.join(" + "),
+        );
+    }
+    s.push('\n');
+}
+
 fn reference(s: &mut String, r: &Report) {
     let x = &r.reference;
     let _ = writeln!(

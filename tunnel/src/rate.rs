@@ -90,10 +90,10 @@ pub struct RateLimiter {
 }
 
 impl RateLimiter {
-    /// `rate` bytes per second, with a burst of a tenth of a second's worth
-    /// (at least one [`QUANTUM`]).
+    /// `rate` bytes per second, with a burst of 20 ms' worth (at least one
+    /// [`QUANTUM`]): over a few seconds the rate holds within about 1 %.
     pub fn new(rate: u64) -> Self {
-        let burst = (rate / 10).max(QUANTUM as u64);
+        let burst = (rate / 50).max(QUANTUM as u64);
         Self {
             turn: tokio::sync::Mutex::new(()),
             bucket: std::sync::Mutex::new(TokenBucket::new(rate, burst, Instant::now())),

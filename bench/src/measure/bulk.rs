@@ -52,6 +52,13 @@ pub(crate) struct Transfer {
     pub(crate) secs: f64,
 }
 
+/// A run's bytes per connection, as [`run_each`] measures them.
+#[derive(Debug, Clone)]
+pub(crate) struct Each {
+    pub(crate) total: Transfer,
+    pub(crate) per_stream: Vec<u64>,
+}
+
 impl Transfer {
     /// MiB per second.
     pub(crate) fn mib_per_sec(&self) -> f64 {
@@ -67,6 +74,16 @@ pub(crate) async fn run(
     streams: usize,
     duration: Duration,
 ) -> Result<Transfer> {
+    Ok(run_each(addr, direction, streams, duration).await?.total)
+}
+
+/// [`run`], keeping what each connection moved.
+pub(crate) async fn run_each(
+    addr: SocketAddr,
+    direction: Direction,
+    streams: usize,
+    duration: Duration,
+) -> Result<Each> {
     let mut conns = Vec::with_capacity(streams);
     for _ in 0..streams {
         let tcp = timeout(IO_TIMEOUT, TcpStream::connect(addr))
@@ -86,12 +103,14 @@ pub(crate) async fn run(
     }
     let mut bytes = 0;
     let mut end = start;
+    let mut per_stream = Vec::with_capacity(streams);
     while let Some(joined) = tasks.join_next().await {
         let (moved, done) = joined.context("bulk task panicked")??;
         bytes += moved;
+        per_stream.push(moved);
         end = end.max(done);
     }
-    Ok(Transfer { bytes, secs: (end - start).as_secs_f64() })
+    Ok(Each { total: Transfer { bytes, secs: (end - start).as_secs_f64() }, per_stream })
 }
 
 async fn upload(mut tcp: TcpStream, until: Instant) -> Result<(u64, Instant)> {

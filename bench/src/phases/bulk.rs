@@ -12,13 +12,14 @@ use crate::agents::Agents;
 use crate::measure::bulk::{self, Direction};
 use crate::plan::Plan;
 use crate::procs::{self, Proc};
-use crate::report::{AgentCpu, Cpu, PerAgent, Throughput};
+use crate::report::{AgentCpu, Cpu, PerAgent, RateLimited, Throughput};
 use crate::stats::Spread;
 use crate::targets::{Addrs, Targets};
 
 /// Pause between runs, so the previous run's connections are gone.
 const BETWEEN_RUNS: Duration = Duration::from_millis(300);
 const GIB: f64 = (1u64 << 30) as f64;
+const MIB: f64 = (1u64 << 20) as f64;
 
 pub(super) async fn run(
     plan: &Plan,
@@ -46,6 +47,33 @@ pub(super) async fn run(
         edge: agent(&|r| r.relay_cpu_secs.edge),
     };
     Ok((rows, cpu))
+}
+
+/// Bulk through the limited mappings, 1 and 2 streams each way: the limit
+/// is for the mapping, so two connections should each get about half.
+pub(super) async fn rate_limited(plan: &Plan, agents: &Agents) -> Result<Vec<RateLimited>> {
+    let duration = Duration::from_secs_f64(plan.bulk_secs);
+    let limit = crate::agents::RATE_LIMIT as f64 / MIB;
+    let mut rows = Vec::new();
+    for direction in [Direction::Up, Direction::Down] {
+        let addr = if direction == Direction::Up { agents.limited.0 } else { agents.limited.1 };
+        for streams in [1, 2] {
+            progress(&format!("  rate limited {}, {streams} streams", direction.label()));
+            let each = bulk::run_each(addr, direction, streams, duration).await?;
+            tokio::time::sleep(BETWEEN_RUNS).await;
+            let secs = each.total.secs.max(1e-9);
+            let total = each.total.mib_per_sec();
+            rows.push(RateLimited {
+                direction,
+                streams,
+                limit_mib_s: limit,
+                total_mib_s: total,
+                per_stream_mib_s: each.per_stream.iter().map(|b| *b as f64 / MIB / secs).collect(),
+                ratio: total / limit,
+            });
+        }
+    }
+    Ok(rows)
 }
 
 /// CPU seconds so far of the client (this process) and the targets.

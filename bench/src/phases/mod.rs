@@ -56,6 +56,8 @@ pub(crate) async fn run(plan: Plan, setup: Setup, bins: &Bins) -> Result<Report>
     let mut agents = start_agents(bins, &targets, &setup).await?;
     let (throughput, cpu) = bulk::run(&plan, &mut agents, &targets).await?;
     memory.bulk_peak_kib = per_agent(&agents, Proc::hwm_kib)?;
+    let rate_limited = bulk::rate_limited(&plan, &agents).await?;
+    agents.check_running()?;
     warnings.extend(agents.warnings());
     agents.stop().await;
     progress("phase 4/4: reference, two plain TCP proxies in a chain");
@@ -76,6 +78,7 @@ pub(crate) async fn run(plan: Plan, setup: Setup, bins: &Bins) -> Result<Report>
         memory,
         connections,
         cpu,
+        rate_limited,
         targets: Vec::new(),
         agent_warnings: warnings,
         load,
