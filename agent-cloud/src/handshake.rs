@@ -23,7 +23,7 @@ pub(crate) struct Admitted {
     pub(crate) admission: Admission,
     /// As the edge reported it: untrusted text.
     pub(crate) agent_version: String,
-    /// The protocol version agreed (3 to 5).
+    /// The protocol version agreed (3 to the newest this build speaks).
     pub(crate) version: u16,
     /// Which of the edge's tokens it proved.
     pub(crate) credential: Credential,
