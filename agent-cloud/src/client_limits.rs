@@ -63,11 +63,16 @@ impl Client {
 /// The caps of one mapping and what they refused.
 #[derive(Debug)]
 pub(crate) struct ClientLimits {
-    max_concurrent: Option<u32>,
-    per_second: Option<u32>,
-    clients: Mutex<HashMap<IpAddr, Client>>,
+    state: Mutex<State>,
     pub(crate) refused_concurrent: AtomicU64,
     pub(crate) refused_rate: AtomicU64,
+}
+
+#[derive(Debug)]
+struct State {
+    max_concurrent: Option<u32>,
+    per_second: Option<u32>,
+    clients: HashMap<IpAddr, Client>,
 }
 
 /// A client's connection, counted until dropped.
@@ -80,7 +85,7 @@ pub(crate) struct ClientGuard {
 impl Drop for ClientGuard {
     fn drop(&mut self) {
         let Some(limits) = &self.limits else { return };
-        let mut clients = limits.clients();
+        let clients = &mut limits.state().clients;
         if let Some(c) = clients.get_mut(&self.key) {
             c.active = c.active.saturating_sub(1);
             if c.idle(Instant::now()) {
@@ -104,26 +109,47 @@ pub(crate) fn client_key(ip: IpAddr) -> IpAddr {
 impl ClientLimits {
     pub(crate) fn new(policy: &TrafficPolicy) -> Arc<Self> {
         Arc::new(Self {
-            max_concurrent: policy.max_connections_per_client,
-            per_second: policy.new_connections_per_client,
-            clients: Mutex::new(HashMap::new()),
+            state: Mutex::new(State {
+                max_concurrent: policy.max_connections_per_client,
+                per_second: policy.new_connections_per_client,
+                clients: HashMap::new(),
+            }),
             refused_concurrent: AtomicU64::new(0),
             refused_rate: AtomicU64::new(0),
         })
     }
 
-    fn clients(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, Client>> {
-        self.clients.lock().unwrap_or_else(|p| p.into_inner())
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// New caps from now on. Clients' open connections still count; their
+    /// buckets start full at the new rate.
+    pub(crate) fn set(&self, policy: &TrafficPolicy) {
+        let mut state = self.state();
+        state.max_concurrent = policy.max_connections_per_client;
+        state.per_second = policy.new_connections_per_client;
+        let now = Instant::now();
+        let bucket = |n: u32| TokenBucket::new(u64::from(n), u64::from(n), now);
+        let per_second = state.per_second;
+        state.clients.retain(|_, c| c.active > 0);
+        for c in state.clients.values_mut() {
+            c.bucket = per_second.map(bucket);
+        }
     }
 
     /// Admits a connection from `ip`, or says why not (and counts it).
     pub(crate) fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<ClientGuard, Refusal> {
         let key = client_key(ip);
-        if self.max_concurrent.is_none() && self.per_second.is_none() {
+        let mut state = self.state();
+        let State { max_concurrent, per_second, clients } = &mut *state;
+        let (max_concurrent, per_second) = (*max_concurrent, *per_second);
+        // Counted even without caps once there were some: a cap set later
+        // must see the connections already open.
+        if max_concurrent.is_none() && per_second.is_none() && clients.is_empty() {
             return Ok(ClientGuard { limits: None, key });
         }
         let now = Instant::now();
-        let mut clients = self.clients();
         if !clients.contains_key(&key) && clients.len() >= MAX_CLIENTS {
             clients.retain(|_, c| !c.idle(now));
             if clients.len() >= MAX_CLIENTS {
@@ -131,12 +157,11 @@ impl ClientLimits {
                 return Err(Refusal::TableFull);
             }
         }
-        let per_second = self.per_second;
         let client = clients.entry(key).or_insert_with(|| Client {
             active: 0,
             bucket: per_second.map(|n| TokenBucket::new(u64::from(n), u64::from(n), now)),
         });
-        if let Some(max) = self.max_concurrent {
+        if let Some(max) = max_concurrent {
             if client.active >= max {
                 self.refused_concurrent.fetch_add(1, Ordering::Relaxed);
                 return Err(Refusal::Concurrent(max));
@@ -155,7 +180,7 @@ impl ClientLimits {
     /// Clients tracked now.
     #[cfg(test)]
     fn tracked(&self) -> usize {
-        self.clients().len()
+        self.state().clients.len()
     }
 }
 
@@ -203,6 +228,19 @@ mod tests {
         tokio::time::advance(std::time::Duration::from_secs(2)).await;
         drop(g);
         assert_eq!(limits.tracked(), 0, "idle with a full bucket: gone");
+    }
+
+    #[tokio::test]
+    async fn new_caps_apply_to_the_next_client_and_count_the_open_connections() {
+        let policy = TrafficPolicy { max_connections_per_client: Some(1), ..Default::default() };
+        let limits = ClientLimits::new(&policy);
+        let _one = limits.admit(ip("192.0.2.1")).unwrap();
+        assert!(limits.admit(ip("192.0.2.1")).is_err());
+        limits.set(&TrafficPolicy { max_connections_per_client: Some(2), ..Default::default() });
+        let _two = limits.admit(ip("192.0.2.1")).expect("raised to two");
+        assert!(limits.admit(ip("192.0.2.1")).is_err(), "the open one still counts");
+        limits.set(&TrafficPolicy::default());
+        let _three = limits.admit(ip("192.0.2.1")).expect("no cap");
     }
 
     #[tokio::test]

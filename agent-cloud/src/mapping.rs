@@ -67,7 +67,11 @@ pub(crate) struct MappingEntry {
     /// Caps per client, and what they refused.
     pub(crate) client_limits: Arc<ClientLimits>,
     /// The mapping's byte rates, shared by its connections.
-    pub(crate) relay_limits: tunnel::RelayLimits,
+    relay_limits: Mutex<tunnel::RelayLimits>,
+    /// The traffic policy in force: `spec.policy` until it is replaced.
+    policy: Mutex<config::TrafficPolicy>,
+    /// Waits counted by limiters since dropped (a rate removed), in and out.
+    throttled_before: [std::sync::atomic::AtomicU64; 2],
 }
 
 impl MappingEntry {
@@ -81,6 +85,7 @@ impl MappingEntry {
         let refusals = LogLimit::new(format!("clients refused by mapping {}", spec.name));
         let (client_limits, relay_limits) =
             (ClientLimits::new(&spec.policy), relay_limits(&spec.policy));
+        let policy = spec.policy;
         let (bound, error, phase) = match bound {
             Ok(addr) => (Some(addr), None, Phase::Active),
             Err(e) => (None, Some(e), Phase::Failed),
@@ -99,7 +104,9 @@ impl MappingEntry {
             refusals,
             probe: Mutex::new(None),
             client_limits,
-            relay_limits,
+            relay_limits: Mutex::new(relay_limits),
+            policy: Mutex::new(policy),
+            throttled_before: Default::default(),
         }
     }
 
@@ -143,6 +150,60 @@ impl MappingEntry {
             Phase::Active => MappingState::Active,
             Phase::Draining { .. } => MappingState::Draining,
             Phase::Failed => MappingState::Failed,
+        }
+    }
+
+    /// The traffic policy in force.
+    pub(crate) fn policy(&self) -> config::TrafficPolicy {
+        *self.policy.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The spec as it runs now (with the policy in force).
+    pub(crate) fn spec_now(&self) -> MappingConfig {
+        let mut spec = self.spec.clone();
+        spec.policy = self.policy();
+        spec
+    }
+
+    /// The limiters a new connection uses.
+    fn relay_limits(&self) -> tunnel::RelayLimits {
+        self.relay_limits.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Waits for the byte rates so far, in and out.
+    pub(crate) fn throttled(&self) -> (u64, u64) {
+        let limits = self.relay_limits();
+        let now =
+            |l: &Option<Arc<tunnel::rate::RateLimiter>>| l.as_ref().map_or(0, |l| l.throttled());
+        let before = |i: usize| self.throttled_before[i].load(Ordering::Relaxed);
+        (before(0) + now(&limits.to_peer), before(1) + now(&limits.from_peer))
+    }
+
+    /// Replaces the traffic policy, live: the caps apply to the next
+    /// client; a changed rate applies at once to every open connection; a
+    /// rate set where there was none applies to connections opened from
+    /// now on; a rate removed stops limiting every connection at once.
+    pub(crate) fn set_policy(&self, policy: config::TrafficPolicy) {
+        *self.policy.lock().unwrap_or_else(|p| p.into_inner()) = policy;
+        self.client_limits.set(&policy);
+        let mut guard = self.relay_limits.lock().unwrap_or_else(|p| p.into_inner());
+        let limits = &mut *guard;
+        let slots = [
+            (&mut limits.to_peer, policy.rate_limit_in, 0),
+            (&mut limits.from_peer, policy.rate_limit_out, 1),
+        ];
+        for (slot, rate, i) in slots {
+            match (slot.as_ref(), rate) {
+                (Some(l), Some(r)) => l.set_rate(r),
+                (Some(l), None) => {
+                    // Connections holding it go unlimited.
+                    l.set_rate(config::MAX_RATE);
+                    self.throttled_before[i].fetch_add(l.throttled(), Ordering::Relaxed);
+                    *slot = None;
+                }
+                (None, Some(r)) => *slot = Some(Arc::new(tunnel::rate::RateLimiter::new(r))),
+                (None, None) => {}
+            }
         }
     }
 
@@ -515,7 +576,7 @@ async fn serve_client(entry: &MappingEntry, edges: &EdgeRegistry, tcp: TcpStream
         entry.reset_connections.clone(),
         ResetCode::Drained,
         &counters.bytes,
-        &entry.relay_limits,
+        &entry.relay_limits(),
     )
     .await;
     debug!(tunnel = tunnel.id(), stream = stream_id, sent = outcome.bytes_to_peer,

@@ -45,6 +45,7 @@ pub(crate) enum Planned {
     Add(MappingConfig),
     Drain { name: String, deadline: Duration },
     Remove { name: String },
+    SetPolicy { name: String, policy: config::TrafficPolicy },
     Edge(PlannedEdge),
 }
 
@@ -439,6 +440,7 @@ impl Mappings {
                         self.get(name).is_some_and(|e| e.source == MappingSource::Config);
                     next.forget(name, from_config);
                 }
+                Planned::SetPolicy { name, policy } => next.set_policy(name, policy),
                 Planned::Edge(PlannedEdge::Put { record, .. }) => next.put_edge(record.clone()),
                 Planned::Edge(PlannedEdge::Remove { id }) => next.remove_edge(id),
             }
@@ -467,6 +469,11 @@ impl Mappings {
                 }
                 Planned::Drain { name, deadline } => self.start_drain(&name, deadline),
                 Planned::Remove { name } => self.remove_now(&name),
+                Planned::SetPolicy { name, policy } => {
+                    if let Some(entry) = self.get(&name) {
+                        entry.set_policy(policy);
+                    }
+                }
                 Planned::Edge(_) => {}
             }
         }
@@ -597,6 +604,33 @@ impl Mappings {
                     listening.remove(name);
                     targets.remove(name);
                     Ok(Planned::Drain { name: name.clone(), deadline })
+                }
+                Change::SetPolicy { name, policy } => {
+                    let policy = policy
+                        .to_policy()
+                        .map_err(|e| ChangeError::new(ErrorKind::Invalid, e.to_string()))?;
+                    match names.get(name) {
+                        None => return Err(ChangeError::not_found(name)),
+                        Some(Phase::Draining { .. }) => {
+                            return Err(ChangeError::new(
+                                ErrorKind::Conflict,
+                                format!("mapping {name:?} is draining"),
+                            ));
+                        }
+                        Some(_) => {}
+                    }
+                    let from_file = self.cluster.get().is_none()
+                        && self.get(name).is_some_and(|e| e.source == MappingSource::Config);
+                    if from_file {
+                        return Err(ChangeError::new(
+                            ErrorKind::Conflict,
+                            format!(
+                                "mapping {name:?} comes from cloud.toml: change its policy \
+                                 there (a restart applies it)"
+                            ),
+                        ));
+                    }
+                    Ok(Planned::SetPolicy { name: name.clone(), policy })
                 }
                 Change::Remove { name } => {
                     if names.remove(name).is_none() {
@@ -851,6 +885,9 @@ pub(crate) fn describe(p: &Planned) -> String {
         }
         Planned::Drain { name, deadline } => format!("drain {name} within {deadline:?}"),
         Planned::Remove { name } => format!("remove {name}, resetting its connections"),
+        Planned::SetPolicy { name, policy } => {
+            format!("set the policy of {name}: {policy}")
+        }
         Planned::Edge(edge) => edge.describe(),
     }
 }
@@ -869,7 +906,7 @@ pub(crate) fn view(e: &MappingEntry, fleet: &Fleet) -> MappingView {
     };
     MappingView {
         probe: e.probe_view(),
-        spec: spec_of(&e.spec),
+        spec: spec_of(&e.spec_now()),
         source: e.source,
         state: e.state(),
         bound: e.bound.map(|a| a.to_string()),
@@ -884,15 +921,13 @@ pub(crate) fn view(e: &MappingEntry, fleet: &Fleet) -> MappingView {
         throughput_out_bps,
         nodes: Vec::new(),
         edge_revoked: fleet.all_revoked(&e.spec.edge),
-        policy_hits: (!e.spec.policy.is_empty()).then(|| {
-            let throttled = |l: &Option<Arc<tunnel::rate::RateLimiter>>| {
-                l.as_ref().map_or(0, |l| l.throttled())
-            };
+        policy_hits: (!e.policy().is_empty()).then(|| {
+            let (throttled_in, throttled_out) = e.throttled();
             api::PolicyHits {
                 refused_concurrent: e.client_limits.refused_concurrent.load(Relaxed),
                 refused_rate: e.client_limits.refused_rate.load(Relaxed),
-                throttled_in: throttled(&e.relay_limits.to_peer),
-                throttled_out: throttled(&e.relay_limits.from_peer),
+                throttled_in,
+                throttled_out,
             }
         }),
     }

@@ -59,6 +59,23 @@ impl PersistedState {
         self.added.push(spec);
     }
 
+    /// Replaces the policy of run-time mapping `name` (planning checked
+    /// that it is one).
+    pub(crate) fn set_policy(&mut self, name: &str, policy: &config::TrafficPolicy) {
+        let api::PolicySpec {
+            max_connections_per_client,
+            new_connections_per_client,
+            rate_limit_in_bps,
+            rate_limit_out_bps,
+        } = api::PolicySpec::of(policy);
+        if let Some(spec) = self.added.iter_mut().find(|m| m.name == name) {
+            spec.max_connections_per_client = max_connections_per_client;
+            spec.new_connections_per_client = new_connections_per_client;
+            spec.rate_limit_in_bps = rate_limit_in_bps;
+            spec.rate_limit_out_bps = rate_limit_out_bps;
+        }
+    }
+
     /// Records whether an operator drained edge `id`.
     pub(crate) fn set_edge_drained(&mut self, id: &str, drained: bool) {
         self.drained_edges.retain(|e| e != id);
@@ -227,6 +244,26 @@ mod tests {
             target: "127.0.0.1:22".into(),
             ..MappingSpec::default()
         }
+    }
+
+    #[test]
+    fn a_new_policy_replaces_the_run_time_mappings_and_touches_nothing_else() {
+        let mut state = PersistedState::new();
+        state.add(spec("a"));
+        state.add(spec("b"));
+        let policy = config::TrafficPolicy {
+            max_connections_per_client: Some(3),
+            rate_limit_out: Some(1 << 20),
+            ..Default::default()
+        };
+        state.set_policy("a", &policy);
+        let a = state.added.iter().find(|m| m.name == "a").unwrap();
+        assert_eq!(a.max_connections_per_client, Some(3));
+        assert_eq!(a.rate_limit_out_bps, Some(1 << 20));
+        assert_eq!(a.to_config().unwrap().policy, policy);
+        assert_eq!(state.added.iter().find(|m| m.name == "b").unwrap(), &spec("b"));
+        state.set_policy("a", &config::TrafficPolicy::default());
+        assert_eq!(state.added.iter().find(|m| m.name == "a").unwrap(), &spec("a"));
     }
 
     #[test]

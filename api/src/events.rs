@@ -80,6 +80,9 @@ pub enum EventKind {
     /// A mapping's end-to-end probe changed status (subject: the mapping;
     /// the text has the new status, the edge's answer and the latency).
     ProbeChanged,
+    /// A mapping's traffic policy was replaced (subject: the mapping; the
+    /// text has the new policy).
+    PolicyChanged,
     /// A kind this build does not know (from a newer agent).
     #[serde(other)]
     Other,
@@ -87,7 +90,7 @@ pub enum EventKind {
 
 impl EventKind {
     /// Every kind this build records, in a stable order.
-    pub const ALL: [EventKind; 18] = [
+    pub const ALL: [EventKind; 19] = [
         Self::TunnelUp,
         Self::TunnelDown,
         Self::MappingAdded,
@@ -106,6 +109,7 @@ impl EventKind {
         Self::EdgeEnrolled,
         Self::ConfigReloaded,
         Self::ProbeChanged,
+        Self::PolicyChanged,
     ];
 
     /// The wire name: `tunnel_up`, `limit_hit`, ...
@@ -128,6 +132,7 @@ impl EventKind {
             Self::EnrolmentCodeMade => "enrolment_code_made",
             Self::EdgeEnrolled => "edge_enrolled",
             Self::ConfigReloaded => "config_reloaded",
+            Self::PolicyChanged => "policy_changed",
             Self::ProbeChanged => "probe_changed",
             Self::Other => "other",
         }

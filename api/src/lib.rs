@@ -71,6 +71,16 @@ pub struct MappingSpec {
 }
 
 impl MappingSpec {
+    /// The traffic policy fields.
+    pub fn policy(&self) -> PolicySpec {
+        PolicySpec {
+            max_connections_per_client: self.max_connections_per_client,
+            new_connections_per_client: self.new_connections_per_client,
+            rate_limit_in_bps: self.rate_limit_in_bps,
+            rate_limit_out_bps: self.rate_limit_out_bps,
+        }
+    }
+
     /// Checks the spec with the config file's rules (the same messages a
     /// `[[mappings]]` table gets) and returns the mapping it describes.
     ///
@@ -109,23 +119,65 @@ impl MappingSpec {
                 ),
                 None => None,
             };
-            m.policy = config::TrafficPolicy {
-                max_connections_per_client: self.max_connections_per_client,
-                new_connections_per_client: self.new_connections_per_client,
-                rate_limit_in: self.rate_limit_in_bps,
-                rate_limit_out: self.rate_limit_out_bps,
-            };
-            m.check_combination().map_err(|(field, message)| {
-                // The API's names for the rates.
-                let field = match field {
-                    "rate_limit_in" => "rate_limit_in_bps",
-                    "rate_limit_out" => "rate_limit_out_bps",
-                    other => other,
-                };
-                config::FieldError { field, message }
+            m.policy = self.policy().to_policy()?;
+            m.check_combination().map_err(|(field, message)| config::FieldError {
+                field: api_field(field),
+                message,
             })?;
             Ok(m)
         })
+    }
+}
+
+/// A traffic policy as the API writes it (`PUT /v1/mappings/{name}/policy`,
+/// batch `set_policy`); the same fields as a [`MappingSpec`]'s.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicySpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections_per_client: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub new_connections_per_client: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit_in_bps: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit_out_bps: Option<u64>,
+}
+
+impl PolicySpec {
+    /// The policy, checked with the config file's rules.
+    ///
+    /// # Errors
+    /// The field at fault, by its API name.
+    pub fn to_policy(&self) -> Result<config::TrafficPolicy, config::FieldError> {
+        let policy = config::TrafficPolicy {
+            max_connections_per_client: self.max_connections_per_client,
+            new_connections_per_client: self.new_connections_per_client,
+            rate_limit_in: self.rate_limit_in_bps,
+            rate_limit_out: self.rate_limit_out_bps,
+        };
+        policy
+            .check()
+            .map_err(|(field, message)| config::FieldError { field: api_field(field), message })?;
+        Ok(policy)
+    }
+
+    /// The fields of `policy`.
+    pub fn of(policy: &config::TrafficPolicy) -> Self {
+        Self {
+            max_connections_per_client: policy.max_connections_per_client,
+            new_connections_per_client: policy.new_connections_per_client,
+            rate_limit_in_bps: policy.rate_limit_in,
+            rate_limit_out_bps: policy.rate_limit_out,
+        }
+    }
+}
+
+/// The API's name of a config field.
+fn api_field(field: &'static str) -> &'static str {
+    match field {
+        "rate_limit_in" => "rate_limit_in_bps",
+        "rate_limit_out" => "rate_limit_out_bps",
+        other => other,
     }
 }
 
@@ -466,6 +518,15 @@ pub enum Change {
     Remove {
         /// Mapping name.
         name: String,
+    },
+    /// Replace a mapping's traffic policy, live: the fields given are the
+    /// whole new policy (one left out is no limit).
+    SetPolicy {
+        /// Mapping name.
+        name: String,
+        /// The new policy.
+        #[serde(flatten)]
+        policy: PolicySpec,
     },
     /// Add an edge. The cloud makes its token and answers it, once, in
     /// the outcome's `token`.

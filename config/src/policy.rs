@@ -65,6 +65,26 @@ impl TrafficPolicy {
     }
 }
 
+/// `max_connections_per_client 8, rate_limit_out 10 MiB/s`, or `no limits`.
+impl std::fmt::Display for TrafficPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut parts = Vec::new();
+        if let Some(n) = self.max_connections_per_client {
+            parts.push(format!("max_connections_per_client {n}"));
+        }
+        if let Some(n) = self.new_connections_per_client {
+            parts.push(format!("new_connections_per_client {n}/s"));
+        }
+        if let Some(r) = self.rate_limit_in {
+            parts.push(format!("rate_limit_in {}", rate(r)));
+        }
+        if let Some(r) = self.rate_limit_out {
+            parts.push(format!("rate_limit_out {}", rate(r)));
+        }
+        if parts.is_empty() { f.write_str("no limits") } else { f.write_str(&parts.join(", ")) }
+    }
+}
+
 /// A rate as people write it: `"10MiB"`, `"10 MiB/s"`, `"500kB"`, `"1GB/s"`,
 /// or a plain number of bytes. Units: B, kB/MB/GB (powers of 1000),
 /// KiB/MiB/GiB (powers of 1024).

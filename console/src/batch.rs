@@ -62,6 +62,9 @@ pub(crate) fn parse(text: &str) -> Result<Vec<(usize, Change)>, SyntaxError> {
                 Change::Drain { name, deadline_secs: deadline.map(|d| d.as_secs()) }
             }
             MappingsCommand::Remove { name } => Change::Remove { name },
+            MappingsCommand::SetPolicy(set) => {
+                Change::SetPolicy { policy: set.policy(), name: set.name }
+            }
             MappingsCommand::List => {
                 return Err(error("`mappings list` changes nothing and cannot be batched".into()));
             }
@@ -229,6 +232,21 @@ mod tests {
         );
         assert_eq!(changes[1], (4, Change::Drain { name: "old".into(), deadline_secs: Some(300) }));
         assert_eq!(changes[2], (5, Change::Remove { name: "test box".into() }));
+    }
+
+    #[test]
+    fn policy_lines_carry_their_limits_with_units() {
+        let text = "mappings add web --listen 0.0.0.0:443 --edge e1 --target 10.0.0.5:443 --host 'web.example.com' --rate-limit-out 10MiB\nmappings set-policy web --max-connections-per-client 4 --rate-limit-in '2 MiB/s'\n";
+        let changes = parse(text).unwrap();
+        assert!(matches!(&changes[0].1, Change::Add { spec }
+            if spec.host.as_deref() == Some("web.example.com")
+                && spec.rate_limit_out_bps == Some(10 << 20)));
+        let policy = api::PolicySpec {
+            max_connections_per_client: Some(4),
+            rate_limit_in_bps: Some(2 << 20),
+            ..Default::default()
+        };
+        assert_eq!(changes[1].1, Change::SetPolicy { name: "web".into(), policy });
     }
 
     #[test]

@@ -244,18 +244,8 @@ pub(crate) struct AddMapping {
     /// app.example.com, *.example.com (one label), or '*' (the default).
     #[arg(long, value_name = "NAME")]
     host: Option<String>,
-    /// Concurrent connections one client address (an IPv6 /64) may hold.
-    #[arg(long, value_name = "N")]
-    max_connections_per_client: Option<u32>,
-    /// New connections one client address may open per second.
-    #[arg(long, value_name = "N")]
-    new_connections_per_client: Option<u32>,
-    /// Bytes per second from all clients to the service, e.g. 10MiB.
-    #[arg(long, value_name = "RATE", value_parser = config::parse_rate)]
-    rate_limit_in: Option<u64>,
-    /// Bytes per second from the service to all clients, e.g. 10MiB.
-    #[arg(long, value_name = "RATE", value_parser = config::parse_rate)]
-    rate_limit_out: Option<u64>,
+    #[command(flatten)]
+    policy: PolicyArgs,
 }
 
 /// A probe text with `\r`, `\n`, `\t` and `\\` read as escapes, since a
@@ -297,10 +287,10 @@ impl AddMapping {
             probe_expect: self.probe_expect,
             proxy_protocol: self.proxy_protocol,
             host: self.host,
-            max_connections_per_client: self.max_connections_per_client,
-            new_connections_per_client: self.new_connections_per_client,
-            rate_limit_in_bps: self.rate_limit_in,
-            rate_limit_out_bps: self.rate_limit_out,
+            max_connections_per_client: self.policy.max_connections_per_client,
+            new_connections_per_client: self.policy.new_connections_per_client,
+            rate_limit_in_bps: self.policy.rate_limit_in,
+            rate_limit_out_bps: self.policy.rate_limit_out,
         }
     }
 }
@@ -326,6 +316,48 @@ pub(crate) enum MappingsCommand {
         /// The mapping's name.
         name: String,
     },
+    /// Replace a mapping's traffic policy, live: the limits given are the
+    /// whole new policy (one left out is no limit).
+    SetPolicy(SetPolicy),
+}
+
+/// `mappings set-policy`.
+#[derive(Debug, Clone, PartialEq, Eq, Args)]
+pub(crate) struct SetPolicy {
+    /// The mapping's name.
+    pub(crate) name: String,
+    #[command(flatten)]
+    policy: PolicyArgs,
+}
+
+impl SetPolicy {
+    /// The policy as the control API takes it.
+    pub(crate) fn policy(&self) -> api::PolicySpec {
+        let p = &self.policy;
+        api::PolicySpec {
+            max_connections_per_client: p.max_connections_per_client,
+            new_connections_per_client: p.new_connections_per_client,
+            rate_limit_in_bps: p.rate_limit_in,
+            rate_limit_out_bps: p.rate_limit_out,
+        }
+    }
+}
+
+/// The traffic policy flags of `mappings add` and `mappings set-policy`.
+#[derive(Debug, Clone, PartialEq, Eq, Args)]
+pub(crate) struct PolicyArgs {
+    /// Concurrent connections one client address (an IPv6 /64) may hold.
+    #[arg(long, value_name = "N")]
+    max_connections_per_client: Option<u32>,
+    /// New connections one client address may open per second.
+    #[arg(long, value_name = "N")]
+    new_connections_per_client: Option<u32>,
+    /// Bytes per second from all clients to the service, e.g. 10MiB.
+    #[arg(long, value_name = "RATE", value_parser = config::parse_rate)]
+    rate_limit_in: Option<u64>,
+    /// Bytes per second from the service to all clients, e.g. 10MiB.
+    #[arg(long, value_name = "RATE", value_parser = config::parse_rate)]
+    rate_limit_out: Option<u64>,
 }
 
 /// A line of a batch file, parsed with the same definitions.

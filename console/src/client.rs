@@ -417,6 +417,25 @@ impl ControlClient {
     ///
     /// # Errors
     /// A [`ClientError`]; [`ClientError::Api`] with 404 for an unknown name.
+    /// Replaces a mapping's traffic policy.
+    ///
+    /// # Errors
+    /// A [`ClientError`]; [`ClientError::Api`] with 404 for an unknown
+    /// mapping, 409 for one from cloud.toml or draining.
+    pub(crate) fn set_policy(
+        &self,
+        name: &str,
+        policy: &api::PolicySpec,
+    ) -> Result<Changed<Option<MappingView>>, ClientError> {
+        let body = serde_json::to_string(policy).map_err(|e| self.bad(e))?;
+        let changed = self.change("PUT", &format!("/v1/mappings/{name}/policy"), Some(body))?;
+        let view = match changed.value {
+            Some(body) => Some(serde_json::from_value(body).map_err(|e| self.bad(e))?),
+            None => None,
+        };
+        Ok(Changed { value: view, applied: changed.applied, body: changed.body })
+    }
+
     pub(crate) fn drain_mapping(
         &self,
         name: &str,

@@ -128,6 +128,12 @@ fn mappings(
             changed(output, &c, view, &sentence);
             Ok(())
         }
+        MappingsCommand::SetPolicy(set) => {
+            let c = client.set_policy(&set.name, &set.policy())?;
+            let shown = set.policy().to_policy().map_or_else(|e| e.to_string(), |p| p.to_string());
+            changed(output, &c, &c.value, &format!("set the policy of {}: {shown}", set.name));
+            Ok(())
+        }
         MappingsCommand::Remove { name } => {
             let c = client.remove_mapping(&name)?;
             changed(

@@ -172,3 +172,57 @@ async fn a_byte_rate_slows_streams_through_flow_control_and_loses_nothing() {
     assert_eq!(m["rate_limit_in_bps"], 2 * 1024 * 1024);
     relay.edge.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_is_replaced_live_through_the_api_and_a_batch() {
+    let relay = Relay::start("").await;
+    // The same service as `web`: the one the edge allows.
+    let (_, web) = relay.api.call("GET", "/v1/mappings/web", None).await;
+    let spec = serde_json::json!({
+        "name": "rt", "listen": "127.0.0.1:0", "edge": "e1", "target": web["target"],
+        "max_connections_per_client": 1,
+    });
+    let (status, view) = relay.api.call("POST", "/v1/mappings", Some(spec)).await;
+    assert_eq!(status, 201, "{view}");
+    let rt: SocketAddr = view["bound"].as_str().unwrap().parse().unwrap();
+    let a = [127, 0, 0, 8];
+    let mut one = connect_from(a, rt).await;
+    assert!(echoes(&mut one).await);
+    let mut two = connect_from(a, rt).await;
+    assert!(!echoes(&mut two).await, "one per client");
+
+    // Raised to two, live: the open connection is untouched.
+    let body = serde_json::json!({"max_connections_per_client": 2, "rate_limit_out_bps": 1 << 20});
+    let (status, view) = relay.api.call("PUT", "/v1/mappings/rt/policy", Some(body)).await;
+    assert_eq!(status, 200, "{view}");
+    assert_eq!(view["max_connections_per_client"], 2);
+    assert_eq!(view["rate_limit_out_bps"], 1 << 20);
+    let mut two = connect_from(a, rt).await;
+    assert!(echoes(&mut two).await, "room for a second after the change");
+    assert!(echoes(&mut one).await, "the first still open");
+
+    // A batch takes every limit away.
+    let batch = serde_json::json!({"changes": [{"op": "set_policy", "name": "rt"}]});
+    let (status, body) = relay.api.call("POST", "/v1/batch", Some(batch)).await;
+    assert_eq!(status, 200, "{body}");
+    let mut three = connect_from(a, rt).await;
+    assert!(echoes(&mut three).await, "no cap any more");
+    let (_, view) = relay.api.call("GET", "/v1/mappings/rt", None).await;
+    assert!(view.get("max_connections_per_client").is_none(), "{view}");
+
+    // A mapping from cloud.toml keeps the file's policy: 409, named.
+    let (status, body) =
+        relay.api.call("PUT", "/v1/mappings/web/policy", Some(serde_json::json!({}))).await;
+    assert_eq!(status, 409, "{body}");
+    assert!(body.to_string().contains("comes from cloud.toml"), "{body}");
+    let (status, _) =
+        relay.api.call("PUT", "/v1/mappings/nope/policy", Some(serde_json::json!({}))).await;
+    assert_eq!(status, 404);
+    let bad = serde_json::json!({"rate_limit_in_bps": 10});
+    let (status, body) = relay.api.call("PUT", "/v1/mappings/rt/policy", Some(bad)).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.to_string().contains("rate_limit_in_bps"), "{body}");
+    let (_, events) = relay.api.call("GET", "/v1/events", None).await;
+    assert!(events.to_string().contains("policy_changed"), "{events}");
+    relay.edge.shutdown().await;
+}

@@ -64,6 +64,15 @@ impl TokenBucket {
         }
     }
 
+    /// A new rate and burst from `now` on, keeping what it holds (up to
+    /// the new burst).
+    pub fn set_rate(&mut self, rate: u64, burst: u64, now: Instant) {
+        self.refill(now);
+        self.rate = rate.max(1) as f64;
+        self.burst = burst.max(1) as f64;
+        self.tokens = self.tokens.min(self.burst);
+    }
+
     /// Puts back `n` tokens taken but not used (up to the burst).
     pub fn give_back(&mut self, n: u64) {
         self.tokens = (self.tokens + n as f64).min(self.burst);
@@ -76,6 +85,11 @@ impl TokenBucket {
     }
 }
 
+/// 20 ms' worth of `rate`, at least one [`QUANTUM`].
+fn burst_of(rate: u64) -> u64 {
+    (rate / 50).max(QUANTUM as u64)
+}
+
 /// A byte rate shared by many connections (a mapping's, one direction).
 #[derive(Debug)]
 pub struct RateLimiter {
@@ -84,7 +98,7 @@ pub struct RateLimiter {
     turn: tokio::sync::Mutex<()>,
     bucket: std::sync::Mutex<TokenBucket>,
     /// Bytes per second.
-    pub rate: u64,
+    rate: std::sync::atomic::AtomicU64,
     /// Turns that had to wait for tokens: how often the limit bit.
     throttled: std::sync::atomic::AtomicU64,
 }
@@ -93,11 +107,10 @@ impl RateLimiter {
     /// `rate` bytes per second, with a burst of 20 ms' worth (at least one
     /// [`QUANTUM`]): over a few seconds the rate holds within about 1 %.
     pub fn new(rate: u64) -> Self {
-        let burst = (rate / 50).max(QUANTUM as u64);
         Self {
             turn: tokio::sync::Mutex::new(()),
-            bucket: std::sync::Mutex::new(TokenBucket::new(rate, burst, Instant::now())),
-            rate,
+            bucket: std::sync::Mutex::new(TokenBucket::new(rate, burst_of(rate), Instant::now())),
+            rate: std::sync::atomic::AtomicU64::new(rate),
             throttled: std::sync::atomic::AtomicU64::new(0),
         }
     }
@@ -123,6 +136,18 @@ impl RateLimiter {
                 }
             }
         }
+    }
+
+    /// The rate, bytes per second.
+    pub fn rate(&self) -> u64 {
+        self.rate.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Changes the rate for every connection sharing the limiter, from the
+    /// next grant on.
+    pub fn set_rate(&self, rate: u64) {
+        self.rate.store(rate, std::sync::atomic::Ordering::Relaxed);
+        self.bucket().set_rate(rate, burst_of(rate), Instant::now());
     }
 
     fn bucket(&self) -> std::sync::MutexGuard<'_, TokenBucket> {
@@ -171,6 +196,16 @@ mod tests {
         }
         // 10 s at 10,000/s plus the first burst.
         assert!((100_000..=101_000 + 700).contains(&total), "{total}");
+    }
+
+    #[test]
+    fn a_new_rate_applies_from_now_and_keeps_what_the_bucket_holds() {
+        let t0 = Instant::now();
+        let mut b = TokenBucket::new(1000, 100, t0);
+        assert_eq!(b.take(60, t0), Ok(60));
+        b.set_rate(10, 20, t0);
+        assert_eq!(b.take(100, t0), Ok(20), "capped at the new burst");
+        assert_eq!(b.take(1, t0).unwrap_err(), Duration::from_millis(100), "one at 10/s");
     }
 
     #[test]

@@ -239,6 +239,27 @@ impl Cluster {
                     let key = self.keys.mapping(name);
                     ops.insert(key.clone(), delete_op(&key));
                 }
+                Planned::SetPolicy { name, policy } => {
+                    // The stored mapping (or one added earlier in the
+                    // batch), with the new policy; a drain stays.
+                    let stored = state.mappings.get(name).map(|(s, _)| s.clone()).or_else(|| {
+                        planned.iter().find_map(|q| match q {
+                            Planned::Add(m) if m.name == *name => {
+                                Some(StoredMapping { spec: spec_of(m), drain_until_unix_ms: None })
+                            }
+                            _ => None,
+                        })
+                    });
+                    let Some(mut stored) = stored else { continue };
+                    let p = api::PolicySpec::of(policy);
+                    stored.spec.max_connections_per_client = p.max_connections_per_client;
+                    stored.spec.new_connections_per_client = p.new_connections_per_client;
+                    stored.spec.rate_limit_in_bps = p.rate_limit_in_bps;
+                    stored.spec.rate_limit_out_bps = p.rate_limit_out_bps;
+                    let value = serde_json::to_vec(&stored).unwrap_or_default();
+                    let key = self.keys.mapping(name);
+                    ops.insert(key.clone(), put_op(&key, value, 0));
+                }
                 Planned::Edge(PlannedEdge::Put { record, .. }) => {
                     let value = serde_json::to_vec(record).unwrap_or_default();
                     let key = self.keys.edge(&record.id);
@@ -359,7 +380,9 @@ impl Cluster {
 fn name_of(p: &Planned) -> String {
     match p {
         Planned::Add(m) => m.name.clone(),
-        Planned::Drain { name, .. } | Planned::Remove { name } => name.clone(),
+        Planned::Drain { name, .. }
+        | Planned::Remove { name }
+        | Planned::SetPolicy { name, .. } => name.clone(),
         Planned::Edge(edge) => edge.id().to_owned(),
     }
 }

@@ -179,8 +179,20 @@ impl Cluster {
             let entry = mappings.get(name);
             // Compared as the node would run it (a bare IP in `allow` reads
             // back as /32): a raw comparison would restart it every pass.
-            let wanted = stored.spec.to_config().map(|m| spec_of(&m)).ok();
-            let same = entry.as_ref().is_some_and(|e| Some(spec_of(&e.spec)) == wanted);
+            let wanted_config = stored.spec.to_config().ok();
+            let wanted = wanted_config.as_ref().map(spec_of);
+            // A new policy alone is applied live, without a restart.
+            if let (Some(e), Some(w)) = (&entry, &wanted_config) {
+                let mut running = e.spec_now();
+                if running.policy != w.policy {
+                    running.policy = w.policy;
+                    if spec_of(&running) == spec_of(w) {
+                        info!(mapping = %name, "policy changed in etcd; applied live");
+                        e.set_policy(w.policy);
+                    }
+                }
+            }
+            let same = entry.as_ref().is_some_and(|e| Some(spec_of(&e.spec_now())) == wanted);
             let phase = entry.as_ref().map(|e| e.phase());
             match (phase, stored.drain_until_unix_ms) {
                 (Some(_), _) if !same => {

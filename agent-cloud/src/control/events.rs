@@ -128,6 +128,16 @@ pub(super) fn record_changes(events: &EventLog, changes: &[Change], interface: &
                     &format!("draining through the {interface}: open connections have {deadline}s"),
                 );
             }
+            Change::SetPolicy { name, policy } => {
+                let shown = policy
+                    .to_policy()
+                    .map_or_else(|_| "an invalid policy".to_owned(), |p| p.to_string());
+                events.record(
+                    EventKind::PolicyChanged,
+                    name,
+                    &format!("policy set through the {interface}: {shown}"),
+                );
+            }
             Change::Remove { name } => events.record(
                 EventKind::MappingRemoved,
                 name,

@@ -33,6 +33,7 @@ pub(super) fn router(state: Shared) -> Router {
         .route("/v1/mappings", get(list_mappings).post(add_mapping))
         .route("/v1/mappings/{name}", get(get_mapping).delete(remove_mapping))
         .route("/v1/mappings/{name}/drain", post(drain_mapping))
+        .route("/v1/mappings/{name}/policy", axum::routing::put(set_policy))
         .route("/v1/edges", get(list_edges).post(fleet_routes::add_edge))
         .route("/v1/edges/{id}", get(fleet_routes::get_edge).delete(fleet_routes::remove_edge))
         .route("/v1/edges/{id}/rotate-token", post(fleet_routes::rotate_token))
@@ -284,6 +285,24 @@ async fn drain_mapping(
     }
     let view = state.mappings.get(&name).map(|e| state.mappings.view_of(&e));
     single(outcome, StatusCode::ACCEPTED, Json(view))
+}
+
+async fn set_policy(
+    State(state): State<Shared>,
+    Path(name): Path<String>,
+    body: Result<Json<api::PolicySpec>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let Json(policy) = match body {
+        Ok(b) => b,
+        Err(e) => return bad_body(&e),
+    };
+    let changes = [Change::SetPolicy { name: name.clone(), policy }];
+    let outcome = state.mappings.apply(&changes, false).await;
+    if outcome.applied {
+        events::record_changes(&state.events, &changes, "api");
+    }
+    let view = state.mappings.get(&name).map(|e| state.mappings.view_of(&e));
+    single(outcome, StatusCode::OK, Json(view))
 }
 
 async fn remove_mapping(State(state): State<Shared>, Path(name): Path<String>) -> Response {
