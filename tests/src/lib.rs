@@ -86,6 +86,44 @@ pub async fn echo_server() -> SocketAddr {
     addr
 }
 
+/// An HTTP/1.1 service named `name`: answers every request on a
+/// connection (keep-alive) with `name HOST`.
+pub async fn named_http_service(name: &'static str) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut tcp = tokio::io::BufReader::new(tcp);
+                loop {
+                    let mut host = String::new();
+                    let mut line = String::new();
+                    loop {
+                        line.clear();
+                        match tcp.read_line(&mut line).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(_) => {}
+                        }
+                        if let Some(h) = line.strip_prefix("Host: ") {
+                            host = h.trim().to_owned();
+                        }
+                        if line == "\r\n" {
+                            break;
+                        }
+                    }
+                    let body = format!("{name} {host}\n");
+                    let answer =
+                        format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+                    if tcp.get_mut().write_all(answer.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
 /// A loopback port that was free a moment ago (for a service started later).
 pub fn free_port() -> SocketAddr {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind probe");

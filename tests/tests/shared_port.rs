@@ -16,7 +16,7 @@ use e2e_tests::haproxy::{Frontend, Haproxy, HaproxyConfig};
 use e2e_tests::skip::cannot_run;
 use e2e_tests::{
     ADMIN_TOKEN, Agent, Api, STARTUP, TOKEN, cloud_toml_with_control, edge_config, edge_toml,
-    free_port, listen_addr,
+    free_port, listen_addr, named_http_service,
 };
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -68,44 +68,6 @@ async fn tls_service(name: &'static str, names: &[&str]) -> (SocketAddr, Certifi
         }
     });
     (addr, cert)
-}
-
-/// An HTTP/1.1 service named `name`: answers every request on a
-/// connection (keep-alive) with `name HOST`.
-async fn http_service(name: &'static str) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut tcp = BufReader::new(tcp);
-                loop {
-                    let mut host = String::new();
-                    let mut line = String::new();
-                    loop {
-                        line.clear();
-                        match tcp.read_line(&mut line).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(_) => {}
-                        }
-                        if let Some(h) = line.strip_prefix("Host: ") {
-                            host = h.trim().to_owned();
-                        }
-                        if line == "\r\n" {
-                            break;
-                        }
-                    }
-                    let body = format!("{name} {host}\n");
-                    let answer =
-                        format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}", body.len());
-                    if tcp.get_mut().write_all(answer.as_bytes()).await.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    addr
 }
 
 async fn connect_from_client(to: SocketAddr) -> TcpStream {
@@ -260,7 +222,7 @@ async fn http_services_share_one_port_by_host_and_keep_alive_stays_with_the_firs
     if !curl_available("shared_port_http") {
         return;
     }
-    let (web1, web2) = (http_service("web1").await, http_service("web2").await);
+    let (web1, web2) = (named_http_service("web1").await, named_http_service("web2").await);
     let port = free_port();
     let mappings = [
         mapping("web1", port, "web1.example.com", web1, ""),
